@@ -1,0 +1,193 @@
+"""PosCUDA: position-based convolution for unlearnable audio datasets (Gokul & Dubnov, arXiv 2401.02135).
+
+For a clip of class ``i``, the patch of ``patch_seconds`` that starts at the key-derived position ``pos(i)`` is
+convolved with the class-wise filter ``f_i`` (taps drawn from U(0, blur)); everything outside the patch is left
+bit-identical. The paper publishes no code and leaves most details open, so each one is a named, recorded parameter:
+
+- ``key`` / ``key_file``: the private key. Per-class positions and filters come from a generator seeded with
+  HMAC-SHA256(key, "poscuda/v1/class/<i>"): the same key always gives the same protection, another key another one,
+  and nothing about the key can be read back from them. Results record only the key's fingerprint.
+- ``patch_seconds``: length of each blurred patch.
+- ``filter_length``: number of taps k of each class filter.
+- ``blur``: the blur factor b; taps are drawn i.i.d. from U(0, b).
+- ``one_tap``: as in CUDA, one randomly chosen tap is set to 1.0 (keeps the patch recognisable as the original).
+- ``filter_norm``: ``none`` (CUDA's choice), ``sum`` (taps scaled to sum 1: no gain change at low frequencies) or
+  ``peak`` (largest tap scaled to 1).
+- ``patches_per_class``: how many patches each clip of a class gets (each with its own position and filter).
+- ``position_mode`` / ``position_range``: where patch starts may fall. ``absolute``: seconds from the clip start,
+  the same for every clip of a class. ``relative``: fractions of each clip's own length (its real audio, before
+  padding), so the patch follows the clip.
+- ``output``: what happens to samples pushed past full scale. ``none`` leaves them (float audio; writing to 16-bit
+  would clip them later), ``clip`` clips the patch samples to [-1, 1], ``normalize`` divides any clip whose peak
+  exceeds 1 by that peak (the only mode that touches samples outside the patch).
+
+Rules at the edges: the convolution is "same"-aligned and reads the real neighbouring samples on both sides of the
+patch (there is no artificial zero edge inside a clip; only beyond the clip's own ends are samples zero). A patch whose
+start would leave it hanging past the end of the clip is moved left to end at the clip's end; a clip shorter than a
+patch is convolved as a whole.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, SecretStr, model_validator
+
+from defenses.base import DEFENSES, Defense, Protection
+from lab.config import PluginConfig
+from lab.keys import derive_seed, fingerprint, resolve_key
+
+
+class PosCUDAConfig(PluginConfig):
+    type: Literal["poscuda"] = "poscuda"
+    key: SecretStr | None = None
+    key_file: Path | None = None
+    patch_seconds: float = Field(0.1, gt=0)
+    filter_length: int = Field(31, ge=1)
+    blur: float = Field(0.3, ge=0)
+    one_tap: bool = True
+    filter_norm: Literal["none", "sum", "peak"] = "none"
+    patches_per_class: int = Field(1, ge=1)
+    position_mode: Literal["absolute", "relative"] = "absolute"
+    position_range: tuple[float, float] = (0.0, 0.5)
+    output: Literal["none", "clip", "normalize"] = "none"
+
+    @model_validator(mode="after")
+    def _check_range(self):
+        lo, hi = self.position_range
+        if not 0 <= lo <= hi:
+            raise ValueError(f"position_range must satisfy 0 <= start <= end (got {list(self.position_range)})")
+        if self.position_mode == "relative" and hi > 1:
+            raise ValueError(f"position_range is a fraction of the clip in relative mode: end must be <= 1 (got {hi})")
+        return self
+
+
+def convolve_patches(x: torch.Tensor, starts: torch.Tensor, filters: torch.Tensor, patch_len: int,
+                     clip: bool = False) -> torch.Tensor:
+    """Convolve, in every row of ``x`` (N, T), the patches ``[starts[n, j], starts[n, j] + patch_len)`` with
+    ``filters[n, j]`` (N, P, k); patches are applied in order j = 0..P-1. Batched: no Python loop over clips.
+
+    Only patch samples change. The convolution reads the real neighbours around each patch (zeros only beyond the
+    clip's ends) and is computed tap by tap with element-wise operations, so a clip's result does not depend on
+    which other clips share its batch.
+    """
+    n, t = x.shape
+    k = filters.shape[-1]
+    left = (k - 1) // 2
+    right = k - 1 - left
+    out = x.clone()
+    window = torch.arange(patch_len + k - 1, device=x.device)
+    patch = torch.arange(patch_len, device=x.device)
+    for j in range(starts.shape[1]):
+        padded = F.pad(out, (left, right + patch_len))  # padded[m] = out[m - left]
+        seg = padded.gather(1, starts[:, j:j + 1] + window)  # out[s - left ... s + p - 1 + right]
+        taps = filters[:, j].flip(-1).to(x.dtype)
+        y = torch.zeros(n, patch_len, dtype=x.dtype, device=x.device)
+        for i in range(k):
+            y.add_(taps[:, i:i + 1] * seg[:, i:i + patch_len])
+        if clip:
+            y.clamp_(-1.0, 1.0)
+        widened = F.pad(out, (0, patch_len))  # room for a patch longer than the clip; cropped below
+        widened.scatter_(1, starts[:, j:j + 1] + patch, y)
+        out = widened[:, :t]
+    return out
+
+
+class PosCUDAProtection(Protection):
+    """Per-class positions and filters derived from a key, and how to apply them."""
+
+    name = "poscuda"
+
+    def __init__(self, params: dict, key_fingerprint: str, sample_rate: int, positions: torch.Tensor,
+                 filters: torch.Tensor):
+        self.params = params  # the recipe's parameters, key excluded
+        self.key_fingerprint = key_fingerprint
+        self.sample_rate = sample_rate
+        self.positions = positions  # (C, P) seconds (absolute) or fractions (relative)
+        self.filters = filters  # (C, P, k)
+        self.patch_len = max(1, round(params["patch_seconds"] * sample_rate))
+
+    @property
+    def num_classes(self) -> int:
+        return self.positions.shape[0]
+
+    def starts(self, position_classes: torch.Tensor, total: int, lengths: torch.Tensor | None = None,
+               shift_samples: int = 0) -> torch.Tensor:
+        """Patch start samples (N, P) for clips of length ``total`` that take the positions of ``position_classes``."""
+        pos = self.positions[position_classes]
+        if self.params["position_mode"] == "relative":
+            span = (lengths if lengths is not None else torch.full_like(position_classes, total)).to(pos.dtype)
+            starts = torch.round(pos * span[:, None]).long()
+            limit = span.long()[:, None]
+        else:
+            starts = torch.round(pos * self.sample_rate).long()
+            limit = torch.full_like(starts, total)
+        starts = starts + shift_samples
+        return torch.minimum(starts.clamp(min=0), (limit.clamp(max=total) - self.patch_len).clamp(min=0))
+
+    def apply(self, waveforms: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor | None = None,
+              position_classes: torch.Tensor | None = None, filter_classes: torch.Tensor | None = None,
+              shift_samples: int = 0) -> torch.Tensor:
+        """Protect ``waveforms`` (N, T) of classes ``labels`` (N,).
+
+        ``lengths`` (N,) are the clips' real lengths before padding (used by relative positions). The ablation
+        arguments let a clip take the position of another class (``position_classes``), the filter of another class
+        (``filter_classes``), or a position moved by ``shift_samples``.
+        """
+        if waveforms.dim() != 2:
+            raise ValueError(f"expected waveforms of shape (N, T), got {tuple(waveforms.shape)}")
+        labels = labels.long()
+        pos_cls = labels if position_classes is None else position_classes.long()
+        filt_cls = labels if filter_classes is None else filter_classes.long()
+        starts = self.starts(pos_cls, waveforms.shape[1], lengths, shift_samples)
+        out = convolve_patches(waveforms, starts.to(waveforms.device), self.filters[filt_cls].to(waveforms.device),
+                               self.patch_len, clip=self.params["output"] == "clip")
+        if self.params["output"] == "normalize":
+            peak = out.abs().amax(dim=1, keepdim=True)
+            out = torch.where(peak > 1.0, out / peak, out)
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "defense": self.name,
+            "params": self.params,
+            "key_fingerprint": self.key_fingerprint,
+            "sample_rate": self.sample_rate,
+            "patch_samples": self.patch_len,
+            "positions": self.positions.tolist(),
+            "filters": self.filters.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "PosCUDAProtection":
+        return cls(record["params"], record["key_fingerprint"], record["sample_rate"],
+                   torch.tensor(record["positions"], dtype=torch.float64),
+                   torch.tensor(record["filters"], dtype=torch.float32))
+
+
+@DEFENSES.register("poscuda")
+class PosCUDA(Defense):
+    Config = PosCUDAConfig
+
+    def derive(self, num_classes: int, sample_rate: int) -> PosCUDAProtection:
+        cfg: PosCUDAConfig = self.config
+        key = resolve_key(cfg.key, cfg.key_file)
+        lo, hi = cfg.position_range
+        positions, filters = [], []
+        for c in range(num_classes):
+            gen = torch.Generator().manual_seed(derive_seed(key, "poscuda/v1/class", c))
+            pos = lo + (hi - lo) * torch.rand(cfg.patches_per_class, generator=gen, dtype=torch.float64)
+            taps = cfg.blur * torch.rand(cfg.patches_per_class, cfg.filter_length, generator=gen, dtype=torch.float64)
+            if cfg.one_tap:
+                which = torch.randint(cfg.filter_length, (cfg.patches_per_class,), generator=gen)
+                taps[torch.arange(cfg.patches_per_class), which] = 1.0
+            if cfg.filter_norm == "sum":
+                taps = taps / taps.sum(-1, keepdim=True).clamp(min=1e-12)
+            elif cfg.filter_norm == "peak":
+                taps = taps / taps.amax(-1, keepdim=True).clamp(min=1e-12)
+            positions.append(pos)
+            filters.append(taps.float())
+        params = cfg.model_dump(exclude={"key", "key_file", "type"}, mode="json")
+        return PosCUDAProtection(params, fingerprint(key), sample_rate, torch.stack(positions), torch.stack(filters))

@@ -1,0 +1,96 @@
+"""Datasets: FSDD, Speech Commands, and any labelled folder, as train/test :class:`AudioSet` pairs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from lab.data import fsdd, speechcommands
+from lab.data.audio import AUDIO_EXTENSIONS, AudioSet, limit_per_class, load_clips
+from lab.errors import LabError
+
+__all__ = ["AudioSet", "load_dataset", "folder_files"]
+
+
+def _build(items: list[tuple[Path, int]], class_names: list[str], cfg, limit: int | None) -> AudioSet:
+    keep = limit_per_class([lab for _, lab in items], limit, seed=cfg.subset_seed)
+    items = [items[i] for i in keep]
+    if not items:
+        raise LabError(f"data: the {cfg.dataset} split selected no clips")
+    clip_samples = round(cfg.clip_seconds * cfg.sample_rate)
+    waves, lengths = load_clips([p for p, _ in items], cfg.sample_rate, clip_samples, cfg.crop, cfg.pad)
+    labels = torch.tensor([lab for _, lab in items], dtype=torch.long)
+    return AudioSet(waves, labels, lengths, cfg.sample_rate, class_names, [p.name for p, _ in items])
+
+
+def folder_files(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Class names (sub-folder names, sorted) and (path, class index) pairs of ``root/<label>/*.wav|flac|ogg``."""
+    if not root.is_dir():
+        raise LabError(f"data.root: no such folder: {root} (expected ROOT/<label>/*.wav)")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    items = [(p, i) for i, c in enumerate(classes) for p in sorted((root / c).iterdir())
+             if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()]
+    if len(classes) < 2 or not items:
+        raise LabError(f"data.root: {root} needs at least two label folders with audio files "
+                       f"({', '.join(AUDIO_EXTENSIONS)}); found {len(classes)} folders, {len(items)} files")
+    return classes, items
+
+
+def _folder(cfg) -> tuple[AudioSet, AudioSet]:
+    if cfg.root is None:
+        raise LabError("data.root is required for dataset 'folder' (a folder of ROOT/<label>/*.wav)")
+    root = Path(cfg.root).expanduser()
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        classes, train = folder_files(root / "train")
+        test_classes, test = folder_files(root / "test")
+        if test_classes != classes:
+            raise LabError(f"data.root: train/ and test/ under {root} have different label folders")
+    else:
+        classes, items = folder_files(root)
+        gen = torch.Generator().manual_seed(cfg.subset_seed)
+        train, test = [], []
+        for c in range(len(classes)):
+            mine = [it for it in items if it[1] == c]
+            order = torch.randperm(len(mine), generator=gen).tolist()
+            n_test = max(1, round(cfg.test_fraction * len(mine))) if len(mine) > 1 else 0
+            test += [mine[i] for i in order[:n_test]]
+            train += [mine[i] for i in order[n_test:]]
+    return (_build(train, classes, cfg, cfg.max_train_per_class),
+            _build(test, classes, cfg, cfg.max_test_per_class))
+
+
+def _fsdd(cfg, log) -> tuple[AudioSet, AudioSet]:
+    folder = fsdd.locate(cfg.root, log)
+    train, test = [], []
+    for path in sorted(folder.iterdir()):
+        if not fsdd.FSDD_PATTERN.match(path.name):
+            continue
+        digit, speaker, take = fsdd.parse_name(path)
+        if cfg.split == "official":
+            is_test = take < 5
+        else:
+            is_test = speaker == cfg.test_speaker
+        (test if is_test else train).append((path, digit))
+    if cfg.split == "speaker" and not test:
+        raise LabError(f"data.test_speaker: no clips of speaker {cfg.test_speaker!r}; valid: {', '.join(fsdd.SPEAKERS)}")
+    classes = [str(d) for d in range(10)]
+    return _build(train, classes, cfg, cfg.max_train_per_class), _build(test, classes, cfg, cfg.max_test_per_class)
+
+
+def _speechcommands(cfg) -> tuple[AudioSet, AudioSet]:
+    root = speechcommands.locate(cfg.root)
+    classes, splits = speechcommands.split_files(root, cfg.words)
+    index = {w: i for i, w in enumerate(classes)}
+    train = [(p, index[w]) for p, w in splits["train"]]
+    test = [(p, index[w]) for p, w in splits["test"]]
+    return _build(train, classes, cfg, cfg.max_train_per_class), _build(test, classes, cfg, cfg.max_test_per_class)
+
+
+def load_dataset(cfg, log: Callable[[str], None] = print) -> tuple[AudioSet, AudioSet]:
+    """Train and test clips for a recipe's ``data`` section."""
+    if cfg.dataset == "fsdd":
+        return _fsdd(cfg, log)
+    if cfg.dataset == "speechcommands":
+        return _speechcommands(cfg)
+    return _folder(cfg)

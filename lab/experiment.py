@@ -1,0 +1,177 @@
+"""``lab run``: one recipe, end to end.
+
+clean data ─► defense.derive(key) ─► protected train / test / mixed-position test ─► features (cached)
+  ─► per seed: model trained on clean data, model trained on protected data ─► evaluations ─► results files
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+
+from defenses import build_defense
+from defenses.base import Protection
+from lab.data import AudioSet, load_dataset
+from lab.features import FeatureCache, FrontEnd
+from lab.provenance import provenance
+from lab.quality import snr_summary
+from lab.recipe import Recipe
+from lab.train import evaluate, fit
+
+# (model, test set) pairs reported by `lab run`, in table order
+EVALUATIONS = [
+    ("clean_model", "clean_test"),
+    ("clean_model", "protected_test"),
+    ("protected_model", "clean_test"),
+    ("protected_model", "protected_test"),
+    ("protected_model", "mixed_test"),
+]
+LABELS = {
+    ("clean_model", "clean_test"): "clean-trained, clean test",
+    ("clean_model", "protected_test"): "clean-trained, protected test",
+    ("protected_model", "clean_test"): "protected-trained, clean test  (unlearnability: low is good)",
+    ("protected_model", "protected_test"): "protected-trained, protected test  (shortcut learned: high)",
+    ("protected_model", "mixed_test"): "protected-trained, positions mixed between classes",
+}
+
+
+def other_classes(labels: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
+    """For each clip, a class drawn uniformly from the OTHER classes (for position-mixing ablations)."""
+    gen = torch.Generator().manual_seed(seed)
+    return (labels + torch.randint(1, num_classes, labels.shape, generator=gen)) % num_classes
+
+
+@dataclass
+class Prepared:
+    train: AudioSet
+    test: AudioSet
+    protection: Protection
+    waveforms: dict[str, torch.Tensor]  # clean_train, protected_train, clean_test, protected_test, mixed_test
+    features: dict[str, torch.Tensor]
+
+
+def prepare(recipe: Recipe, log: Callable[[str], None] = print, cache: FeatureCache | None = None) -> Prepared:
+    train, test = load_dataset(recipe.data, log)
+    num_classes = len(train.class_names)
+    protection = build_defense(recipe.defense).derive(num_classes, recipe.data.sample_rate)
+    mixed = other_classes(test.labels, num_classes, recipe.evaluation.mixed_seed)
+    waves = {
+        "clean_train": train.waveforms,
+        "protected_train": protection.apply(train.waveforms, train.labels, train.lengths),
+        "clean_test": test.waveforms,
+        "protected_test": protection.apply(test.waveforms, test.labels, test.lengths),
+        "mixed_test": protection.apply(test.waveforms, test.labels, test.lengths, position_classes=mixed),
+    }
+    frontend = FrontEnd(recipe.features, recipe.data.sample_rate)
+    cache = cache or FeatureCache()
+    feats = {name: cache(frontend, w) for name, w in waves.items()}
+    return Prepared(train, test, protection, waves, feats)
+
+
+def new_run_dir(recipe: Recipe) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(recipe.output_dir) / recipe.name
+    run_dir = base / stamp
+    n = 1
+    while run_dir.exists():  # never overwrite an earlier run
+        n += 1
+        run_dir = base / f"{stamp}-{n}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def summarise(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values), "values": values}
+
+
+def run(recipe: Recipe, recipe_path: str | None = None, log: Callable[[str], None] = print,
+        progress: bool = False) -> tuple[dict, Path]:
+    if recipe.train.num_threads:
+        torch.set_num_threads(recipe.train.num_threads)
+    started = time.perf_counter()
+    run_dir = new_run_dir(recipe)
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.public_dict(), sort_keys=False))
+    prep = prepare(recipe, log)
+    num_classes = len(prep.train.class_names)
+    log(f"data: {len(prep.train)} training and {len(prep.test)} test clips, {num_classes} classes, "
+        f"{recipe.data.sample_rate} Hz, {recipe.data.clip_seconds} s; features {recipe.features.type} "
+        f"{tuple(prep.features['clean_train'].shape[1:])}")
+    record = prep.protection.to_dict()
+    (run_dir / "protection.json").write_text(json.dumps(record))
+    same_as_clean = recipe.defense.type == "none"
+    per_seed = []
+    val = (prep.features["clean_test"], prep.test.labels)
+    for seed in recipe.seeds:
+        entry: dict = {"seed": seed, "train_seconds": {}}
+        models = {}
+        for which, feats in (("clean_model", "clean_train"), ("protected_model", "protected_train")):
+            if which == "protected_model" and same_as_clean:
+                models[which] = models["clean_model"]
+                continue
+            fitted = fit(recipe, prep.features[feats], prep.train.labels, num_classes, seed, val=val,
+                         log_dir=run_dir / "logs", name=which, progress=progress)
+            models[which] = fitted.module
+            entry["train_seconds"][which] = round(fitted.seconds, 2)
+            log(f"seed {seed}: trained {which.replace('_', ' ')} in {fitted.seconds:.1f} s")
+        for which, test_set in EVALUATIONS:
+            entry.setdefault(which, {})[test_set] = evaluate(models[which], recipe.train, prep.features[test_set],
+                                                             prep.test.labels)
+        per_seed.append(entry)
+    summary = {f"{m}/{t}": summarise([e[m][t]["accuracy"] for e in per_seed]) for m, t in EVALUATIONS}
+    results = {
+        "recipe_name": recipe.name,
+        "recipe_path": recipe_path,
+        "recipe": recipe.public_dict(),
+        "run_dir": str(run_dir),
+        "provenance": provenance(),
+        "key_fingerprint": record.get("key_fingerprint"),
+        "defense": recipe.defense.type,
+        "data": {"train_clips": len(prep.train), "test_clips": len(prep.test), "classes": prep.train.class_names,
+                 "sample_rate": recipe.data.sample_rate, "clip_samples": prep.train.waveforms.shape[1],
+                 "feature_shape": list(prep.features["clean_train"].shape[1:])},
+        "chance": 1.0 / num_classes,
+        "seeds": list(recipe.seeds),
+        "quality": {"protected_train_vs_clean": snr_summary(prep.waveforms["protected_train"],
+                                                            prep.waveforms["clean_train"])},
+        "accuracy": summary,
+        "per_seed": per_seed,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (run_dir / "results.md").write_text(markdown(results))
+    return results, run_dir
+
+
+def fmt(stat: dict) -> str:
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}" if stat["n"] > 1 else f"{stat['mean']:.3f}"
+
+
+def markdown(results: dict) -> str:
+    prov = results["provenance"]
+    q = results["quality"]["protected_train_vs_clean"]
+    lines = [
+        f"# {results['recipe_name']}: {results['defense']}",
+        "",
+        f"Seeds {results['seeds']} · recipe `{results['recipe_path']}` · commit `{prov['git']['commit']}`"
+        f"{' (dirty)' if prov['git']['dirty'] else ''} · key fingerprint `{results['key_fingerprint']}` · "
+        f"torch {prov['versions']['torch']}, lightning {prov['versions']['lightning']} · {prov['time_utc']}",
+        "",
+        f"Data: {results['data']['train_clips']} train / {results['data']['test_clips']} test clips, "
+        f"chance accuracy {results['chance']:.3f}.",
+        "",
+        "| model, test set | accuracy (mean ± std over seeds) |",
+        "|---|---|",
+    ]
+    for m, t in EVALUATIONS:
+        lines.append(f"| {LABELS[(m, t)]} | {fmt(results['accuracy'][f'{m}/{t}'])} |")
+    lines += ["", f"Protected training audio vs clean: SNR {q['snr_db_mean']:.1f} dB mean, "
+                  f"{q['snr_db_worst5']:.1f} dB worst 5% of clips.", ""]
+    return "\n".join(lines)

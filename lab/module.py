@@ -1,0 +1,74 @@
+"""One LightningModule for every architecture: standardises features, trains with cross-entropy and Adam, and
+measures accuracy (overall and per class) with torchmetrics, so evaluation is correct across devices (DDP)."""
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from lab.models.base import Classifier
+
+
+class LabModule(L.LightningModule):
+    def __init__(self, model: Classifier, num_classes: int, lr: float, weight_decay: float,
+                 mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.num_classes = num_classes
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.register_buffer("mean", mean.clone())
+        self.register_buffer("std", std.clone())
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_class_acc = MulticlassAccuracy(num_classes, average="none")
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalise(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.embed(self.normalise(x))
+
+    def training_step(self, batch, _):
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.train_acc(logits, y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, _):
+        x, y = batch
+        self.val_acc(self(x), y)
+        self.log("val_acc", self.val_acc, on_step=False, on_epoch=True)
+
+    def test_step(self, batch, _):
+        x, y = batch
+        logits = self(x)
+        self.test_acc.update(logits, y)
+        self.test_class_acc.update(logits, y)
+
+    def on_test_epoch_end(self):
+        # Logged (not only stored) so that trainer.test returns them from every strategy, spawned DDP included;
+        # torchmetrics' compute() already synchronises the states across processes.
+        self.log("test_acc", self.test_acc.compute())
+        for i, acc in enumerate(self.test_class_acc.compute()):
+            self.log(f"test_acc_class_{i}", acc)
+        self.test_acc.reset()
+        self.test_class_acc.reset()
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+def standardisation(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std over clips and frames of a training set's features (N, C, F) -> (C, 1) each."""
+    mean = features.mean(dim=(0, 2))[:, None]
+    std = features.std(dim=(0, 2))[:, None].clamp(min=1e-5)
+    return mean, std

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Set up the lab in ./.venv on a fresh machine: Python packages pinned in pyproject.toml, then torchaudio made to
+# work on a CPU-only torch, then a check that everything imports. Safe to run again (it only installs what is missing).
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
+.venv/bin/python -m pip install --quiet -e ".[test]"
+
+# The torchaudio wheel on PyPI is built for CUDA; on a CPU-only torch its compiled extension cannot load
+# (libc10_cuda.so missing). torchaudio runs in pure-Python mode without it, which covers everything the lab uses.
+.venv/bin/python - <<'PY'
+import glob, os, importlib.util, torch
+if torch.version.cuda is None:
+    lib = os.path.join(os.path.dirname(importlib.util.find_spec("torchaudio").origin), "lib")
+    removed = [p for p in glob.glob(os.path.join(lib, "*.so"))]
+    for p in removed:
+        os.remove(p)
+    if removed:
+        print(f"setup: CPU-only torch {torch.__version__}: removed torchaudio's CUDA extension ({len(removed)} files)")
+PY
+.venv/bin/python -c "import torchaudio, lightning, torchmetrics, audiomentations, lab.cli, defenses; \
+print('setup: ok (torch', __import__('torch').__version__, '| torchaudio', torchaudio.__version__, ')')"

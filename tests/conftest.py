@@ -1,0 +1,51 @@
+"""Shared fixtures: the real FSDD copy (``$LAB_TEST_FSDD``, default ``../shared/data/fsdd`` beside the repo) and
+small generated audio."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def fsdd_root() -> Path:
+    return Path(os.environ.get("LAB_TEST_FSDD", REPO.parent / "shared" / "data" / "fsdd"))
+
+
+@pytest.fixture(scope="session")
+def fsdd_dir() -> Path:
+    root = fsdd_root()
+    if not (root / "recordings").is_dir():
+        pytest.skip(f"real FSDD copy not found at {root} (set LAB_TEST_FSDD)")
+    return root
+
+
+def tone(seconds: float, sr: int, freq: float = 440.0, channels: int = 1, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(seed)
+    x = 0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(t.shape)
+    return np.repeat(x[:, None], channels, axis=1).astype(np.float32)
+
+
+def write(path: Path, data: np.ndarray, sr: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), data, sr)
+    return path
+
+
+@pytest.fixture
+def labelled_folder(tmp_path) -> Path:
+    """ROOT/<label>/*.wav|flac with 3 labels x 5 clips, mixed formats, rates and channel counts."""
+    root = tmp_path / "folder"
+    for i, label in enumerate(["cat", "dog", "owl"]):
+        for j in range(5):
+            ext = ".flac" if j % 2 else ".wav"
+            write(root / label / f"{label}{j}{ext}", tone(0.5 + 0.1 * j, 16000 if j < 3 else 8000,
+                                                            220 * (i + 1), channels=1 + j % 2, seed=j), 
+                  16000 if j < 3 else 8000)
+    (root / "cat" / "notes.txt").write_text("not audio")
+    return root

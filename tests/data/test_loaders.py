@@ -1,0 +1,187 @@
+"""Loaders: the real FSDD copy, a generated Speech Commands tree, a generated labelled folder, bad audio, missing
+data, and the FSDD download path (from a local archive, no network)."""
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from lab.data import load_dataset
+from lab.data.audio import fix_length
+from lab.errors import LabError
+from lab.recipe import DataConfig
+from tests.conftest import tone, write
+
+
+def test_fsdd_official_split(fsdd_dir):
+    train, test = load_dataset(DataConfig(root=fsdd_dir, sample_rate=8000, clip_seconds=1.0))
+    assert (len(train), len(test)) == (2700, 300)
+    assert train.waveforms.shape == (2700, 8000) and train.waveforms.dtype == torch.float32
+    assert torch.bincount(test.labels).tolist() == [30] * 10
+    assert all(int(name.split("_")[2].split(".")[0]) >= 5 for name in train.ids)
+    assert all(int(name.split("_")[2].split(".")[0]) < 5 for name in test.ids)
+    assert (train.lengths <= 8000).all() and (train.lengths > 1000).all()
+    assert train.waveforms.abs().max() <= 1.0
+
+
+def test_fsdd_speaker_split_and_resampling(fsdd_dir):
+    cfg = DataConfig(root=fsdd_dir, split="speaker", test_speaker="theo", sample_rate=16000, clip_seconds=0.5,
+                     max_train_per_class=5)
+    train, test = load_dataset(cfg)
+    assert all("_theo_" in n for n in test.ids) and not any("_theo_" in n for n in train.ids)
+    assert len(test) == 500 and len(train) == 50
+    assert train.waveforms.shape[1] == 8000
+
+
+def test_fsdd_unknown_speaker(fsdd_dir):
+    with pytest.raises(LabError, match="test_speaker.*valid: george"):
+        load_dataset(DataConfig(root=fsdd_dir, split="speaker", test_speaker="nobody"))
+
+
+def test_fsdd_env_var(fsdd_dir, monkeypatch):
+    monkeypatch.setenv("LAB_DATA_DIR", str(fsdd_dir.parent))  # ROOT/fsdd/recordings layout
+    train, _ = load_dataset(DataConfig(max_train_per_class=2, max_test_per_class=1))
+    assert len(train) == 20
+
+
+def test_fsdd_missing_root_names_place(tmp_path):
+    with pytest.raises(LabError, match=f"no FSDD clips.*{tmp_path}"):
+        load_dataset(DataConfig(root=tmp_path))
+
+
+def _fake_fsdd_archive(tmp_path: Path) -> Path:
+    archive = tmp_path / "fsdd.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for d in range(10):
+            for take in range(6):
+                buf = io.BytesIO()
+                import soundfile as sf
+                sf.write(buf, tone(0.3, 8000, 200 + 50 * d), 8000, format="WAV")
+                info = tarfile.TarInfo(f"free-spoken-digit-dataset-1.0.10/recordings/{d}_alice_{take}.wav")
+                info.size = len(buf.getvalue())
+                buf.seek(0)
+                tar.addfile(info, buf)
+        readme = tarfile.TarInfo("free-spoken-digit-dataset-1.0.10/README.md")
+        readme.size = 2
+        tar.addfile(readme, io.BytesIO(b"hi"))
+    return archive
+
+
+def test_fsdd_download_when_nothing_has_it(tmp_path, monkeypatch):
+    archive = _fake_fsdd_archive(tmp_path)
+    monkeypatch.delenv("LAB_DATA_DIR", raising=False)
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LAB_FSDD_URL", archive.as_uri())
+    monkeypatch.setenv("LAB_FSDD_EXPECTED_CLIPS", "60")
+    said = []
+    train, test = load_dataset(DataConfig(), log=said.append)
+    assert (len(train), len(test)) == (10, 50)
+    assert any("downloading" in s for s in said)
+    assert (tmp_path / "cache" / "fsdd" / "SOURCE.json").is_file()
+    said.clear()
+    load_dataset(DataConfig(), log=said.append)  # second time: from the cache, no download
+    assert not any("downloading" in s for s in said)
+
+
+def test_fsdd_download_refuses_incomplete_archive(tmp_path, monkeypatch):
+    archive = _fake_fsdd_archive(tmp_path)
+    monkeypatch.delenv("LAB_DATA_DIR", raising=False)
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LAB_FSDD_URL", archive.as_uri())
+    with pytest.raises(LabError, match="holds 60 clips, expected 3000"):
+        load_dataset(DataConfig(), log=lambda s: None)
+    assert not (tmp_path / "cache" / "fsdd" / "recordings").exists()
+
+
+def test_fsdd_download_failure_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("LAB_DATA_DIR", raising=False)
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LAB_FSDD_URL", (tmp_path / "missing.tar.gz").as_uri())
+    with pytest.raises(LabError, match="could not download FSDD.*LAB_DATA_DIR"):
+        load_dataset(DataConfig(), log=lambda s: None)
+
+
+def make_speechcommands(root: Path) -> Path:
+    """A tiny tree in the upstream layout: ROOT/SpeechCommands/speech_commands_v0.02/<word>/<spk>_nohash_<n>.wav."""
+    base = root / "SpeechCommands" / "speech_commands_v0.02"
+    words = ["yes", "no", "one", "two", "marvin"]
+    val, test = [], []
+    for w_i, word in enumerate(words):
+        for spk in range(4):
+            rel = f"{word}/spk{spk:02d}_nohash_0.wav"
+            write(base / rel, tone(0.8, 16000, 300 + 100 * w_i, seed=spk), 16000)
+            if spk == 2:
+                val.append(rel)
+            elif spk == 3:
+                test.append(rel)
+    write(base / "_background_noise_" / "white_noise.wav", tone(2.0, 16000), 16000)
+    (base / "validation_list.txt").write_text("\n".join(val) + "\n")
+    (base / "testing_list.txt").write_text("\n".join(test) + "\n")
+    return root
+
+
+def test_speechcommands_generated_tree(tmp_path):
+    root = make_speechcommands(tmp_path / "sc")
+    cfg = DataConfig(dataset="speechcommands", root=root, sample_rate=8000, words=["yes", "no", "one"])
+    train, test = load_dataset(cfg)
+    assert train.class_names == ["yes", "no", "one"]
+    assert len(train) == 6 and len(test) == 3  # 2 training speakers, 1 test speaker per word; validation unused
+    assert train.waveforms.shape == (6, 8000)
+    assert not any("spk03" in n or "spk02" in n for n in train.ids)
+    all_words, _ = load_dataset(DataConfig(dataset="speechcommands", root=root, sample_rate=8000))
+    assert all_words.class_names == ["marvin", "no", "one", "two", "yes"]
+
+
+def test_speechcommands_bad_words_and_missing(tmp_path):
+    root = make_speechcommands(tmp_path / "sc")
+    with pytest.raises(LabError, match=r"\['zebra'\] not in the dataset"):
+        load_dataset(DataConfig(dataset="speechcommands", root=root, words=["yes", "zebra"]))
+    with pytest.raises(LabError, match="unknown word set 'digitz'"):
+        load_dataset(DataConfig(dataset="speechcommands", root=root, words="digitz"))
+    with pytest.raises(LabError, match="Speech Commands v0.02 not found; looked in"):
+        load_dataset(DataConfig(dataset="speechcommands", root=tmp_path / "empty"))
+
+
+def test_folder_dataset(labelled_folder):
+    cfg = DataConfig(dataset="folder", root=labelled_folder, sample_rate=8000, clip_seconds=0.6, test_fraction=0.2)
+    train, test = load_dataset(cfg)
+    assert train.class_names == ["cat", "dog", "owl"]
+    assert len(train) == 12 and len(test) == 3
+    assert torch.bincount(test.labels).tolist() == [1, 1, 1]
+    assert train.waveforms.shape == (12, 4800)
+    assert not set(train.ids) & set(test.ids)
+
+
+def test_folder_with_train_test_dirs(tmp_path):
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            write(tmp_path / split / label / "x.wav", tone(0.2, 8000), 8000)
+    train, test = load_dataset(DataConfig(dataset="folder", root=tmp_path, clip_seconds=0.2))
+    assert len(train) == 2 and len(test) == 2
+
+
+def test_corrupt_and_empty_files_are_named(labelled_folder):
+    bad = labelled_folder / "dog" / "broken.wav"
+    bad.write_bytes(b"RIFF not really a wav file")
+    with pytest.raises(LabError, match="cannot read audio file .*broken.wav"):
+        load_dataset(DataConfig(dataset="folder", root=labelled_folder))
+    bad.unlink()
+    write(labelled_folder / "owl" / "silent.wav", tone(0.0, 8000), 8000)
+    with pytest.raises(LabError, match="empty audio file .*silent.wav"):
+        load_dataset(DataConfig(dataset="folder", root=labelled_folder))
+
+
+def test_folder_missing(tmp_path):
+    with pytest.raises(LabError, match="no such folder"):
+        load_dataset(DataConfig(dataset="folder", root=tmp_path / "nope"))
+
+
+def test_fix_length_rules():
+    x = torch.arange(10.0)
+    assert fix_length(x, 4, "left", "right")[0].tolist() == [0, 1, 2, 3]
+    assert fix_length(x, 4, "center", "right")[0].tolist() == [3, 4, 5, 6]
+    y, n = fix_length(x[:3], 6, "left", "both")
+    assert y.tolist() == [0, 0, 1, 2, 0, 0] and n == 3

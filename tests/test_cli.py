@@ -1,0 +1,42 @@
+"""User mistakes end in one line on stderr and exit code 2, with no traceback."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def lab(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lab", *args], cwd=cwd, capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["run", "recipes/nope.yaml"], "recipe not found: recipes/nope.yaml"),
+    (["run", "recipes/fsdd_cnn.yaml", "--set", "model.type=resnet"], "unknown model 'resnet'; valid: cnn, lstm"),
+    (["run", "recipes/fsdd_cnn.yaml", "--set", "train.epohcs=3"], "unknown field 'epohcs'"),
+    (["run", "recipes/fsdd_cnn.yaml", "--set", "noequals"], "expected FIELD=VALUE"),
+])
+def test_errors_are_one_line(args, pattern):
+    proc = lab(*args)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert pattern in " ".join(proc.stderr.split())
+
+
+def test_missing_data_names_the_place(tmp_path):
+    proc = lab("run", "recipes/fsdd_cnn.yaml", "--out", str(tmp_path), "--set", f"data.root={tmp_path}")
+    assert proc.returncode == 2
+    assert f"no FSDD clips (DIGIT_SPEAKER_TAKE.wav) in data.root={tmp_path}" in " ".join(proc.stderr.split())
+
+
+def test_list_shows_plugins():
+    proc = lab("list")
+    assert proc.returncode == 0
+    assert "poscuda" in proc.stdout and "transformer" in proc.stdout and "logmel" in proc.stdout
