@@ -7,7 +7,6 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
 .venv/bin/python -m pip install --quiet -e ".[test]"
 
 # The torchaudio wheel on PyPI is built for CUDA; on a CPU-only torch its compiled extension cannot load

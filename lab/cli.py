@@ -2,12 +2,8 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import Optional
-
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from lab.errors import LabError
 
@@ -17,63 +13,19 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _log(msg: str) -> None:
+def log(msg: str) -> None:
+    """Progress messages for a person (dim), on stdout."""
     console.print(f"[dim]{msg}[/dim]", highlight=False)
 
 
-@app.command()
-def run(
-    recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/fsdd_cnn.yaml."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a recipe field: --set train.epochs=5 "
-                                             "(repeatable; dotted paths, YAML values)."),
-    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds, replacing the recipe's (e.g. 0,1,2)."),
-    out: Optional[Path] = typer.Option(None, help="Folder for runs (default: the recipe's output_dir, 'runs')."),
-):
-    """Train the recipe's model on clean and on protected data and evaluate both.
+def _load_commands() -> None:
+    """Every module in lab/commands/ adds its own commands to ``app`` (one module per job)."""
+    import importlib
+    import pkgutil
 
-    Prints a table of accuracies (clean model on clean test; protected model on clean test, on test clips protected
-    with the same key, and on test clips whose patch positions are mixed between classes) and writes
-    runs/<recipe>/<timestamp>/ with results.json, results.md, the resolved recipe (no key), the protection record,
-    CSV training logs, versions and git commit.
-    """
-    from lab.recipe import load_recipe
-    overrides = list(set_ or [])
-    if seeds:
-        overrides.append(f"seeds=[{seeds}]")
-    if out:
-        overrides.append(f"output_dir={out}")
-    rec = load_recipe(recipe, overrides)
-    from lab.experiment import EVALUATIONS, LABELS, fmt, run as run_experiment
-    console.print(f"[bold]lab run[/bold] {recipe}: {rec.model.type} on {rec.features.type}, defense "
-                  f"{rec.defense.type}, seeds {rec.seeds}, {rec.train.epochs} epochs")
-    results, run_dir = run_experiment(rec, str(recipe), log=_log, progress=rec.train.progress and console.is_terminal)
-    table = Table(title=f"{rec.name}: accuracy (chance {results['chance']:.2f}; seeds {rec.seeds})")
-    table.add_column("model, test set")
-    table.add_column("accuracy", justify="right")
-    for m, t in EVALUATIONS:
-        table.add_row(LABELS[(m, t)], fmt(results["accuracy"][f"{m}/{t}"]))
-    console.print(table)
-    q = results["quality"]["protected_train_vs_clean"]
-    console.print(f"protected training audio: SNR {q['snr_db_mean']:.1f} dB mean, {q['snr_db_worst5']:.1f} dB "
-                  f"worst 5%; key fingerprint {results['key_fingerprint']}; {results['wall_seconds']} s")
-    console.print(f"results: {run_dir}/results.json, {run_dir}/results.md")
-
-
-@app.command("list")
-def list_plugins():
-    """List the registered models, feature front-ends, defenses and attacks."""
-    import attacks
-    import defenses
-    from lab import models
-    from lab.features import FeatureConfig
-    table = Table(title="what the lab knows")
-    table.add_column("kind")
-    table.add_column("names")
-    table.add_row("models", ", ".join(models.MODELS.names()))
-    table.add_row("features", ", ".join(FeatureConfig.model_fields["type"].annotation.__args__))
-    table.add_row("defenses", ", ".join(defenses.DEFENSES.names()))
-    table.add_row("attacks", ", ".join(attacks.ATTACKS.names()) or "(none yet)")
-    console.print(table)
+    import lab.commands
+    for info in sorted(pkgutil.iter_modules(lab.commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"lab.commands.{info.name}")
 
 
 def main() -> None:
@@ -85,3 +37,6 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+
+
+_load_commands()  # at the end: the command modules import app, console and log from here

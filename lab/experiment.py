@@ -21,7 +21,7 @@ from defenses.base import Protection
 from lab.data import AudioSet, load_dataset
 from lab.features import FeatureCache, FrontEnd
 from lab.provenance import provenance
-from lab.quality import snr_summary
+from lab.quality import assess
 from lab.recipe import Recipe
 from lab.train import evaluate, fit
 
@@ -108,6 +108,7 @@ def run(recipe: Recipe, recipe_path: str | None = None, log: Callable[[str], Non
     (run_dir / "protection.json").write_text(json.dumps(record))
     same_as_clean = recipe.defense.type == "none"
     per_seed = []
+    first_clean_model = None
     val = (prep.features["clean_test"], prep.test.labels)
     for seed in recipe.seeds:
         entry: dict = {"seed": seed, "train_seconds": {}}
@@ -119,6 +120,8 @@ def run(recipe: Recipe, recipe_path: str | None = None, log: Callable[[str], Non
             fitted = fit(recipe, prep.features[feats], prep.train.labels, num_classes, seed, val=val,
                          log_dir=run_dir / "logs", name=which, progress=progress)
             models[which] = fitted.module
+            if first_clean_model is None and which == "clean_model":
+                first_clean_model = fitted.module
             entry["train_seconds"][which] = round(fitted.seconds, 2)
             log(f"seed {seed}: trained {which.replace('_', ' ')} in {fitted.seconds:.1f} s")
         for which, test_set in EVALUATIONS:
@@ -139,8 +142,7 @@ def run(recipe: Recipe, recipe_path: str | None = None, log: Callable[[str], Non
                  "feature_shape": list(prep.features["clean_train"].shape[1:])},
         "chance": 1.0 / num_classes,
         "seeds": list(recipe.seeds),
-        "quality": {"protected_train_vs_clean": snr_summary(prep.waveforms["protected_train"],
-                                                            prep.waveforms["clean_train"])},
+        "quality": assess(recipe, prep.waveforms, first_clean_model),
         "accuracy": summary,
         "per_seed": per_seed,
         "wall_seconds": round(time.perf_counter() - started, 1),

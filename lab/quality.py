@@ -14,3 +14,10 @@ def snr_summary(protected: torch.Tensor, clean: torch.Tensor) -> dict:
         return {"snr_db_mean": float("inf"), "snr_db_worst5": float("inf"), "unchanged_clips": int(snr.numel())}
     return {"snr_db_mean": float(finite.mean()), "snr_db_worst5": float(torch.quantile(finite, 0.05)),
             "unchanged_clips": int(snr.numel() - finite.numel())}
+
+
+def assess(recipe, waveforms: dict, clean_module=None) -> dict:
+    """The quality section of ``lab run`` results: how far the protected training audio is from the clean one.
+    ``waveforms`` holds clean_train, protected_train, clean_test, ...; ``clean_module`` is a clean-trained model
+    (for in-domain embeddings)."""
+    return {"protected_train_vs_clean": snr_summary(waveforms["protected_train"], waveforms["clean_train"])}
