@@ -7,7 +7,8 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet -e ".[test]"
+# (pip here warns about local index folders that do not exist; those lines are noise and are filtered out)
+.venv/bin/python -m pip install --quiet -e ".[test]" 2> >(grep -v "^WARNING: Location .* is ignored" >&2)
 
 # The torchaudio wheel on PyPI is built for CUDA; on a CPU-only torch its compiled extension cannot load
 # (libc10_cuda.so missing). torchaudio runs in pure-Python mode without it, which covers everything the lab uses.

@@ -21,6 +21,7 @@ warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*predict_dataloader.*")
 warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed.*")
 
 
 @dataclass
@@ -31,13 +32,30 @@ class Fitted:
     log_dir: str | None
 
 
-def _trainer(train_cfg, max_epochs: int = 1, logger=False, progress: bool = False) -> L.Trainer:
+def _several_devices(devices) -> bool:
+    if isinstance(devices, int):
+        return devices > 1 or devices == -1
+    return str(devices) not in ("1", "auto")
+
+
+def _trainer(train_cfg, max_epochs: int = 1, logger=False, progress: bool = False, single: bool = False) -> L.Trainer:
+    """A Trainer as the recipe's ``train`` section configures it. Several devices with ``strategy: auto`` use
+    ``ddp_spawn``: Lightning's default ``ddp`` re-executes the whole command in every process, which would redo (and
+    re-write) a whole ``lab run``. ``single`` forces one device (evaluation: exact, no padded distributed sampler)."""
+    strategy, devices = train_cfg.strategy, train_cfg.devices
+    if single:
+        strategy, devices = "auto", 1
+    elif _several_devices(devices) and strategy == "auto":
+        strategy = "ddp_spawn"
+    if strategy == "ddp_spawn":
+        # the default shared-memory file descriptors fail in some sandboxes ("unable to resize file")
+        torch.multiprocessing.set_sharing_strategy("file_system")
     callbacks = []
     if progress:
         from lightning.pytorch.callbacks import RichProgressBar
         callbacks.append(RichProgressBar(leave=False))
-    return L.Trainer(max_epochs=max_epochs, accelerator=train_cfg.accelerator, devices=train_cfg.devices,
-                     strategy=train_cfg.strategy, precision=train_cfg.precision,
+    return L.Trainer(max_epochs=max_epochs, accelerator=train_cfg.accelerator, devices=devices,
+                     strategy=strategy, precision=train_cfg.precision,
                      deterministic=train_cfg.deterministic, logger=logger, enable_checkpointing=False,
                      enable_model_summary=False, enable_progress_bar=progress, callbacks=callbacks,
                      num_sanity_val_steps=0, log_every_n_steps=1)
@@ -70,7 +88,7 @@ def fit(recipe, features: torch.Tensor, labels: torch.Tensor, num_classes: int, 
 
 def evaluate(module: LabModule, train_cfg, features: torch.Tensor, labels: torch.Tensor) -> dict:
     """Accuracy (overall and per class) of a trained module on a feature set."""
-    trainer = _trainer(train_cfg)
+    trainer = _trainer(train_cfg, single=True)
     logged = trainer.test(module, DataLoader(TensorDataset(features, labels), batch_size=256), verbose=False)[0]
     return {"accuracy": float(logged["test_acc"]),
             "per_class": [float(logged[f"test_acc_class_{i}"]) for i in range(module.num_classes)]}

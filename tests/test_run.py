@@ -71,3 +71,17 @@ def test_rerun_never_overwrites(fsdd_dir, tmp_path):
     for _ in range(2):
         assert CliRunner().invoke(app, args).exit_code == 0
     assert len(list((tmp_path / "fsdd_cnn").iterdir())) == 2
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(fsdd_dir, tmp_path):
+    """devices > 1 works unchanged (here two CPU processes with gloo; on a GPU machine, two GPUs)."""
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "fsdd_cnn.yaml"
+    result = CliRunner().invoke(app, [
+        "run", str(recipe), "--seeds", "0", "--out", str(tmp_path), "--set", f"data.root={fsdd_dir}",
+        "--set", "train.epochs=1", "--set", "data.max_train_per_class=10", "--set", "data.max_test_per_class=5",
+        "--set", "train.accelerator=cpu", "--set", "train.devices=2", "--set", "train.progress=false"])
+    assert result.exit_code == 0, result.output
+    results = json.loads(next(tmp_path.rglob("results.json")).read_text())
+    assert results["recipe"]["train"]["devices"] == 2
+    assert 0.0 <= results["accuracy"]["protected_model/clean_test"]["mean"] <= 1.0
