@@ -24,6 +24,23 @@ class Protection(ABC):
     """What a defense applied, with everything needed to apply it again (and no key)."""
 
     name: ClassVar[str]
+    types: ClassVar[dict[str, type["Protection"]]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            Protection.types[cls.name] = cls
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "Protection":
+        """Rebuild a protection from its ``to_dict`` record (dispatching on ``record['defense']``)."""
+        if cls is Protection:
+            try:
+                return Protection.types[record["defense"]].from_dict(record)
+            except KeyError:
+                raise ValueError(f"unknown protection record {record.get('defense')!r}; "
+                                 f"known: {', '.join(sorted(Protection.types))}") from None
+        raise NotImplementedError
 
     @abstractmethod
     def apply(self, waveforms: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor | None = None,

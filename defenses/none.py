@@ -18,6 +18,10 @@ class NoProtection(Protection):
     def to_dict(self) -> dict:
         return {"defense": "none"}
 
+    @classmethod
+    def from_dict(cls, record: dict) -> "NoProtection":
+        return cls()
+
 
 @DEFENSES.register("none")
 class NoDefense(Defense):

@@ -116,9 +116,15 @@ class PosCUDAProtection(Protection):
     def starts(self, position_classes: torch.Tensor, total: int, lengths: torch.Tensor | None = None,
                shift_samples: int = 0) -> torch.Tensor:
         """Patch start samples (N, P) for clips of length ``total`` that take the positions of ``position_classes``."""
-        pos = self.positions[position_classes]
+        return self.starts_at(self.positions[position_classes], total, lengths, shift_samples)
+
+    def starts_at(self, pos: torch.Tensor, total: int, lengths: torch.Tensor | None = None,
+                  shift_samples: int = 0) -> torch.Tensor:
+        """Patch start samples (N, P) for per-clip positions ``pos`` (seconds, or fractions in relative mode),
+        moved by ``shift_samples`` and kept inside the clip (see the edge rules in the module docstring)."""
+        n = pos.shape[0]
         if self.params["position_mode"] == "relative":
-            span = (lengths if lengths is not None else torch.full_like(position_classes, total)).to(pos.dtype)
+            span = (lengths if lengths is not None else torch.full((n,), total)).to(pos.dtype)
             starts = torch.round(pos * span[:, None]).long()
             limit = span.long()[:, None]
         else:
@@ -129,21 +135,29 @@ class PosCUDAProtection(Protection):
 
     def apply(self, waveforms: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor | None = None,
               position_classes: torch.Tensor | None = None, filter_classes: torch.Tensor | None = None,
-              shift_samples: int = 0) -> torch.Tensor:
+              shift_samples: int = 0, positions: torch.Tensor | None = None,
+              whole_clip: bool = False) -> torch.Tensor:
         """Protect ``waveforms`` (N, T) of classes ``labels`` (N,).
 
         ``lengths`` (N,) are the clips' real lengths before padding (used by relative positions). The ablation
         arguments let a clip take the position of another class (``position_classes``), the filter of another class
-        (``filter_classes``), or a position moved by ``shift_samples``.
+        (``filter_classes``), a position moved by ``shift_samples``, explicit per-clip ``positions`` (N, P), or the
+        filter over the whole clip with no position at all (``whole_clip``).
         """
         if waveforms.dim() != 2:
             raise ValueError(f"expected waveforms of shape (N, T), got {tuple(waveforms.shape)}")
         labels = labels.long()
         pos_cls = labels if position_classes is None else position_classes.long()
         filt_cls = labels if filter_classes is None else filter_classes.long()
-        starts = self.starts(pos_cls, waveforms.shape[1], lengths, shift_samples)
-        out = convolve_patches(waveforms, starts.to(waveforms.device), self.filters[filt_cls].to(waveforms.device),
-                               self.patch_len, clip=self.params["output"] == "clip")
+        filters = self.filters[filt_cls].to(waveforms.device)
+        if whole_clip:
+            starts, patch_len = torch.zeros(len(labels), 1, dtype=torch.long), waveforms.shape[1]
+            filters = filters[:, :1]
+        else:
+            pos = self.positions[pos_cls] if positions is None else positions
+            starts, patch_len = self.starts_at(pos, waveforms.shape[1], lengths, shift_samples), self.patch_len
+        out = convolve_patches(waveforms, starts.to(waveforms.device), filters, patch_len,
+                               clip=self.params["output"] == "clip")
         if self.params["output"] == "normalize":
             peak = out.abs().amax(dim=1, keepdim=True)
             out = torch.where(peak > 1.0, out / peak, out)

@@ -18,6 +18,7 @@ import yaml
 
 from defenses import build_defense
 from defenses.base import Protection
+from lab.ablation import other_classes, variants  # noqa: F401  (other_classes re-exported)
 from lab.data import AudioSet, load_dataset
 from lab.features import FeatureCache, FrontEnd
 from lab.provenance import provenance
@@ -42,12 +43,6 @@ LABELS = {
 }
 
 
-def other_classes(labels: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
-    """For each clip, a class drawn uniformly from the OTHER classes (for position-mixing ablations)."""
-    gen = torch.Generator().manual_seed(seed)
-    return (labels + torch.randint(1, num_classes, labels.shape, generator=gen)) % num_classes
-
-
 @dataclass
 class Prepared:
     train: AudioSet
@@ -55,24 +50,30 @@ class Prepared:
     protection: Protection
     waveforms: dict[str, torch.Tensor]  # clean_train, protected_train, clean_test, protected_test, mixed_test
     features: dict[str, torch.Tensor]
+    ablation: dict[str, torch.Tensor]  # position-ablation variant -> test features (see lab.ablation)
 
 
 def prepare(recipe: Recipe, log: Callable[[str], None] = print, cache: FeatureCache | None = None) -> Prepared:
     train, test = load_dataset(recipe.data, log)
     num_classes = len(train.class_names)
     protection = build_defense(recipe.defense).derive(num_classes, recipe.data.sample_rate)
-    mixed = other_classes(test.labels, num_classes, recipe.evaluation.mixed_seed)
+    ablation = variants(protection, test, recipe.evaluation.mixed_seed)
     waves = {
         "clean_train": train.waveforms,
         "protected_train": protection.apply(train.waveforms, train.labels, train.lengths),
-        "clean_test": test.waveforms,
-        "protected_test": protection.apply(test.waveforms, test.labels, test.lengths),
-        "mixed_test": protection.apply(test.waveforms, test.labels, test.lengths, position_classes=mixed),
+        "clean_test": ablation["clean"],
+        "protected_test": ablation["true"],
+        "mixed_test": ablation.get("mixed_positions", ablation["true"]),
     }
     frontend = FrontEnd(recipe.features, recipe.data.sample_rate)
     cache = cache or FeatureCache()
     feats = {name: cache(frontend, w) for name, w in waves.items()}
-    return Prepared(train, test, protection, waves, feats)
+    return Prepared(train, test, protection, waves, feats, {n: cache(frontend, w) for n, w in ablation.items()})
+
+
+def evaluate_ablation(module, train_cfg, prep: Prepared) -> dict[str, float]:
+    return {name: evaluate(module, train_cfg, feats, prep.test.labels)["accuracy"]
+            for name, feats in prep.ablation.items()}
 
 
 def new_run_dir(recipe: Recipe) -> Path:
@@ -92,12 +93,31 @@ def summarise(values: list[float]) -> dict:
             "n": len(values), "values": values}
 
 
+def clean_model_key(recipe: Recipe, seed: int) -> str:
+    """What a clean-trained model depends on: everything in the recipe except the defense (and bookkeeping)."""
+    public = recipe.public_dict()
+    for field in ("defense", "name", "description", "output_dir", "seeds", "evaluation"):
+        public.pop(field, None)
+    return json.dumps(public, sort_keys=True) + f"|seed={seed}"
+
+
+def save_model(module, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(module.state_dict(), path)
+
+
 def run(recipe: Recipe, recipe_path: str | None = None, log: Callable[[str], None] = print,
-        progress: bool = False) -> tuple[dict, Path]:
+        progress: bool = False, run_dir: Path | None = None, clean_models: dict | None = None) -> tuple[dict, Path]:
+    """Run a recipe end to end (see the module docstring). ``run_dir``: where to write (default: a new
+    runs/<name>/<timestamp>/). ``clean_models``: a dict shared across runs that differ only in their defense (a
+    sweep), so each seed's clean-trained model is trained once."""
     if recipe.train.num_threads:
         torch.set_num_threads(recipe.train.num_threads)
     started = time.perf_counter()
-    run_dir = new_run_dir(recipe)
+    if run_dir is None:
+        run_dir = new_run_dir(recipe)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.public_dict(), sort_keys=False))
     prep = prepare(recipe, log)
     num_classes = len(prep.train.class_names)
@@ -117,18 +137,30 @@ def run(recipe: Recipe, recipe_path: str | None = None, log: Callable[[str], Non
             if which == "protected_model" and same_as_clean:
                 models[which] = models["clean_model"]
                 continue
-            fitted = fit(recipe, prep.features[feats], prep.train.labels, num_classes, seed, val=val,
-                         log_dir=run_dir / "logs", name=which, progress=progress)
-            models[which] = fitted.module
-            if first_clean_model is None and which == "clean_model":
-                first_clean_model = fitted.module
-            entry["train_seconds"][which] = round(fitted.seconds, 2)
-            log(f"seed {seed}: trained {which.replace('_', ' ')} in {fitted.seconds:.1f} s")
+            shared_key = clean_model_key(recipe, seed) if which == "clean_model" else None
+            if clean_models is not None and shared_key in clean_models:
+                models[which] = clean_models[shared_key]
+                log(f"seed {seed}: clean model reused (same data, features, model and training)")
+            else:
+                fitted = fit(recipe, prep.features[feats], prep.train.labels, num_classes, seed, val=val,
+                             log_dir=run_dir / "logs", name=which, progress=progress)
+                models[which] = fitted.module
+                entry["train_seconds"][which] = round(fitted.seconds, 2)
+                log(f"seed {seed}: trained {which.replace('_', ' ')} in {fitted.seconds:.1f} s")
+                if clean_models is not None and shared_key is not None:
+                    clean_models[shared_key] = fitted.module
+            save_model(models[which], run_dir / "models" / f"{which}_seed{seed}.pt")
+        if first_clean_model is None:
+            first_clean_model = models["clean_model"]
         for which, test_set in EVALUATIONS:
             entry.setdefault(which, {})[test_set] = evaluate(models[which], recipe.train, prep.features[test_set],
                                                              prep.test.labels)
+        for which in ("clean_model", "protected_model"):
+            entry[which]["ablation"] = evaluate_ablation(models[which], recipe.train, prep)
         per_seed.append(entry)
     summary = {f"{m}/{t}": summarise([e[m][t]["accuracy"] for e in per_seed]) for m, t in EVALUATIONS}
+    ablation = {name: {which: summarise([e[which]["ablation"][name] for e in per_seed])
+                       for which in ("protected_model", "clean_model")} for name in prep.ablation}
     results = {
         "recipe_name": recipe.name,
         "recipe_path": recipe_path,
@@ -144,6 +176,7 @@ def run(recipe: Recipe, recipe_path: str | None = None, log: Callable[[str], Non
         "seeds": list(recipe.seeds),
         "quality": assess(recipe, prep.waveforms, first_clean_model),
         "accuracy": summary,
+        "ablation": ablation,
         "per_seed": per_seed,
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
@@ -174,6 +207,10 @@ def markdown(results: dict) -> str:
     ]
     for m, t in EVALUATIONS:
         lines.append(f"| {LABELS[(m, t)]} | {fmt(results['accuracy'][f'{m}/{t}'])} |")
+    lines += ["", "Position ablation (test clips protected in each way; see lab/ablation.py):", "",
+              "| test variant | protected-trained | clean-trained (control) |", "|---|---|---|"]
+    for name, row in results.get("ablation", {}).items():
+        lines.append(f"| {name} | {fmt(row['protected_model'])} | {fmt(row['clean_model'])} |")
     lines += ["", f"Protected training audio vs clean: SNR {q['snr_db_mean']:.1f} dB mean, "
                   f"{q['snr_db_worst5']:.1f} dB worst 5% of clips.", ""]
     return "\n".join(lines)

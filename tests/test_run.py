@@ -55,6 +55,20 @@ def test_run_writes_results(short_run):
     assert "protected-trained, clean test" in output and "protected-trained, positions mixed" in output
 
 
+def test_ablation_in_results_and_lab_ablate_reproduces_it(short_run):
+    _, run_dir = short_run
+    results = json.loads((run_dir / "results.json").read_text())
+    assert {"clean", "true", "mixed_positions", "filter_whole_clip"} <= set(results["ablation"])
+    assert results["ablation"]["true"]["protected_model"]["values"] == [
+        e["protected_model"]["protected_test"]["accuracy"] for e in results["per_seed"]]
+    result = CliRunner().invoke(app, ["ablate", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    again = json.loads(next(run_dir.glob("ablation-*.json")).read_text())["ablation"]
+    for name, row in results["ablation"].items():
+        for which in ("protected_model", "clean_model"):
+            assert again[name][which]["values"] == pytest.approx(row[which]["values"], abs=1e-6), (name, which)
+
+
 def test_key_in_no_output_file_nor_terminal(short_run):
     output, run_dir = short_run
     assert KEY not in output

@@ -42,10 +42,22 @@ def run(
     for m, t in EVALUATIONS:
         table.add_row(LABELS[(m, t)], fmt(results["accuracy"][f"{m}/{t}"]))
     console.print(table)
+    console.print(ablation_table(results))
     q = results["quality"]["protected_train_vs_clean"]
     console.print(f"protected training audio: SNR {q['snr_db_mean']:.1f} dB mean, {q['snr_db_worst5']:.1f} dB "
                   f"worst 5%; key fingerprint {results['key_fingerprint']}; {results['wall_seconds']} s")
     console.print(f"results: {run_dir}/results.json, {run_dir}/results.md")
+
+
+def ablation_table(results: dict) -> Table:
+    from lab.experiment import fmt
+    table = Table(title="position ablation: accuracy on test clips protected in each way")
+    table.add_column("test variant")
+    table.add_column("protected-trained", justify="right")
+    table.add_column("clean-trained (control)", justify="right")
+    for name, row in results["ablation"].items():
+        table.add_row(name, fmt(row["protected_model"]), fmt(row["clean_model"]))
+    return table
 
 
 @app.command("list")

@@ -1,0 +1,64 @@
+"""Reading a finished run back: its recipe, protection record, results and trained models."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from defenses.base import Protection
+from lab.errors import LabError
+from lab.models import build_model
+from lab.module import LabModule
+from lab.recipe import Recipe, recipe_from_dict
+
+
+@dataclass
+class FinishedRun:
+    path: Path
+    recipe: Recipe
+    protection: Protection
+    results: dict
+
+    def module(self, which: str, seed: int) -> LabModule:
+        """The trained ``clean_model`` or ``protected_model`` of ``seed``."""
+        path = self.path / "models" / f"{which}_seed{seed}.pt"
+        if not path.is_file():
+            raise LabError(f"{self.path}: no saved model {path.name} (runs made before models were saved cannot be "
+                           f"ablated; run the recipe again)")
+        shape = self.results["data"]["feature_shape"]
+        classes = len(self.results["data"]["classes"])
+        model = build_model(self.recipe.model, tuple(shape), classes, self.recipe.features.type == "raw",
+                            self.recipe.data.sample_rate)
+        module = LabModule(model, classes, self.recipe.train.lr, self.recipe.train.weight_decay,
+                           torch.zeros(shape[0], 1), torch.ones(shape[0], 1))
+        module.load_state_dict(torch.load(path))
+        return module.eval()
+
+
+def load_run(path: Path) -> FinishedRun:
+    path = Path(path)
+    files = {name: path / name for name in ("recipe.yaml", "protection.json", "results.json")}
+    missing = [n for n, p in files.items() if not p.is_file()]
+    if missing:
+        raise LabError(f"{path} is not a finished lab run (missing {', '.join(missing)})")
+    recipe = recipe_from_dict(yaml.safe_load(files["recipe.yaml"].read_text()), str(files["recipe.yaml"]))
+    protection = Protection.from_dict(json.loads(files["protection.json"].read_text()))
+    return FinishedRun(path, recipe, protection, json.loads(files["results.json"].read_text()))
+
+
+def find_results(paths: list[Path]) -> list[Path]:
+    """Every results.json in or below the given run or sweep folders (or the files themselves)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_file() and p.name == "results.json":
+            found.append(p)
+        elif p.is_dir():
+            found += sorted(p.rglob("results.json"))
+        else:
+            raise LabError(f"no such run folder or results.json: {p}")
+    if not found:
+        raise LabError(f"no results.json under {', '.join(map(str, paths))}")
+    return found
