@@ -123,7 +123,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise LabError(f"--set {text!r}: expected FIELD=VALUE, e.g. train.epochs=5")
     field, value = text.split("=", 1)
-    return field.strip(), yaml.safe_load(value)
+    try:
+        return field.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise LabError(f"--set {text!r}: the value is not valid YAML") from None
 
 
 def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:

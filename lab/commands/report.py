@@ -1,0 +1,82 @@
+"""``lab report RUN_OR_SWEEP_DIRS...``: tables and plots across runs."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from lab.cli import app, console, log
+
+
+@app.command()
+def report(
+    dirs: list[Path] = typer.Argument(..., help="Run folders, sweep folders or results.json files."),
+    out: Optional[Path] = typer.Option(None, help="Report folder (default runs/reports/<timestamp>)."),
+    spectrograms: bool = typer.Option(True, help="Plot one protected clip per class (reloads the first run's data)."),
+):
+    """Aggregate results.json files into the accuracy, position-ablation and quality tables (mean ± std over seeds,
+    with the number of seeds) in the terminal, report.md and CSV; plot learning curves, the frontier and a
+    spectrogram of one protected clip per class with its patch marked."""
+    from lab import plots
+    from lab.report import collect, tables, write
+    from lab.rundir import find_results
+
+    groups = collect(find_results(dirs))
+    out = out or Path("runs") / "reports" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for name, (head, rows) in tables(groups).items():
+        table = Table(title=name)
+        for h in head:
+            table.add_column(h)
+        for r in rows:
+            table.add_row(*r)
+        console.print(table)
+    written = write(groups, out)
+    run_dirs = [d for g in groups for d in g.run_dirs]
+    plots.learning_curves(run_dirs, out / "learning_curves.png")
+    _frontier(groups, out / "frontier.png")
+    if spectrograms:
+        _spectrograms(run_dirs[0], out / "spectrograms.png")
+    console.print(f"written: {written['report']} (+ CSV tables and PNG plots) in {out}")
+
+
+def _frontier(groups, path: Path) -> None:
+    import statistics
+
+    from lab import plots
+    from lab.sweep import pareto
+    rows, cost = [], []
+    use_fad = all(any(q.get("fad") for q in g.quality) for g in groups)
+    for g in groups:
+        acc = g.accuracy["protected_model/clean_test"]
+        quality = next((q for q in g.quality if q), {})
+        rows.append({"model": g.recipe["model"]["type"], "feature": g.recipe["features"]["type"],
+                     "protected_clean_acc": statistics.fmean(acc),
+                     "protected_clean_acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0})
+        cost.append(quality["fad"]["value"] if use_fad else -quality["protected_train_vs_clean"]["snr_db_mean"])
+    for r, on_front in zip(rows, pareto([(c, r["protected_clean_acc"]) for c, r in zip(cost, rows)])):
+        r["pareto"] = on_front
+    plots.frontier_plot(rows, cost, "FAD (protected vs clean)" if use_fad else "-SNR of protected audio (dB)", path)
+
+
+def _spectrograms(run_dir: Path, path: Path) -> None:
+    from lab.data import load_dataset
+    from lab.errors import LabError
+    from lab.plots import protected_spectrograms
+    from lab.rundir import load_run
+    try:
+        run = load_run(run_dir)
+        _, test = load_dataset(run.recipe.data, log)
+    except LabError as e:
+        log(f"spectrogram plot skipped: {e}")
+        return
+    protection = run.protection
+    protected = protection.apply(test.waveforms, test.labels, test.lengths)
+    if hasattr(protection, "starts"):
+        starts = protection.starts(test.labels, test.waveforms.shape[1], test.lengths)
+        spans = [[(s, s + protection.patch_len) for s in row] for row in starts.tolist()]
+    else:
+        spans = [[] for _ in range(len(test))]
+    protected_spectrograms(test.waveforms, protected, test.labels, test.class_names, spans, test.sample_rate, path)

@@ -1,0 +1,39 @@
+"""``lab sweep RECIPE --grid FIELD=V1,V2 ...``: a resumable grid of runs and its protection/quality frontier."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from lab.cli import app, console, log
+
+
+@app.command()
+def sweep(
+    recipe: Path = typer.Argument(..., help="Base recipe YAML."),
+    grid: list[str] = typer.Option(..., "--grid", help="FIELD=V1,V2,... (repeatable), e.g. "
+                                   "--grid defense.blur=0.1,0.3,1 --grid defense.patch_seconds=0.05,0.1"),
+    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds for every cell (e.g. 0,1,2)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Fixed override for every cell (repeatable)."),
+    out: Optional[Path] = typer.Option(None, help="Sweep folder (default runs/sweeps/<recipe>). Run the same "
+                                       "command again to resume: finished cells are skipped."),
+):
+    """Run every combination of the grid values (each over the seeds) and write frontier.csv and frontier.png:
+    the protected model's clean-test accuracy against the quality cost (FAD when the runs have it, else SNR), per
+    architecture and feature, with the Pareto front marked."""
+    from lab.sweep import parse_grid, run_sweep
+    parsed = parse_grid(grid)
+    out = out or Path("runs") / "sweeps" / recipe.stem
+    seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    rows = run_sweep(recipe, parsed, out, seed_list, list(set_ or []), log=log)
+    table = Table(title=f"sweep {recipe} ({len(rows)} cells)")
+    for col in [*parsed, "prot→clean acc", "clean→clean acc", "SNR dB", "FAD", "Pareto"]:
+        table.add_column(col.split(".")[-1])
+    for r in rows:
+        table.add_row(*(str(r[k]) for k in parsed), f"{r['protected_clean_acc']:.3f} ± {r['protected_clean_acc_std']:.3f}",
+                      f"{r['clean_clean_acc']:.3f}", f"{r['snr_db']:.1f}" if r["snr_db"] is not None else "–",
+                      f"{r['fad']:.3g}" if r["fad"] is not None else "–", "*" if r.get("pareto") else "")
+    console.print(table)
+    console.print(f"written: {out}/frontier.csv, {out}/frontier.png")

@@ -1,0 +1,139 @@
+"""Sweeps: a grid of recipe overrides, run cell by cell, resumable, summarised as a protection/quality frontier.
+
+Each cell is a folder ``cell-<hash>`` holding ``cell.json`` (its overrides) and, when finished, the usual run files.
+Running the same sweep again skips finished cells and redoes an interrupted one. Cells that differ only in their
+defense share each seed's clean-trained model (trained once per sweep process).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from lab.errors import LabError
+from lab.recipe import Recipe, load_recipe
+
+
+def parse_grid(items: list[str]) -> dict[str, list[Any]]:
+    """``["defense.blur=0.1,0.3", ...]`` -> ``{"defense.blur": [0.1, 0.3], ...}`` (values parsed as YAML)."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        if "=" not in item:
+            raise LabError(f"--grid {item!r}: expected FIELD=V1,V2,..., e.g. defense.blur=0.1,0.3")
+        field, raw = (part.strip() for part in item.split("=", 1))
+        try:
+            values = [yaml.safe_load(v) for v in _split(raw)]
+        except yaml.YAMLError:
+            raise LabError(f"--grid {item!r}: a value is not valid YAML") from None
+        if not values or any(v is None for v in values):
+            raise LabError(f"--grid {item!r}: expected FIELD=V1,V2,... with at least one value")
+        grid[field] = values
+    if not grid:
+        raise LabError("a sweep needs at least one --grid FIELD=V1,V2,...")
+    return grid
+
+
+def _split(text: str) -> list[str]:
+    """Split on commas outside brackets, so list values like [0.0,0.5] survive."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "[("
+        depth -= ch in "])"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def cells(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def cell_id(cell: dict[str, Any], seeds: list[int]) -> str:
+    text = json.dumps({"cell": cell, "seeds": seeds}, sort_keys=True)
+    return "cell-" + hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def run_sweep(recipe_path: Path, grid: dict[str, list[Any]], out: Path, seeds: list[int] | None = None,
+              overrides: list[str] | None = None, log: Callable[[str], None] = print) -> list[dict]:
+    """Run every cell not yet finished; return one summary row per cell (finished before or now)."""
+    from lab.experiment import run
+
+    base_overrides = list(overrides or [])
+    if seeds:
+        base_overrides.append(f"seeds={json.dumps(seeds)}")
+    # validate every cell before any work
+    planned: list[tuple[dict, Recipe]] = []
+    for cell in cells(grid):
+        cell_overrides = base_overrides + [f"{k}={json.dumps(v)}" for k, v in cell.items()]
+        planned.append((cell, load_recipe(recipe_path, cell_overrides)))
+    out.mkdir(parents=True, exist_ok=True)
+    clean_models: dict = {}
+    rows = []
+    for i, (cell, recipe) in enumerate(planned, 1):
+        folder = out / cell_id(cell, list(recipe.seeds))
+        label = ", ".join(f"{k}={v}" for k, v in cell.items())
+        if (folder / "results.json").is_file():
+            log(f"[{i}/{len(planned)}] {label}: finished earlier, skipped")
+        else:
+            if folder.exists():
+                log(f"[{i}/{len(planned)}] {label}: incomplete from an earlier run, redoing")
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
+            (folder / "cell.json").write_text(json.dumps({"cell": cell, "seeds": list(recipe.seeds)}, indent=2))
+            log(f"[{i}/{len(planned)}] {label}: running")
+            run(recipe, str(recipe_path), log=log, run_dir=folder, clean_models=clean_models)
+        rows.append(summary_row(cell, json.loads((folder / "results.json").read_text()), folder))
+    write_frontier(rows, out)
+    return rows
+
+
+def summary_row(cell: dict, results: dict, folder: Path) -> dict:
+    acc = results["accuracy"]
+    quality = results.get("quality", {})
+    snr = quality.get("protected_train_vs_clean", {})
+    fad = quality.get("fad", {}) or {}
+    row = {**{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in cell.items()},
+           "model": results["recipe"]["model"]["type"], "feature": results["recipe"]["features"]["type"],
+           "seeds": len(results["seeds"]),
+           "protected_clean_acc": acc["protected_model/clean_test"]["mean"],
+           "protected_clean_acc_std": acc["protected_model/clean_test"]["std"],
+           "clean_clean_acc": acc["clean_model/clean_test"]["mean"],
+           "protected_protected_acc": acc["protected_model/protected_test"]["mean"],
+           "protected_mixed_acc": acc["protected_model/mixed_test"]["mean"],
+           "snr_db": snr.get("snr_db_mean"),
+           "fad": fad.get("value"), "fad_floor": fad.get("floor"), "fad_backend": fad.get("backend"),
+           "folder": str(folder)}
+    return row
+
+
+def pareto(points: list[tuple[float, float]]) -> list[bool]:
+    """Which points are on the front when both coordinates are to be minimised (nothing is better in both)."""
+    return [not any((q[0] <= p[0] and q[1] <= p[1]) and q != p for q in points) for p in points]
+
+
+def write_frontier(rows: list[dict], out: Path) -> None:
+    if not rows:
+        return
+    use_fad = all(r["fad"] is not None for r in rows)
+    cost = [(r["fad"] if use_fad else -(r["snr_db"] or 0.0)) for r in rows]
+    front = pareto([(c, r["protected_clean_acc"]) for c, r in zip(cost, rows)])
+    for r, f in zip(rows, front):
+        r["pareto"] = f
+    with open(out / "frontier.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    from lab.plots import frontier_plot
+    frontier_plot(rows, cost, "FAD (protected vs clean)" if use_fad else "-SNR of protected audio (dB)",
+                  out / "frontier.png")

@@ -1,0 +1,123 @@
+"""Sweeps resume after an interruption; reports aggregate the right mean and std; plots are real PNGs."""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import lab.experiment
+from lab.cli import app
+from lab.report import collect, tables, write
+from lab.sweep import _split, cells, pareto, parse_grid, run_sweep
+
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "fsdd_cnn.yaml"
+
+
+def test_grid_parsing():
+    grid = parse_grid(["defense.blur=0.1,0.3,1", "defense.position_range=[0.0,0.2],[0.1,0.5]"])
+    assert grid == {"defense.blur": [0.1, 0.3, 1], "defense.position_range": [[0.0, 0.2], [0.1, 0.5]]}
+    assert len(cells(grid)) == 6
+    assert _split("a,[1,2],b") == ["a", "[1,2]", "b"]
+
+
+def test_pareto():
+    assert pareto([(1, 0.9), (2, 0.5), (3, 0.6), (0.5, 0.95)]) == [True, True, False, True]
+
+
+def test_sweep_resumes_after_interruption(fsdd_dir, tmp_path, monkeypatch):
+    fixed = [f"data.root={fsdd_dir}", "train.epochs=1", "data.max_train_per_class=4", "data.max_test_per_class=2",
+             "train.progress=false"]
+    grid = {"defense.blur": [0.1, 0.5]}
+    real_run = lab.experiment.run
+    calls = []
+
+    def crashing_run(recipe, *args, **kwargs):
+        calls.append(recipe.defense.blur)
+        if len(calls) == 2:
+            (kwargs["run_dir"] / "partial.txt").write_text("half a cell")
+            raise KeyboardInterrupt
+        return real_run(recipe, *args, **kwargs)
+
+    monkeypatch.setattr(lab.experiment, "run", crashing_run)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(RECIPE, grid, tmp_path, [0], fixed, log=lambda s: None)
+    finished = list(tmp_path.glob("cell-*/results.json"))
+    assert len(finished) == 1
+    stamp = finished[0].stat().st_mtime_ns
+
+    monkeypatch.setattr(lab.experiment, "run", real_run)
+    said = []
+    rows = run_sweep(RECIPE, grid, tmp_path, [0], fixed, log=said.append)
+    assert any("finished earlier, skipped" in s for s in said)
+    assert any("incomplete from an earlier run, redoing" in s for s in said)
+    assert finished[0].stat().st_mtime_ns == stamp  # the finished cell was not touched
+    assert not list(tmp_path.glob("cell-*/partial.txt"))
+    assert len(rows) == 2 and {r["defense.blur"] for r in rows} == {0.1, 0.5}
+    assert (tmp_path / "frontier.csv").is_file()
+    assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def fake_results(path: Path, seeds: list[int], accs: dict[int, float], blur: float = 0.3) -> Path:
+    recipe = {"name": "toy", "model": {"type": "cnn"}, "features": {"type": "mfcc"},
+              "defense": {"type": "poscuda", "blur": blur}, "seeds": seeds, "output_dir": "runs"}
+    per_seed = []
+    for s in seeds:
+        evals = {"clean_test": {"accuracy": 0.9 + s / 100}, "protected_test": {"accuracy": 0.99}}
+        per_seed.append({"seed": s, "clean_model": {**evals, "ablation": {"true": 0.9}},
+                         "protected_model": {**evals, "clean_test": {"accuracy": accs[s]},
+                                             "mixed_test": {"accuracy": 0.5}, "ablation": {"true": 0.99}}})
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(json.dumps({
+        "recipe_name": "toy", "recipe": recipe, "per_seed": per_seed, "seeds": seeds,
+        "quality": {"protected_train_vs_clean": {"snr_db_mean": 20.0 - blur}},
+        "provenance": {"git": {"commit": "abc"}}}))
+    return path / "results.json"
+
+
+def test_report_pools_seeds_and_computes_mean_std(tmp_path):
+    accs = {0: 0.2, 1: 0.4, 2: 0.9}
+    files = [fake_results(tmp_path / "a", [0, 1], accs), fake_results(tmp_path / "b", [2, 1], accs),
+             fake_results(tmp_path / "c", [0], {0: 0.7}, blur=1.0)]
+    groups = collect(files)
+    assert len(groups) == 2
+    pooled = groups[0]
+    assert sorted(pooled.seeds) == [0, 1, 2]  # seed 1 appears twice and counts once
+    head, rows = tables(groups)["accuracy"]
+    col = head.index("protected→clean")
+    expected = f"{statistics.fmean([0.2, 0.4, 0.9]):.3f} ± {statistics.stdev([0.2, 0.4, 0.9]):.3f}"
+    assert rows[0][col] == expected and rows[0][1] == "3"
+    assert rows[1][col] == "0.700" and rows[1][1] == "1"
+    written = write(groups, tmp_path / "report")
+    assert expected in written["report"].read_text()
+    assert (tmp_path / "report" / "ablation.csv").read_text().count("\n") == 3
+
+
+def test_report_command_writes_plots(tmp_path):
+    files = [fake_results(tmp_path / "a", [0, 1], {0: 0.2, 1: 0.4}),
+             fake_results(tmp_path / "b", [0], {0: 0.7}, blur=1.0)]
+    log_dir = tmp_path / "a" / "logs" / "protected_model" / "seed0"
+    log_dir.mkdir(parents=True)
+    (log_dir / "metrics.csv").write_text("epoch,step,val_acc,train_loss\n0,10,0.3,\n0,10,,2.0\n1,20,0.5,\n")
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "a"), str(files[1]), "--out", str(tmp_path / "r"),
+                                      "--no-spectrograms"])
+    assert result.exit_code == 0, result.output
+    for name in ("learning_curves.png", "frontier.png"):
+        data = (tmp_path / "r" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_spectrogram_plot(tmp_path):
+    import torch
+
+    from defenses.poscuda import PosCUDA, PosCUDAConfig
+    from lab.plots import protected_spectrograms
+    prot = PosCUDA(PosCUDAConfig(key="plot-key-12345")).derive(3, 8000)
+    w = 0.2 * torch.randn(6, 8000)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    starts = prot.starts(y, 8000)
+    spans = [[(s, s + prot.patch_len) for s in row] for row in starts.tolist()]
+    protected_spectrograms(w, prot.apply(w, y), y, ["a", "b", "c"], spans, 8000, tmp_path / "s.png")
+    assert (tmp_path / "s.png").stat().st_size > 5000
