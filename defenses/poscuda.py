@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, SecretStr, model_validator
 
 from defenses.base import DEFENSES, Defense, Protection
@@ -76,22 +75,27 @@ def convolve_patches(x: torch.Tensor, starts: torch.Tensor, filters: torch.Tenso
     n, t = x.shape
     k = filters.shape[-1]
     left = (k - 1) // 2
-    right = k - 1 - left
     out = x.clone()
     window = torch.arange(patch_len + k - 1, device=x.device)
     patch = torch.arange(patch_len, device=x.device)
     for j in range(starts.shape[1]):
-        padded = F.pad(out, (left, right + patch_len))  # padded[m] = out[m - left]
-        seg = padded.gather(1, starts[:, j:j + 1] + window)  # out[s - left ... s + p - 1 + right]
+        # the patch and its k-1 real neighbours; indices outside the clip read as zero
+        idx = starts[:, j:j + 1] - left + window
+        inside = (idx >= 0) & (idx < t)
+        seg = out.gather(1, idx.clamp(0, t - 1)) * inside
         taps = filters[:, j].flip(-1).to(x.dtype)
         y = torch.zeros(n, patch_len, dtype=x.dtype, device=x.device)
-        for i in range(k):
-            y.add_(taps[:, i:i + 1] * seg[:, i:i + patch_len])
+        for i in range(k):  # element-wise, so a clip's result never depends on its batch
+            y.addcmul_(taps[:, i:i + 1], seg[:, i:i + patch_len])
         if clip:
             y.clamp_(-1.0, 1.0)
-        widened = F.pad(out, (0, patch_len))  # room for a patch longer than the clip; cropped below
-        widened.scatter_(1, starts[:, j:j + 1] + patch, y)
-        out = widened[:, :t]
+        where = starts[:, j:j + 1] + patch
+        if bool((where < t).all()):
+            out.scatter_(1, where, y)
+        else:  # a patch longer than what is left of the clip is cut at the clip's end
+            keep = where < t
+            rows = torch.arange(n, device=x.device)[:, None].expand(n, patch_len)
+            out[rows[keep], where[keep]] = y[keep]
     return out
 
 
