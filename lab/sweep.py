@@ -43,8 +43,8 @@ def _split(text: str) -> list[str]:
     """Split on commas outside brackets, so list values like [0.0,0.5] survive."""
     parts, depth, cur = [], 0, ""
     for ch in text:
-        depth += ch in "[("
-        depth -= ch in "])"
+        depth += ch in "[({"
+        depth -= ch in "])}"
         if ch == "," and depth == 0:
             parts.append(cur)
             cur = ""

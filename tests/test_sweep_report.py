@@ -21,6 +21,8 @@ def test_grid_parsing():
     assert grid == {"defense.blur": [0.1, 0.3, 1], "defense.position_range": [[0.0, 0.2], [0.1, 0.5]]}
     assert len(cells(grid)) == 6
     assert _split("a,[1,2],b") == ["a", "[1,2]", "b"]
+    assert parse_grid(["model={type: cnn, head: global},{type: lstm}"])["model"] == [
+        {"type": "cnn", "head": "global"}, {"type": "lstm"}]
 
 
 def test_pareto():
