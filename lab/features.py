@@ -51,8 +51,10 @@ class FrontEnd:
 
     @torch.no_grad()
     def __call__(self, waveforms: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self._one(c) for c in waveforms.split(self.cfg.chunk)]) if len(waveforms) else \
-            self._one(waveforms)
+        """Features (N, C, F) of waveforms (N, T), computed in chunks of ``chunk`` clips (bounded memory)."""
+        if len(waveforms) <= self.cfg.chunk:
+            return self._one(waveforms)
+        return torch.cat([self._one(c) for c in waveforms.split(self.cfg.chunk)])
 
     def key(self) -> str:
         return f"{self.cfg.model_dump_json()}@{self.sample_rate}"

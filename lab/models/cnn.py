@@ -19,7 +19,7 @@ from lab.models.base import MODELS, Classifier
 class CNNConfig(PluginConfig):
     type: Literal["cnn"] = "cnn"
     head: Literal["global", "flatten"] = "flatten"
-    channels: list[int] = Field(default_factory=lambda: [16, 32, 64])
+    channels: list[int] = Field(default_factory=lambda: [8, 16, 32])
     raw_kernel_ms: float = Field(10.0, gt=0)  # first-layer kernel of the 1-D CNN on raw audio
     raw_stride: int = Field(4, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
