@@ -39,6 +39,8 @@ def test_shipped_recipe_set():
     ({"defense": {"type": "poscuda", "position_range": [0.5, 0.2]}}, r"position_range must satisfy"),
     ({"defense": {"type": "poscuda", "position_range": [0.0, 0.95]}}, r"passes the clip's end"),
     ({"seeds": []}, r"seeds: List should have at least 1 item"),
+    ({"data": {"sample_rate": -8000}}, r"data.sample_rate: Input should be greater than 0 \(got -8000\)"),
+    ({"data": {"sample_rate": "8kHz"}}, r"data.sample_rate: Input should be a valid integer"),
 ])
 def test_bad_recipes_fail_with_one_line(data, pattern):
     with pytest.raises(LabError, match=pattern) as info:
