@@ -1,0 +1,90 @@
+"""Decoding a file and writing it back in its own format, sample rate, channel count and subtype.
+
+Integer PCM (8/16/24/32-bit) is read as exact integers and written back as integers, so every sample outside the
+protected patches is bit-identical to the source. Inside a patch the protected value is rounded to the subtype's
+grid; a value past full scale (above 1 - 2^-(bits-1) or below -1) is CLIPPED to full scale and counted: it cannot be
+represented otherwise, and the count is reported per file and in the run's summary. Float subtypes (FLOAT, DOUBLE)
+keep values past full scale unchanged (they are representable) and count them too. Other subtypes (Vorbis, Opus,
+MP3, A-law, ...) are re-encoded from floats clipped to [-1, 1] (counted); a lossy codec changes every sample a little
+when re-encoding, which is unavoidable.
+
+Text metadata that libsndfile knows (title, artist, ...) is copied; other chunks (cue points, embedded pictures) are not.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+
+INT_BITS = {"PCM_S8": 8, "PCM_U8": 8, "PCM_16": 16, "PCM_24": 24, "PCM_32": 32}
+FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
+LOSSLESS_FORMATS = frozenset({"WAV", "WAVEX", "AIFF", "AU", "CAF", "W64", "RF64", "FLAC", "RAW", "NIST", "IRCAM",
+                              "SVX", "PAF", "VOC", "SD2", "WVE", "MAT4", "MAT5", "PVF", "XI", "HTK", "SDS", "AVR"})
+TEXT_FIELDS = ("title", "copyright", "software", "artist", "comment", "date", "album", "license", "tracknumber",
+               "genre")
+
+
+@dataclass
+class Decoded:
+    """A decoded file: ``data`` (frames, channels) float64 in [-1, 1] full scale, and how it was stored."""
+
+    data: np.ndarray
+    sample_rate: int
+    format: str
+    subtype: str
+    endian: str
+    text: dict
+
+    @property
+    def exact(self) -> bool:
+        """True when re-encoding reproduces every unchanged sample exactly (lossless format and subtype)."""
+        return self.format in LOSSLESS_FORMATS and (self.subtype in INT_BITS or self.subtype in FLOAT_SUBTYPES)
+
+
+def decode(blob: bytes) -> Decoded:
+    """Decode a whole file from its bytes (raises soundfile's errors for a corrupt file)."""
+    with sf.SoundFile(io.BytesIO(blob)) as f:
+        if f.subtype in INT_BITS:
+            data = f.read(dtype="int32", always_2d=True).astype(np.float64) / 2.0 ** 31
+        else:
+            data = f.read(dtype="float64", always_2d=True)
+        text = {k: getattr(f, k) for k in TEXT_FIELDS if getattr(f, k, "")}
+        return Decoded(data, f.samplerate, f.format, f.subtype, f.endian, text)
+
+
+def quantise(data: np.ndarray, like: Decoded) -> tuple[np.ndarray, int]:
+    """The samples as they will be stored, and how many lie past full scale (clipped for integer and other
+    subtypes, kept for float subtypes)."""
+    bits = INT_BITS.get(like.subtype)
+    if bits is not None:
+        scale = 2.0 ** (bits - 1)
+        q = np.round(data * scale)
+        over = int(np.count_nonzero((q > scale - 1) | (q < -scale)))
+        q = np.clip(q, -scale, scale - 1) * 2.0 ** (32 - bits)
+        return q.astype(np.int32), over
+    over = int(np.count_nonzero(np.abs(data) > 1.0))
+    if like.subtype in FLOAT_SUBTYPES:
+        return data, over
+    return np.clip(data, -1.0, 1.0), over
+
+
+def encode(data: np.ndarray, like: Decoded) -> tuple[bytes, int]:
+    """Bytes of a file holding ``data`` (frames, channels) in the format, rate and subtype of ``like``, and the count
+    of samples past full scale (see :func:`quantise`)."""
+    stored, over = quantise(data, like)
+    buf = io.BytesIO()
+    with sf.SoundFile(buf, "w", like.sample_rate, stored.shape[1], like.subtype, like.endian, like.format) as f:
+        for k, v in like.text.items():
+            setattr(f, k, v)
+        f.write(stored)
+    return buf.getvalue(), over
+
+
+def as_stored(data: np.ndarray, like: Decoded) -> np.ndarray:
+    """``data`` as a decoder will read it back from an exact (lossless) file: rounded and clipped like the file."""
+    stored, _ = quantise(data, like)
+    if stored.dtype == np.int32:
+        return stored.astype(np.float64) / 2.0 ** 31
+    return stored.astype(np.float32).astype(np.float64) if like.subtype == "FLOAT" else stored
