@@ -26,8 +26,8 @@ LABEL_FORMS = "folder, none, regex:PATTERN (group 1 of the file name), or a CSV 
 class LabelRule:
     """How a file's label is found.
 
-    ``kind``: ``folder`` (the name of the folder holding the file), ``csv`` (a table of path,label rows; paths
-    relative to INPUT), ``regex`` (the first group of ``pattern`` searched in the file name, or the whole match
+    ``kind``: ``folder`` (the name of the top-level folder under INPUT that holds the file, at any depth), ``csv``
+    (a table of path,label rows; paths relative to INPUT), ``regex`` (the first group of ``pattern`` searched in the file name, or the whole match
     when it has no group) or ``none`` (every file gets the one label ``all``: one key-wide position and filter).
     ``spec``: the text the user gave, recorded in the manifest.
     """
@@ -57,7 +57,8 @@ class LabelRule:
         if self.kind == "none":
             return UNLABELLED
         if self.kind == "folder":
-            return posixpath.basename(posixpath.dirname(rel)) or None
+            top, sep, _ = rel.partition("/")
+            return top if sep else None
         if self.kind == "csv":
             return self.table.get(rel)
         m = self.pattern.search(posixpath.basename(rel))

@@ -74,10 +74,16 @@ def protect_batch(items: list[tuple[np.ndarray, int]], sample_rate: int) -> list
     channels), class). The result of each file is bit-identical to :func:`protect_samples` (PosCUDA's convolution
     is computed tap by tap, element-wise, so a row does not depend on its batch; the zeros after a shorter file are
     the zeros its own edge reads; each file's patch start is clamped to its own length as ``apply`` does).
-    Repeated patches (long recordings) go file by file."""
+    Repeated patches (long recordings) and files shorter than a patch go file by file."""
     prot = protection_at(sample_rate)
-    if prot.repeat_samples is not None or len(items) == 1:
+    if prot.repeat_samples is not None or len(items) <= 1:
         return [protect_samples(d, sample_rate, c) for d, c in items]
+    short = [d.shape[0] < prot.patch_len for d, _ in items]
+    if any(short):
+        # a file shorter than a patch is convolved whole: its patch would spill into the batch's padding (which a
+        # second patch would then read), so it goes alone and the rest still go together
+        together = iter(protect_batch([it for it, s in zip(items, short) if not s], sample_rate))
+        return [protect_samples(d, sample_rate, c) if s else next(together) for (d, c), s in zip(items, short)]
     rows = sum(d.shape[1] for d, _ in items)
     total = max(d.shape[0] for d, _ in items)
     x = torch.zeros(rows, total, dtype=torch.float64)
