@@ -8,8 +8,13 @@
 - :mod:`lab.protect.protector`: streaming a collection through worker processes with atomic writes and resume;
 - :mod:`lab.protect.verify`: re-deriving the protection from the key and checking OUTPUT against the manifest.
 """
-from lab.protect.keygen import new_key_file
-from lab.protect.protector import protect_collection
-from lab.protect.verify import verify_collection
-
 __all__ = ["new_key_file", "protect_collection", "verify_collection"]
+_WHERE = {"new_key_file": "keygen", "protect_collection": "protector", "verify_collection": "verify"}
+
+
+def __getattr__(name: str):
+    # imported on first use: `lab keygen` should not pay for importing torch
+    if name in _WHERE:
+        import importlib
+        return getattr(importlib.import_module(f"lab.protect.{_WHERE[name]}"), name)
+    raise AttributeError(name)

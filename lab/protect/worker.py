@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,12 @@ def protect_batch(items: list[tuple[np.ndarray, int]], sample_rate: int) -> list
     return results
 
 
+def _reason(e: Exception) -> str:
+    """soundfile's message in one line, without the in-memory object's address (the same file, the same text)."""
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return re.sub(r"^Error opening <[^>]*>: ", "", text)
+
+
 def _failed(rel: str, label: str, why: str) -> tuple[str, dict]:
     return "failed", {"path": rel, "label": label, "status": "failed", "error": why}
 
@@ -137,7 +144,7 @@ def _read(job: tuple):
     try:
         dec = decode(blob)
     except Exception as e:  # soundfile raises several types for a corrupt file
-        return _failed(rel, label, f"cannot decode: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        return _failed(rel, label, f"cannot decode: {_reason(e)}")
     if dec.data.shape[0] == 0:
         return _failed(rel, label, "empty audio (0 samples)")
     return src_hash, dec
@@ -149,7 +156,7 @@ def _write(job: tuple, src_hash: str, dec, out: np.ndarray, applied: list[dict])
     try:
         out_blob, over = encode(out, dec)
     except Exception as e:
-        return _failed(rel, label, f"cannot write {dec.format}/{dec.subtype}: {str(e).splitlines()[0]}")
+        return _failed(rel, label, f"cannot write {dec.format}/{dec.subtype}: {_reason(e)}")
     write_atomically(Path(dst), out_blob, fsync)
     frames, channels = dec.data.shape
     return "protected", {"path": rel, "label": label, "class": cls, "status": "protected", "source_sha256": src_hash,
