@@ -39,7 +39,7 @@ def protect(
     output_dir: Path = typer.Argument(..., metavar="OUTPUT", help="Where the protected copies and manifest.jsonl go "
                                       "(outside INPUT; new, empty, or an earlier OUTPUT to resume)."),
     key_file: Path = typer.Option(..., "--key-file", help="The private key (make one with `lab keygen`)."),
-    labels: str = typer.Option("folder", help="Where labels come from: 'folder' (the file's folder name), "
+    labels: str = typer.Option("folder", help="Where labels come from: 'folder' (the top-level folder under INPUT), "
                                "'regex:PATTERN' (group 1 of the file name, e.g. 'regex:^(\\d+)_' for FSDD), a CSV "
                                "file of path,label rows, or 'none' (unlabelled: one key-wide position and filter)."),
     recipe: Optional[Path] = typer.Option(None, help="Take the PosCUDA parameters from this recipe's defense "
@@ -48,6 +48,10 @@ def protect(
     filter_length: Optional[int] = typer.Option(None, help="Taps of each class filter."),
     blur: Optional[float] = typer.Option(None, help="Blur factor: taps drawn from U(0, blur)."),
     patches_per_class: Optional[int] = typer.Option(None, help="Patches per clip."),
+    filter_norm: Optional[str] = typer.Option(None, help="'none' (CUDA's choice: the patch gets louder), 'sum' (no "
+                                              "gain change at low frequencies) or 'peak'."),
+    one_tap: Optional[bool] = typer.Option(None, "--one-tap/--no-one-tap", help="Set one tap of each filter to 1.0 "
+                                           "(as in CUDA; the default)."),
     position_mode: Optional[str] = typer.Option(None, help="'absolute' (seconds) or 'relative' (fractions of each "
                                                 "file's length)."),
     position_range: Optional[str] = typer.Option(None, help="Where patches may start, 'START,END' (seconds or "
@@ -74,7 +78,7 @@ def protect(
         options = load_recipe(recipe, []).defense.model_dump(mode="json", exclude={"key", "key_file"})
     given = {"patch_seconds": patch_seconds, "filter_length": filter_length, "blur": blur,
              "patches_per_class": patches_per_class, "position_mode": position_mode, "output": output_mode,
-             "repeat_seconds": repeat_seconds}
+             "repeat_seconds": repeat_seconds, "filter_norm": filter_norm, "one_tap": one_tap}
     if position_range is not None:
         try:
             lo, hi = (float(v) for v in position_range.split(","))
