@@ -108,8 +108,8 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
         for e in walk(inp):
             if e.kind == "audio":
                 label = rule.label(e.rel)
-                chunk.append((e.path, os.path.join(out, e.rel), e.rel, label, classes[label], previous.get(e.rel),
-                              fsync))
+                chunk.append((e.path, os.path.join(out, e.rel), e.rel, label, classes.get(label),
+                              previous.get(e.rel), fsync))
                 size += e.size
                 if len(chunk) >= CHUNK_FILES or size >= CHUNK_BYTES:
                     yield chunk

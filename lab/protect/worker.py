@@ -125,6 +125,8 @@ def _read(job: tuple):
     """First half of protecting a file: read, hash, check whether it is already done, decode. Returns a final
     (outcome, record) or (source hash, decoded audio)."""
     src, dst, rel, label, cls, previous, fsync = job
+    if cls is None:
+        return _failed(rel, label, "no label (the file appeared while the run was going; run again)")
     try:
         with open(src, "rb") as f:
             blob = f.read()
@@ -222,7 +224,10 @@ def check_file(job: tuple) -> dict:
         return {"path": rel, "status": "unchecked", "detail": "source not found: output hash checked only"}
     if sha256(src_blob) != rec["source_sha256"]:
         return {"path": rel, "status": "source-changed", "detail": "source differs from the manifest's hash"}
-    source, output = decode(src_blob), decode(out_blob)
+    try:
+        source, output = decode(src_blob), decode(out_blob)
+    except Exception as e:
+        return {"path": rel, "status": "mismatch", "detail": f"cannot decode: {_reason(e)}"}
     expected, applied = protect_samples(source.data, source.sample_rate, rec["class"])
     if applied != rec["patches"]:
         return {"path": rel, "status": "mismatch", "detail": "recorded patches differ from those the key gives"}
