@@ -20,6 +20,7 @@ from lab.protect.audiofile import as_stored, decode, encode
 PARTIAL_SUFFIX = ".lab-partial"  # temporary names: ".<name>.<pid>.lab-partial" beside the final file
 
 _record: dict = {}
+_made: set[str] = set()  # output folders this worker has already created
 _cache: dict[int, PosCUDAProtection] = {}
 
 
@@ -193,7 +194,9 @@ def write_atomically(path: Path, blob: bytes, fsync: bool = False) -> None:
     """Write ``blob`` to a temporary name beside ``path`` and rename it into place only once complete: an
     interrupted write never leaves a half file under the final name. ``fsync`` also forces the bytes to disk
     before the rename (survives a power cut; slower)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if str(path.parent) not in _made:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _made.add(str(path.parent))
     tmp = path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
     with open(tmp, "wb") as f:
         f.write(blob)
