@@ -160,7 +160,10 @@ def _write(job: tuple, src_hash: str, dec, out: np.ndarray, applied: list[dict])
         out_blob, over = encode(out, dec)
     except Exception as e:
         return _failed(rel, label, f"cannot write {dec.format}/{dec.subtype}: {_reason(e)}")
-    write_atomically(Path(dst), out_blob, fsync)
+    try:
+        write_atomically(Path(dst), out_blob, fsync)
+    except OSError as e:  # disk full, no permission: this file fails, the run goes on
+        return _failed(rel, label, f"cannot write the output: {e.strerror or e}")
     frames, channels = dec.data.shape
     return "protected", {"path": rel, "label": label, "class": cls, "status": "protected", "source_sha256": src_hash,
                          "output_sha256": sha256(out_blob), "format": dec.format, "subtype": dec.subtype,
@@ -198,12 +201,16 @@ def write_atomically(path: Path, blob: bytes, fsync: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         _made.add(str(path.parent))
     tmp = path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
-    with open(tmp, "wb") as f:
-        f.write(blob)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(blob)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def check_file(job: tuple) -> dict:

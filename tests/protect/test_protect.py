@@ -207,3 +207,22 @@ def test_long_recordings_carry_repeated_patches(tmp_path, key_file):
     diff = np.nonzero((src != dst).any(axis=1))[0]
     gaps = np.diff(diff)
     assert gaps.max() <= 32000 - 1600 + 1  # no stretch longer than the spacing is left unprotected
+
+
+def test_an_unwritable_output_fails_that_file_only(collection, key_file, tmp_path, monkeypatch):
+    """A write error (disk full, permissions) fails that file, leaves no temporary file, and the run goes on."""
+    import errno
+    real_replace = worker.os.replace
+
+    def full_disk(src, dst):
+        if str(dst).endswith("d.wav"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(worker.os, "replace", full_disk)
+    out = tmp_path / "out"
+    summary = run(collection, out, key_file)
+    assert {f["path"]: f["error"] for f in summary["failed"]}["dog/d.wav"] == \
+        "cannot write the output: No space left on device"
+    assert summary["protected"] == len(GOOD) - 1
+    assert not list(out.rglob("*.lab-partial")) and not (out / "dog" / "d.wav").exists()
