@@ -8,7 +8,9 @@ keep values past full scale unchanged (they are representable) and count them to
 MP3, A-law, ...) are re-encoded from floats clipped to [-1, 1] (counted); a lossy codec changes every sample a little
 when re-encoding, which is unavoidable.
 
-Text metadata that libsndfile knows (title, artist, ...) is copied; other chunks (cue points, embedded pictures) are not.
+Text metadata that libsndfile knows (title, artist, ...) is copied; other chunks (cue points, embedded pictures, a
+float file's PEAK chunk) are not. Output bytes are a function of the input and the key, so that a resumed run equals
+an uninterrupted one, except for Ogg (Vorbis/Opus) files, whose stream serial number libsndfile draws at random.
 """
 from __future__ import annotations
 
@@ -70,12 +72,27 @@ def quantise(data: np.ndarray, like: Decoded) -> tuple[np.ndarray, int]:
     return np.clip(data, -1.0, 1.0), over
 
 
+SFC_SET_ADD_PEAK_CHUNK = 0x1050  # libsndfile's command number (sndfile.h); soundfile does not name it
+
+
+def no_peak_chunk(f: sf.SoundFile) -> None:
+    """Ask libsndfile not to add a PEAK chunk to a float WAV/AIFF file: that chunk holds the time of writing, so
+    the same audio would give different bytes on every run (and a resumed run would not equal an uninterrupted
+    one). Uses soundfile's low-level handle; if that is unavailable the chunk is simply kept."""
+    try:
+        sf._snd.sf_command(f._file, SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, sf._snd.SF_FALSE)
+    except AttributeError:
+        pass
+
+
 def encode(data: np.ndarray, like: Decoded) -> tuple[bytes, int]:
     """Bytes of a file holding ``data`` (frames, channels) in the format, rate and subtype of ``like``, and the count
     of samples past full scale (see :func:`quantise`)."""
     stored, over = quantise(data, like)
     buf = io.BytesIO()
     with sf.SoundFile(buf, "w", like.sample_rate, stored.shape[1], like.subtype, like.endian, like.format) as f:
+        if like.subtype in FLOAT_SUBTYPES:
+            no_peak_chunk(f)
         for k, v in like.text.items():
             setattr(f, k, v)
         f.write(stored)

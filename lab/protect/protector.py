@@ -7,6 +7,7 @@ depends on the largest file, not on how many files there are.
 from __future__ import annotations
 
 import multiprocessing as mp
+from collections import deque
 import os
 import time
 from pathlib import Path
@@ -64,6 +65,18 @@ def remove_partials(out: Path) -> int:
                 os.unlink(os.path.join(dirpath, name))
                 n += 1
     return n
+
+
+def in_order(pool, fn: Callable, items: Iterator, ahead: int) -> Iterator:
+    """``fn(item)`` for each item on the pool's workers, results in the items' order, with at most ``ahead`` items
+    in flight (``Pool.imap`` would read the whole iterator into its queue: memory growing with the collection)."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.apply_async(fn, (item,)))
+        if len(pending) >= ahead:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 def protect_collection(input_root: Path, output_root: Path, key_file: Path, labels: str = "folder",
@@ -127,7 +140,7 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
         if n_workers > 0:
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             pool = ctx.Pool(n_workers, initializer=start_worker, initargs=(record,))
-            results = (r for done in pool.imap(protect_files, chunks()) for r in done)
+            results = (r for done in in_order(pool, protect_files, chunks(), ahead=2 * n_workers + 2) for r in done)
         else:
             start_worker(record)
             results = (r for chunk in chunks() for r in protect_files(chunk))
