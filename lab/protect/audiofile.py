@@ -30,7 +30,8 @@ TEXT_FIELDS = ("title", "copyright", "software", "artist", "comment", "date", "a
 
 @dataclass
 class Decoded:
-    """A decoded file: ``data`` (frames, channels) float64 in [-1, 1] full scale, and how it was stored."""
+    """A decoded file: ``data`` (frames, channels) in [-1, 1] full scale (float32 or float64, see
+    :func:`working_dtype`), and how it was stored."""
 
     data: np.ndarray
     sample_rate: int
@@ -45,13 +46,20 @@ class Decoded:
         return self.format in LOSSLESS_FORMATS and (self.subtype in INT_BITS or self.subtype in FLOAT_SUBTYPES)
 
 
+def working_dtype(subtype: str) -> type:
+    """float32 holds every sample of 8- to 24-bit PCM and of FLOAT files exactly (and halves the memory traffic);
+    32-bit PCM and DOUBLE need float64."""
+    return np.float64 if subtype in ("PCM_32", "DOUBLE") else np.float32
+
+
 def decode(blob: bytes) -> Decoded:
     """Decode a whole file from its bytes (raises soundfile's errors for a corrupt file)."""
     with sf.SoundFile(io.BytesIO(blob)) as f:
+        dtype = working_dtype(f.subtype)
         if f.subtype in INT_BITS:
-            data = f.read(dtype="int32", always_2d=True).astype(np.float64) / 2.0 ** 31
+            data = np.multiply(f.read(dtype="int32", always_2d=True), dtype(2.0 ** -31), dtype=dtype)
         else:
-            data = f.read(dtype="float64", always_2d=True)
+            data = f.read(dtype=dtype.__name__, always_2d=True)
         text = {k: getattr(f, k) for k in TEXT_FIELDS if getattr(f, k, "")}
         return Decoded(data, f.samplerate, f.format, f.subtype, f.endian, text)
 
@@ -62,9 +70,13 @@ def quantise(data: np.ndarray, like: Decoded) -> tuple[np.ndarray, int]:
     bits = INT_BITS.get(like.subtype)
     if bits is not None:
         scale = 2.0 ** (bits - 1)
-        q = np.round(data * scale)
-        over = int(np.count_nonzero((q > scale - 1) | (q < -scale)))
-        q = np.clip(q, -scale, scale - 1) * 2.0 ** (32 - bits)
+        q = data * data.dtype.type(scale)  # exact: a power of two
+        np.rint(q, out=q)
+        over = 0
+        if q.max() > scale - 1 or q.min() < -scale:
+            over = int(np.count_nonzero(q > scale - 1) + np.count_nonzero(q < -scale))
+            np.clip(q, -scale, scale - 1, out=q)
+        q *= data.dtype.type(2.0 ** (32 - bits))  # to libsndfile's 32-bit integer scale (exact)
         return q.astype(np.int32), over
     over = int(np.count_nonzero(np.abs(data) > 1.0))
     if like.subtype in FLOAT_SUBTYPES:

@@ -148,8 +148,7 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
             writer.write({"kind": "file", **rec})
             counts[outcome] += 1
             if outcome == "failed":
-                failed.append({"path": rec["path"], "error": rec["error"]})
-                log(f"skipped {rec['path']}: {rec['error']}")
+                failed.append({"path": rec["path"], "error": rec["error"]})  # named in the summary
             else:
                 seconds += rec["seconds"]
                 new_seconds += rec["seconds"] if outcome == "protected" else 0

@@ -88,7 +88,7 @@ def protect_batch(items: list[tuple[np.ndarray, int]], sample_rate: int) -> list
         return [protect_samples(d, sample_rate, c) if s else next(together) for (d, c), s in zip(items, short)]
     rows = sum(d.shape[1] for d, _ in items)
     total = max(d.shape[0] for d, _ in items)
-    x = torch.zeros(rows, total, dtype=torch.float64)
+    x = torch.zeros(rows, total, dtype=torch.from_numpy(items[0][0][:0]).dtype)  # the files' own precision
     labels = torch.empty(rows, dtype=torch.long)
     lengths = torch.empty(rows, dtype=torch.long)
     r = 0
@@ -179,14 +179,14 @@ def protect_files(jobs: list[tuple]) -> list[tuple[str, dict]]:
     is not redone. Returns, per job in order, what happened (``protected``, ``done`` or ``failed``) and the file's
     manifest record. Files of one sample rate are protected in one batch (:func:`protect_batch`)."""
     results: list = [None] * len(jobs)
-    by_rate: dict[int, list[tuple[int, str, object]]] = {}
+    groups: dict[tuple, list[tuple[int, str, object]]] = {}
     for i, job in enumerate(jobs):
         first = _read(job)
         if isinstance(first[1], dict):
             results[i] = first
-        else:
-            by_rate.setdefault(first[1].sample_rate, []).append((i, *first))
-    for rate, group in by_rate.items():
+        else:  # one batch per sample rate and working precision (float32 and float64 round differently)
+            groups.setdefault((first[1].sample_rate, first[1].data.dtype.name), []).append((i, *first))
+    for (rate, _), group in groups.items():
         done = protect_batch([(dec.data, jobs[i][4]) for i, _, dec in group], rate)
         for (i, src_hash, dec), (out, applied) in zip(group, done):
             results[i] = _write(jobs[i], src_hash, dec, out, applied)
