@@ -112,6 +112,9 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
     out.mkdir(parents=True, exist_ok=True)
     previous = previous_records(out, header)
     stale = remove_partials(out)
+    mode = key_path.stat().st_mode & 0o777
+    if mode & 0o077:
+        log(f"warning: key file {key_path} can be read by others (mode {mode:o}); `chmod 600 {key_path}`")
     log(f"{found.audio_files} audio files in {len(found.classes)} classes; key fingerprint "
         f"{header['key_fingerprint']}" + (f"; resuming ({len(previous)} earlier records)" if previous else "")
         + (f"; removed {stale} temporary files of an interrupted run" if stale else ""))
