@@ -69,17 +69,19 @@ def one(mode: str, src: Path, key_file: Path, labels: str, defense: dict, worker
 
     from lab.protect.protector import protect_collection
     try:
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), os.times()
         if mode == "loop":
             res = plain_loop(src, out, key_file, labels, defense)
         else:
             s = protect_collection(src, out / "o", key_file, labels=labels, defense=defense, workers=workers)
             res = {"files": s["protected"], "audio_seconds": s["audio_seconds"]}
         wall = time.perf_counter() - start
+        cpu1 = os.times()
+        cpu = sum(getattr(cpu1, f) - getattr(cpu0, f) for f in ("user", "system", "children_user", "children_system"))
     finally:
         shutil.rmtree(out, ignore_errors=True)
     kb = 1024  # ru_maxrss is in KiB on Linux
-    return {**res, "wall_seconds": wall, "x_realtime": res["audio_seconds"] / wall, "clips_per_s": res["files"] / wall,
+    return {**res, "wall_seconds": wall, "cpu_seconds": cpu, "x_realtime": res["audio_seconds"] / wall, "clips_per_s": res["files"] / wall,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kb,
             "peak_worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kb}
 
@@ -186,7 +188,7 @@ def main() -> None:
     print(f"load average (1/5/15 min) before: {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
           f"after: {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}")
     print(f"{'collection':44s} {'mode':8s} {'files':>6s} {'audio s':>8s} {'wall s':>7s} {'x real-time':>11s} "
-          f"{'clips/s':>8s} {'peak MB':>8s} {'worker MB':>9s} {'RATIO':>6s}")
+          f"{'clips/s':>8s} {'peak MB':>8s} {'worker MB':>9s} {'RATIO':>6s} {'CPU s':>6s} {'CPU ms/clip':>11s}")
     base = {}
     for name, mode, r in rows:
         if mode == "loop":
@@ -194,9 +196,11 @@ def main() -> None:
         ratio = base[name] / r["wall_seconds"]
         worker_mb = f"{r['peak_worker_rss_mb']:.0f}" if mode == "protect" else "-"
         print(f"{name:44s} {mode:8s} {r['files']:6d} {r['audio_seconds']:8.1f} {r['wall_seconds']:7.2f} "
-              f"{r['x_realtime']:11.0f} {r['clips_per_s']:8.0f} {r['peak_rss_mb']:8.0f} {worker_mb:>9s} {ratio:6.2f}")
+              f"{r['x_realtime']:11.0f} {r['clips_per_s']:8.0f} {r['peak_rss_mb']:8.0f} {worker_mb:>9s} {ratio:6.2f} "
+              f"{r['cpu_seconds']:6.2f} {1000 * r['cpu_seconds'] / r['files']:11.2f}")
     print("RATIO = plain loop wall time / this row's wall time (same files, same run). peak MB: max RSS of the "
-          "measuring process; worker MB: max RSS of its largest worker process.")
+          "measuring process; worker MB: max RSS of its largest worker process. CPU s: user+system seconds of the "
+          "process and its workers (less sensitive to other load than wall time).")
     print("\nquality cost of repeated patches (default PosCUDA: patch 0.1 s, blur 0.3, 31 taps, one tap 1.0) on "
           f"{quality[0]['recording_seconds']:.0f} s of FSDD speech joined into one recording; mean ± std over "
           f"{quality[0]['keys']} keys:")
