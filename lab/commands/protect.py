@@ -92,9 +92,10 @@ def protect(
         summary = protect_collection(input_dir, output_dir, key_file, labels=labels, defense=options,
                                      workers=workers, fsync=fsync, log=log, progress=callback)
     s = summary
+    speed = f"{s['x_realtime']}x real-time for the newly protected audio" if s["protected"] else "nothing new"
     console.print(f"protected {s['protected']} files, {s['already_done']} already done (verified and kept), "
                   f"{len(s['failed'])} failed; {s['audio_seconds']:.1f} s of audio in {s['wall_seconds']:.2f} s "
-                  f"({s['x_realtime']}x real-time, {s['workers']} workers)")
+                  f"({speed}, {s['workers']} workers)")
     console.print(f"ignored: {s['non_audio_ignored']} non-audio files, {s['symlinks_not_followed']} symbolic links "
                   f"not followed; past full scale: {s['samples_past_full_scale']} samples in "
                   f"{s['files_past_full_scale']} files ({s['past_full_scale_handling']})")
