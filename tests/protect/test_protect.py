@@ -237,3 +237,12 @@ def test_same_input_and_key_give_the_same_bytes_at_another_time(collection, key_
     run(collection, tmp_path / "second", key_file)
     for rel in GOOD_PATHS:
         assert sha(tmp_path / "first" / rel) == sha(tmp_path / "second" / rel), rel
+
+
+def test_a_key_file_others_can_read_is_warned_about_without_showing_the_key(collection, key_file, tmp_path):
+    key_file.chmod(0o644)
+    messages: list[str] = []
+    run(collection, tmp_path / "out", key_file, log=messages.append)
+    warning = [m for m in messages if m.startswith("warning:")]
+    assert len(warning) == 1 and "can be read by others (mode 644)" in warning[0]
+    assert key_file.read_text().strip() not in " ".join(messages)
