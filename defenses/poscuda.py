@@ -38,11 +38,12 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, SecretStr, model_serializer, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from defenses.base import DEFENSES, Defense, Protection
 from lab.config import PluginConfig
 from lab.keys import derive_seed, fingerprint, resolve_key
+from pydantic import model_serializer  # noqa: E402  (for repeat_seconds; kept apart from the imports above)
 
 
 class PosCUDAConfig(PluginConfig):
@@ -125,6 +126,8 @@ class PosCUDAProtection(Protection):
         self.positions = positions  # (C, P) seconds (absolute) or fractions (relative)
         self.filters = filters  # (C, P, k)
         self.patch_len = max(1, round(params["patch_seconds"] * sample_rate))
+        if params.get("repeat_seconds") is not None:
+            self.apply = self._apply_repeated  # long recordings: every patch repeated along the clip
 
     @property
     def num_classes(self) -> int:
@@ -143,6 +146,45 @@ class PosCUDAProtection(Protection):
             limit = torch.full_like(starts, total)
         starts = starts + shift_samples
         return torch.minimum(starts.clamp(min=0), (limit.clamp(max=total) - self.patch_len).clamp(min=0))
+
+    def apply(self, waveforms: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor | None = None,
+              position_classes: torch.Tensor | None = None, filter_classes: torch.Tensor | None = None,
+              shift_samples: int = 0) -> torch.Tensor:
+        """Protect ``waveforms`` (N, T) of classes ``labels`` (N,).
+
+        ``lengths`` (N,) are the clips' real lengths before padding (used by relative positions). The ablation
+        arguments let a clip take the position of another class (``position_classes``), the filter of another class
+        (``filter_classes``), or a position moved by ``shift_samples``.
+        """
+        if waveforms.dim() != 2:
+            raise ValueError(f"expected waveforms of shape (N, T), got {tuple(waveforms.shape)}")
+        labels = labels.long()
+        pos_cls = labels if position_classes is None else position_classes.long()
+        filt_cls = labels if filter_classes is None else filter_classes.long()
+        starts = self.starts(pos_cls, waveforms.shape[1], lengths, shift_samples)
+        out = convolve_patches(waveforms, starts.to(waveforms.device), self.filters[filt_cls].to(waveforms.device),
+                               self.patch_len, clip=self.params["output"] == "clip")
+        if self.params["output"] == "normalize":
+            peak = out.abs().amax(dim=1, keepdim=True)
+            out = torch.where(peak > 1.0, out / peak, out)
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "defense": self.name,
+            "params": self.params,
+            "key_fingerprint": self.key_fingerprint,
+            "sample_rate": self.sample_rate,
+            "patch_samples": self.patch_len,
+            "positions": self.positions.tolist(),
+            "filters": self.filters.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "PosCUDAProtection":
+        return cls(record["params"], record["key_fingerprint"], record["sample_rate"],
+                   torch.tensor(record["positions"], dtype=torch.float64),
+                   torch.tensor(record["filters"], dtype=torch.float32))
 
     @property
     def repeat_samples(self) -> int | None:
@@ -197,49 +239,27 @@ class PosCUDAProtection(Protection):
                 out[rows, a:b] = done
         return out
 
-    def apply(self, waveforms: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor | None = None,
-              position_classes: torch.Tensor | None = None, filter_classes: torch.Tensor | None = None,
-              shift_samples: int = 0) -> torch.Tensor:
-        """Protect ``waveforms`` (N, T) of classes ``labels`` (N,).
-
-        ``lengths`` (N,) are the clips' real lengths before padding (used by relative positions). The ablation
-        arguments let a clip take the position of another class (``position_classes``), the filter of another class
-        (``filter_classes``), or a position moved by ``shift_samples``.
-        """
+    def _apply_repeated(self, waveforms: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor | None = None,
+                        position_classes: torch.Tensor | None = None, filter_classes: torch.Tensor | None = None,
+                        shift_samples: int = 0, **more) -> torch.Tensor:
+        """:meth:`apply` with ``repeat_seconds`` on (``__init__`` puts it in ``apply``'s place): the same arguments
+        and edge rules, with every patch repeated along the clip (see :meth:`repeat_starts`). Any other ablation
+        argument is handled by the plain :meth:`apply`, without repeats."""
+        if more:
+            return type(self).apply(self, waveforms, labels, lengths, position_classes, filter_classes, shift_samples,
+                                    **more)
         if waveforms.dim() != 2:
             raise ValueError(f"expected waveforms of shape (N, T), got {tuple(waveforms.shape)}")
         labels = labels.long()
         pos_cls = labels if position_classes is None else position_classes.long()
         filt_cls = labels if filter_classes is None else filter_classes.long()
         starts = self.starts(pos_cls, waveforms.shape[1], lengths, shift_samples)
-        if self.repeat_samples is None:
-            out = convolve_patches(waveforms, starts.to(waveforms.device),
-                                   self.filters[filt_cls].to(waveforms.device), self.patch_len,
-                                   clip=self.params["output"] == "clip")
-        else:
-            out = self._convolve_repeated(waveforms, self.repeat_starts(starts, waveforms.shape[1], lengths),
-                                          self.filters[filt_cls])
+        out = self._convolve_repeated(waveforms, self.repeat_starts(starts, waveforms.shape[1], lengths),
+                                      self.filters[filt_cls])
         if self.params["output"] == "normalize":
             peak = out.abs().amax(dim=1, keepdim=True)
             out = torch.where(peak > 1.0, out / peak, out)
         return out
-
-    def to_dict(self) -> dict:
-        return {
-            "defense": self.name,
-            "params": self.params,
-            "key_fingerprint": self.key_fingerprint,
-            "sample_rate": self.sample_rate,
-            "patch_samples": self.patch_len,
-            "positions": self.positions.tolist(),
-            "filters": self.filters.tolist(),
-        }
-
-    @classmethod
-    def from_dict(cls, record: dict) -> "PosCUDAProtection":
-        return cls(record["params"], record["key_fingerprint"], record["sample_rate"],
-                   torch.tensor(record["positions"], dtype=torch.float64),
-                   torch.tensor(record["filters"], dtype=torch.float32))
 
 
 @DEFENSES.register("poscuda")
@@ -264,5 +284,5 @@ class PosCUDA(Defense):
                 taps = taps / taps.amax(-1, keepdim=True).clamp(min=1e-12)
             positions.append(pos)
             filters.append(taps.float())
-        params = cfg.model_dump(exclude={"key", "key_file", "type"}, mode="json")  # repeat_seconds only when on
+        params = cfg.model_dump(exclude={"key", "key_file", "type"}, mode="json")
         return PosCUDAProtection(params, fingerprint(key), sample_rate, torch.stack(positions), torch.stack(filters))
