@@ -20,6 +20,11 @@ bit-identical. The paper publishes no code and leaves most details open, so each
 - ``output``: what happens to samples pushed past full scale. ``none`` leaves them (float audio; writing to 16-bit
   would clip them later), ``clip`` clips the patch samples to [-1, 1], ``normalize`` divides any clip whose peak
   exceeds 1 by that peak (the only mode that touches samples outside the patch).
+- ``repeat_seconds`` (off by default): for long recordings (music, podcasts). Each patch ``j`` is applied again
+  every ``repeat_seconds`` along the clip, at every start ``s_j + m * repeat`` (m any integer, negative included)
+  whose patch lies inside the clip, so every stretch of ``repeat_seconds + patch_seconds`` seconds holds one full
+  copy of every patch. Must be longer than ``patch_seconds``. Positions and filters are derived exactly as without
+  it; only the number of places they are applied changes.
 
 Rules at the edges: the convolution is "same"-aligned and reads the real neighbouring samples on both sides of the
 patch (there is no artificial zero edge inside a clip; only beyond the clip's own ends are samples zero). A patch whose
@@ -37,6 +42,7 @@ from pydantic import Field, SecretStr, model_validator
 from defenses.base import DEFENSES, Defense, Protection
 from lab.config import PluginConfig
 from lab.keys import derive_seed, fingerprint, resolve_key
+from pydantic import model_serializer  # noqa: E402  (for repeat_seconds; kept apart from the imports above)
 
 
 class PosCUDAConfig(PluginConfig):
@@ -52,9 +58,21 @@ class PosCUDAConfig(PluginConfig):
     position_mode: Literal["absolute", "relative"] = "absolute"
     position_range: tuple[float, float] = (0.0, 0.5)
     output: Literal["none", "clip", "normalize"] = "none"
+    repeat_seconds: float | None = Field(None, gt=0)
+
+    @model_serializer(mode="wrap")
+    def _omit_repeat_when_off(self, handler):
+        # records written before repeat_seconds existed stay byte-identical when it is off
+        data = handler(self)
+        if isinstance(data, dict) and data.get("repeat_seconds", 0) is None:
+            del data["repeat_seconds"]
+        return data
 
     @model_validator(mode="after")
     def _check_range(self):
+        if self.repeat_seconds is not None and self.repeat_seconds <= self.patch_seconds:
+            raise ValueError(f"repeat_seconds ({self.repeat_seconds}) must be longer than patch_seconds "
+                             f"({self.patch_seconds}): repeated patches may not overlap")
         lo, hi = self.position_range
         if not 0 <= lo <= hi:
             raise ValueError(f"position_range must satisfy 0 <= start <= end (got {list(self.position_range)})")
@@ -112,6 +130,8 @@ class PosCUDAProtection(Protection):
         self.positions = positions  # (C, P) seconds (absolute) or fractions (relative)
         self.filters = filters  # (C, P, k)
         self.patch_len = max(1, round(params["patch_seconds"] * sample_rate))
+        if params.get("repeat_seconds") is not None:
+            self.apply = self._apply_repeated  # long recordings: every patch repeated along the clip
 
     @property
     def num_classes(self) -> int:
@@ -183,6 +203,81 @@ class PosCUDAProtection(Protection):
         return cls(record["params"], record["key_fingerprint"], record["sample_rate"],
                    torch.tensor(record["positions"], dtype=torch.float64),
                    torch.tensor(record["filters"], dtype=torch.float32))
+
+    @property
+    def repeat_samples(self) -> int | None:
+        """Spacing of repeated patches in samples, or None when ``repeat_seconds`` is off."""
+        repeat = self.params.get("repeat_seconds")
+        return None if repeat is None else max(self.patch_len + 1, round(repeat * self.sample_rate))
+
+    def repeat_starts(self, starts: torch.Tensor, total: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """All start samples (N, P, M) of the repeated patches, -1 where a row has fewer than M repeats.
+
+        ``starts`` (N, P) are the patch starts from :meth:`starts`; ``total`` is the clips' padded length and
+        ``lengths`` (N,) their real lengths (relative mode), which bound where repeats may go. With
+        ``repeat_seconds`` off, M is 1 and the result is ``starts`` itself.
+        """
+        spacing = self.repeat_samples
+        if spacing is None:
+            return starts[:, :, None]
+        if self.params["position_mode"] == "relative" and lengths is not None:
+            limit = lengths.long().clamp(max=total)
+        else:
+            limit = torch.full((starts.shape[0],), total, dtype=torch.long)
+        first = starts % spacing
+        count = total // spacing + 2
+        cand = first[:, :, None] + spacing * torch.arange(count)
+        fits = cand + self.patch_len <= limit[:, None, None]
+        alone = ~fits.any(-1)  # a clip shorter than a patch keeps its single (clamped) patch, as without repeats
+        cand[:, :, 0] = torch.where(alone, starts, cand[:, :, 0])
+        fits[:, :, 0] |= alone
+        cand = torch.where(fits, cand, torch.full_like(cand, -1))
+        used = int(fits.any(0).any(0).nonzero().max()) + 1
+        return cand[:, :, :used]
+
+    def _convolve_repeated(self, x: torch.Tensor, all_starts: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+        """Apply every repeated patch of ``all_starts`` (N, P, M), one (patch, repeat) at a time on a small
+        window around it, so that a long clip is never copied once per repeat."""
+        k = filters.shape[-1]
+        left, right = (k - 1) // 2, k - 1 - (k - 1) // 2
+        out = x.clone()
+        t = x.shape[1]
+        clip = self.params["output"] == "clip"
+        for j in range(all_starts.shape[1]):
+            for m in range(all_starts.shape[2]):
+                s = all_starts[:, j, m]
+                rows = (s >= 0).nonzero().flatten()
+                if rows.numel() == 0:
+                    continue
+                a = max(0, int(s[rows].min()) - left)
+                b = min(t, int(s[rows].max()) + self.patch_len + right)
+                window = out[rows, a:b]
+                done = convolve_patches(window, (s[rows] - a)[:, None].to(x.device),
+                                        filters[rows, j:j + 1].to(x.device), self.patch_len, clip=clip)
+                out[rows, a:b] = done
+        return out
+
+    def _apply_repeated(self, waveforms: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor | None = None,
+                        position_classes: torch.Tensor | None = None, filter_classes: torch.Tensor | None = None,
+                        shift_samples: int = 0, **more) -> torch.Tensor:
+        """:meth:`apply` with ``repeat_seconds`` on (``__init__`` puts it in ``apply``'s place): the same arguments
+        and edge rules, with every patch repeated along the clip (see :meth:`repeat_starts`). Any other ablation
+        argument is handled by the plain :meth:`apply`, without repeats."""
+        if more:
+            return type(self).apply(self, waveforms, labels, lengths, position_classes, filter_classes, shift_samples,
+                                    **more)
+        if waveforms.dim() != 2:
+            raise ValueError(f"expected waveforms of shape (N, T), got {tuple(waveforms.shape)}")
+        labels = labels.long()
+        pos_cls = labels if position_classes is None else position_classes.long()
+        filt_cls = labels if filter_classes is None else filter_classes.long()
+        starts = self.starts(pos_cls, waveforms.shape[1], lengths, shift_samples)
+        out = self._convolve_repeated(waveforms, self.repeat_starts(starts, waveforms.shape[1], lengths),
+                                      self.filters[filt_cls])
+        if self.params["output"] == "normalize":
+            peak = out.abs().amax(dim=1, keepdim=True)
+            out = torch.where(peak > 1.0, out / peak, out)
+        return out
 
 
 @DEFENSES.register("poscuda")

@@ -1,0 +1,145 @@
+"""``lab keygen``, ``lab protect`` and ``lab verify``: the data owner's commands (see docs/protect.md)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from lab.cli import app, console, log
+
+
+@app.command()
+def keygen(key_file: Path = typer.Argument(..., help="Where to write the new key (must not exist).")):
+    """Write a new random private key to KEY_FILE, readable by its owner only (mode 0600); never overwrites.
+
+    Keep the key: it is needed to verify a protected collection and to protect more files the same way.
+    Prints the key's public fingerprint, never the key.
+    """
+    from lab.protect import new_key_file
+    fp = new_key_file(key_file)
+    console.print(f"new key written to {key_file} (mode 0600); fingerprint {fp}. Keep it secret and backed up.")
+
+
+def _progress(label: str):
+    """A Rich progress bar on a terminal, nothing otherwise; returns (callback, context manager)."""
+    from contextlib import nullcontext
+    if not console.is_terminal:
+        return None, nullcontext()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn(), console=console, transient=True)
+    task = bar.add_task(label, total=None)
+    return (lambda done, total: bar.update(task, completed=done, total=total)), bar
+
+
+@app.command()
+def protect(
+    input_dir: Path = typer.Argument(..., metavar="INPUT", help="Folder of audio files to protect (never modified)."),
+    output_dir: Path = typer.Argument(..., metavar="OUTPUT", help="Where the protected copies and manifest.jsonl go "
+                                      "(outside INPUT; new, empty, or an earlier OUTPUT to resume)."),
+    key_file: Path = typer.Option(..., "--key-file", help="The private key (make one with `lab keygen`)."),
+    labels: str = typer.Option("folder", help="Where labels come from: 'folder' (the top-level folder under INPUT), "
+                               "'regex:PATTERN' (group 1 of the file name, e.g. 'regex:^(\\d+)_' for FSDD), a CSV "
+                               "file of path,label rows, or 'none' (unlabelled: one key-wide position and filter)."),
+    recipe: Optional[Path] = typer.Option(None, help="Take the PosCUDA parameters from this recipe's defense "
+                                          "section (options given here override them)."),
+    patch_seconds: Optional[float] = typer.Option(None, help="Length of each protected patch in seconds."),
+    filter_length: Optional[int] = typer.Option(None, help="Taps of each class filter."),
+    blur: Optional[float] = typer.Option(None, help="Blur factor: taps drawn from U(0, blur)."),
+    patches_per_class: Optional[int] = typer.Option(None, help="Patches per clip."),
+    filter_norm: Optional[str] = typer.Option(None, help="'none' (CUDA's choice: the patch gets louder), 'sum' (no "
+                                              "gain change at low frequencies) or 'peak'."),
+    one_tap: Optional[bool] = typer.Option(None, "--one-tap/--no-one-tap", help="Set one tap of each filter to 1.0 "
+                                           "(as in CUDA; the default)."),
+    position_mode: Optional[str] = typer.Option(None, help="'absolute' (seconds) or 'relative' (fractions of each "
+                                                "file's length)."),
+    position_range: Optional[str] = typer.Option(None, help="Where patches may start, 'START,END' (seconds or "
+                                                 "fractions)."),
+    output_mode: Optional[str] = typer.Option(None, "--output-mode", help="Samples pushed past full scale: 'none' (clipped "
+                                         "when written to an integer format, and counted), 'clip' or 'normalize'."),
+    repeat_seconds: Optional[float] = typer.Option(None, help="Long recordings: repeat every patch at this spacing "
+                                                   "(every window of repeat+patch seconds carries it)."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes (default: CPU count; 0: none)."),
+    fsync: bool = typer.Option(False, help="Force each file to disk before renaming it into place (slower; "
+                               "survives power cuts, not just interruptions)."),
+):
+    """Write a protected copy of every audio file under INPUT into OUTPUT, with a manifest.
+
+    Each file keeps its format, sample rate, channel count and subtype; every channel gets the same patch. Files
+    are written under a temporary name and renamed when complete; running the same command again resumes,
+    skipping files already done and verified. Corrupt or empty files are reported and skipped (exit code 1).
+    """
+    from lab.errors import LabError
+    from lab.protect import protect_collection
+    options: dict = {}
+    if recipe is not None:
+        from lab.recipe import load_recipe
+        options = load_recipe(recipe, []).defense.model_dump(mode="json", exclude={"key", "key_file"})
+    given = {"patch_seconds": patch_seconds, "filter_length": filter_length, "blur": blur,
+             "patches_per_class": patches_per_class, "position_mode": position_mode, "output": output_mode,
+             "repeat_seconds": repeat_seconds, "filter_norm": filter_norm, "one_tap": one_tap}
+    if position_range is not None:
+        try:
+            lo, hi = (float(v) for v in position_range.split(","))
+        except ValueError:
+            raise LabError(f"--position-range {position_range!r}: expected START,END, e.g. 0,0.5") from None
+        given["position_range"] = (lo, hi)
+    options.update({k: v for k, v in given.items() if v is not None})
+    console.print(f"[bold]lab protect[/bold] {input_dir} -> {output_dir} (labels: {labels})")
+    callback, bar = _progress("protecting")
+    with bar:
+        summary = protect_collection(input_dir, output_dir, key_file, labels=labels, defense=options,
+                                     workers=workers, fsync=fsync, log=log, progress=callback)
+    s = summary
+    speed = f"{s['x_realtime']}x real-time for the newly protected audio" if s["protected"] else "nothing new"
+    console.print(f"protected {s['protected']} files, {s['already_done']} already done (verified and kept), "
+                  f"{len(s['failed'])} failed; {s['audio_seconds']:.1f} s of audio in {s['wall_seconds']:.2f} s "
+                  f"({speed}, {s['workers']} workers)")
+    console.print(f"ignored: {s['non_audio_ignored']} non-audio files, {s['symlinks_not_followed']} symbolic links "
+                  f"not followed; past full scale: {s['samples_past_full_scale']} samples in "
+                  f"{s['files_past_full_scale']} files ({s['past_full_scale_handling']})")
+    console.print(f"manifest: {s['manifest']}")
+    if s["failed"]:
+        for f in s["failed"]:
+            console.print(f"[red]failed[/red] {f['path']}: {f['error']}", highlight=False)
+        console.print(f"[bold red]{len(s['failed'])} file(s) could not be protected[/bold red] (listed above and in "
+                      f"the manifest); the rest are done")
+        raise typer.Exit(1)
+
+
+@app.command()
+def verify(
+    output_dir: Path = typer.Argument(..., metavar="OUTPUT", help="A folder written by `lab protect`."),
+    key_file: Path = typer.Option(..., "--key-file", help="The key OUTPUT was protected with."),
+    source: Optional[Path] = typer.Option(None, help="The INPUT folder, if it moved (default: the manifest's)."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes (default: CPU count; 0: none)."),
+):
+    """Re-derive the protection from the key and check every OUTPUT file against the manifest and its source.
+
+    Reports missing, changed, unprotected or mismatching files, audio files the manifest does not list, and
+    leftovers of an interrupted write. Exit code 0 when everything checks, 1 otherwise.
+    """
+    from lab.protect import verify_collection
+    callback, bar = _progress("verifying")
+    with bar:
+        report = verify_collection(output_dir, key_file, source=source, workers=workers, progress=callback)
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(report["counts"].items())) or "no files"
+    console.print(f"[bold]lab verify[/bold] {report['output']}: {report['files']} files checked against "
+                  f"{report['source']} (key fingerprint {report['key_fingerprint']}): {counts}")
+    for p in report["problems"]:
+        console.print(f"[red]{p['status']}[/red] {p['path']}: {p['detail']}", highlight=False)
+    for rel in report["extra"]:
+        console.print(f"[red]extra[/red] {rel}: audio file not in the manifest", highlight=False)
+    for rel in report["partial"]:
+        console.print(f"[red]partial[/red] {rel}: leftover of an interrupted write", highlight=False)
+    if report["failed_at_protection"]:
+        console.print(f"{len(report['failed_at_protection'])} file(s) could not be protected when the run was made "
+                      f"(see the manifest)")
+    if report["counts"].get("unchecked"):
+        console.print(f"{report['counts']['unchecked']} file(s) unchecked against their source (source not found; "
+                      f"output hashes match)")
+    if report["passed"]:
+        console.print("[green]verified[/green]: every output file is the key's protection of its source")
+    else:
+        raise typer.Exit(1)

@@ -1,0 +1,20 @@
+"""The data owner's job: protect a real audio collection with a private key, safely, and verify the result.
+
+- :mod:`lab.protect.keygen`: a new random key file (owner-only permissions, never overwritten);
+- :mod:`lab.protect.collection`: finding the audio files under INPUT and their labels;
+- :mod:`lab.protect.audiofile`: decoding and re-encoding a file in its own format, rate, channels and subtype;
+- :mod:`lab.protect.worker`: what one worker process does to one file (protect it, or check it);
+- :mod:`lab.protect.manifest`: the record of every file written to OUTPUT;
+- :mod:`lab.protect.protector`: streaming a collection through worker processes with atomic writes and resume;
+- :mod:`lab.protect.verify`: re-deriving the protection from the key and checking OUTPUT against the manifest.
+"""
+__all__ = ["new_key_file", "protect_collection", "verify_collection"]
+_WHERE = {"new_key_file": "keygen", "protect_collection": "protector", "verify_collection": "verify"}
+
+
+def __getattr__(name: str):
+    # imported on first use: `lab keygen` should not pay for importing torch
+    if name in _WHERE:
+        import importlib
+        return getattr(importlib.import_module(f"lab.protect.{_WHERE[name]}"), name)
+    raise AttributeError(name)

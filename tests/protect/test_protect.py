@@ -1,0 +1,248 @@
+"""lab protect on generated collections: input untouched, formats kept, manifest complete, bad files skipped,
+clipping counted, refusals, and the batch path equal to PosCUDA's own apply."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from lab.errors import LabError
+from lab.protect import protect_collection
+from lab.protect.manifest import read_manifest
+from lab.protect import worker
+from tests.conftest import tone
+from tests.protect.conftest import BAD, GOOD, sha, tree_hashes
+
+GOOD_PATHS = {f"{label}/{name}" for label, name, *_ in GOOD}
+
+
+def run(collection, out, key_file, **kw):
+    kw.setdefault("workers", 0)
+    return protect_collection(collection, out, key_file, **kw)
+
+
+def test_input_untouched_outputs_keep_format_and_shape(collection, key_file, tmp_path):
+    before = tree_hashes(collection)
+    out = tmp_path / "out"
+    summary = run(collection, out, key_file, workers=2)
+    assert tree_hashes(collection) == before
+    assert summary["protected"] == len(GOOD)
+    for rel in GOOD_PATHS:
+        a, b = sf.info(str(collection / rel)), sf.info(str(out / rel))
+        assert (a.format, a.subtype, a.samplerate, a.channels, a.frames) == \
+            (b.format, b.subtype, b.samplerate, b.channels, b.frames), rel
+    assert not (out / "cat" / "notes.txt").exists() and not (out / "dog" / "outside_link.wav").exists()
+    assert summary["non_audio_ignored"] == 1 and summary["symlinks_not_followed"] == 1
+
+
+def test_only_patches_change_every_channel_alike(collection, key_file, tmp_path):
+    out = tmp_path / "out"
+    run(collection, out, key_file)
+    _, records, _ = read_manifest(out)
+    for rec in records:
+        if rec["status"] != "protected" or rec["subtype"] == "PCM_U8":
+            continue
+        src, _ = sf.read(str(collection / rec["path"]), dtype="int32" if rec["subtype"] != "FLOAT" else "float32",
+                         always_2d=True)
+        dst, _ = sf.read(str(out / rec["path"]), dtype="int32" if rec["subtype"] != "FLOAT" else "float32",
+                         always_2d=True)
+        mask = np.zeros(len(src), dtype=bool)
+        for p in rec["patches"]:
+            mask[p["start"]:p["start"] + p["length"]] = True
+        assert np.array_equal(src[~mask], dst[~mask]), rec["path"]  # bit-identical outside the patch
+        changed = src[mask] != dst[mask]
+        assert changed.mean() > 0.5, rec["path"]
+        if src.shape[1] == 2:  # the same patch in both channels
+            assert np.array_equal(changed[:, 0], changed[:, 1]) or changed.all(axis=0).all()
+
+
+def test_manifest_is_complete(collection, key_file, tmp_path):
+    out = tmp_path / "out"
+    run(collection, out, key_file, labels="folder", defense={"patch_seconds": 0.05, "blur": 0.5})
+    header, records, summary = read_manifest(out)
+    assert header["classes"] == ["cat", "dog", "owl"]
+    assert header["protection"]["params"]["patch_seconds"] == 0.05 and header["protection"]["params"]["blur"] == 0.5
+    assert len(header["key_fingerprint"]) == 16 and header["provenance"]["versions"]["torch"]
+    assert "git" in header["provenance"]
+    assert {r["path"] for r in records} == GOOD_PATHS | BAD
+    for rec in records:
+        if rec["path"] in BAD:
+            assert rec["status"] == "failed" and rec["error"]
+            continue
+        assert rec["status"] == "protected"
+        assert rec["source_sha256"] == sha(collection / rec["path"])
+        assert rec["output_sha256"] == sha(out / rec["path"])
+        assert rec["label"] == rec["path"].split("/")[0]
+        assert rec["class"] == header["classes"].index(rec["label"])
+        assert [p["filter"] for p in rec["patches"]] == [f"{rec['class']}/0"]
+        info = sf.info(str(collection / rec["path"]))
+        assert (rec["sample_rate"], rec["channels"], rec["frames"]) == (info.samplerate, info.channels, info.frames)
+    assert summary["protected"] == len(GOOD) and len(summary["failed"]) == len(BAD)
+
+
+def test_corrupt_and_empty_files_are_reported_and_skipped(collection, key_file, tmp_path):
+    out = tmp_path / "out"
+    summary = run(collection, out, key_file)
+    failed = {f["path"]: f["error"] for f in summary["failed"]}
+    assert set(failed) == BAD
+    assert failed["owl/empty.wav"] == "empty file (0 bytes)"
+    assert failed["cat/header_only.wav"] == "empty audio (0 samples)"
+    assert failed["owl/corrupt.wav"].startswith("cannot decode")
+    assert not any((out / rel).exists() for rel in BAD)
+    assert summary["protected"] == len(GOOD)  # the rest finished
+
+
+def test_key_wide_setting_for_unlabelled_audio(collection, key_file, tmp_path):
+    out = tmp_path / "out"
+    run(collection, out, key_file, labels="none")
+    header, records, _ = read_manifest(out)
+    assert header["classes"] == ["all"]
+    done = [r for r in records if r["status"] == "protected"]
+    assert {r["class"] for r in done} == {0}
+    starts = {r["patches"][0]["start"] / r["sample_rate"] for r in done if r["frames"] / r["sample_rate"] > 0.6}
+    assert max(starts) - min(starts) < 2 / 8000  # the same position (in seconds) in every long-enough file
+
+
+def test_labels_from_regex_and_csv(tmp_path, key_file):
+    root = tmp_path / "flat"
+    for d in range(3):
+        for take in range(2):
+            root.mkdir(exist_ok=True)
+            sf.write(str(root / f"{d * 5}_spk_{take}.wav"), tone(0.4, 8000, 300 + d * 100, seed=take), 8000)
+    out = tmp_path / "o1"
+    run(root, out, key_file, labels=r"regex:^(\d+)_")
+    header, records, _ = read_manifest(out)
+    assert header["classes"] == ["0", "5", "10"]  # natural order
+    assert all(r["label"] == r["path"].split("_")[0] for r in records)
+    table = tmp_path / "labels.csv"
+    table.write_text("path,label\n" + "".join(f"{p.name},{'low' if p.name[0] == '0' else 'high'}\n"
+                                              for p in sorted(root.iterdir())))
+    out2 = tmp_path / "o2"
+    run(root, out2, key_file, labels=str(table))
+    header, records, _ = read_manifest(out2)
+    assert header["classes"] == ["high", "low"]
+    assert {r["path"]: r["label"] for r in records}["0_spk_0.wav"] == "low"
+
+
+@pytest.mark.parametrize("labels, message", [
+    (r"regex:^zz(\d)", "get no label (the pattern does not match their names)"),
+    ("folder", "files directly in INPUT have no label folder"),
+    ("regex:(", "not a valid regular expression"),
+    ("sometimes", "expected folder, none, regex:PATTERN"),
+])
+def test_label_mistakes_are_one_line_errors(tmp_path, key_file, labels, message):
+    root = tmp_path / "flat"
+    root.mkdir()
+    sf.write(str(root / "x.wav"), tone(0.2, 8000), 8000)
+    with pytest.raises(LabError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        run(root, tmp_path / "out", key_file, labels=labels)
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_inside_input_or_foreign_folder_is_refused(collection, key_file, tmp_path):
+    with pytest.raises(LabError, match="is inside INPUT"):
+        run(collection, collection / "protected", key_file)
+    with pytest.raises(LabError, match="contains INPUT"):
+        run(collection, tmp_path, key_file)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "mine.wav").write_bytes(b"precious")
+    with pytest.raises(LabError, match="not empty and holds no lab protect manifest"):
+        run(collection, busy, key_file)
+    assert (busy / "mine.wav").read_bytes() == b"precious"
+
+
+def test_full_scale_is_clipped_and_counted_for_integers_kept_for_float(tmp_path, key_file):
+    root = tmp_path / "loud" / "x"
+    root.mkdir(parents=True)
+    square = np.sign(np.sin(2 * np.pi * 50 * np.arange(8000) / 8000))[:, None] * 0.99
+    sf.write(str(root / "int.wav"), square, 8000, subtype="PCM_16")
+    sf.write(str(root / "float.wav"), square, 8000, subtype="FLOAT")
+    out = tmp_path / "out"
+    summary = run(root.parent, out, key_file, defense={"blur": 1.0})  # taps up to 1: the patch gains a lot
+    _, records, _ = read_manifest(out)
+    by = {r["path"]: r for r in records}
+    assert by["x/int.wav"]["past_full_scale"] > 0 and by["x/int.wav"]["past_full_scale_handling"] == "clipped"
+    ints, _ = sf.read(str(out / "x" / "int.wav"), dtype="int16")
+    assert ints.max() == 32767 and ints.min() == -32768
+    floats, _ = sf.read(str(out / "x" / "float.wav"), dtype="float32")
+    assert np.count_nonzero(np.abs(floats) > 1) == by["x/float.wav"]["past_full_scale"] > 0
+    assert summary["samples_past_full_scale"] == by["x/int.wav"]["past_full_scale"] + by["x/float.wav"][
+        "past_full_scale"]
+    assert summary["files_past_full_scale"] == 2
+
+
+@pytest.mark.parametrize("params", [{}, {"position_mode": "relative", "position_range": (0.2, 0.9)},
+                                    {"output": "clip", "blur": 1.0}, {"output": "normalize", "blur": 1.0},
+                                    {"patches_per_class": 2}])
+def test_batched_files_equal_poscuda_apply_one_by_one(params, key_file):
+    from defenses.poscuda import PosCUDA, PosCUDAConfig
+    prot = PosCUDA(PosCUDAConfig(key_file=key_file, **params)).derive(3, 8000)
+    worker.start_worker(prot.to_dict())
+    rng = np.random.default_rng(0)
+    items = [(0.4 * rng.standard_normal((n, ch)), n % 3) for n, ch in
+             [(3000, 1), (9000, 2), (500, 1), (16000, 1), (7000, 3)]]
+    batched = worker.protect_batch(items, 16000)
+    for (data, c), (out, applied) in zip(items, batched):
+        single, applied1 = worker.protect_samples(data, 16000, c)
+        assert np.array_equal(out, single) and applied == applied1
+        ref = worker.protection_at(16000).apply(torch.from_numpy(data.T.copy()), torch.full((data.shape[1],), c))
+        assert np.array_equal(single, ref.numpy().T)
+
+
+def test_long_recordings_carry_repeated_patches(tmp_path, key_file):
+    root = tmp_path / "podcast" / "talk"
+    root.mkdir(parents=True)
+    sf.write(str(root / "episode.flac"), tone(12.0, 16000, channels=2), 16000, subtype="PCM_16")
+    out = tmp_path / "out"
+    run(root.parent, out, key_file, defense={"repeat_seconds": 2.0, "patch_seconds": 0.1})
+    _, records, _ = read_manifest(out)
+    (p,) = records[0]["patches"]
+    assert p["every"] == 32000 and p["count"] == len(range(p["start"], 12 * 16000 - 1600 + 1, 32000)) >= 5
+    src, _ = sf.read(str(root / "episode.flac"), dtype="int16")
+    dst, _ = sf.read(str(out / "talk" / "episode.flac"), dtype="int16")
+    diff = np.nonzero((src != dst).any(axis=1))[0]
+    gaps = np.diff(diff)
+    assert gaps.max() <= 32000 - 1600 + 1  # no stretch longer than the spacing is left unprotected
+
+
+def test_an_unwritable_output_fails_that_file_only(collection, key_file, tmp_path, monkeypatch):
+    """A write error (disk full, permissions) fails that file, leaves no temporary file, and the run goes on."""
+    import errno
+    real_replace = worker.os.replace
+
+    def full_disk(src, dst):
+        if str(dst).endswith("d.wav"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(worker.os, "replace", full_disk)
+    out = tmp_path / "out"
+    summary = run(collection, out, key_file)
+    assert {f["path"]: f["error"] for f in summary["failed"]}["dog/d.wav"] == \
+        "cannot write the output: No space left on device"
+    assert summary["protected"] == len(GOOD) - 1
+    assert not list(out.rglob("*.lab-partial")) and not (out / "dog" / "d.wav").exists()
+
+
+def test_same_input_and_key_give_the_same_bytes_at_another_time(collection, key_file, tmp_path):
+    """No timestamp in the outputs (libsndfile's PEAK chunk in float files has one): a resumed run can equal an
+    uninterrupted one byte for byte."""
+    import time
+    run(collection, tmp_path / "first", key_file)
+    time.sleep(1.1)  # the PEAK chunk's clock counts seconds
+    run(collection, tmp_path / "second", key_file)
+    for rel in GOOD_PATHS:
+        assert sha(tmp_path / "first" / rel) == sha(tmp_path / "second" / rel), rel
+
+
+def test_a_key_file_others_can_read_is_warned_about_without_showing_the_key(collection, key_file, tmp_path):
+    key_file.chmod(0o644)
+    messages: list[str] = []
+    run(collection, tmp_path / "out", key_file, log=messages.append)
+    warning = [m for m in messages if m.startswith("warning:")]
+    assert len(warning) == 1 and "can be read by others (mode 644)" in warning[0]
+    assert key_file.read_text().strip() not in " ".join(messages)
