@@ -37,12 +37,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_serializer, model_validator
 
 from defenses.base import DEFENSES, Defense, Protection
 from lab.config import PluginConfig
 from lab.keys import derive_seed, fingerprint, resolve_key
-from pydantic import model_serializer  # noqa: E402  (for repeat_seconds; kept apart from the imports above)
 
 
 class PosCUDAConfig(PluginConfig):
@@ -130,8 +129,6 @@ class PosCUDAProtection(Protection):
         self.positions = positions  # (C, P) seconds (absolute) or fractions (relative)
         self.filters = filters  # (C, P, k)
         self.patch_len = max(1, round(params["patch_seconds"] * sample_rate))
-        if params.get("repeat_seconds") is not None:
-            self.apply = self._apply_repeated  # long recordings: every patch repeated along the clip
 
     @property
     def num_classes(self) -> int:
@@ -170,6 +167,8 @@ class PosCUDAProtection(Protection):
         """
         if waveforms.dim() != 2:
             raise ValueError(f"expected waveforms of shape (N, T), got {tuple(waveforms.shape)}")
+        if self.repeat_samples is not None and positions is None and not whole_clip:
+            return self._apply_repeated(waveforms, labels, lengths, position_classes, filter_classes, shift_samples)
         labels = labels.long()
         pos_cls = labels if position_classes is None else position_classes.long()
         filt_cls = labels if filter_classes is None else filter_classes.long()
@@ -259,15 +258,10 @@ class PosCUDAProtection(Protection):
 
     def _apply_repeated(self, waveforms: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor | None = None,
                         position_classes: torch.Tensor | None = None, filter_classes: torch.Tensor | None = None,
-                        shift_samples: int = 0, **more) -> torch.Tensor:
-        """:meth:`apply` with ``repeat_seconds`` on (``__init__`` puts it in ``apply``'s place): the same arguments
-        and edge rules, with every patch repeated along the clip (see :meth:`repeat_starts`). Any other ablation
-        argument is handled by the plain :meth:`apply`, without repeats."""
-        if more:
-            return type(self).apply(self, waveforms, labels, lengths, position_classes, filter_classes, shift_samples,
-                                    **more)
-        if waveforms.dim() != 2:
-            raise ValueError(f"expected waveforms of shape (N, T), got {tuple(waveforms.shape)}")
+                        shift_samples: int = 0) -> torch.Tensor:
+        """:meth:`apply` with ``repeat_seconds`` on: the same arguments and edge rules, with every patch repeated
+        along the clip (see :meth:`repeat_starts`). Explicit ``positions`` and ``whole_clip`` ablations are applied
+        without repeats."""
         labels = labels.long()
         pos_cls = labels if position_classes is None else position_classes.long()
         filt_cls = labels if filter_classes is None else filter_classes.long()
