@@ -21,7 +21,7 @@ from defenses.base import Protection
 from lab.data import AudioSet, load_dataset
 from lab.features import FeatureCache, FrontEnd
 from lab.provenance import provenance
-from lab.quality import assess
+from lab.quality import assess, markdown_lines
 from lab.recipe import Recipe
 from lab.train import evaluate, fit
 
@@ -158,7 +158,6 @@ def fmt(stat: dict) -> str:
 
 def markdown(results: dict) -> str:
     prov = results["provenance"]
-    q = results["quality"]["protected_train_vs_clean"]
     lines = [
         f"# {results['recipe_name']}: {results['defense']}",
         "",
@@ -174,6 +173,5 @@ def markdown(results: dict) -> str:
     ]
     for m, t in EVALUATIONS:
         lines.append(f"| {LABELS[(m, t)]} | {fmt(results['accuracy'][f'{m}/{t}'])} |")
-    lines += ["", f"Protected training audio vs clean: SNR {q['snr_db_mean']:.1f} dB mean, "
-                  f"{q['snr_db_worst5']:.1f} dB worst 5% of clips.", ""]
+    lines += [""] + markdown_lines(results["quality"])
     return "\n".join(lines)

@@ -145,3 +145,59 @@ def assess(recipe, waveforms: dict, clean_module=None) -> dict:
             out["fad"][name] = {"backend": name, "skipped": str(e)}
     out["seconds"] = round(time.perf_counter() - started, 2)
     return out
+
+
+# ---- how the quality section is shown (results.md and the `lab run` terminal table) ----
+
+FAD_COLUMNS = ("protected vs clean (all clips, paired)", "protected half vs other clean half",
+               "clean floor (half vs half)")
+
+
+def _with_ci(entry: dict) -> str:
+    if "ci_low" not in entry:
+        return f"{entry['fad']:.3g}"
+    return f"{entry['fad']:.3g} [{entry['ci_low']:.3g}, {entry['ci_high']:.3g}]"
+
+
+def fad_rows(quality: dict) -> list[tuple[str, ...]]:
+    """One row per backend: name, then the three FADs of FAD_COLUMNS with their intervals (or why it was skipped)."""
+    rows = []
+    for name, entry in quality.get("fad", {}).items():
+        if "skipped" in entry:
+            rows.append((name, f"skipped: {entry['skipped']}", "", ""))
+            continue
+        label = f"{name} ({entry['dim']}-d{', in-domain' if entry.get('in_domain') else ''})"
+        rows.append((label, _with_ci(entry["protected_vs_clean"]), _with_ci(entry["protected_half_vs_clean_half"]),
+                     _with_ci(entry["clean_floor"])))
+    return rows
+
+
+def per_clip_line(quality: dict) -> str:
+    """Per-clip metrics in one sentence: mean and worst 5% of SNR, SI-SNR, and STOI/PESQ where measured."""
+    q = quality["protected_train_vs_clean"]
+    parts = [f"SNR {q['snr_db_mean']:.1f} dB mean, {q['snr_db_worst5']:.1f} dB worst 5%"]
+    if "si_snr_db_mean" in q:
+        parts.append(f"SI-SNR {q['si_snr_db_mean']:.1f} / {q['si_snr_db_worst5']:.1f} dB")
+    for name in ("stoi", "pesq"):
+        entry = quality.get("perceptual", {}).get(name, {})
+        if entry.get(f"{name}_mean") is not None:
+            parts.append(f"{name.upper()} {entry[f'{name}_mean']:.2f} / {entry[f'{name}_worst5']:.2f} "
+                         f"({entry['clips']} clips)")
+    if q.get("unchanged_clips"):
+        parts.append(f"{q['unchanged_clips']} clips unchanged")
+    return "; ".join(parts)
+
+
+def markdown_lines(quality: dict) -> list[str]:
+    """The quality part of results.md."""
+    s = quality.get("settings", {})
+    lines = ["## Quality of the protected training audio", "",
+             f"Per clip (mean / worst 5%): {per_clip_line(quality)}.", ""]
+    rows = fad_rows(quality)
+    if rows:
+        lines += [f"FAD with {s.get('level', 0.95):.0%} bootstrap intervals ({s.get('bootstrap')} resamples of clips, "
+                  f"seed {s.get('seed')}); compare the middle column with the clean floor (same sizes):", "",
+                  "| backend | " + " | ".join(FAD_COLUMNS) + " |", "|---|---|---|---|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        lines.append("")
+    return lines
