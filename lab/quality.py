@@ -22,6 +22,7 @@ from lab.errors import LabError
 from lab.fad import build_backend, fad
 
 DEFAULT_BACKENDS = ("logmel", "classifier")  # offline backends run by `lab run`
+HEADLINE = "logmel"        # its numbers head the section (reports, sweeps): model-independent and deterministic
 BOOTSTRAP = 100            # resamples per FAD confidence interval
 LEVEL = 0.95               # confidence level
 SPLIT_SEED = 0             # seed of the random halves (floor) and of the bootstrap
@@ -123,6 +124,21 @@ def fad_section(backend, clean: torch.Tensor, protected: torch.Tensor, sample_ra
     }
 
 
+def headline(backends: dict) -> dict:
+    """The FAD section: the HEADLINE backend's numbers at the top (``value`` = protected vs clean, ``ci``, ``floor``
+    = clean floor, ``floor_ci``, and ``same_size_value``/``same_size_ci`` = protected half vs clean half, the one to
+    set against the floor), every backend's full record under ``backends``."""
+    out: dict = {"backend": None, "backends": backends}
+    main = backends.get(HEADLINE)
+    if main and "skipped" not in main:
+        pick = lambda e: (e["fad"], [e["ci_low"], e["ci_high"]] if "ci_low" in e else None)
+        out["backend"] = HEADLINE
+        out["value"], out["ci"] = pick(main["protected_vs_clean"])
+        out["floor"], out["floor_ci"] = pick(main["clean_floor"])
+        out["same_size_value"], out["same_size_ci"] = pick(main["protected_half_vs_clean_half"])
+    return out
+
+
 def assess(recipe, waveforms: dict, clean_module=None) -> dict:
     """The quality section of ``lab run`` results: how far the protected training audio is from the clean one.
     ``waveforms`` holds clean_train, protected_train, clean_test, ...; ``clean_module`` is a clean-trained model
@@ -131,6 +147,7 @@ def assess(recipe, waveforms: dict, clean_module=None) -> dict:
     sr = recipe.data.sample_rate
     started = time.perf_counter()
     per_clip = {**snr_summary(protected, clean), **sisnr_summary(protected, clean)}
+    backends: dict = {}
     out = {"protected_train_vs_clean": per_clip, "perceptual": perceptual(protected, clean, sr), "fad": {},
            "settings": {"bootstrap": BOOTSTRAP, "level": LEVEL, "seed": SPLIT_SEED,
                         "perceptual_clips": PERCEPTUAL_CLIPS, "backends": list(DEFAULT_BACKENDS)}}
@@ -140,9 +157,10 @@ def assess(recipe, waveforms: dict, clean_module=None) -> dict:
                 if name == "classifier" else {}
             if name == "classifier" and clean_module is None:
                 raise LabError("no clean-trained model was given")
-            out["fad"][name] = fad_section(build_backend(name, **context), clean, protected, sr)
+            backends[name] = fad_section(build_backend(name, **context), clean, protected, sr)
         except LabError as e:
-            out["fad"][name] = {"backend": name, "skipped": str(e)}
+            backends[name] = {"backend": name, "skipped": str(e)}
+    out["fad"] = headline(backends)
     out["seconds"] = round(time.perf_counter() - started, 2)
     return out
 
@@ -162,7 +180,7 @@ def _with_ci(entry: dict) -> str:
 def fad_rows(quality: dict) -> list[tuple[str, ...]]:
     """One row per backend: name, then the three FADs of FAD_COLUMNS with their intervals (or why it was skipped)."""
     rows = []
-    for name, entry in quality.get("fad", {}).items():
+    for name, entry in quality.get("fad", {}).get("backends", {}).items():
         if "skipped" in entry:
             rows.append((name, f"skipped: {entry['skipped']}", "", ""))
             continue

@@ -86,3 +86,71 @@ def fad_command(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2))
         console.print(f"written: {json_out}")
+
+
+def public(override: str) -> str:
+    """An override as it may be written down: a key given on the command line is never recorded."""
+    return "defense.key=(hidden)" if override.split("=", 1)[0].strip() == "defense.key" else override
+
+
+@app.command("quality")
+def quality_command(
+    recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/fsdd_cnn.yaml."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a recipe field (repeatable), as in "
+                                             "`lab run`."),
+    variant: Optional[list[str]] = typer.Option(None, "--variant", help="A defense variant to measure as well: "
+                                                "'defense.blur=0.5;defense.filter_length=63' (repeatable; only "
+                                                "defense.* fields, so all variants share one clean model)."),
+    classifier: bool = typer.Option(True, help="Train a clean model (the recipe's first seed) for the in-domain "
+                                    "classifier backend; --no-classifier measures with logmel only, without training."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write all results to this JSON file (never "
+                                            "overwrites an existing file)."),
+):
+    """Measure only the quality section of `lab run` (per-clip SNR, SI-SNR, STOI/PESQ; FAD beside the clean floor)
+    for a recipe's defense and any number of defense variants, without training on protected data.
+    """
+    from rich.markup import escape
+
+    from lab.errors import LabError
+    from lab.experiment import prepare
+    from lab.provenance import provenance
+    from lab.quality import FAD_COLUMNS, assess, fad_rows, per_clip_line
+    from lab.recipe import load_recipe
+    from lab.train import fit
+    if json_out is not None and json_out.exists():
+        raise LabError(f"--json: {json_out} already exists; choose a new file name")
+    base = list(set_ or [])
+    variants = [[]] + [[item.strip() for item in v.split(";") if item.strip()] for v in (variant or [])]
+    for items in variants:
+        for item in items:
+            if not item.startswith("defense."):
+                raise LabError(f"--variant: {item!r} is not a defense field; variants may change only defense.* "
+                               "(use --set for the rest)")
+    recipes = [load_recipe(recipe, base + items) for items in variants]
+    module = None
+    results = []
+    for items, rec in zip(variants, recipes):
+        prep = prepare(rec, log)
+        if classifier and module is None:
+            seed = rec.seeds[0]
+            log(f"training the clean model (seed {seed}) for the classifier backend")
+            module = fit(rec, prep.features["clean_train"], prep.train.labels, len(prep.train.class_names),
+                         seed).module
+        quality = assess(rec, prep.waveforms, module)
+        results.append({"variant": [public(i) for i in items], "defense": rec.public_dict()["defense"],
+                        "key_fingerprint": prep.protection.to_dict().get("key_fingerprint"),
+                        "classifier_seed": rec.seeds[0] if classifier else None, "quality": quality})
+        table = Table(title=f"{'; '.join(items) or 'recipe defense'}: FAD (bootstrap "
+                            f"{quality['settings']['level']:.0%} interval)")
+        for column in ("backend",) + FAD_COLUMNS:
+            table.add_column(column, justify="left" if column == "backend" else "right")
+        for row in fad_rows(quality):
+            table.add_row(*(escape(cell) for cell in row))
+        console.print(table)
+        console.print(f"per clip: {per_clip_line(quality)}; quality section took {quality['seconds']} s",
+                      highlight=False)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"recipe_path": str(recipe), "overrides": [public(o) for o in base],
+                                        "provenance": provenance(), "results": results}, indent=2))
+        console.print(f"written: {json_out}")

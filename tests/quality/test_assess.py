@@ -49,12 +49,16 @@ def test_poscuda_quality_section(small):
     assert per_clip["unchanged_clips"] == unchanged < len(prep.train) // 2
     assert per_clip["snr_db_worst5"] < per_clip["snr_db_mean"] < 60
     for name in ("logmel", "classifier"):
-        entry = q["fad"][name]
+        entry = q["fad"]["backends"][name]
         assert entry["backend"] == name and entry["dim"] > 0
         for which in ("protected_vs_clean", "protected_half_vs_clean_half", "clean_floor"):
             f = entry[which]
             assert 0 <= f["ci_low"] <= f["fad"] <= f["ci_high"]
         assert entry["protected_vs_clean"]["fad"] > 0 and entry["clean_floor"]["clips"] == [150, 150]
+    top, logmel = q["fad"], q["fad"]["backends"]["logmel"]
+    assert top["backend"] == "logmel" and top["value"] == logmel["protected_vs_clean"]["fad"]
+    assert top["floor"] == logmel["clean_floor"]["fad"] and top["ci"][0] <= top["value"] <= top["ci"][1]
+    assert top["same_size_value"] == logmel["protected_half_vs_clean_half"]["fad"]
     text = "\n".join(markdown_lines(q))
     assert "clean floor" in text and "| logmel (64-d)" in text and "SI-SNR" in text
 
@@ -65,11 +69,13 @@ def test_unprotected_audio_has_zero_fad_and_no_snr_cost(small):
     q = assess(recipe, same, module)
     assert q["protected_train_vs_clean"]["unchanged_clips"] == len(prep.train)
     for name in ("logmel", "classifier"):
-        assert q["fad"][name]["protected_vs_clean"]["fad"] == 0.0
-        assert q["fad"][name]["clean_floor"]["fad"] > 0
+        assert q["fad"]["backends"][name]["protected_vs_clean"]["fad"] == 0.0
+        assert q["fad"]["backends"][name]["clean_floor"]["fad"] > 0
+    assert q["fad"]["value"] == 0.0 and q["fad"]["floor"] > 0
 
 
 def test_classifier_is_skipped_without_a_model(small):
     recipe, prep, _ = small
     q = assess(recipe, prep.waveforms, None)
-    assert "skipped" in q["fad"]["classifier"] and q["fad"]["logmel"]["protected_vs_clean"]["fad"] > 0
+    assert "skipped" in q["fad"]["backends"]["classifier"]
+    assert q["fad"]["backends"]["logmel"]["protected_vs_clean"]["fad"] > 0
