@@ -20,6 +20,7 @@ from torchmetrics.functional.audio import scale_invariant_signal_noise_ratio, si
 
 from lab.errors import LabError
 from lab.fad import build_backend, fad
+from lab.fad.compare import one_blas_thread
 
 DEFAULT_BACKENDS = ("logmel", "classifier")  # offline backends run by `lab run`
 HEADLINE = "logmel"        # its numbers head the section (reports, sweeps): model-independent and deterministic
@@ -139,6 +140,7 @@ def headline(backends: dict) -> dict:
     return out
 
 
+@one_blas_thread
 def assess(recipe, waveforms: dict, clean_module=None) -> dict:
     """The quality section of ``lab run`` results: how far the protected training audio is from the clean one.
     ``waveforms`` holds clean_train, protected_train, clean_test, ...; ``clean_module`` is a clean-trained model

@@ -63,7 +63,17 @@ class EmbeddingSet:
         where = np.full(self.n_clips, -1)
         where[clips] = np.arange(len(clips))
         keep = where[self.clip] >= 0
-        return EmbeddingSet(self.frames[keep], where[self.clip[keep]], len(clips))
+        out = EmbeddingSet(self.frames[keep], where[self.clip[keep]], len(clips))
+        if self._scatter is not None:  # reuse the parent's per-clip moments, moved to the subset's centre
+            scatter, sums = self._scatter
+            d, shift = self.dim, out._center - self._center
+            counts = self._counts[clips]
+            q = scatter[clips].reshape(-1, d, d)
+            s = sums[clips]
+            q = q - s[:, :, None] * shift[None, None, :] - shift[None, :, None] * s[:, None, :] \
+                + counts[:, None, None] * np.outer(shift, shift)[None]
+            out._scatter = (q.reshape(len(clips), d * d), s - counts[:, None] * shift)
+        return out
 
     def stats(self, weights=None) -> tuple[np.ndarray, np.ndarray, float]:
         """Mean (D,), unbiased covariance (D, D) and number of embeddings, each clip counted ``weights[i]`` times

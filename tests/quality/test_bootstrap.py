@@ -28,6 +28,18 @@ def test_weighted_stats_equal_those_of_the_repeated_frames(monkeypatch, scatter_
     np.testing.assert_allclose(cov, np.cov(repeated, rowvar=False), rtol=1e-9, atol=1e-12)
 
 
+def test_subset_of_a_set_with_computed_moments_has_the_same_stats():
+    rng = np.random.default_rng(8)
+    parent = frame_set(rng, 40, 6, shift=50.0)
+    parent.stats()                                   # computes (and caches) the per-clip moments
+    clips = rng.choice(40, 15, replace=False)
+    reused, fresh = parent.subset(clips), EmbeddingSet(parent.subset(clips).frames, parent.subset(clips).clip, 15)
+    assert reused._scatter is not None and fresh._scatter is None
+    weights = rng.integers(0, 3, 15)
+    for a, b in zip(reused.stats(weights), fresh.stats(weights)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
+
+
 def test_subset_keeps_each_clips_frames():
     rng = np.random.default_rng(1)
     emb = frame_set(rng, 10, 4)
