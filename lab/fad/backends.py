@@ -143,8 +143,8 @@ class ClassifierBackend(Backend):
         with torch.random.fork_rng():
             torch.manual_seed(0)
             q = min(self.max_dims, x.shape[0])  # no more directions than clips
-            _, _, v = torch.pca_lowrank(torch.from_numpy(x), q=q, center=True, niter=4)
-        self.projection = v.numpy()
+            _, _, v = torch.pca_lowrank(torch.from_numpy(x).float(), q=q, center=True, niter=2)
+        self.projection = v.double().numpy()  # the projection is fitted in float32; FAD stays float64
         self.dim = q
 
     def embed(self, waveforms, sample_rate, lengths=None) -> EmbeddingSet:
