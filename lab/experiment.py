@@ -22,7 +22,7 @@ from lab.ablation import other_classes, variants  # noqa: F401  (other_classes r
 from lab.data import AudioSet, load_dataset
 from lab.features import FeatureCache, FrontEnd
 from lab.provenance import provenance
-from lab.quality import assess
+from lab.quality import assess, markdown_lines
 from lab.recipe import Recipe
 from lab.train import evaluate, fit
 
@@ -191,7 +191,6 @@ def fmt(stat: dict) -> str:
 
 def markdown(results: dict) -> str:
     prov = results["provenance"]
-    q = results["quality"]["protected_train_vs_clean"]
     lines = [
         f"# {results['recipe_name']}: {results['defense']}",
         "",
@@ -211,6 +210,5 @@ def markdown(results: dict) -> str:
               "| test variant | protected-trained | clean-trained (control) |", "|---|---|---|"]
     for name, row in results.get("ablation", {}).items():
         lines.append(f"| {name} | {fmt(row['protected_model'])} | {fmt(row['clean_model'])} |")
-    lines += ["", f"Protected training audio vs clean: SNR {q['snr_db_mean']:.1f} dB mean, "
-                  f"{q['snr_db_worst5']:.1f} dB worst 5% of clips.", ""]
+    lines += [""] + markdown_lines(results["quality"])
     return "\n".join(lines)

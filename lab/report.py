@@ -78,13 +78,15 @@ def fmt(values: list[float] | None) -> str:
 def _quality_cells(g: Group) -> dict[str, str]:
     snr = [q.get("protected_train_vs_clean", {}).get("snr_db_mean") for q in g.quality]
     snr = [s for s in snr if s is not None]
-    fads = [q.get("fad") for q in g.quality if q.get("fad")]
+    fads = [q["fad"] for q in g.quality if (q.get("fad") or {}).get("value") is not None]
     out = {"SNR dB (mean)": f"{statistics.fmean(snr):.1f}" if snr else "–"}
     if fads:
         f = fads[0]
         ci = f.get("ci")
         out["FAD"] = f"{f['value']:.3g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "")
         out["FAD clean floor"] = f"{f['floor']:.3g}" if f.get("floor") is not None else "–"
+        if f.get("same_size_value") is not None:
+            out["FAD (same size as floor)"] = f"{f['same_size_value']:.3g}"
         out["FAD backend"] = str(f.get("backend", "–"))
     return out
 
@@ -96,8 +98,8 @@ def tables(groups: list[Group]) -> dict[str, tuple[list[str], list[list[str]]]]:
     abl_rows = [[g.label, name, fmt(row.get("protected_model")), fmt(row.get("clean_model")), str(len(g.seeds))]
                 for g in groups for name, row in g.ablation.items()]
     q_cells = [_quality_cells(g) for g in groups]
-    q_keys = sorted({k for c in q_cells for k in c}, key=lambda k: ["SNR dB (mean)", "FAD", "FAD clean floor",
-                                                                     "FAD backend"].index(k))
+    q_keys = sorted({k for c in q_cells for k in c}, key=lambda k: ["SNR dB (mean)", "FAD", "FAD (same size as floor)",
+                                                                     "FAD clean floor", "FAD backend"].index(k))
     q_rows = [[g.label, *(c.get(k, "–") for k in q_keys)] for g, c in zip(groups, q_cells)]
     return {"accuracy": (acc_head, acc_rows), "ablation": (abl_head, abl_rows), "quality": (["run", *q_keys], q_rows)}
 

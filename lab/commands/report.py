@@ -48,10 +48,10 @@ def _frontier(groups, path: Path) -> None:
     from lab import plots
     from lab.sweep import pareto
     rows, cost = [], []
-    use_fad = all(any(q.get("fad") for q in g.quality) for g in groups)
+    use_fad = all(any((q.get("fad") or {}).get("value") is not None for q in g.quality) for g in groups)
     for g in groups:
         acc = g.accuracy["protected_model/clean_test"]
-        quality = next((q for q in g.quality if q), {})
+        quality = next((q for q in g.quality if (q.get("fad") or {}).get("value") is not None or not use_fad), {})
         rows.append({"model": g.recipe["model"]["type"], "feature": g.recipe["features"]["type"],
                      "protected_clean_acc": statistics.fmean(acc),
                      "protected_clean_acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0})

@@ -43,9 +43,20 @@ def run(
         table.add_row(LABELS[(m, t)], fmt(results["accuracy"][f"{m}/{t}"]))
     console.print(table)
     console.print(ablation_table(results))
-    q = results["quality"]["protected_train_vs_clean"]
-    console.print(f"protected training audio: SNR {q['snr_db_mean']:.1f} dB mean, {q['snr_db_worst5']:.1f} dB "
-                  f"worst 5%; key fingerprint {results['key_fingerprint']}; {results['wall_seconds']} s")
+    from rich.markup import escape
+
+    from lab.quality import FAD_COLUMNS, fad_rows, per_clip_line
+    quality = results["quality"]
+    if fad_rows(quality):
+        fad_table = Table(title=f"FAD of the protected training audio ({quality['settings']['level']:.0%} bootstrap "
+                                "interval); compare the middle column with the clean floor")
+        for column in ("backend",) + FAD_COLUMNS:
+            fad_table.add_column(column, justify="left" if column == "backend" else "right")
+        for row in fad_rows(quality):
+            fad_table.add_row(*(escape(cell) for cell in row))
+        console.print(fad_table)
+    console.print(f"protected training audio per clip: {per_clip_line(quality)}; key fingerprint "
+                  f"{results['key_fingerprint']}; {results['wall_seconds']} s", highlight=False)
     console.print(f"results: {run_dir}/results.json, {run_dir}/results.md")
 
 

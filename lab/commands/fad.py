@@ -1,0 +1,156 @@
+"""``lab fad``: Fréchet Audio Distance between two folders of audio."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from lab.cli import app, console, log
+
+
+def folder_clips(folder: Path, sample_rate: int):
+    """Every audio file under ``folder`` (recursively), mono, resampled to ``sample_rate``: (clips, lengths)."""
+    import torch
+    import torchaudio.functional as AF
+
+    from lab.data.audio import AUDIO_EXTENSIONS, read_audio
+    from lab.errors import LabError
+    from lab.fad.backends import pad_clips
+    if not folder.is_dir():
+        raise LabError(f"no such folder: {folder} (give two folders of audio files)")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+    if not files:
+        raise LabError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {folder}")
+    clips = []
+    for path in files:
+        data, sr = read_audio(path)
+        wave = torch.from_numpy(data.mean(axis=1))
+        clips.append(AF.resample(wave, sr, sample_rate) if sr != sample_rate else wave)
+    return pad_clips(clips)
+
+
+@app.command("fad")
+def fad_command(
+    dir_a: Path = typer.Argument(..., help="Reference folder of audio (e.g. the clean clips); searched recursively."),
+    dir_b: Path = typer.Argument(..., help="Folder of audio to compare with it (e.g. the protected clips)."),
+    backend: str = typer.Option("logmel", help="Embedding backend: logmel (offline), vggish or pann (need the "
+                                "frechet-audio-distance package and its weights); classifier runs only inside "
+                                "`lab run`."),
+    bootstrap: int = typer.Option(200, min=0, help="Bootstrap resamples of clips for the confidence interval "
+                                  "(0: none)."),
+    level: float = typer.Option(0.95, help="Confidence level of the interval."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap and of the FAD-infinity subsets."),
+    fad_inf: bool = typer.Option(False, "--fad-inf", help="Also extrapolate FAD to infinitely many clips (FAD on "
+                                 "subsets of several sizes, regressed on 1/N)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result to this JSON file (never "
+                                            "overwrites an existing file)."),
+):
+    """FAD between the audio in DIR_A and DIR_B, with a bootstrap confidence interval.
+
+    Every audio file (wav, flac, ogg) under each folder is read, mixed to mono and resampled to the backend's rate;
+    the backend turns each clip into embeddings, each folder's embeddings are summarised by a Gaussian, and the
+    Fréchet distance between the two is printed in float64 with its interval. Neither folder is modified.
+    """
+    from lab.errors import LabError
+    from lab.fad import build_backend, fad, fad_infinity
+    if json_out is not None and json_out.exists():
+        raise LabError(f"--json: {json_out} already exists; choose a new file name")
+    model = build_backend(backend)
+    sets = []
+    for folder in (dir_a, dir_b):
+        waves, lengths = folder_clips(folder, model.sample_rate)
+        log(f"{folder}: {len(waves)} clips")
+        sets.append(model.embed(waves, model.sample_rate, lengths))
+    result = {"dir_a": str(dir_a), "dir_b": str(dir_b), **model.info(),
+              **fad(sets[0], sets[1], bootstrap=bootstrap, level=level, seed=seed)}
+    if fad_inf:
+        result["fad_infinity"] = fad_infinity(sets[0], sets[1], seed=seed)
+    table = Table(title=f"FAD ({backend}, {model.dim}-d, {model.sample_rate} Hz)")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("clips A / B", f"{result['clips'][0]} / {result['clips'][1]}")
+    table.add_row("embeddings A / B", f"{result['embeddings'][0]} / {result['embeddings'][1]}")
+    table.add_row("FAD", f"{result['fad']:.4g}")
+    if bootstrap:
+        table.add_row(f"{level:.0%} interval ({bootstrap} resamples, seed {seed})",
+                      f"[{result['ci_low']:.4g}, {result['ci_high']:.4g}]")
+    if fad_inf:
+        fi = result["fad_infinity"]
+        table.add_row(f"FAD-infinity (sizes {fi['sizes'][0]}..{fi['sizes'][-1]}, R² {fi['r2']:.2f})",
+                      f"{fi['fad_inf']:.4g}")
+    console.print(table)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2))
+        console.print(f"written: {json_out}")
+
+
+def public(override: str) -> str:
+    """An override as it may be written down: a key given on the command line is never recorded."""
+    return "defense.key=(hidden)" if override.split("=", 1)[0].strip() == "defense.key" else override
+
+
+@app.command("quality")
+def quality_command(
+    recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/fsdd_cnn.yaml."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a recipe field (repeatable), as in "
+                                             "`lab run`."),
+    variant: Optional[list[str]] = typer.Option(None, "--variant", help="A defense variant to measure as well: "
+                                                "'defense.blur=0.5;defense.filter_length=63' (repeatable; only "
+                                                "defense.* fields, so all variants share one clean model)."),
+    classifier: bool = typer.Option(True, help="Train a clean model (the recipe's first seed) for the in-domain "
+                                    "classifier backend; --no-classifier measures with logmel only, without training."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write all results to this JSON file (never "
+                                            "overwrites an existing file)."),
+):
+    """Measure only the quality section of `lab run` (per-clip SNR, SI-SNR, STOI/PESQ; FAD beside the clean floor)
+    for a recipe's defense and any number of defense variants, without training on protected data.
+    """
+    from rich.markup import escape
+
+    from lab.errors import LabError
+    from lab.experiment import prepare
+    from lab.provenance import provenance
+    from lab.quality import FAD_COLUMNS, assess, fad_rows, per_clip_line
+    from lab.recipe import load_recipe
+    from lab.train import fit
+    if json_out is not None and json_out.exists():
+        raise LabError(f"--json: {json_out} already exists; choose a new file name")
+    base = list(set_ or [])
+    variants = [[]] + [[item.strip() for item in v.split(";") if item.strip()] for v in (variant or [])]
+    for items in variants:
+        for item in items:
+            if not item.startswith("defense."):
+                raise LabError(f"--variant: {item!r} is not a defense field; variants may change only defense.* "
+                               "(use --set for the rest)")
+    recipes = [load_recipe(recipe, base + items) for items in variants]
+    module = None
+    results = []
+    for items, rec in zip(variants, recipes):
+        prep = prepare(rec, log)
+        if classifier and module is None:
+            seed = rec.seeds[0]
+            log(f"training the clean model (seed {seed}) for the classifier backend")
+            module = fit(rec, prep.features["clean_train"], prep.train.labels, len(prep.train.class_names),
+                         seed).module
+        quality = assess(rec, prep.waveforms, module)
+        results.append({"variant": [public(i) for i in items], "defense": rec.public_dict()["defense"],
+                        "key_fingerprint": prep.protection.to_dict().get("key_fingerprint"),
+                        "classifier_seed": rec.seeds[0] if classifier else None, "quality": quality})
+        table = Table(title=f"{'; '.join(items) or 'recipe defense'}: FAD (bootstrap "
+                            f"{quality['settings']['level']:.0%} interval)")
+        for column in ("backend",) + FAD_COLUMNS:
+            table.add_column(column, justify="left" if column == "backend" else "right")
+        for row in fad_rows(quality):
+            table.add_row(*(escape(cell) for cell in row))
+        console.print(table)
+        console.print(f"per clip: {per_clip_line(quality)}; quality section took {quality['seconds']} s",
+                      highlight=False)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"recipe_path": str(recipe), "overrides": [public(o) for o in base],
+                                        "provenance": provenance(), "results": results}, indent=2))
+        console.print(f"written: {json_out}")
