@@ -62,3 +62,29 @@ def find_results(paths: list[Path]) -> list[Path]:
     if not found:
         raise LabError(f"no results.json under {', '.join(map(str, paths))}")
     return found
+
+
+def refresh_quality(path: Path, log=print) -> dict:
+    """Recompute a finished run's quality section with the current code (from its recipe, protection record and
+    first seed's clean model; no training) and store it in results.json. The previous section is kept under
+    ``quality_history`` with the commit that made it, so nothing is lost."""
+    from lab.data import load_dataset
+    from lab.provenance import git_commit
+    from lab.quality import assess
+
+    run = load_run(path)
+    train, _ = load_dataset(run.recipe.data, log)
+    waves = {"clean_train": train.waveforms,
+             "protected_train": run.protection.apply(train.waveforms, train.labels, train.lengths)}
+    module = run.module("clean_model", run.results["seeds"][0])
+    quality = assess(run.recipe, waves, module)
+    quality["recomputed"] = {"commit": git_commit()["commit"]}
+    results = run.results
+    results.setdefault("quality_history", []).append(
+        {"commit": results.get("provenance", {}).get("git", {}).get("commit"), "quality": results.get("quality")})
+    results["quality"] = quality
+    target = Path(path) / "results.json"
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(target)
+    return quality

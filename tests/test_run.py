@@ -69,6 +69,17 @@ def test_ablation_in_results_and_lab_ablate_reproduces_it(short_run):
             assert again[name][which]["values"] == pytest.approx(row[which]["values"], abs=1e-6), (name, which)
 
 
+def test_requality_recomputes_and_keeps_history(short_run):
+    _, run_dir = short_run
+    before = json.loads((run_dir / "results.json").read_text())["quality"]
+    result = CliRunner().invoke(app, ["requality", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    after = json.loads((run_dir / "results.json").read_text())
+    assert after["quality_history"][-1]["quality"] == before
+    assert after["quality"]["fad"]["value"] == pytest.approx(before["fad"]["value"], rel=1e-6)
+    assert after["quality"]["protected_train_vs_clean"] == before["protected_train_vs_clean"]
+
+
 def test_key_in_no_output_file_nor_terminal(short_run):
     output, run_dir = short_run
     assert KEY not in output
