@@ -108,6 +108,8 @@ def finetune(recipe: Recipe, frontend: FrontEnd, module: LabModule, waveforms: t
 
 def detached_copy(module: LabModule) -> LabModule:
     """A deep copy of a trained module without its (finished) Trainer."""
+    if not isinstance(module, L.LightningModule):
+        return copy.deepcopy(module)
     trainer, module.trainer = module._trainer, None
     try:
         return copy.deepcopy(module)
