@@ -72,11 +72,11 @@ def band_pass(x, sr, min_center_hz=200.0, max_center_hz=2000.0, min_bandwidth_fr
     return torch.fft.irfft(torch.fft.rfft(x) * mask.to(x), n=t)
 
 
-def _stretch(x: torch.Tensor, rate: float, n_fft: int = 256) -> torch.Tensor:
-    """Rows of x played ``rate`` times faster with their pitch kept (phase vocoder on a 75%-overlap STFT: magnitudes
-    interpolated between frames, phases advanced by each bin's measured frequency). Returns the stretched length,
-    round(T / rate)."""
-    hop = n_fft // 4
+def _stretch(x: torch.Tensor, rate: float, n_fft: int = 256, overlap: int = 2) -> torch.Tensor:
+    """Rows of x played ``rate`` times faster with their pitch kept (phase vocoder on an STFT of ``n_fft`` samples with
+    ``overlap`` frames per window (2: 50%): magnitudes interpolated between frames, phases advanced by each bin's
+    measured frequency). Returns the stretched length, round(T / rate)."""
+    hop = n_fft // overlap
     window = torch.hann_window(n_fft, device=x.device, dtype=x.dtype)
     spec = torch.stft(x, n_fft, hop, window=window, return_complex=True)  # (N, F, frames)
     frames = spec.shape[-1]

@@ -14,7 +14,8 @@ trains on. The model must learn to classify whatever class-wise filtering it mee
 2. estimates the filter by least squares: protected[t] = sum_d g[d] clean[t - d] over the span, lags d in
    [-L, L] with ``filter_length`` = 2L + 1 (it should be at least the real filter's length);
 3. undoes it on every training clip of the class: the span's clean samples are the solution of a regularised
-   (Tikhonov, ``regularisation`` x mean diagonal) linear deconvolution that uses the untouched samples around it;
+   (Tikhonov, ``regularisation`` x mean diagonal) linear deconvolution that uses the untouched samples around it
+   (spans longer than ``max_exact_span`` samples, e.g. a whole-clip filter: a regularised FFT deconvolution);
 
 then trains on the result. It reports how well it recovered the protection: the position hit rate (the estimated
 start within ``hit_tolerance`` samples of the real one) and the cosine similarity of each estimated filter with the
@@ -44,6 +45,7 @@ class FilterRetrainConfig(PluginConfig):
     pairs_per_class: int = Field(5, ge=1)
     regularisation: float = Field(1e-3, ge=0)
     hit_tolerance: int = Field(10, ge=0)
+    max_exact_span: int = Field(4096, ge=1)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -112,6 +114,26 @@ def undo_filter(protected: torch.Tensor, span: tuple[int, int], g: torch.Tensor,
     out = y.clone()
     out[:, s:e] = x
     return out.to(protected.dtype)
+
+
+def undo_filter_fft(protected: torch.Tensor, span: tuple[int, int], g: torch.Tensor,
+                    regularisation: float) -> torch.Tensor:
+    """For long spans (a whole-clip filter): regularised (Wiener-like) deconvolution of every row by ``g`` in the
+    frequency domain, X = Y conj(G) / (|G|^2 + lambda), lambda = ``regularisation`` x mean |G|^2; only the span's
+    samples are replaced."""
+    lags = len(g) // 2
+    n = protected.shape[1] + 2 * lags
+    y = torch.fft.rfft(protected.double(), n=n)
+    kernel = torch.zeros(n, dtype=torch.float64)
+    kernel[: lags + 1] = g[lags:]  # lags 0..L
+    if lags:
+        kernel[-lags:] = g[:lags]  # lags -L..-1 wrap around
+    spec = torch.fft.rfft(kernel)
+    power = spec.abs() ** 2
+    x = torch.fft.irfft(y * spec.conj() / (power + regularisation * power.mean()), n=n)[:, : protected.shape[1]]
+    out = protected.clone()
+    out[:, span[0]: span[1] + 1] = x[:, span[0]: span[1] + 1].to(protected.dtype)
+    return out
 
 
 def true_filter_as_lags(taps: torch.Tensor, length: int) -> torch.Tensor:
@@ -188,7 +210,8 @@ class FilterRetrain(Attack):
             if span is not None:
                 g = estimate_filter(clean, prot, span, cfg.filter_length)
                 members = ctx.labels == c
-                out[members] = undo_filter(ctx.protected[members], span, g, cfg.regularisation)
+                undo = undo_filter if span[1] - span[0] < cfg.max_exact_span else undo_filter_fft
+                out[members] = undo(ctx.protected[members], span, g, cfg.regularisation)
                 entry.update(estimated_start=span[0], estimated_patch_samples=span[1] - span[0] + 1)
                 entry.update(self._truth(ctx, c, rows, span, g))
             per_class.append(entry)

@@ -118,26 +118,35 @@ def detached_copy(module: LabModule) -> LabModule:
 
 
 def train_under_attack(recipe: Recipe, prep: Prepared, attack: Attack, seed: int, frontend: FrontEnd,
-                       cache: FeatureCache, plain: LabModule | None = None) -> tuple[dict[str, LabModule], float]:
+                       cache: FeatureCache, plain: LabModule | None = None) -> tuple[dict[str, LabModule], dict]:
     """Named models trained on ``prep``'s protected training set under ``attack`` (``plain``: the no-attack model
-    of the same seed, reused by attacks whose first stage is plain training)."""
+    of the same seed, reused by attacks whose first stage is plain training), and the seconds spent: ``data`` (the
+    attack's one-off work on the training set), ``train`` (training, with any per-batch work), ``after`` (e.g.
+    fine-tuning), ``total``."""
     num_classes = len(prep.train.class_names)
     ctx = AttackContext(clean=prep.waveforms["clean_train"], protected=prep.waveforms["protected_train"],
                         labels=prep.train.labels, lengths=prep.train.lengths, protection=prep.protection,
                         sample_rate=recipe.data.sample_rate, num_classes=num_classes, seed=seed,
                         finetune=lambda m, w, y, e: finetune(recipe, frontend, m, w, y, e))
     attack.start(ctx)
-    start = time.perf_counter()
+    clock = time.perf_counter()
+    seconds = {"data": 0.0, "train": 0.0}
     if attack.trains_plain and plain is not None:
         module = detached_copy(plain)
     else:
         waves, labels = attack.training_set(ctx)
+        seconds["data"] = time.perf_counter() - clock
         if attack.per_batch:
-            module, _ = fit_waveforms(recipe, waves, labels, num_classes, seed, frontend, attack)
+            module, seconds["train"] = fit_waveforms(recipe, waves, labels, num_classes, seed, frontend, attack)
         else:
-            module = fit(recipe, cache(frontend, waves), labels, num_classes, seed).module
+            feats = cache(frontend, waves)
+            fitted = fit(recipe, feats, labels, num_classes, seed)
+            module, seconds["train"] = fitted.module, fitted.seconds
+    after = time.perf_counter()
     models = attack.after_training(module, ctx)
-    return models, time.perf_counter() - start
+    seconds["after"] = time.perf_counter() - after
+    seconds["total"] = time.perf_counter() - clock
+    return models, {k: round(v, 3) for k, v in seconds.items()}
 
 
 # --- the matrix ----------------------------------------------------------------------------------------------------
@@ -303,7 +312,8 @@ def run_matrix(recipes: list[Recipe], attack_cfgs: list, log: Callable[[str], No
             log(f"{dcfg.type}, seed {seed}: no attack {acc:.3f} ({fitted.seconds:.0f} s)")
             for acfg in attack_cfgs:
                 attack = build_attack(acfg)
-                models, seconds = train_under_attack(rec, prep, attack, seed, frontend, cache, plain=fitted.module)
+                models, timing = train_under_attack(rec, prep, attack, seed, frontend, cache, plain=fitted.module)
+                seconds = timing["total"]
                 for variant, module in models.items():
                     col = column_name(acfg, variant)
                     if col not in matrix.columns:

@@ -47,6 +47,24 @@ def test_undo_brings_the_patch_back():
     assert after < 0.2 * before
 
 
+def test_fft_undo_inverts_a_whole_clip_filter():
+    from attacks.filter_retrain import undo_filter_fft
+    from defenses import DEFENSES, build_defense
+    from lab.config import parse_plugin
+    cuda = build_defense(parse_plugin(DEFENSES, {"type": "cuda", "key": "test-key-123456", "output": "none"},
+                                      "defense")).derive(10, SR)
+    gen = torch.Generator().manual_seed(1)
+    clean = 0.2 * torch.randn(20, 4000, generator=gen)
+    labels = torch.zeros(20, dtype=torch.long)
+    protected = cuda.apply(clean, labels)
+    span = changed_span(clean[:5], protected[:5])
+    assert span == (0, 3999)
+    g = estimate_filter(clean[:5], protected[:5], span, 63)
+    assert cosine(g, true_filter_as_lags(cuda.filters[0], 63)) >= 0.99
+    undone = undo_filter_fft(protected, span, g, 1e-6)
+    assert (undone - clean)[:, 100:-100].norm() < 0.2 * (protected - clean)[:, 100:-100].norm()
+
+
 def test_estimate_attack_reports_recovery_and_cleans_the_training_set():
     prot, clean, labels, protected = protected_set(n=100)
     attack = build_attack({"type": "filter-retrain", "method": "estimate", "pairs_per_class": 3,
