@@ -377,7 +377,7 @@ def to_markdown(results: dict, matrix: Matrix) -> str:
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", "SNR of each defense's protected training audio (dB, mean / worst 5%): " + "; ".join(
         f"{d} {s['snr_db_mean']:.1f} / {s['snr_db_worst5']:.1f}" for d, s in matrix.snr.items()
-        if s['snr_db_mean'] != float('inf')), ""]
+        if d != "none" and s['snr_db_mean'] != float('inf')), ""]
     return "\n".join(lines)
 
 
