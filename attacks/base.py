@@ -1,0 +1,92 @@
+"""The attack interface: what an unauthorised trainer changes to learn from protected data anyway.
+
+An attack can change three things, and one small class covers all three (override only what the attack needs):
+
+1. the training data (``training_set``): e.g. compress every clip once, protect only part of the data, undo an
+   estimated protection;
+2. a per-batch transform of the waveforms before the feature front-end (``transform_batch``, with ``per_batch =
+   True``): augmentation, random shifts, sharpening, PGD examples, learnable deconvolution filters; it receives the
+   module being trained, so attacks that need the model's gradient can use it;
+3. what happens after training (``after_training``): e.g. fine-tune on a little clean data; it returns one or more
+   named models to evaluate.
+
+Every attack is a registered plugin with a pydantic ``Config`` (validated like the recipe's other blocks: unknown
+fields and impossible values fail before any training). ``record()`` gives the parameters and anything the attack
+measured (e.g. how well it recovered a filter), and goes into the results.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+
+from attacks import ATTACKS
+from lab.config import PluginConfig, parse_plugin
+
+
+@dataclass
+class AttackContext:
+    """What the attacker works with for one training run.
+
+    ``clean`` and ``protected`` are the training waveforms (N, T) before and after the data owner's protection (an
+    attack may only use ``clean`` where its threat model says so: known-plaintext pairs, a clean fraction for
+    fine-tuning, the unprotected part in ``partial``); ``labels`` (N,), ``lengths`` (N,) real clip lengths;
+    ``protection`` what the owner applied; ``sample_rate``; ``num_classes``; ``seed`` the training seed (attacks draw
+    their randomness from it); ``finetune`` a function ``(module, waveforms, labels, epochs) -> module`` that
+    continues training a model (used by procedure attacks).
+    """
+
+    clean: torch.Tensor
+    protected: torch.Tensor
+    labels: torch.Tensor
+    lengths: torch.Tensor
+    protection: Any
+    sample_rate: int
+    num_classes: int
+    seed: int
+    finetune: Callable | None = None
+
+
+class Attack:
+    """Base class: by default the trainer trains on the protected data, unchanged, and the model is evaluated as is."""
+
+    Config: ClassVar[type[PluginConfig]]
+    per_batch: ClassVar[bool] = False  # True: transform_batch runs on every training batch
+    trains_plain: ClassVar[bool] = False  # True: trains exactly like no attack first (that model may be reused)
+
+    def __init__(self, config: PluginConfig):
+        self.config = config
+        self.measured: dict = {}  # what the attack measured during a run (goes into record())
+        self.sample_rate: int | None = None
+
+    def start(self, ctx: AttackContext) -> None:
+        """Called once before each training run (reset learned state here)."""
+        self.measured = {}
+        self.sample_rate = ctx.sample_rate
+
+    def training_set(self, ctx: AttackContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """The waveforms (N', T) and labels (N',) the trainer trains on; never modifies ``ctx``'s tensors."""
+        return ctx.protected, ctx.labels
+
+    def transform_batch(self, waveforms: torch.Tensor, labels: torch.Tensor, module) -> torch.Tensor:
+        """A training batch (B, T) as the model should see it (only called when ``per_batch``)."""
+        return waveforms
+
+    def after_training(self, module, ctx: AttackContext) -> dict[str, Any]:
+        """Named models to evaluate ('' is the trained model itself)."""
+        return {"": module}
+
+    def record(self) -> dict:
+        return {"type": self.config.type, "params": self.config.model_dump(mode="json", exclude={"type"}),
+                **({"measured": self.measured} if self.measured else {})}
+
+
+def build_attack(config: PluginConfig | dict | str) -> Attack:
+    """An attack from its config (a validated Config, a ``{type: ..., ...}`` mapping or a bare name)."""
+    config = parse_plugin(ATTACKS, config, "attack")
+    return ATTACKS.get(config.type)(config)
+
+
+def batch_generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed))

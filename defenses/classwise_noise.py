@@ -1,0 +1,62 @@
+"""``classwise-noise``: the classic synthetic baseline: one fixed random noise pattern per class (drawn from the
+key, as long as the clips) added to the whole clip, scaled per clip to ``snr_db`` (clip against added noise)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import SecretStr
+
+from defenses.base import DEFENSES, Defense, Protection
+from defenses.noise_patch import scale_to_snr
+from lab.config import PluginConfig
+from lab.keys import derive_seed, fingerprint, resolve_key
+
+
+class ClasswiseNoiseConfig(PluginConfig):
+    type: Literal["classwise-noise"] = "classwise-noise"
+    key: SecretStr | None = None
+    key_file: Path | None = None
+    snr_db: float = 24.0
+
+
+class ClasswiseNoiseProtection(Protection):
+    name = "classwise-noise"
+
+    def __init__(self, params: dict, key_fingerprint: str, sample_rate: int, key: str, num_classes: int):
+        self.params = params
+        self.key_fingerprint = key_fingerprint
+        self.sample_rate = sample_rate
+        self.num_classes = num_classes
+        self._seeds = [derive_seed(key, "classwise-noise/v1/class", c) for c in range(num_classes)]
+        self._patterns: dict[int, torch.Tensor] = {}
+
+    def patterns(self, length: int) -> torch.Tensor:
+        """(C, length) class noise patterns (the same for every clip length's common prefix)."""
+        if length not in self._patterns:
+            self._patterns[length] = torch.stack([torch.randn(length, generator=torch.Generator().manual_seed(s))
+                                                  for s in self._seeds])
+        return self._patterns[length]
+
+    def apply(self, waveforms, labels, lengths=None, filter_classes=None, **ablation):
+        cls = (labels if filter_classes is None else filter_classes).long()
+        noise = self.patterns(waveforms.shape[1])[cls].to(waveforms)
+        return waveforms + scale_to_snr(waveforms, noise, self.params["snr_db"])
+
+    def to_dict(self) -> dict:
+        return {"defense": self.name, "params": self.params, "key_fingerprint": self.key_fingerprint,
+                "sample_rate": self.sample_rate, "num_classes": self.num_classes}
+
+
+@DEFENSES.register("classwise-noise")
+class ClasswiseNoise(Defense):
+    """One fixed noise pattern per class over the whole clip, at a given SNR."""
+
+    Config = ClasswiseNoiseConfig
+
+    def derive(self, num_classes: int, sample_rate: int) -> ClasswiseNoiseProtection:
+        cfg: ClasswiseNoiseConfig = self.config
+        key = resolve_key(cfg.key, cfg.key_file)
+        params = cfg.model_dump(exclude={"key", "key_file", "type"}, mode="json")
+        return ClasswiseNoiseProtection(params, fingerprint(key), sample_rate, key, num_classes)

@@ -1,0 +1,97 @@
+"""``noise-patch``: class-wise random noise added in the same key-derived patches as PosCUDA, at a set SNR.
+
+It is PosCUDA's control: the same positions (the same key and position parameters give the same patches), but
+instead of convolving the patch with a filter, a fixed class-wise noise pattern (``patch_seconds`` long, drawn from
+the key) is added there, scaled per clip so that the clip's signal-to-noise ratio (whole clip against the added
+noise) is ``snr_db``. Set ``snr_db`` to the SNR ``lab run`` reports for the PosCUDA setting it is compared with (``lab
+attack --type all`` does so itself), and unlearnability is compared at equal distortion. Only patch samples change.
+
+Parameters shared with PosCUDA (same meaning): ``key``, ``key_file``, ``patch_seconds``, ``patches_per_class``,
+``position_mode``, ``position_range``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field, SecretStr
+
+from defenses.base import DEFENSES, Defense, Protection
+from defenses.poscuda import PosCUDA, PosCUDAConfig, PosCUDAProtection
+from lab.config import PluginConfig
+from lab.keys import derive_seed, fingerprint, resolve_key
+
+
+class NoisePatchConfig(PluginConfig):
+    type: Literal["noise-patch"] = "noise-patch"
+    key: SecretStr | None = None
+    key_file: Path | None = None
+    snr_db: float = 24.0
+    patch_seconds: float = Field(0.1, gt=0)
+    patches_per_class: int = Field(1, ge=1)
+    position_mode: Literal["absolute", "relative"] = "absolute"
+    position_range: tuple[float, float] = (0.0, 0.5)
+
+
+def scale_to_snr(clean: torch.Tensor, noise: torch.Tensor, snr_db: float) -> torch.Tensor:
+    """``noise`` (N, T) scaled per row so that 10 log10(|clean|^2 / |scaled|^2) = snr_db (silent rows: no noise)."""
+    signal = clean.double().pow(2).sum(dim=1, keepdim=True)
+    power = noise.double().pow(2).sum(dim=1, keepdim=True)
+    gain = torch.sqrt(signal / (power.clamp(min=1e-30) * 10 ** (snr_db / 10)))
+    return (noise.double() * torch.where(power > 0, gain, torch.zeros_like(gain))).to(clean.dtype)
+
+
+class NoisePatchProtection(Protection):
+    name = "noise-patch"
+
+    def __init__(self, params: dict, key_fingerprint: str, sample_rate: int, places: PosCUDAProtection,
+                 noise: torch.Tensor):
+        self.params = params
+        self.key_fingerprint = key_fingerprint
+        self.sample_rate = sample_rate
+        self.places = places  # PosCUDA's positions for the same key (its filters are not used)
+        self.noise = noise  # (C, P, patch_len)
+        self.patch_len = places.patch_len
+
+    def starts(self, position_classes, total, lengths=None, shift_samples=0):
+        return self.places.starts(position_classes, total, lengths, shift_samples)
+
+    def apply(self, waveforms, labels, lengths=None, position_classes=None, filter_classes=None, shift_samples=0):
+        labels = labels.long()
+        pos_cls = labels if position_classes is None else position_classes.long()
+        noise_cls = labels if filter_classes is None else filter_classes.long()
+        n, t = waveforms.shape
+        starts = self.starts(pos_cls, t, lengths, shift_samples)
+        added = torch.zeros(n, t + self.patch_len, dtype=waveforms.dtype)
+        patch = torch.arange(self.patch_len)
+        for j in range(starts.shape[1]):
+            idx = starts[:, j:j + 1] + patch
+            added.scatter_add_(1, idx, self.noise[noise_cls, j].to(waveforms.dtype))
+        added = added[:, :t]  # a patch longer than the clip is cut at its end
+        return waveforms + scale_to_snr(waveforms, added, self.params["snr_db"]).to(waveforms.device)
+
+    def to_dict(self) -> dict:
+        return {"defense": self.name, "params": self.params, "key_fingerprint": self.key_fingerprint,
+                "sample_rate": self.sample_rate, "patch_samples": self.patch_len,
+                "positions": self.places.positions.tolist(), "noise_std": float(self.noise.std())}
+
+
+@DEFENSES.register("noise-patch")
+class NoisePatch(Defense):
+    """Class-wise noise in PosCUDA's key-derived patches, scaled to a target SNR."""
+
+    Config = NoisePatchConfig
+
+    def derive(self, num_classes: int, sample_rate: int) -> NoisePatchProtection:
+        cfg: NoisePatchConfig = self.config
+        key = resolve_key(cfg.key, cfg.key_file)
+        places = PosCUDA(PosCUDAConfig(key=cfg.key, key_file=cfg.key_file, patch_seconds=cfg.patch_seconds,
+                                       patches_per_class=cfg.patches_per_class, position_mode=cfg.position_mode,
+                                       position_range=cfg.position_range)).derive(num_classes, sample_rate)
+        noise = []
+        for c in range(num_classes):
+            gen = torch.Generator().manual_seed(derive_seed(key, "noise-patch/v1/class", c))
+            noise.append(torch.randn(cfg.patches_per_class, places.patch_len, generator=gen))
+        params = cfg.model_dump(exclude={"key", "key_file", "type"}, mode="json")
+        return NoisePatchProtection(params, fingerprint(key), sample_rate, places, torch.stack(noise))

@@ -1,0 +1,115 @@
+"""`lab attack` on real FSDD (tiny subsets, one epoch) and its one-line errors for bad input before any training."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lab.attacking import attack_configs, load_attack_recipe
+from lab.errors import LabError
+
+REPO = Path(__file__).resolve().parent.parent.parent
+TINY = ["--set", "data.max_train_per_class=8", "--set", "data.max_test_per_class=4", "--set", "train.epochs=1",
+        "--set", "train.progress=false", "--seeds", "0"]
+
+
+def lab(*args: str, env_root: Path | None = None) -> subprocess.CompletedProcess:
+    import os
+    env = dict(os.environ)
+    if env_root is not None:
+        env["LAB_DATA_DIR"] = str(env_root)
+    return subprocess.run([sys.executable, "-m", "lab", *args], cwd=REPO, capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--type", "augmnt"], "unknown attack 'augmnt' (did you mean 'augment'?); valid: adversarial-training, augment"),
+    (["--type", "partial", "-o", "fraction=1.5"], "attack (partial).fraction: Input should be less than or equal to 1"),
+    (["--type", "adversarial-training", "-o", "eps=-0.1"], "eps: Input should be greater than or equal to 0"),
+    (["--type", "sharpen-lowpass", "-o", "keep_fraction=-0.5"], "keep_fraction: Input should be greater than 0"),
+    (["--type", "clean-finetune", "-o", "fractions=[0.01, 2]"], "each fraction must be in (0, 1]"),
+    (["--type", "codec", "-o", "bitz=4"], "unknown field 'bitz' (did you mean 'bits'?)"),
+    (["--type", "all", "-o", "eps=0.1"], "with several attacks, name the attack: ATTACK.eps=..."),
+    (["--type", "augment", "--defenses", "none,blur"], "unknown defense 'blur'"),
+    (["--type", "augment", "--set", "data.max_train_per_class=-1"], "max_train_per_class"),
+])
+def test_bad_input_fails_in_one_line_before_training(args, pattern, tmp_path):
+    proc = lab("attack", *args, "--out", str(tmp_path), env_root=tmp_path)  # no data there: nothing could train
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert pattern in " ".join(proc.stderr.split())
+    assert not any(tmp_path.rglob("results.json"))
+
+
+def test_recipe_attack_block_and_options(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text((REPO / "recipes" / "fsdd_cnn.yaml").read_text() +
+                      "attack:\n  - {type: mixed-position, mode: shuffle, segments: 6}\n  - {type: codec, bits: 6}\n")
+    rec, blocks = load_attack_recipe(recipe, ["train.epochs=2"])
+    assert rec.train.epochs == 2
+    (mixed,) = attack_configs(["mixed-position"], blocks, ["segments=3"])
+    assert mixed.mode == "shuffle" and mixed.segments == 3  # the command line wins over the recipe
+    mixed, codec = attack_configs(["mixed-position", "codec"], blocks, ["codec.bits=4"])
+    assert mixed.segments == 6 and codec.bits == 4
+    recipe.write_text((REPO / "recipes" / "fsdd_cnn.yaml").read_text() + "attack: {type: jpeg}\n")
+    _, blocks = load_attack_recipe(recipe)
+    with pytest.raises(LabError, match="unknown attack 'jpeg'"):
+        attack_configs(["augment"], blocks, [])
+
+
+def test_lab_attack_augment_on_fsdd(fsdd_dir, tmp_path):
+    proc = lab("attack", "--type", "augment", *TINY, "--out", str(tmp_path), env_root=fsdd_dir.parent)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = list(tmp_path.glob("fsdd_cnn/attack-augment-*"))
+    results = json.loads((run / "results.json").read_text())
+    assert results["defenses"] == ["none", "poscuda"] and results["columns"] == ["no attack", "augment"]
+    for d in ("none", "poscuda"):
+        for c in ("no attack", "augment"):
+            acc = results["accuracy"][d][c]["values"]
+            assert len(acc) == 1 and 0 <= acc[0] <= 1
+        assert results["worst_case"][d]["accuracy"] == max(results["accuracy"][d][c]["mean"]
+                                                           for c in ("no attack", "augment"))
+    assert results["attack_params"][0]["chain"][0]["name"] == "gaussian_noise"
+    assert results["provenance"]["git"]["commit"] and results["seeds"] == [0]
+    rows = list(csv.reader((run / "table.csv").open()))
+    assert rows[0] == ["defense", "attack", "mean", "std", "n", "values"] and len(rows) == 1 + 2 * 3
+    md = (run / "results.md").read_text()
+    assert "| worst case |" in md and "lab-demo-key" not in md and "lab-demo-key" not in json.dumps(results)
+    assert "worst case" in proc.stdout
+
+
+@pytest.mark.slow
+def test_lab_attack_all_on_fsdd(fsdd_dir, tmp_path):
+    proc = lab("attack", "--type", "all", *TINY, "--defenses", "poscuda", "--out", str(tmp_path),
+               env_root=fsdd_dir.parent)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = list(tmp_path.glob("fsdd_cnn/attack-all-*"))
+    results = json.loads((run / "results.json").read_text())
+    expected = {"no attack", "adversarial-training", "augment", "clean-finetune 1%", "clean-finetune 5%", "codec",
+                "filter-retrain (adversarial)", "filter-retrain (estimate)", "mixed-position", "partial",
+                "sharpen-lowpass"}
+    assert set(results["columns"]) == expected
+    estimate = results["attack_records"]["poscuda"]["filter-retrain (estimate)"][0]["measured"]
+    assert estimate["position_hit_rate"] is not None and estimate["filter_cosine_mean"] is not None
+    assert results["worst_case"]["poscuda"]["accuracy"] == max(v["mean"] for v in results["accuracy"]["poscuda"].values())
+
+
+def test_matrix_baselines_take_the_recipes_key_positions_and_snr():
+    from defenses import build_defense
+    from lab.attacking import defense_configs
+    from lab.recipe import load_recipe
+    rec = load_recipe(REPO / "recipes" / "fsdd_cnn.yaml", ["defense.patch_seconds=0.05"])
+    none, pos, cuda, noise, classwise = defense_configs(rec, ["none", "poscuda", "cuda", "noise-patch",
+                                                              "classwise-noise"], snr_db=18.834)
+    assert pos is rec.defense and none.type == "none"
+    assert noise.snr_db == classwise.snr_db == 18.83 and noise.patch_seconds == 0.05
+    assert cuda.filter_length == rec.defense.filter_length and cuda.blur == rec.defense.blur
+    y = __import__("torch").arange(10)
+    p, n = build_defense(pos).derive(10, 8000), build_defense(noise).derive(10, 8000)
+    assert (p.starts(y, 8000) == n.starts(y, 8000)).all()
+    assert build_defense(cuda).derive(10, 8000).key_fingerprint == p.key_fingerprint
