@@ -39,7 +39,7 @@ from lab.models import build_model
 from lab.module import LabModule, standardisation
 from lab.provenance import provenance
 from lab.quality import snr_summary
-from lab.recipe import Recipe, parse_override, recipe_from_dict, set_path
+from lab.recipe import Recipe, parse_override, read_recipe_data, recipe_from_dict, set_path
 from lab.train import _trainer, evaluate, fit
 
 NO_ATTACK = "no attack"
@@ -197,15 +197,7 @@ def with_both_filter_methods(cfgs: list, recipe_blocks: list[dict], options: lis
 def load_attack_recipe(path: Path | str, overrides: list[str] | None = None) -> tuple[Recipe, list[dict]]:
     """The recipe (validated as for ``lab run``) and its ``attack:`` blocks (a mapping or a list of mappings)."""
     path = Path(path)
-    if not path.is_file():
-        raise LabError(f"recipe not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise LabError(f"recipe {path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise LabError(f"recipe {path}: expected a mapping of sections at the top level")
-    data.setdefault("name", path.stem)
+    data = read_recipe_data(path)
     blocks = data.pop("attack", None) or []
     blocks = [blocks] if isinstance(blocks, dict) else blocks
     if not isinstance(blocks, list):

@@ -129,8 +129,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise LabError(f"--set {text!r}: the value is not valid YAML") from None
 
 
-def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
-    path = Path(path)
+def read_recipe_data(path: Path) -> dict:
+    """The raw mapping of a recipe file (``name`` defaults to the file's stem); one-line errors for a missing file
+    or bad YAML."""
     if not path.is_file():
         raise LabError(f"recipe not found: {path}")
     try:
@@ -140,6 +141,12 @@ def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
     if not isinstance(data, dict):
         raise LabError(f"recipe {path}: expected a mapping of sections at the top level")
     data.setdefault("name", path.stem)
+    return data
+
+
+def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    data = read_recipe_data(path)
     for item in overrides or []:
         set_path(data, *parse_override(item))
     return recipe_from_dict(data, str(path))
