@@ -1,4 +1,9 @@
-"""LSTM over feature frames (or raw audio cut into short frames); the last time step's state feeds the classifier."""
+"""LSTM over feature frames (or raw audio cut into short frames).
+
+``pooling``: ``mean`` averages the outputs over time (default); ``last`` takes the last step's output, which on
+right-padded clips sits deep in silence (on FSDD, 1 s clips of 0.44 s speech on average, a 2x128 LSTM with ``last``
+stayed near chance after 5 epochs in this lab's runs).
+"""
 from __future__ import annotations
 
 from typing import Literal
@@ -18,6 +23,7 @@ class LSTMConfig(PluginConfig):
     bidirectional: bool = False
     dropout: float = Field(0.1, ge=0, lt=1)
     frame_ms: float = Field(10.0, gt=0)  # raw audio only: frame length of the input sequence
+    pooling: Literal["mean", "last"] = "mean"
 
 
 @MODELS.register("lstm")
@@ -31,8 +37,9 @@ class LSTM(Classifier):
         in_dim = self.frame if raw else input_shape[0]
         self.lstm = nn.LSTM(in_dim, cfg.hidden, cfg.layers, batch_first=True, bidirectional=cfg.bidirectional,
                             dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.pooling = cfg.pooling
         self.head = nn.Linear(cfg.hidden * (2 if cfg.bidirectional else 1), num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.lstm(frames(x, self.raw, self.frame))
-        return out[:, -1]
+        return out.mean(dim=1) if self.pooling == "mean" else out[:, -1]

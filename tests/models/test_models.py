@@ -11,7 +11,7 @@ SHAPES = {"raw": (1, 8000), "mfcc": (40, 101), "logmel": (64, 101)}
 
 @pytest.mark.parametrize("feature", list(SHAPES))
 @pytest.mark.parametrize("model", [{"type": "cnn", "head": "global"}, {"type": "cnn", "head": "flatten"},
-                                   {"type": "lstm"}, {"type": "transformer"},
+                                   {"type": "lstm"}, {"type": "lstm", "pooling": "last"}, {"type": "transformer"},
                                    {"type": "transformer", "positional": "learned"}])
 def test_forward_and_backward(model, feature):
     cfg = recipe_from_dict({"model": model}).model
