@@ -50,13 +50,14 @@ def learning_curves(run_dirs: list[Path], path: Path) -> None:
     """Clean-test accuracy per epoch (monitoring only) of clean- and protected-trained models, every seed."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours = {"clean_model": "tab:blue", "protected_model": "tab:red"}
+    names = {"clean_model": "clean-trained, clean test", "protected_model": "protected-trained, clean test"}
     labelled = set()
     for run_dir in run_dirs:
         for which, colour in colours.items():
             for metrics in sorted((Path(run_dir) / "logs" / which).glob("seed*/metrics.csv")):
                 val = read_metrics(metrics).get("val_acc", [])
                 if val:
-                    label = None if which in labelled else which.replace("_", "-") + "ed, clean test"
+                    label = None if which in labelled else names[which]
                     labelled.add(which)
                     ax.plot(*zip(*val), color=colour, alpha=0.7, label=label)
     ax.set_xlabel("epoch")
