@@ -15,10 +15,13 @@ def test_frontend_shapes(kind, shape):
 
 
 def test_chunking_does_not_change_features():
-    x = torch.randn(7, 8000) * 0.1
+    """Chunks change nothing beyond float32 rounding. MFCCs reach ~50 in magnitude, and the batch size may select
+    another BLAS kernel (seen under load in CI), so the tolerance is relative to float32 precision, not absolute."""
+    x = torch.randn(7, 8000, generator=torch.Generator().manual_seed(0)) * 0.1
     a = FrontEnd(FeatureConfig(type="mfcc", chunk=3), 8000)(x)
     b = FrontEnd(FeatureConfig(type="mfcc", chunk=100), 8000)(x)
-    assert torch.allclose(a, b, atol=1e-5)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    assert not torch.allclose(a, FrontEnd(FeatureConfig(type="mfcc", n_mfcc=40, n_mels=32), 8000)(x), atol=1e-2)
 
 
 def test_cache_computes_once_and_on_disk(tmp_path):
