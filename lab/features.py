@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 import torchaudio.transforms as T
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from lab.config import Section
 
@@ -27,6 +27,12 @@ class FeatureConfig(Section):
     win_ms: float = Field(25.0, gt=0)
     hop_ms: float = Field(10.0, gt=0)
     chunk: int = Field(512, ge=1)
+
+    @model_validator(mode="after")
+    def _enough_mels(self):
+        if self.type == "mfcc" and self.n_mfcc > self.n_mels:
+            raise ValueError(f"n_mfcc ({self.n_mfcc}) cannot exceed n_mels ({self.n_mels})")
+        return self
 
 
 class FrontEnd:

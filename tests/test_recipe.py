@@ -39,6 +39,7 @@ def test_shipped_recipe_set():
     ({"defense": {"type": "poscuda", "position_range": [0.5, 0.2]}}, r"position_range must satisfy"),
     ({"defense": {"type": "poscuda", "position_range": [0.0, 0.95]}}, r"passes the clip's end"),
     ({"seeds": []}, r"seeds: List should have at least 1 item"),
+    ({"features": {"n_mfcc": 80, "n_mels": 64}}, r"features: n_mfcc \(80\) cannot exceed n_mels \(64\)"),
     ({"data": {"sample_rate": -8000}}, r"data.sample_rate: Input should be greater than 0 \(got -8000\)"),
     ({"data": {"sample_rate": "8kHz"}}, r"data.sample_rate: Input should be a valid integer"),
 ])
