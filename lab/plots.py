@@ -25,6 +25,8 @@ def frontier_plot(rows: list[dict], cost: list[float], cost_label: str, path: Pa
     if front:
         ax.plot(*zip(*front), "k--", lw=1, label="Pareto front")
         ax.scatter(*zip(*front), s=160, facecolors="none", edgecolors="k")
+    if min(cost) > 0 and max(cost) / min(cost) > 50:
+        ax.set_xscale("log")  # FAD spans orders of magnitude across a sweep
     ax.set_xlabel(cost_label)
     ax.set_ylabel("clean-test accuracy of the protected-trained model")
     ax.set_title("protection / quality frontier (lower-left is better)")
