@@ -40,7 +40,7 @@ from lab.module import LabModule, standardisation
 from lab.provenance import provenance
 from lab.quality import snr_summary
 from lab.recipe import Recipe, parse_override, read_recipe_data, recipe_from_dict, set_path
-from lab.train import _trainer, evaluate, fit
+from lab.train import make_trainer, evaluate, fit
 
 NO_ATTACK = "no attack"
 WORST = "worst case"
@@ -89,7 +89,7 @@ def fit_waveforms(recipe: Recipe, waveforms: torch.Tensor, labels: torch.Tensor,
     module = AttackedModule(model, num_classes, cfg.lr, cfg.weight_decay, mean, std, frontend, attack)
     gen = torch.Generator().manual_seed(seed)
     loader = DataLoader(TensorDataset(waveforms, labels), batch_size=cfg.batch_size, shuffle=True, generator=gen)
-    trainer = _trainer(cfg, epochs or cfg.epochs, False, progress)
+    trainer = make_trainer(cfg, epochs or cfg.epochs, False, progress)
     start = time.perf_counter()
     trainer.fit(module, loader)
     return module, time.perf_counter() - start
@@ -102,7 +102,7 @@ def finetune(recipe: Recipe, frontend: FrontEnd, module: LabModule, waveforms: t
     feats = frontend(waveforms)
     loader = DataLoader(TensorDataset(feats, labels), batch_size=recipe.train.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(0))
-    _trainer(recipe.train, epochs).fit(module, loader)
+    make_trainer(recipe.train, epochs).fit(module, loader)
     return module
 
 

@@ -38,7 +38,7 @@ def _several_devices(devices) -> bool:
     return str(devices) not in ("1", "auto")
 
 
-def _trainer(train_cfg, max_epochs: int = 1, logger=False, progress: bool = False, single: bool = False) -> L.Trainer:
+def make_trainer(train_cfg, max_epochs: int = 1, logger=False, progress: bool = False, single: bool = False) -> L.Trainer:
     """A Trainer as the recipe's ``train`` section configures it. Several devices with ``strategy: auto`` use
     ``ddp_spawn``: Lightning's default ``ddp`` re-executes the whole command in every process, which would redo (and
     re-write) a whole ``lab run``. ``single`` forces one device (evaluation: exact, no padded distributed sampler)."""
@@ -79,7 +79,7 @@ def fit(recipe, features: torch.Tensor, labels: torch.Tensor, num_classes: int, 
     train_dl = DataLoader(TensorDataset(features, labels), batch_size=cfg.batch_size, shuffle=True, generator=gen)
     val_dl = DataLoader(TensorDataset(*val), batch_size=256) if val is not None else None
     logger = CSVLogger(str(log_dir), name=name, version=f"seed{seed}") if log_dir is not None else False
-    trainer = _trainer(cfg, epochs or cfg.epochs, logger, progress)
+    trainer = make_trainer(cfg, epochs or cfg.epochs, logger, progress)
     start = time.perf_counter()
     trainer.fit(module, train_dl, val_dl)
     return Fitted(module, time.perf_counter() - start, epochs or cfg.epochs,
@@ -88,7 +88,7 @@ def fit(recipe, features: torch.Tensor, labels: torch.Tensor, num_classes: int, 
 
 def evaluate(module: LabModule, train_cfg, features: torch.Tensor, labels: torch.Tensor) -> dict:
     """Accuracy (overall and per class) of a trained module on a feature set."""
-    trainer = _trainer(train_cfg, single=True)
+    trainer = make_trainer(train_cfg, single=True)
     logged = trainer.test(module, DataLoader(TensorDataset(features, labels), batch_size=256), verbose=False)[0]
     return {"accuracy": float(logged["test_acc"]),
             "per_class": [float(logged[f"test_acc_class_{i}"]) for i in range(module.num_classes)]}
