@@ -35,12 +35,19 @@ def _config_key(recipe: dict) -> str:
 
 
 def _label(results: dict, path: Path) -> str:
+    """`recipe: model/features/defense, N epochs [the sweep cell's other settings]`. Training length is in the label
+    because runs that differ only in epochs are different rows, and must not read alike."""
+    r = results["recipe"]
+    shown = {"model": {"type": r["model"]["type"]}, "features.type": r["features"]["type"]}
     cell = path.parent / "cell.json"
     extra = ""
     if cell.is_file():
-        extra = " [" + ", ".join(f"{k.split('.')[-1]}={v}" for k, v in json.loads(cell.read_text())["cell"].items()) + "]"
-    r = results["recipe"]
-    return f"{results['recipe_name']}: {r['model']['type']}/{r['features']['type']}/{r['defense']['type']}{extra}"
+        rest = {k: v for k, v in json.loads(cell.read_text())["cell"].items() if shown.get(k) != v}
+        if rest:
+            extra = " [" + ", ".join(f"{k.split('.')[-1]}={v}" for k, v in rest.items()) + "]"
+    epochs = r.get("train", {}).get("epochs")
+    ep = f", {epochs} epochs" if epochs is not None else ""
+    return f"{results['recipe_name']}: {r['model']['type']}/{r['features']['type']}/{r['defense']['type']}{ep}{extra}"
 
 
 def collect(paths: list[Path]) -> list[Group]:

@@ -62,8 +62,8 @@ def test_sweep_resumes_after_interruption(fsdd_dir, tmp_path, monkeypatch):
     assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def fake_results(path: Path, seeds: list[int], accs: dict[int, float], blur: float = 0.3) -> Path:
-    recipe = {"name": "toy", "model": {"type": "cnn"}, "features": {"type": "mfcc"},
+def fake_results(path: Path, seeds: list[int], accs: dict[int, float], blur: float = 0.3, epochs: int = 8) -> Path:
+    recipe = {"name": "toy", "model": {"type": "cnn"}, "features": {"type": "mfcc"}, "train": {"epochs": epochs},
               "defense": {"type": "poscuda", "blur": blur}, "seeds": seeds, "output_dir": "runs"}
     per_seed = []
     for s in seeds:
@@ -95,6 +95,16 @@ def test_report_pools_seeds_and_computes_mean_std(tmp_path):
     written = write(groups, tmp_path / "report")
     assert expected in written["report"].read_text()
     assert (tmp_path / "report" / "ablation.csv").read_text().count("\n") == 3
+
+
+def test_report_labels_tell_training_lengths_apart(tmp_path):
+    short = fake_results(tmp_path / "s" / "cell-1", [0], {0: 0.4}, epochs=5)
+    long = fake_results(tmp_path / "l" / "cell-2", [0], {0: 0.6}, epochs=15)
+    for f in (short, long):  # a sweep cell that set the model and feature, and one other field
+        (f.parent / "cell.json").write_text(json.dumps(
+            {"cell": {"model": {"type": "cnn"}, "features.type": "mfcc", "defense.blur": 0.3}, "seeds": [0]}))
+    labels = [g.label for g in collect([short, long])]
+    assert labels == ["toy: cnn/mfcc/poscuda, 5 epochs [blur=0.3]", "toy: cnn/mfcc/poscuda, 15 epochs [blur=0.3]"]
 
 
 def test_report_command_writes_plots(tmp_path):
