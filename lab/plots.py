@@ -48,27 +48,45 @@ def read_metrics(csv_path: Path) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
-def learning_curves(run_dirs: list[Path], path: Path) -> None:
-    """Clean-test accuracy per epoch (monitoring only) of clean- and protected-trained models, every seed."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+def learning_curves(panels: list[tuple[str, list[Path]]], path: Path) -> None:
+    """Clean-test accuracy per epoch (monitoring only) of clean- and protected-trained models, one panel per
+    (label, run folders) group and one line per seed, so that many models x features stay readable."""
+    import math
+
     colours = {"clean_model": "tab:blue", "protected_model": "tab:red"}
     names = {"clean_model": "clean-trained, clean test", "protected_model": "protected-trained, clean test"}
+    panels = panels or [("no runs", [])]
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows + 0.6), sharey=True, squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
     labelled = set()
-    for run_dir in run_dirs:
-        for which, colour in colours.items():
-            for metrics in sorted((Path(run_dir) / "logs" / which).glob("seed*/metrics.csv")):
-                val = read_metrics(metrics).get("val_acc", [])
-                if val:
-                    label = None if which in labelled else names[which]
-                    labelled.add(which)
-                    ax.plot(*zip(*val), color=colour, alpha=0.7, label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("clean-test accuracy")
-    ax.set_title("learning curves: clean-trained vs protected-trained")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    for ax, (title, run_dirs) in zip(axes.flat, panels):
+        for run_dir in run_dirs:
+            for which, colour in colours.items():
+                for metrics in sorted((Path(run_dir) / "logs" / which).glob("seed*/metrics.csv")):
+                    val = read_metrics(metrics).get("val_acc", [])
+                    if val:
+                        label = None if which in labelled else names[which]
+                        labelled.add(which)
+                        ax.plot(*zip(*val), color=colour, alpha=0.7, lw=1.2, label=label)
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("clean-test accuracy", fontsize=8)
+    fig.suptitle("learning curves: clean-trained vs protected-trained (one line per seed)")
+    handles, labels = [], []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.append(h)
+            labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8)
+    fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 0.96))
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

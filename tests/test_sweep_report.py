@@ -121,6 +121,20 @@ def test_report_command_writes_plots(tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
 
+def test_learning_curves_one_panel_per_group(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from lab.plots import learning_curves
+    run = tmp_path / "run"
+    for which in ("clean_model", "protected_model"):
+        (run / "logs" / which / "seed0").mkdir(parents=True)
+        (run / "logs" / which / "seed0" / "metrics.csv").write_text("epoch,step,val_acc\n0,1,0.2\n1,2,0.6\n")
+    learning_curves([("cnn/mfcc", [run])], tmp_path / "one.png")
+    learning_curves([(f"model {i}", [run]) for i in range(4)], tmp_path / "four.png")
+    one, four = plt.imread(tmp_path / "one.png"), plt.imread(tmp_path / "four.png")
+    assert four.shape[0] > 1.5 * one.shape[0] and four.shape[1] > 2 * one.shape[1]  # a 2 x 3 grid, not one axis
+
+
 def test_spectrogram_plot(tmp_path):
     import torch
 

@@ -35,7 +35,7 @@ def report(
         console.print(table)
     written = write(groups, out)
     run_dirs = [d for g in groups for d in g.run_dirs]
-    plots.learning_curves(run_dirs, out / "learning_curves.png")
+    plots.learning_curves([(g.label.split(": ", 1)[-1], g.run_dirs) for g in groups], out / "learning_curves.png")
     _frontier(groups, out / "frontier.png")
     if spectrograms:
         _spectrograms(run_dirs[0], out / "spectrograms.png")
