@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import matplotlib
@@ -51,8 +52,6 @@ def read_metrics(csv_path: Path) -> dict[str, list[tuple[int, float]]]:
 def learning_curves(panels: list[tuple[str, list[Path]]], path: Path) -> None:
     """Clean-test accuracy per epoch (monitoring only) of clean- and protected-trained models, one panel per
     (label, run folders) group and one line per seed, so that many models x features stay readable."""
-    import math
-
     colours = {"clean_model": "tab:blue", "protected_model": "tab:red"}
     names = {"clean_model": "clean-trained, clean test", "protected_model": "protected-trained, clean test"}
     panels = panels or [("no runs", [])]
@@ -77,15 +76,10 @@ def learning_curves(panels: list[tuple[str, list[Path]]], path: Path) -> None:
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
         ax.set_ylabel("clean-test accuracy", fontsize=8)
-    fig.suptitle("learning curves: clean-trained vs protected-trained (one line per seed)")
-    handles, labels = [], []
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.append(h)
-            labels.append(lab)
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8)
-    fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 0.96))
+    fig.suptitle("learning curves, one line per seed", fontsize=10)
+    if labelled:  # a figure legend gathers the labelled lines of every panel
+        fig.legend(loc="lower center", ncol=2, fontsize=8)
+    fig.tight_layout(rect=(0, 0.06 if labelled else 0, 1, 0.96))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
