@@ -40,6 +40,9 @@ class DataConfig(Section):
                 raise ValueError("split 'speaker' is only defined for dataset 'fsdd'")
             if not self.test_speaker:
                 raise ValueError("split 'speaker' needs test_speaker (george, jackson, lucas, nicolas, theo, yweweler)")
+        if self.split == "random" and self.dataset == "speechcommands":
+            raise ValueError("split 'random' is not defined for dataset 'speechcommands' (its official lists give "
+                             "the test set); use split 'official'")
         if self.words is not None and self.dataset != "speechcommands":
             raise ValueError("words is only used by dataset 'speechcommands'")
         return self

@@ -37,6 +37,21 @@ def folder_files(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, items
 
 
+def stratified_split(items: list[tuple[Path, int]], num_classes: int, test_fraction: float,
+                     seed: int) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+    """Train and test items: ``test_fraction`` of each class (at least one clip where a class has two or more),
+    drawn with ``seed``; the same items and seed always give the same split."""
+    gen = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for c in range(num_classes):
+        mine = [it for it in items if it[1] == c]
+        order = torch.randperm(len(mine), generator=gen).tolist()
+        n_test = max(1, round(test_fraction * len(mine))) if len(mine) > 1 else 0
+        test += [mine[i] for i in order[:n_test]]
+        train += [mine[i] for i in order[n_test:]]
+    return train, test
+
+
 def _folder(cfg) -> tuple[AudioSet, AudioSet]:
     if cfg.root is None:
         raise LabError("data.root is required for dataset 'folder' (a folder of ROOT/<label>/*.wav)")
@@ -48,30 +63,26 @@ def _folder(cfg) -> tuple[AudioSet, AudioSet]:
             raise LabError(f"data.root: train/ and test/ under {root} have different label folders")
     else:
         classes, items = folder_files(root)
-        gen = torch.Generator().manual_seed(cfg.subset_seed)
-        train, test = [], []
-        for c in range(len(classes)):
-            mine = [it for it in items if it[1] == c]
-            order = torch.randperm(len(mine), generator=gen).tolist()
-            n_test = max(1, round(cfg.test_fraction * len(mine))) if len(mine) > 1 else 0
-            test += [mine[i] for i in order[:n_test]]
-            train += [mine[i] for i in order[n_test:]]
+        train, test = stratified_split(items, len(classes), cfg.test_fraction, cfg.subset_seed)
     return (_build(train, classes, cfg, cfg.max_train_per_class),
             _build(test, classes, cfg, cfg.max_test_per_class))
 
 
 def _fsdd(cfg, log) -> tuple[AudioSet, AudioSet]:
     folder = fsdd.locate(cfg.root, log)
-    train, test = [], []
+    train, test, every = [], [], []
     for path in sorted(folder.iterdir()):
         if not fsdd.FSDD_PATTERN.match(path.name):
             continue
         digit, speaker, take = fsdd.parse_name(path)
+        every.append((path, digit))
         if cfg.split == "official":
             is_test = take < 5
         else:
             is_test = speaker == cfg.test_speaker
         (test if is_test else train).append((path, digit))
+    if cfg.split == "random":  # stratified by digit; speakers and takes fall on both sides
+        train, test = stratified_split(every, 10, cfg.test_fraction, cfg.subset_seed)
     if cfg.split == "speaker" and not test:
         raise LabError(f"data.test_speaker: no clips of speaker {cfg.test_speaker!r}; valid: {', '.join(fsdd.SPEAKERS)}")
     classes = [str(d) for d in range(10)]

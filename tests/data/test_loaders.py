@@ -36,6 +36,23 @@ def test_fsdd_speaker_split_and_resampling(fsdd_dir):
     assert train.waveforms.shape[1] == 8000
 
 
+def test_fsdd_random_split_is_stratified_and_reproducible(fsdd_dir):
+    cfg = DataConfig(root=fsdd_dir, split="random", test_fraction=0.2, subset_seed=3)
+    train, test = load_dataset(cfg)
+    assert (len(train), len(test)) == (2400, 600)
+    assert torch.bincount(test.labels).tolist() == [60] * 10
+    assert not set(train.ids) & set(test.ids)
+    takes = {int(n.split("_")[2].split(".")[0]) for n in test.ids}
+    assert any(t >= 5 for t in takes) and any(t < 5 for t in takes)  # not the official split
+    again, other = load_dataset(cfg)[1], load_dataset(DataConfig(root=fsdd_dir, split="random", subset_seed=4))[1]
+    assert again.ids == test.ids and set(other.ids) != set(test.ids)
+
+
+def test_random_split_refused_for_speechcommands():
+    with pytest.raises(ValueError, match="split 'random' is not defined for dataset 'speechcommands'"):
+        DataConfig(dataset="speechcommands", split="random")
+
+
 def test_fsdd_unknown_speaker(fsdd_dir):
     with pytest.raises(LabError, match="test_speaker.*valid: george"):
         load_dataset(DataConfig(root=fsdd_dir, split="speaker", test_speaker="nobody"))
