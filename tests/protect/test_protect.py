@@ -14,7 +14,7 @@ from lab.protect import protect_collection
 from lab.protect.manifest import read_manifest
 from lab.protect import worker
 from tests.conftest import tone
-from tests.protect.conftest import BAD, GOOD, sha, tree_hashes
+from tests.protect.conftest import BAD, GOOD, private_record, sha, tree_hashes
 
 GOOD_PATHS = {f"{label}/{name}" for label, name, *_ in GOOD}
 
@@ -41,7 +41,7 @@ def test_input_untouched_outputs_keep_format_and_shape(collection, key_file, tmp
 def test_only_patches_change_every_channel_alike(collection, key_file, tmp_path):
     out = tmp_path / "out"
     run(collection, out, key_file)
-    _, records, _ = read_manifest(out)
+    _, records, _ = private_record(out, key_file)
     for rec in records:
         if rec["status"] != "protected" or rec["subtype"] == "PCM_U8":
             continue
@@ -59,14 +59,15 @@ def test_only_patches_change_every_channel_alike(collection, key_file, tmp_path)
             assert np.array_equal(changed[:, 0], changed[:, 1]) or changed.all(axis=0).all()
 
 
-def test_manifest_is_complete(collection, key_file, tmp_path):
+def test_record_is_complete_and_manifest_holds_only_public_facts(collection, key_file, tmp_path):
     out = tmp_path / "out"
     run(collection, out, key_file, labels="folder", defense={"patch_seconds": 0.05, "blur": 0.5})
-    header, records, summary = read_manifest(out)
+    header, records, summary = private_record(out, key_file)
     assert header["classes"] == ["cat", "dog", "owl"]
     assert header["protection"]["params"]["patch_seconds"] == 0.05 and header["protection"]["params"]["blur"] == 0.5
     assert len(header["key_fingerprint"]) == 16 and header["provenance"]["versions"]["torch"]
     assert "git" in header["provenance"]
+    assert header["input"] == str(collection.resolve()) and header["output"] == str(out.resolve())
     assert {r["path"] for r in records} == GOOD_PATHS | BAD
     for rec in records:
         if rec["path"] in BAD:
@@ -81,6 +82,18 @@ def test_manifest_is_complete(collection, key_file, tmp_path):
         info = sf.info(str(collection / rec["path"]))
         assert (rec["sample_rate"], rec["channels"], rec["frames"]) == (info.samplerate, info.channels, info.frames)
     assert summary["protected"] == len(GOOD) and len(summary["failed"]) == len(BAD)
+    public, files, public_summary = read_manifest(out)
+    assert public["collection_id"] == header["collection_id"] and public["key_fingerprint"] == header[
+        "key_fingerprint"]
+    assert public["classes"] == header["classes"] and public["labels"] == "folder"
+    assert not {"protection", "input", "output", "provenance"} & public.keys()
+    by_path = {r["path"]: r for r in records}
+    assert [f["path"] for f in files] == [r["path"] for r in records if r["status"] == "protected"]
+    for f in files:
+        assert set(f) == {"kind", "path", "label", "output_sha256", "format", "subtype", "sample_rate", "channels",
+                          "frames", "seconds"}
+        assert all(f[k] == by_path[f["path"]][k] for k in f if k != "kind")
+    assert public_summary == {"kind": "summary", "files": len(GOOD), "metadata": None, "metadata_sha256": None}
 
 
 def test_corrupt_and_empty_files_are_reported_and_skipped(collection, key_file, tmp_path):
@@ -98,7 +111,7 @@ def test_corrupt_and_empty_files_are_reported_and_skipped(collection, key_file, 
 def test_key_wide_setting_for_unlabelled_audio(collection, key_file, tmp_path):
     out = tmp_path / "out"
     run(collection, out, key_file, labels="none")
-    header, records, _ = read_manifest(out)
+    header, records, _ = private_record(out, key_file)
     assert header["classes"] == ["all"]
     done = [r for r in records if r["status"] == "protected"]
     assert {r["class"] for r in done} == {0}
@@ -163,7 +176,7 @@ def test_full_scale_is_clipped_and_counted_for_integers_kept_for_float(tmp_path,
     sf.write(str(root / "float.wav"), square, 8000, subtype="FLOAT")
     out = tmp_path / "out"
     summary = run(root.parent, out, key_file, defense={"blur": 1.0})  # taps up to 1: the patch gains a lot
-    _, records, _ = read_manifest(out)
+    _, records, _ = private_record(out, key_file)
     by = {r["path"]: r for r in records}
     assert by["x/int.wav"]["past_full_scale"] > 0 and by["x/int.wav"]["past_full_scale_handling"] == "clipped"
     ints, _ = sf.read(str(out / "x" / "int.wav"), dtype="int16")
@@ -199,7 +212,7 @@ def test_long_recordings_carry_repeated_patches(tmp_path, key_file):
     sf.write(str(root / "episode.flac"), tone(12.0, 16000, channels=2), 16000, subtype="PCM_16")
     out = tmp_path / "out"
     run(root.parent, out, key_file, defense={"repeat_seconds": 2.0, "patch_seconds": 0.1})
-    _, records, _ = read_manifest(out)
+    _, records, _ = private_record(out, key_file)
     (p,) = records[0]["patches"]
     assert p["every"] == 32000 and p["count"] == len(range(p["start"], 12 * 16000 - 1600 + 1, 32000)) >= 5
     src, _ = sf.read(str(root / "episode.flac"), dtype="int16")
@@ -210,20 +223,21 @@ def test_long_recordings_carry_repeated_patches(tmp_path, key_file):
 
 
 def test_an_unwritable_output_fails_that_file_only(collection, key_file, tmp_path, monkeypatch):
-    """A write error (disk full, permissions) fails that file, leaves no temporary file, and the run goes on."""
+    """A write error other than a full disk (here: no permission) fails that file, leaves no temporary file, and
+    the run goes on."""
     import errno
     real_replace = worker.os.replace
 
-    def full_disk(src, dst):
+    def no_permission(src, dst):
         if str(dst).endswith("d.wav"):
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(errno.EACCES, "Permission denied")
         real_replace(src, dst)
 
-    monkeypatch.setattr(worker.os, "replace", full_disk)
+    monkeypatch.setattr(worker.os, "replace", no_permission)
     out = tmp_path / "out"
     summary = run(collection, out, key_file)
     assert {f["path"]: f["error"] for f in summary["failed"]}["dog/d.wav"] == \
-        "cannot write the output: No space left on device"
+        "cannot write the output: Permission denied"
     assert summary["protected"] == len(GOOD) - 1
     assert not list(out.rglob("*.lab-partial")) and not (out / "dog" / "d.wav").exists()
 
