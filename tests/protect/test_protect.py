@@ -3,6 +3,8 @@ clipping counted, refusals, and the batch path equal to PosCUDA's own apply."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -240,6 +242,124 @@ def test_an_unwritable_output_fails_that_file_only(collection, key_file, tmp_pat
         "cannot write the output: Permission denied"
     assert summary["protected"] == len(GOOD) - 1
     assert not list(out.rglob("*.lab-partial")) and not (out / "dog" / "d.wav").exists()
+
+
+class FullDisk:
+    """A file whose disk fills up: the first write puts half the bytes down, then fails with ENOSPC."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, blob):
+        import errno
+        self.f.write(blob[:len(blob) // 2])
+        self.f.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def fill_the_disk_after(monkeypatch, n: int) -> list:
+    """From the (n+1)-th output file on, writing fails as on a full disk (the worker's temporary file is created and
+    half written first). Returns the temporary paths the worker opened."""
+    import builtins
+    opened = []
+
+    def open_(path, mode="r", *args, **kwargs):
+        f = builtins.open(path, mode, *args, **kwargs)
+        if "w" in mode and str(path).endswith(".lab-partial"):
+            opened.append(str(path))
+            if len(opened) > n:
+                return FullDisk(f)
+        return f
+
+    monkeypatch.setattr(worker, "open", open_, raising=False)
+    return opened
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_full_disk_stops_the_run_in_one_line_and_a_rerun_resumes(collection, key_file, tmp_path, monkeypatch,
+                                                                   workers):
+    from lab.protect import protector, verify_collection
+    from lab.protect.manifest import PARTIAL
+    monkeypatch.setattr(protector, "CHUNK_FILES", 1)  # one file per chunk: recorded as soon as written
+    opened = fill_the_disk_after(monkeypatch, 3)
+    out = tmp_path / "out"
+    with pytest.raises(LabError) as err:
+        run(collection, out, key_file, workers=workers)
+    message = str(err.value)
+    assert "\n" not in message
+    # walk order: cat/a, cat/b, cat/c written, cat/header_only failed (nothing to write), then dog/d.wav
+    if workers == 0:
+        assert message.startswith(f"stopped: cannot write {out.resolve() / 'dog' / 'd.wav'}: disk full (No space "
+                                  f"left on device); 4 of 11 files were done and recorded in ")
+    else:  # each worker process fills its own disk: which file stops the run depends on the scheduling
+        assert re.match(r"stopped: cannot write \S+\.(wav|flac|aiff): disk full \(No space left on device\); \d+ of "
+                        r"11 files were done and recorded in ", message), message
+    assert message.endswith("no temporary file is left; free some space and run the same command again to resume")
+    if workers == 0:  # (worker processes keep their own list)
+        assert len(opened) == 4 and not Path(opened[-1]).exists()  # the half-written temporary file is gone
+    assert [p.name for p in out.rglob("*.lab-partial")] == [PARTIAL]  # only the partial manifest: resume needs it
+    monkeypatch.undo()
+    summary = run(collection, out, key_file, workers=workers)
+    assert summary["already_done"] >= (3 if workers == 0 else 1)
+    assert summary["already_done"] + summary["protected"] == len(GOOD)
+    assert verify_collection(out, key_file, workers=0)["counts"] == {"ok": len(GOOD)}
+
+
+def test_a_full_disk_is_one_line_from_the_command_too(collection, key_file, tmp_path, monkeypatch, cli):
+    from lab.protect import protector
+    monkeypatch.setattr(protector, "CHUNK_FILES", 1)
+    fill_the_disk_after(monkeypatch, 0)
+    code, stdout, stderr = cli("protect", str(collection), str(tmp_path / "out"), "--key-file", str(key_file),
+                               "--workers", "0")
+    assert code == 2 and "Traceback" not in stderr + stdout
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: stopped: cannot write ") and "a.wav: disk full" in lines[0]
+    assert "0 of 11 files were done" in lines[0] and lines[0].endswith("run the same command again to resume")
+
+
+def test_a_full_disk_while_writing_the_record_stops_the_run_too(collection, key_file, tmp_path, monkeypatch):
+    """The record is the run's own file: a full disk there stops the run the same way, naming the record."""
+    import errno
+    import os
+    from lab.protect import manifest, protector
+    monkeypatch.setattr(protector, "CHUNK_FILES", 1)
+    real_fdopen = os.fdopen
+
+    class Record:
+        def __init__(self, f):
+            self.f, self.lines = f, 0
+
+        def write(self, text):
+            self.lines += 1
+            if self.lines > 3:  # the header, then two files
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(text)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    def fdopen(fd, *args, **kwargs):
+        f = real_fdopen(fd, *args, **kwargs)
+        return Record(f) if os.readlink(f"/proc/self/fd/{fd}").endswith(".protect-record.jsonl.lab-partial") else f
+
+    monkeypatch.setattr(manifest.os, "fdopen", fdopen)
+    out = tmp_path / "out"
+    with pytest.raises(LabError, match=r"^stopped: cannot write \S+\.protect-record\.jsonl\.lab-partial: disk full "
+                                       r"\(No space left on device\); 2 of 11 files were done and recorded in "):
+        run(collection, out, key_file)
+    assert [p.name for p in out.rglob("*.lab-partial")] == [".manifest.jsonl.lab-partial"]
+    monkeypatch.undo()
+    summary = run(collection, out, key_file)
+    assert summary["already_done"] == 2 and summary["protected"] == len(GOOD) - 2
 
 
 def test_same_input_and_key_give_the_same_bytes_at_another_time(collection, key_file, tmp_path):
