@@ -42,6 +42,29 @@ def test_verify_checks_the_outputs_and_names_the_sources_left_unprotected(protec
     assert not report["complete"] and not report["passed"]
 
 
+def test_verify_names_sources_without_a_protected_copy_and_exits_1(protected, collection, key_file, cli, tmp_path):
+    """A source that failed at protection, or that is not in the record at all (added after the run), leaves the
+    collection incomplete: each is named, and the exit code says so, even though every output file checks."""
+    import soundfile as sf
+    from tests.conftest import tone
+    sf.write(str(collection / "dog" / "late.wav"), tone(0.4, 8000), 8000)
+    code, stdout, _ = cli("verify", str(protected), "--key-file", str(key_file), "--workers", "0")
+    text = " ".join(stdout.split())
+    assert code == 1 and f"{len(GOOD)} ok" in text and "verified" not in text
+    assert "not protected dog/late.wav: no protected copy: not in the record (added after the run?)" in text
+    for rel in BAD:
+        assert f"not protected {rel}: failed when protected: " in text
+    assert "incomplete: 4 source file(s) have no protected copy (listed above); every output file checks" in text
+    # INPUT moved: --source finds it; INPUT gone: the record's failures are still named
+    moved = tmp_path / "moved"
+    collection.rename(moved)
+    report = verify_collection(protected, key_file, source=moved, workers=0)
+    assert {p["path"] for p in report["not_protected"]} == BAD | {"dog/late.wav"} and report["source_found"]
+    report = verify_collection(protected, key_file, workers=0)
+    assert {p["path"] for p in report["not_protected"]} == BAD and not report["source_found"]
+    assert not report["passed"] and report["counts"] == {"unchecked": len(GOOD)}
+
+
 def record_path(out, key_file):
     from lab.protect.manifest import locate_record
     return locate_record(out, key_file, read_manifest(out)[0]["collection_id"], None, earlier=True)
