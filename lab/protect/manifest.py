@@ -80,7 +80,7 @@ def first_line(path: Path) -> dict | None:
     """The header of a manifest or record file, or None when the file has no complete JSON first line."""
     try:
         with open(path) as f:
-            line = f.readline(1 << 20)
+            line = f.readline(1 << 26)  # a header holds every class's filter: it can be long
     except (OSError, UnicodeDecodeError):
         return None
     try:
@@ -169,6 +169,9 @@ def locate_record(output: Path, key_file: Path, collection_id: str, given: Path 
             if len(found) == 1:
                 path = path.parent / found[0]
     if earlier and not path.exists() and not partial_of(path).exists():
+        if given is not None:
+            raise LabError(f"--record {given}: no such record (nor an interrupted run's {partial_of(path).name}); "
+                           f"give the record lab protect wrote for {output} (printed at its end)")
         raise LabError(f"{output} was written by lab protect (collection {collection_id}) but its private record is "
                        f"not at {path}; pass --record PATH (the record that run wrote, printed at its end)")
     return path
@@ -260,15 +263,25 @@ class LinesWriter:
     def __init__(self, final: Path, header: dict, private: bool = False, partial: Path | None = None):
         self.final = final
         self.partial = partial or partial_of(final)
+        # the header goes to a new file that then replaces an earlier run's partial one: if even the header cannot
+        # be written (a full disk), the earlier partial file, which the next run resumes from, is left as it was
+        fresh = self.partial.with_name(f"{self.partial.name}.{os.getpid()}{PARTIAL_SUFFIX}")
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
         try:
-            fd = os.open(self.partial, flags, 0o600 if private else 0o644)
+            fd = os.open(fresh, flags, 0o600 if private else 0o644)
             if private:
-                os.fchmod(fd, 0o600)  # exact, whatever the umask or an earlier partial's mode
+                os.fchmod(fd, 0o600)  # exact, whatever the umask
+            self.file = os.fdopen(fd, "w")
+            self.file.write(json.dumps(header, sort_keys=True) + "\n")
+            self.file.flush()
+            os.replace(fresh, self.partial)
         except OSError as e:
+            try:
+                self.file.close()
+            except (AttributeError, OSError):
+                pass
+            fresh.unlink(missing_ok=True)
             raise WriteFailed.of(self.partial, e) from None
-        self.file = os.fdopen(fd, "w")
-        self.write(header)
 
     def write(self, obj: dict) -> None:
         try:

@@ -229,8 +229,10 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
         what = f"disk full ({e.reason})" if e.disk_full else e.reason
         fix = "free some space" if e.disk_full else "fix that"
         done = f"and recorded in {kept}" if kept.is_file() else "(nothing recorded)"
+        earlier_runs = f" (earlier runs recorded {len(previous)})" if previous else ""
         raise LabError(f"stopped: cannot write {e.path}: {what}; {handled} of {found.audio_files} files were done "
-                       f"{done}, no temporary file is left; {fix} and run the same command again to resume") from None
+                       f"{done}{earlier_runs}, no temporary file is left; {fix} and run the same command again to "
+                       f"resume") from None
     except BaseException:
         stop(writers, pool, out)
         raise

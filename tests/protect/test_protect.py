@@ -349,7 +349,7 @@ def test_a_full_disk_while_writing_the_record_stops_the_run_too(collection, key_
 
     def fdopen(fd, *args, **kwargs):
         f = real_fdopen(fd, *args, **kwargs)
-        return Record(f) if os.readlink(f"/proc/self/fd/{fd}").endswith(".protect-record.jsonl.lab-partial") else f
+        return Record(f) if ".protect-record.jsonl.lab-partial" in os.readlink(f"/proc/self/fd/{fd}") else f
 
     monkeypatch.setattr(manifest.os, "fdopen", fdopen)
     out = tmp_path / "out"
@@ -360,6 +360,39 @@ def test_a_full_disk_while_writing_the_record_stops_the_run_too(collection, key_
     monkeypatch.undo()
     summary = run(collection, out, key_file)
     assert summary["already_done"] == 2 and summary["protected"] == len(GOOD) - 2
+
+
+def test_a_disk_already_full_when_a_resumed_run_starts_keeps_the_earlier_partial_record(collection, key_file,
+                                                                                         tmp_path, monkeypatch):
+    import errno
+    import os
+    from lab.protect import manifest
+
+    def stop_after_four(done, total):
+        if done == 4:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run(collection, out, key_file, progress=stop_after_four)
+    (partial,) = key_file.parent.glob("*.protect-record.jsonl.lab-partial")
+    before = partial.read_bytes()
+    real_open = os.open
+
+    def full(path, *args, **kwargs):
+        if "protect-record" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(manifest.os, "open", full)
+    with pytest.raises(LabError, match=r"^stopped: cannot write \S+\.protect-record\.jsonl\.lab-partial: disk full.*"
+                                       r"0 of 11 files were done and recorded in \S+ \(earlier runs recorded 4\), .*run the "
+                                       r"same command again"):
+        run(collection, out, key_file)
+    monkeypatch.undo()
+    assert partial.read_bytes() == before  # what the first run did is still there to resume from
+    assert sorted(p.name for p in key_file.parent.iterdir()) == sorted([key_file.name, partial.name])
+    assert run(collection, out, key_file)["already_done"] == 3  # cat/a, cat/b, cat/c (header_only failed)
 
 
 def test_same_input_and_key_give_the_same_bytes_at_another_time(collection, key_file, tmp_path):
