@@ -164,8 +164,9 @@ def locate_record(output: Path, key_file: Path, collection_id: str, given: Path 
     else:
         path = default_record(output, key_file, collection_id)
         if earlier and not path.exists() and not partial_of(path).exists():
-            found = sorted({p.name.removesuffix(PARTIAL_SUFFIX) for p in path.parent.glob(f"*.{collection_id}"
-                                                                                          f"{RECORD_SUFFIX}*")})
+            ends = (f".{collection_id}{RECORD_SUFFIX}", f".{collection_id}{RECORD_SUFFIX}{PARTIAL_SUFFIX}")
+            found = sorted({p.name.removesuffix(PARTIAL_SUFFIX) for p in path.parent.glob(f"*.{collection_id}*")
+                            if p.name.endswith(ends)})
             if len(found) == 1:
                 path = path.parent / found[0]
     if earlier and not path.exists() and not partial_of(path).exists():
@@ -186,7 +187,7 @@ def check_record_path(path: Path, output: Path, input_root: Path | None = None,
                        f"reveals the protection; put it outside OUTPUT (default: next to the key file)")
     if input_root is not None and path.is_relative_to(input_root):
         raise LabError(f"--record {path} is inside INPUT {input_root} (the input is never modified); put it "
-                       f"elsewhere, e.g. next to the key file")
+                       f"elsewhere with --record PATH")
     if not path.parent.is_dir():
         raise LabError(f"--record {path}: folder {path.parent} does not exist")
     if collection_id is None:
