@@ -36,8 +36,9 @@ def _progress(label: str):
 @app.command()
 def protect(
     input_dir: Path = typer.Argument(..., metavar="INPUT", help="Folder of audio files to protect (never modified)."),
-    output_dir: Path = typer.Argument(..., metavar="OUTPUT", help="Where the protected copies and manifest.jsonl go "
-                                      "(outside INPUT; new, empty, or an earlier OUTPUT to resume)."),
+    output_dir: Path = typer.Argument(..., metavar="OUTPUT", help="Where the protected copies and the public "
+                                      "manifest.jsonl go: the folder to publish (outside INPUT; new, empty, or an "
+                                      "earlier OUTPUT to resume)."),
     key_file: Path = typer.Option(..., "--key-file", help="The private key (make one with `lab keygen`)."),
     labels: str = typer.Option("folder", help="Where labels come from: 'folder' (the top-level folder under INPUT), "
                                "'regex:PATTERN' (group 1 of the file name, e.g. 'regex:^(\\d+)_' for FSDD), a CSV "
@@ -63,9 +64,17 @@ def protect(
     workers: Optional[int] = typer.Option(None, help="Worker processes (default: CPU count; 0: none)."),
     fsync: bool = typer.Option(False, help="Force each file to disk before renaming it into place (slower; "
                                "survives power cuts, not just interruptions)."),
+    record: Optional[Path] = typer.Option(None, help="Where the PRIVATE record goes (what verify and a resume need; "
+                                          "it reveals the protection, so it must stay outside OUTPUT, mode 0600). "
+                                          "Default: next to the key file, OUTPUTNAME.ID.protect-record.jsonl."),
+    metadata: bool = typer.Option(False, "--metadata", help="Also write OUTPUT/metadata.csv (file_name, label) so "
+                                  "that Hugging Face datasets' audiofolder loader reads the published collection."),
 ):
-    """Write a protected copy of every audio file under INPUT into OUTPUT, with a manifest.
+    """Write a protected copy of every audio file under INPUT into OUTPUT, with a public manifest, and a private
+    record outside OUTPUT.
 
+    OUTPUT is safe to publish: it holds the copies, manifest.jsonl (file list, hashes, key fingerprint) and, with
+    --metadata, metadata.csv. The record (see --record) reveals the protection: keep it private, like the key.
     Each file keeps its format, sample rate, channel count and subtype; every channel gets the same patch. Files
     are written under a temporary name and renamed when complete; running the same command again resumes,
     skipping files already done and verified. Corrupt or empty files are reported and skipped (exit code 1).
@@ -90,7 +99,8 @@ def protect(
     callback, bar = _progress("protecting")
     with bar:
         summary = protect_collection(input_dir, output_dir, key_file, labels=labels, defense=options,
-                                     workers=workers, fsync=fsync, log=log, progress=callback)
+                                     workers=workers, fsync=fsync, record=record, metadata=metadata, log=log,
+                                     progress=callback)
     s = summary
     speed = f"{s['x_realtime']}x real-time for the newly protected audio" if s["protected"] else "nothing new"
     console.print(f"protected {s['protected']} files, {s['already_done']} already done (verified and kept), "
@@ -99,12 +109,14 @@ def protect(
     console.print(f"ignored: {s['non_audio_ignored']} non-audio files, {s['symlinks_not_followed']} symbolic links "
                   f"not followed; past full scale: {s['samples_past_full_scale']} samples in "
                   f"{s['files_past_full_scale']} files ({s['past_full_scale_handling']})")
-    console.print(f"manifest: {s['manifest']}")
+    console.print(f"public (safe to publish): {output_dir}, with manifest {s['manifest']}"
+                  + (f" and {s['metadata']}" if s["metadata"] else ""), highlight=False)
+    console.print(f"private (keep it with the key, never publish it): record {s['record']}", highlight=False)
     if s["failed"]:
         for f in s["failed"]:
             console.print(f"[red]failed[/red] {f['path']}: {f['error']}", highlight=False)
         console.print(f"[bold red]{len(s['failed'])} file(s) could not be protected[/bold red] (listed above and in "
-                      f"the manifest); the rest are done")
+                      f"the record); the rest are done")
         raise typer.Exit(1)
 
 
@@ -112,34 +124,46 @@ def protect(
 def verify(
     output_dir: Path = typer.Argument(..., metavar="OUTPUT", help="A folder written by `lab protect`."),
     key_file: Path = typer.Option(..., "--key-file", help="The key OUTPUT was protected with."),
-    source: Optional[Path] = typer.Option(None, help="The INPUT folder, if it moved (default: the manifest's)."),
+    source: Optional[Path] = typer.Option(None, help="The INPUT folder, if it moved (default: the record's)."),
+    record: Optional[Path] = typer.Option(None, help="The private record lab protect wrote (default: where it "
+                                          "puts it, next to the key file)."),
     workers: Optional[int] = typer.Option(None, help="Worker processes (default: CPU count; 0: none)."),
 ):
-    """Re-derive the protection from the key and check every OUTPUT file against the manifest and its source.
+    """Re-derive the protection from the key and check every OUTPUT file against the private record and its source.
 
-    Reports missing, changed, unprotected or mismatching files, audio files the manifest does not list, and
-    leftovers of an interrupted write. Exit code 0 when everything checks, 1 otherwise.
+    Reports missing, changed, unprotected or mismatching files, audio files the record does not list, leftovers of
+    an interrupted write, a manifest.jsonl or metadata.csv that disagrees with the record, private files inside
+    OUTPUT, and source files that have no protected copy (the collection is incomplete). Exit code 0 when everything
+    checks and the collection is complete, 1 otherwise.
     """
     from lab.protect import verify_collection
     callback, bar = _progress("verifying")
     with bar:
-        report = verify_collection(output_dir, key_file, source=source, workers=workers, progress=callback)
+        report = verify_collection(output_dir, key_file, source=source, record=record, workers=workers,
+                                   progress=callback)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(report["counts"].items())) or "no files"
     console.print(f"[bold]lab verify[/bold] {report['output']}: {report['files']} files checked against "
                   f"{report['source']} (key fingerprint {report['key_fingerprint']}): {counts}")
     for p in report["problems"]:
         console.print(f"[red]{p['status']}[/red] {p['path']}: {p['detail']}", highlight=False)
     for rel in report["extra"]:
-        console.print(f"[red]extra[/red] {rel}: audio file not in the manifest", highlight=False)
+        console.print(f"[red]extra[/red] {rel}: audio file not in the record", highlight=False)
     for rel in report["partial"]:
         console.print(f"[red]partial[/red] {rel}: leftover of an interrupted write", highlight=False)
-    if report["failed_at_protection"]:
-        console.print(f"{len(report['failed_at_protection'])} file(s) could not be protected when the run was made "
-                      f"(see the manifest)")
+    for p in report["not_protected"]:
+        console.print(f"[red]not protected[/red] {p['path']}: {p['why']}", highlight=False)
     if report["counts"].get("unchecked"):
         console.print(f"{report['counts']['unchecked']} file(s) unchecked against their source (source not found; "
                       f"output hashes match)")
+    if not report["source_found"]:
+        console.print(f"source folder {report['source']} not found: only the record's failed files can be named as "
+                      f"unprotected (give --source INPUT)", highlight=False)
+    checked = not report["problems"] and not report["extra"] and not report["partial"]
+    if not report["complete"]:
+        console.print(f"[bold red]incomplete[/bold red]: {len(report['not_protected'])} source file(s) have no "
+                      f"protected copy (listed above)" + ("; every output file checks" if checked else ""))
     if report["passed"]:
-        console.print("[green]verified[/green]: every output file is the key's protection of its source")
+        console.print("[green]verified[/green]: every output file is the key's protection of its source, and every "
+                      "source file has one")
     else:
         raise typer.Exit(1)

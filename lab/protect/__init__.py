@@ -4,9 +4,11 @@
 - :mod:`lab.protect.collection`: finding the audio files under INPUT and their labels;
 - :mod:`lab.protect.audiofile`: decoding and re-encoding a file in its own format, rate, channels and subtype;
 - :mod:`lab.protect.worker`: what one worker process does to one file (protect it, or check it);
-- :mod:`lab.protect.manifest`: the record of every file written to OUTPUT;
+- :mod:`lab.protect.manifest`: the public manifest in OUTPUT (what may be published) and the owner's private record
+  outside it (what the protection applied: never in OUTPUT);
 - :mod:`lab.protect.protector`: streaming a collection through worker processes with atomic writes and resume;
-- :mod:`lab.protect.verify`: re-deriving the protection from the key and checking OUTPUT against the manifest.
+- :mod:`lab.protect.verify`: re-deriving the protection from the key and checking OUTPUT against the record, and
+  naming the sources that have no protected copy.
 """
 __all__ = ["new_key_file", "protect_collection", "verify_collection"]
 _WHERE = {"new_key_file": "keygen", "protect_collection": "protector", "verify_collection": "verify"}

@@ -1,32 +1,71 @@
-"""The manifest: OUTPUT/manifest.jsonl, one JSON object per line.
+"""What a lab protect run writes about itself: a public manifest inside OUTPUT and a private record outside it.
 
-- line 1, ``{"kind": "header", ...}``: the INPUT folder, the label rule and the sorted classes, the protection as
-  derived (parameters, per-class positions and filters, key fingerprint: never the key), versions and git commit;
-- one ``{"kind": "file", ...}`` line per audio file, in the walk's order: its path relative to INPUT (and OUTPUT),
-  label and class, status (``protected`` or ``failed`` with the error), source and output SHA-256, format, subtype,
-  sample rate, channels, frames, the patches applied (filter id ``class/patch``, first start sample, spacing and
-  count of repeats, length) and how many samples were past full scale;
-- last line, ``{"kind": "summary", ...}``: the counts of the run that wrote the manifest.
+OUTPUT is what a data owner publishes, so nothing in it may reveal what the key is there to hide: whoever knows the
+per-class positions and filters (or a file's patch starts) can undo the protection with one deconvolution. The run
+therefore writes two JSON-lines files (one object per line: a header, one line per file, a summary):
 
-While a run is going the lines go, flushed one by one, to a hidden partial file that is renamed to
-``manifest.jsonl`` when the run ends; an interrupted run leaves the partial file, and the next run reads it to resume.
+- the **public manifest** ``OUTPUT/manifest.jsonl`` (format :data:`PUBLIC_FORMAT`): the collection id (random, to
+  pair it with its record), the key's fingerprint, the classes, and per protected file its path relative to OUTPUT,
+  label, output SHA-256 and audio facts anyone can read from the file itself (format, subtype, sample rate, channels,
+  frames, seconds). No positions, filters, patch starts, source hashes, parameters, provenance or owner's paths;
+- the **private record** (format :data:`RECORD_FORMAT`), written with mode 0600 like the key, outside OUTPUT: by
+  default next to the key file as ``<OUTPUT name>.<collection id>.protect-record.jsonl`` (or ``--record PATH``). It
+  holds everything ``lab verify`` and a resumed run need besides the key and the source: INPUT's and OUTPUT's
+  absolute paths, the label rule, the protection as derived (parameters, per-class positions and filters), the
+  provenance, and per file its class, status (``protected`` or ``failed`` with the error), source and output SHA-256,
+  the patches applied (filter id ``class/patch``, first start sample, spacing and count of repeats, length) and how
+  many samples were past full scale; its summary holds the run's counts.
+
+While a run is going both are written line by line (flushed) to partial files, ``OUTPUT/.manifest.jsonl.lab-partial``
+and ``RECORD.lab-partial`` (also 0600), renamed into place when the run ends; an interrupted run leaves them, and the
+next run resumes from the partial record. Format ``lab-protect-manifest/v1`` (before this split) kept all of the
+record in ``OUTPUT/manifest.jsonl``: such a folder is not safe to publish, and running ``lab protect`` on it again
+moves the record out (:data:`LEGACY_FORMAT`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import secrets
 from pathlib import Path
 from typing import Iterator
 
 from lab.errors import LabError
-from lab.protect.worker import PARTIAL_SUFFIX
+from lab.protect.worker import DISK_FULL, PARTIAL_SUFFIX
 
 MANIFEST = "manifest.jsonl"
 PARTIAL = f".{MANIFEST}{PARTIAL_SUFFIX}"
-FORMAT = "lab-protect-manifest/v1"
+METADATA = "metadata.csv"  # Hugging Face `datasets` audiofolder metadata (file_name, label), written on request
+PUBLIC_FORMAT = "lab-protect-manifest/v2"
+LEGACY_FORMAT = "lab-protect-manifest/v1"  # everything in OUTPUT: not safe to publish
+RECORD_FORMAT = "lab-protect-record/v1"
+RECORD_SUFFIX = ".protect-record.jsonl"
+# what a downloader may see of a protected file: all of it can be read from the file itself (or is its name/label)
+PUBLIC_FIELDS = ("path", "label", "output_sha256", "format", "subtype", "sample_rate", "channels", "frames",
+                 "seconds")
+PUBLIC_NOTE = ("protected copies written by lab protect (PosCUDA); this folder is what its owner publishes. What "
+               "the protection applied (positions, filters, patch starts) is not here: it is in the owner's private "
+               "record, kept outside this folder")
+
+
+def new_collection_id() -> str:
+    """A random id shared by an OUTPUT's public manifest and its private record (it says nothing of the key)."""
+    return secrets.token_hex(8)
+
+
+def public_label_rule(kind: str, spec: str) -> str:
+    """The label rule as published: the rule itself, but never the path of the owner's CSV."""
+    return "csv" if kind == "csv" else spec
+
+
+def public_file(rec: dict) -> dict:
+    """The public line of a protected file's record."""
+    return {"kind": "file", **{k: rec[k] for k in PUBLIC_FIELDS}}
 
 
 def read_lines(path: Path) -> Iterator[dict]:
-    """The objects of a manifest file, one by one (a last line cut short by an interruption is ignored)."""
+    """The objects of a JSON-lines file, one by one (a last line cut short by an interruption is ignored)."""
     with open(path) as f:
         for line in f:
             if not line.endswith("\n"):
@@ -34,15 +73,25 @@ def read_lines(path: Path) -> Iterator[dict]:
             try:
                 yield json.loads(line)
             except json.JSONDecodeError:
-                raise LabError(f"{path}: not a lab protect manifest (bad line: {line[:60]!r})") from None
+                raise LabError(f"{path}: not a lab protect manifest or record (bad line: {line[:60]!r})") from None
 
 
-def read_manifest(output: Path) -> tuple[dict, list[dict], dict | None]:
-    """Header, file records and summary of a finished manifest in ``output``."""
-    path = output / MANIFEST
-    if not path.is_file():
-        hint = " (an interrupted run: run lab protect again to finish it)" if (output / PARTIAL).is_file() else ""
-        raise LabError(f"no {MANIFEST} in {output}: not a lab protect OUTPUT folder{hint}")
+def first_line(path: Path) -> dict | None:
+    """The header of a manifest or record file, or None when the file has no complete JSON first line."""
+    try:
+        with open(path) as f:
+            line = f.readline(1 << 26)  # a header holds every class's filter: it can be long
+    except (OSError, UnicodeDecodeError):
+        return None
+    try:
+        obj = json.loads(line) if line.endswith("\n") else None
+    except json.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def read_all(path: Path) -> tuple[dict | None, list[dict], dict | None]:
+    """Header, file lines and summary of a manifest or record file."""
     header, records, summary = None, [], None
     for obj in read_lines(path):
         kind = obj.get("kind")
@@ -52,21 +101,131 @@ def read_manifest(output: Path) -> tuple[dict, list[dict], dict | None]:
             records.append(obj)
         elif kind == "summary":
             summary = obj
-    if header is None or header.get("format") != FORMAT:
-        raise LabError(f"{path}: not a {FORMAT} manifest (no header line)")
     return header, records, summary
 
 
-def previous_records(output: Path, header: dict) -> dict[str, dict]:
-    """Records of earlier runs into ``output`` (finished manifest, then an interrupted run's partial one, which is
-    newer), keyed by path. Refuses an OUTPUT written with another key, parameters or classes."""
+def legacy_warning(path: Path) -> str:
+    return (f"{path} is an old {LEGACY_FORMAT} manifest that holds the protection's positions, filters and patch "
+            f"starts: do NOT publish this folder; run the same `lab protect` command again to move them into a "
+            f"private record outside it")
+
+
+def output_header(output: Path) -> dict | None:
+    """The header of OUTPUT's manifest (an interrupted run's partial one, which is newer, else the finished one), or
+    None for a new OUTPUT."""
+    for path in (output / PARTIAL, output / MANIFEST):
+        if path.is_file():
+            header = first_line(path)
+            if header is None or header.get("kind") != "header" or \
+                    header.get("format") not in (PUBLIC_FORMAT, LEGACY_FORMAT):
+                raise LabError(f"{path}: not a lab protect manifest; choose another OUTPUT (nothing is overwritten)")
+            return header
+    return None
+
+
+def legacy_files(output: Path) -> list[Path]:
+    """OUTPUT's manifest files of the old format that kept the whole record in OUTPUT."""
+    return [p for p in (output / MANIFEST, output / PARTIAL)
+            if p.is_file() and (first_line(p) or {}).get("format") == LEGACY_FORMAT]
+
+
+def read_manifest(output: Path) -> tuple[dict, list[dict], dict | None]:
+    """Header, file lines and summary of the finished public manifest in ``output``."""
+    path = output / MANIFEST
+    if not path.is_file():
+        hint = " (an interrupted run: run lab protect again to finish it)" if (output / PARTIAL).is_file() else ""
+        raise LabError(f"no {MANIFEST} in {output}: not a lab protect OUTPUT folder{hint}")
+    header, records, summary = read_all(path)
+    if header is not None and header.get("format") == LEGACY_FORMAT:
+        raise LabError(legacy_warning(path))
+    if header is None or header.get("format") != PUBLIC_FORMAT:
+        raise LabError(f"{path}: not a {PUBLIC_FORMAT} manifest (no header line)")
+    return header, records, summary
+
+
+def partial_of(path: Path) -> Path:
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+def default_record(output: Path, key_file: Path, collection_id: str) -> Path:
+    """Where the private record goes unless ``--record`` says otherwise: next to the key file, named after OUTPUT's
+    folder and the collection id (several OUTPUTs protected with one key, even of the same name, never share one)."""
+    return Path(key_file).expanduser().resolve().parent / f"{output.name}.{collection_id}{RECORD_SUFFIX}"
+
+
+def locate_record(output: Path, key_file: Path, collection_id: str, given: Path | None, earlier: bool) -> Path:
+    """The private record's path: ``given`` (``--record``), else :func:`default_record`; when that is not there (OUTPUT
+    was renamed since), the one record of this collection id next to the key. ``earlier``: OUTPUT was written by an
+    earlier run, so its record must exist (finished or partial)."""
+    if given is not None:
+        path = Path(given).expanduser().resolve()
+        if path.is_dir():
+            raise LabError(f"--record {given} is a folder; give the record's file path")
+    else:
+        path = default_record(output, key_file, collection_id)
+        if earlier and not path.exists() and not partial_of(path).exists():
+            ends = (f".{collection_id}{RECORD_SUFFIX}", f".{collection_id}{RECORD_SUFFIX}{PARTIAL_SUFFIX}")
+            found = sorted({p.name.removesuffix(PARTIAL_SUFFIX) for p in path.parent.glob(f"*.{collection_id}*")
+                            if p.name.endswith(ends)})
+            if len(found) == 1:
+                path = path.parent / found[0]
+    if earlier and not path.exists() and not partial_of(path).exists():
+        if given is not None:
+            raise LabError(f"--record {given}: no such record (nor an interrupted run's {partial_of(path).name}); "
+                           f"give the record lab protect wrote for {output} (printed at its end)")
+        raise LabError(f"{output} was written by lab protect (collection {collection_id}) but its private record is "
+                       f"not at {path}; pass --record PATH (the record that run wrote, printed at its end)")
+    return path
+
+
+def check_record_path(path: Path, output: Path, input_root: Path | None = None,
+                      collection_id: str | None = None) -> None:
+    """The record must lie outside OUTPUT (which is published) and INPUT (never modified), in an existing folder, and
+    must not replace a file that is not this collection's record (finished or partial)."""
+    if path.is_relative_to(output):
+        raise LabError(f"--record {path} is inside OUTPUT {output}, the folder that is published, and the record "
+                       f"reveals the protection; put it outside OUTPUT (default: next to the key file)")
+    if input_root is not None and path.is_relative_to(input_root):
+        raise LabError(f"--record {path} is inside INPUT {input_root} (the input is never modified); put it "
+                       f"elsewhere with --record PATH")
+    if not path.parent.is_dir():
+        raise LabError(f"--record {path}: folder {path.parent} does not exist")
+    if collection_id is None:
+        return
+    for p in (path, partial_of(path)):
+        if not (p.exists() or p.is_symlink()):
+            continue
+        header = first_line(p) if p.is_file() else None
+        if header is None or header.get("format") != RECORD_FORMAT:
+            raise LabError(f"--record {p} exists and is not a lab protect record; refusing to overwrite it (choose "
+                           f"another path)")
+        if header.get("collection_id") != collection_id:
+            raise LabError(f"--record {p} is the record of another OUTPUT ({header.get('output')}, collection "
+                           f"{header.get('collection_id')}); refusing to overwrite it (choose another path)")
+
+
+def read_record(path: Path) -> tuple[dict, list[dict], dict | None]:
+    """Header, file records and summary of a finished private record."""
+    if not path.is_file():
+        hint = " (only an interrupted run's partial record: run lab protect again to finish it)" \
+            if partial_of(path).is_file() else ""
+        raise LabError(f"private record {path} not found{hint}; pass --record PATH")
+    header, records, summary = read_all(path)
+    if header is None or header.get("format") != RECORD_FORMAT:
+        raise LabError(f"{path}: not a {RECORD_FORMAT} file (no header line)")
+    return header, records, summary
+
+
+def previous_records(paths: list[Path], header: dict, where: Path) -> dict[str, dict]:
+    """Records of earlier runs (each path in order: a finished file, then an interrupted run's partial one, which is
+    newer), keyed by path. Refuses records written with another key, parameters or classes."""
     found: dict[str, dict] = {}
-    for path in (output / MANIFEST, output / PARTIAL):
+    for path in paths:
         if not path.is_file():
             continue
         for obj in read_lines(path):
             if obj.get("kind") == "header":
-                check_compatible(obj, header, output)
+                check_compatible(obj, header, where)
             elif obj.get("kind") == "file":
                 found[obj["path"]] = obj
     return found
@@ -74,8 +233,8 @@ def previous_records(output: Path, header: dict) -> dict[str, dict]:
 
 def check_compatible(old: dict, new: dict, output: Path) -> None:
     """A resumed run must apply exactly what the earlier one did."""
-    if old.get("format") != FORMAT:
-        raise LabError(f"{output}: holds a manifest of another format ({old.get('format')}); choose another OUTPUT")
+    if old.get("format") not in (RECORD_FORMAT, LEGACY_FORMAT):
+        raise LabError(f"{output}: holds a record of another format ({old.get('format')}); choose another OUTPUT")
     if old["key_fingerprint"] != new["key_fingerprint"]:
         raise LabError(f"{output} was protected with another key (fingerprint {old['key_fingerprint']}, this key "
                        f"{new['key_fingerprint']}); use that key or choose another OUTPUT")
@@ -85,25 +244,96 @@ def check_compatible(old: dict, new: dict, output: Path) -> None:
                            f"another OUTPUT")
 
 
-class ManifestWriter:
-    """Writes the partial manifest line by line (flushed) and renames it into place on :meth:`finish`."""
+class WriteFailed(Exception):
+    """Writing one of the run's files failed (disk full, I/O error): ``path``, the system's reason, and whether the
+    disk (or the quota) is full."""
 
-    def __init__(self, output: Path, header: dict):
-        self.output = output
-        self.file = open(output / PARTIAL, "w")
-        self.write(header)
+    def __init__(self, path: Path | str, reason: str, disk_full: bool):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason, self.disk_full = str(path), reason, disk_full
+
+    @classmethod
+    def of(cls, path: Path | str, e: OSError) -> "WriteFailed":
+        return cls(path, e.strerror or str(e), e.errno in DISK_FULL)
+
+
+class LinesWriter:
+    """Writes a partial JSON-lines file (``partial``, default :func:`partial_of` ``final``) line by line (flushed)
+    and renames it to ``final`` on :meth:`finish`. ``private``: created with mode 0600, like the key."""
+
+    def __init__(self, final: Path, header: dict, private: bool = False, partial: Path | None = None):
+        self.final = final
+        self.partial = partial or partial_of(final)
+        # the header goes to a new file that then replaces an earlier run's partial one: if even the header cannot
+        # be written (a full disk), the earlier partial file, which the next run resumes from, is left as it was
+        fresh = self.partial.with_name(f"{self.partial.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(fresh, flags, 0o600 if private else 0o644)
+            if private:
+                os.fchmod(fd, 0o600)  # exact, whatever the umask
+            self.file = os.fdopen(fd, "w")
+            self.file.write(json.dumps(header, sort_keys=True) + "\n")
+            self.file.flush()
+            os.replace(fresh, self.partial)
+        except OSError as e:
+            try:
+                self.file.close()
+            except (AttributeError, OSError):
+                pass
+            fresh.unlink(missing_ok=True)
+            raise WriteFailed.of(self.partial, e) from None
 
     def write(self, obj: dict) -> None:
-        self.file.write(json.dumps(obj, sort_keys=True) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(obj, sort_keys=True) + "\n")
+            self.file.flush()
+        except OSError as e:
+            raise WriteFailed.of(self.partial, e) from None
 
     def finish(self, summary: dict) -> Path:
         self.write(summary)
-        self.file.close()
-        final = self.output / MANIFEST
-        (self.output / PARTIAL).replace(final)
-        return final
+        try:
+            self.file.close()
+            os.replace(self.partial, self.final)
+        except OSError as e:
+            raise WriteFailed.of(self.final, e) from None
+        return self.final
 
     def abandon(self) -> None:
-        """Leave the partial manifest where it is (an interrupted run): the next run resumes from it."""
-        self.file.close()
+        """Leave the partial file where it is (an interrupted run): the next run resumes from it."""
+        try:
+            self.file.close()
+        except OSError:
+            pass  # a disk still full: the last line stays cut short, and reading ignores it
+
+
+def write_metadata(output: Path, public_lines: Path) -> str:
+    """Write ``OUTPUT/metadata.csv`` for Hugging Face ``datasets``' audiofolder loader: a ``file_name`` column (each
+    protected file's path relative to OUTPUT, where the metadata file lies) and a ``label`` column, one row per file
+    of the public manifest ``public_lines``, atomically. Returns its SHA-256 (recorded in the manifest's summary, so
+    that a later run knows the file is its own)."""
+    import csv
+    final = output / METADATA
+    tmp = final.with_name(f".{METADATA}.{os.getpid()}{PARTIAL_SUFFIX}")
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            rows = csv.writer(f, lineterminator="\n")
+            rows.writerow(["file_name", "label"])
+            for obj in read_lines(public_lines):
+                if obj.get("kind") == "file":
+                    rows.writerow([obj["path"], obj["label"]])
+        digest = file_sha256(tmp)
+        os.replace(tmp, final)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise WriteFailed.of(final, e) from None
+    return digest
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

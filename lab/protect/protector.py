@@ -1,5 +1,8 @@
 """Protecting a whole collection: derive once, stream the files through worker processes, write atomically, resume.
 
+What is written: the protected copies and a public manifest in OUTPUT (the folder that is published), and the
+owner's private record outside it (see :mod:`lab.protect.manifest`).
+
 Memory: the parent holds the protection, the label table, and (when resuming) the earlier records; each worker holds
 one file at a time. The file list is never built: a sorted walk feeds the workers lazily. Peak memory therefore
 depends on the largest file, not on how many files there are.
@@ -19,7 +22,11 @@ from lab.config import parse_plugin
 from lab.errors import LabError
 from lab.keys import fingerprint, resolve_key
 from lab.protect.collection import LabelRule, survey, walk
-from lab.protect.manifest import FORMAT, MANIFEST, PARTIAL, ManifestWriter, previous_records
+from lab.protect.manifest import (LEGACY_FORMAT, MANIFEST, METADATA, PARTIAL, PUBLIC_FORMAT, PUBLIC_NOTE,
+                                  RECORD_FORMAT, LinesWriter, WriteFailed, check_record_path, file_sha256,
+                                  legacy_files, legacy_warning, locate_record, new_collection_id, output_header,
+                                  partial_of, previous_records, public_file, public_label_rule, read_all,
+                                  write_metadata)
 from lab.protect.worker import PARTIAL_SUFFIX, protect_files, start_worker
 
 REFERENCE_RATE = 8000  # the rate the protection is derived at; it is applied at each file's own rate
@@ -81,42 +88,70 @@ def in_order(pool, fn: Callable, items: Iterator, ahead: int) -> Iterator:
 
 def protect_collection(input_root: Path, output_root: Path, key_file: Path, labels: str = "folder",
                        defense: dict | None = None, workers: int | None = None, fsync: bool = False,
+                       record: Path | None = None, metadata: bool = False,
                        log: Callable[[str], None] = lambda msg: None,
                        progress: Callable[[int, int], None] | None = None) -> dict:
     """Write a protected copy of every audio file under ``input_root`` into ``output_root`` and return the summary.
 
-    ``input_root``: the collection (never modified). ``output_root``: where the copies and ``manifest.jsonl`` go,
-    mirroring INPUT's folders; if it holds an earlier run's manifest the run resumes (files whose source and output
-    still match their records are kept, the rest is done). ``key_file``: the private key (``lab keygen``).
+    ``input_root``: the collection (never modified). ``output_root``: where the copies and the public
+    ``manifest.jsonl`` go, mirroring INPUT's folders; if an earlier run wrote it the run resumes (files whose source
+    and output still match their records are kept, the rest is done). ``key_file``: the private key (``lab keygen``).
     ``labels``: ``folder``, ``none``, ``regex:PATTERN`` or a CSV (see :class:`LabelRule`). ``defense``: PosCUDA
     parameters (``patch_seconds``, ``blur``, ``repeat_seconds``, ...; defaults otherwise). ``workers``: worker
     processes (default: the CPU count; 0 runs everything in this process). ``fsync``: force every file to disk
-    before its rename. ``log``: receives progress messages. ``progress``: called with (files handled, files total).
+    before its rename. ``record``: where the private record goes (outside OUTPUT; default next to the key file, see
+    :func:`lab.protect.manifest.default_record`). ``metadata``: also write ``OUTPUT/metadata.csv`` (file_name,
+    label) for Hugging Face ``datasets``' audiofolder loader. ``log``: receives progress messages. ``progress``:
+    called with (files handled, files total).
+
+    A full disk stops the run with a :class:`LabError` naming the file and how much was done; no temporary file is
+    left, and running again resumes.
     """
     started = time.perf_counter()
     inp, out = check_folders(input_root, output_root)
     key_path = Path(key_file).expanduser()
+    if key_path.resolve().is_relative_to(out):
+        raise LabError(f"--key-file {key_path} is inside OUTPUT {out}, the folder that is published; move the key "
+                       f"out of it")
     key = resolve_key(None, key_path, where="--key-file")
     cfg = defense_config(key_path, defense)
     rule = LabelRule.parse(labels, inp)
     found = survey(inp, rule)
     classes = {c: i for i, c in enumerate(found.classes)}
     protection = PosCUDA(cfg).derive(len(found.classes), REFERENCE_RATE)
-    record = protection.to_dict()
-    from lab.provenance import provenance
-    header = {"kind": "header", "format": FORMAT, "input": str(inp), "labels": rule.spec,
-              "classes": found.classes, "key_fingerprint": fingerprint(key), "protection": record,
-              "note": "positions are seconds (absolute) or fractions (relative) and filters are taps: the protection "
-                      "is derived once and applied at each file's own sample rate", "provenance": provenance()}
+    derived = protection.to_dict()
+    key_fp = fingerprint(key)
     del key
+    earlier = output_header(out) if out.is_dir() else None
+    legacy = earlier is not None and earlier["format"] == LEGACY_FORMAT
+    if earlier is not None and earlier.get("key_fingerprint") != key_fp:
+        raise LabError(f"{out} was protected with another key (fingerprint {earlier.get('key_fingerprint')}, this "
+                       f"key {key_fp}); use that key or choose another OUTPUT")
+    collection_id = earlier["collection_id"] if earlier is not None and not legacy else new_collection_id()
+    record_path = locate_record(out, key_path, collection_id, record, earlier=earlier is not None and not legacy)
+    check_record_path(record_path, out, inp, collection_id)
+    from lab.provenance import provenance
+    private_header = {"kind": "header", "format": RECORD_FORMAT, "collection_id": collection_id, "output": str(out),
+                      "input": str(inp), "labels": rule.spec, "classes": found.classes, "key_fingerprint": key_fp,
+                      "protection": derived,
+                      "note": "PRIVATE: keep this file with the key, never in OUTPUT. Positions are seconds "
+                              "(absolute) or fractions (relative) and filters are taps: the protection is derived "
+                              "once and applied at each file's own sample rate", "provenance": provenance()}
+    public_header = {"kind": "header", "format": PUBLIC_FORMAT, "collection_id": collection_id,
+                     "key_fingerprint": key_fp, "labels": public_label_rule(rule.kind, rule.spec),
+                     "classes": found.classes, "note": PUBLIC_NOTE}
+    sources = legacy_files(out) if legacy else [record_path, partial_of(record_path)]
+    previous = previous_records(sources, private_header, out)
+    write_meta = own_metadata(out, metadata)
     out.mkdir(parents=True, exist_ok=True)
-    previous = previous_records(out, header)
     stale = remove_partials(out)
     mode = key_path.stat().st_mode & 0o777
     if mode & 0o077:
         log(f"warning: key file {key_path} can be read by others (mode {mode:o}); `chmod 600 {key_path}`")
-    log(f"{found.audio_files} audio files in {len(found.classes)} classes; key fingerprint "
-        f"{header['key_fingerprint']}" + (f"; resuming ({len(previous)} earlier records)" if previous else "")
+    if legacy:
+        log(f"warning: {legacy_warning(out / MANIFEST)}; this run does it: the private record goes to {record_path}")
+    log(f"{found.audio_files} audio files in {len(found.classes)} classes; key fingerprint {key_fp}"
+        + (f"; resuming ({len(previous)} earlier records)" if previous else "")
         + (f"; removed {stale} temporary files of an interrupted run" if stale else ""))
 
     def chunks() -> Iterator[list[tuple]]:
@@ -136,19 +171,28 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
     counts = {"protected": 0, "done": 0, "failed": 0}
     failed: list[dict] = []
     seconds = new_seconds = past_full_scale = files_past = 0
-    writer = ManifestWriter(out, header)
     n_workers = os.cpu_count() if workers is None else workers
     pool = None
+    writers: list[LinesWriter] = []
+    handled = 0
     try:
+        writers.append(LinesWriter(record_path, private_header, private=True))
+        writers.append(LinesWriter(out / MANIFEST, public_header, partial=out / PARTIAL))
+        private, public = writers
         if n_workers > 0:
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            pool = ctx.Pool(n_workers, initializer=start_worker, initargs=(record,))
+            pool = ctx.Pool(n_workers, initializer=start_worker, initargs=(derived,))
             results = (r for done in in_order(pool, protect_files, chunks(), ahead=2 * n_workers + 2) for r in done)
         else:
-            start_worker(record)
+            start_worker(derived)
             results = (r for chunk in chunks() for r in protect_files(chunk))
-        for i, (outcome, rec) in enumerate(results, start=1):
-            writer.write({"kind": "file", **rec})
+        for outcome, rec in results:
+            if outcome == "stopped":
+                raise WriteFailed(rec["output"], rec["error"], disk_full=True)
+            private.write({"kind": "file", **rec})
+            if outcome != "failed":
+                public.write(public_file(rec))
+            handled += 1
             counts[outcome] += 1
             if outcome == "failed":
                 failed.append({"path": rec["path"], "error": rec["error"]})  # named in the summary
@@ -158,22 +202,63 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
                 past_full_scale += rec["past_full_scale"]
                 files_past += rec["past_full_scale"] > 0
             if progress:
-                progress(i, found.audio_files)
-    except BaseException:
-        writer.abandon()
+                progress(handled, found.audio_files)
         if pool is not None:
-            pool.terminate()
+            pool.close()
+            pool.join()
+            pool = None
+        wall = time.perf_counter() - started
+        summary = {"kind": "summary", "audio_files": found.audio_files, "protected": counts["protected"],
+                   "already_done": counts["done"], "failed": failed, "non_audio_ignored": found.other_files,
+                   "symlinks_not_followed": found.links_skipped, "audio_seconds": round(seconds, 3),
+                   "samples_past_full_scale": past_full_scale, "files_past_full_scale": files_past,
+                   "past_full_scale_handling": "integer and lossy formats: clipped to full scale; float formats: kept",
+                   "workers": n_workers, "wall_seconds": round(wall, 3),
+                   "x_realtime": round(new_seconds / wall, 1) if wall > 0 else None}  # newly protected audio only
+        meta_sha = write_metadata(out, public.partial) if write_meta else None
+        summary["record"] = str(private.finish(summary))
+        public_summary = {"kind": "summary", "files": counts["protected"] + counts["done"],
+                          "metadata": METADATA if write_meta else None, "metadata_sha256": meta_sha}
+        summary["manifest"] = str(public.finish(public_summary))
+        summary["metadata"] = str(out / METADATA) if write_meta else None
+        return summary
+    except WriteFailed as e:
+        stop(writers, pool, out)
+        kept = record_path if record_path.is_file() and not partial_of(record_path).exists() else \
+            partial_of(record_path)
+        what = f"disk full ({e.reason})" if e.disk_full else e.reason
+        fix = "free some space" if e.disk_full else "fix that"
+        done = f"and recorded in {kept}" if kept.is_file() else "(nothing recorded)"
+        earlier_runs = f" (earlier runs recorded {len(previous)})" if previous else ""
+        raise LabError(f"stopped: cannot write {e.path}: {what}; {handled} of {found.audio_files} files were done "
+                       f"{done}{earlier_runs}, no temporary file is left; {fix} and run the same command again to "
+                       f"resume") from None
+    except BaseException:
+        stop(writers, pool, out)
         raise
+
+
+def stop(writers: list[LinesWriter], pool, out: Path) -> None:
+    """An interrupted run: keep the partial manifest and record (the next run resumes from them), stop the workers,
+    and delete the temporary files they were writing."""
+    for w in writers:
+        w.abandon()
     if pool is not None:
-        pool.close()
+        pool.terminate()
         pool.join()
-    wall = time.perf_counter() - started
-    summary = {"kind": "summary", "audio_files": found.audio_files, "protected": counts["protected"],
-               "already_done": counts["done"], "failed": failed, "non_audio_ignored": found.other_files,
-               "symlinks_not_followed": found.links_skipped, "audio_seconds": round(seconds, 3),
-               "samples_past_full_scale": past_full_scale, "files_past_full_scale": files_past,
-               "past_full_scale_handling": "integer and lossy formats: clipped to full scale; float formats: kept",
-               "workers": n_workers, "wall_seconds": round(wall, 3),
-               "x_realtime": round(new_seconds / wall, 1) if wall > 0 else None}  # newly protected audio only
-    summary["manifest"] = str(writer.finish(summary))
-    return summary
+    remove_partials(out)
+
+
+def own_metadata(out: Path, requested: bool) -> bool:
+    """Whether to write ``OUTPUT/metadata.csv``: when ``requested``, or when an earlier run wrote it and it has not
+    changed since (it is then kept up to date). A ``metadata.csv`` that is not the run's own is never replaced."""
+    meta = out / METADATA
+    if not meta.exists():
+        return requested
+    summary = read_all(out / MANIFEST)[2] if (out / MANIFEST).is_file() else None
+    if summary and summary.get("metadata_sha256") and summary["metadata_sha256"] == file_sha256(meta):
+        return True
+    if requested:
+        raise LabError(f"--metadata: {meta} exists and was not written by lab protect (or was edited since); move "
+                       f"it away (nothing is overwritten)")
+    return False

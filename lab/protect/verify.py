@@ -1,6 +1,8 @@
-"""``lab verify``: re-derive the protection from the key and check OUTPUT against its manifest and its sources."""
+"""``lab verify``: re-derive the protection from the key and check OUTPUT against the private record, the public
+manifest and the sources; report the sources that have no protected copy (an incomplete collection)."""
 from __future__ import annotations
 
+import csv
 import multiprocessing as mp
 import os
 from collections import Counter
@@ -10,42 +12,61 @@ from typing import Callable
 from defenses.poscuda import PosCUDA
 from lab.errors import LabError
 from lab.keys import fingerprint, resolve_key
-from lab.protect.collection import AUDIO_EXTENSIONS
-from lab.protect.manifest import read_manifest
+from lab.protect.collection import AUDIO_EXTENSIONS, walk
+from lab.protect.manifest import (LEGACY_FORMAT, MANIFEST, METADATA, RECORD_FORMAT, check_record_path,
+                                  locate_record, read_manifest, read_record)
 from lab.protect.protector import REFERENCE_RATE, defense_config
 from lab.protect.worker import PARTIAL_SUFFIX, check_file, start_worker
 
+SECRET_MARKS = (RECORD_FORMAT.encode(), LEGACY_FORMAT.encode())  # a private record (or an old manifest) in OUTPUT
 
-def verify_collection(output_root: Path, key_file: Path, source: Path | None = None, workers: int | None = None,
-                      progress: Callable[[int, int], None] | None = None) -> dict:
+
+def verify_collection(output_root: Path, key_file: Path, source: Path | None = None, record: Path | None = None,
+                      workers: int | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
     """Check every file of a lab protect OUTPUT and return a report.
 
-    ``output_root``: the OUTPUT folder (with ``manifest.jsonl``). ``key_file``: the key it was protected with; the
-    protection is derived again from it and must equal the manifest's. ``source``: the INPUT folder (default: the
-    one the manifest names). ``workers``: processes (default the CPU count; 0: in this process). ``progress``:
-    called with (files checked, files total).
+    ``output_root``: the OUTPUT folder (with the public ``manifest.jsonl``). ``key_file``: the key it was protected
+    with; the protection is derived again from it and must equal the record's. ``source``: the INPUT folder
+    (default: the one the record names). ``record``: the private record (default: where ``lab protect`` put it,
+    next to the key file). ``workers``: processes (default the CPU count; 0: in this process). ``progress``: called
+    with (files checked, files total).
 
     The report has ``counts`` per status (see :func:`lab.protect.worker.check_file`), the ``problems`` (every file
-    whose status is not ``ok``, or ``unchecked``: source no longer there, output hash still right), ``extra`` (audio files in OUTPUT the manifest does not list), ``partial``
-    (temporary files of an interrupted write) and ``failed_at_protection`` (files the run could not protect).
+    whose status is not ``ok`` or ``unchecked`` (source no longer there, output hash still right), plus ``manifest``
+    (the public manifest disagrees with the record), ``metadata`` (``metadata.csv`` does not list the protected files)
+    and ``unsafe`` (a file in OUTPUT holds a private record: the folder is not safe to publish)), ``extra`` (audio
+    files in OUTPUT the record does not list), ``partial`` (temporary files of an interrupted write),
+    ``failed_at_protection`` (files the run could not protect) and ``not_protected``: every source audio file with
+    no protected copy (failed, or not in the record at all, e.g. added later), each with why; the collection is
+    then ``complete: False``. ``source_found``: whether the source folder could be walked for that check.
     """
     out = Path(output_root).expanduser().resolve()
     if not out.is_dir():
         raise LabError(f"OUTPUT {output_root} is not a folder")
-    header, records, _ = read_manifest(out)
+    header, public_files, _ = read_manifest(out)
     key_path = Path(key_file).expanduser()
     key = resolve_key(None, key_path, where="--key-file")
-    if fingerprint(key) != header["key_fingerprint"]:
-        raise LabError(f"--key-file {key_path}: this key (fingerprint {fingerprint(key)}) is not the one OUTPUT was "
-                       f"protected with (fingerprint {header['key_fingerprint']})")
+    key_fp = fingerprint(key)
     del key
-    recorded = header["protection"]
+    if key_fp != header["key_fingerprint"]:
+        raise LabError(f"--key-file {key_path}: this key (fingerprint {key_fp}) is not the one OUTPUT was "
+                       f"protected with (fingerprint {header['key_fingerprint']})")
+    record_path = locate_record(out, key_path, header["collection_id"], record, earlier=True)
+    check_record_path(record_path, out)
+    rec_header, records, _ = read_record(record_path)
+    if rec_header.get("collection_id") != header["collection_id"]:
+        raise LabError(f"--record {record_path} is the record of another OUTPUT (collection "
+                       f"{rec_header.get('collection_id')}, {out} is {header['collection_id']}); give this OUTPUT's")
+    if key_fp != rec_header["key_fingerprint"]:
+        raise LabError(f"{record_path}: made with another key (fingerprint {rec_header['key_fingerprint']}) than "
+                       f"OUTPUT's manifest names (the record was edited)")
+    recorded = rec_header["protection"]
     cfg = defense_config(key_path, recorded["params"])
-    derived = PosCUDA(cfg).derive(len(header["classes"]), REFERENCE_RATE).to_dict()
+    derived = PosCUDA(cfg).derive(len(rec_header["classes"]), REFERENCE_RATE).to_dict()
     if derived != recorded:
-        raise LabError(f"{out}/manifest.jsonl: the recorded positions or filters are not what the key gives "
-                       f"(the manifest was edited)")
-    src_root = Path(source).expanduser().resolve() if source else Path(header["input"])
+        raise LabError(f"{record_path}: the recorded positions or filters are not what the key gives (the record "
+                       f"was edited)")
+    src_root = Path(source).expanduser().resolve() if source else Path(rec_header["input"])
     done = [r for r in records if r["status"] == "protected"]
     jobs = [(str(src_root / r["path"]), str(out / r["path"]), r) for r in done]
     n_workers = os.cpu_count() if workers is None else workers
@@ -63,6 +84,9 @@ def verify_collection(output_root: Path, key_file: Path, source: Path | None = N
             results.append(check_file(job))
             if progress:
                 progress(i, len(jobs))
+    counts = Counter(r["status"] for r in results)
+    problems = [r for r in results if r["status"] not in ("ok", "unchecked")]  # unchecked: source gone, hash ok
+    problems += manifest_problems(public_files, done) + metadata_problems(out, done)
     listed = {r["path"] for r in records}
     extra, partial = [], []
     for dirpath, _, filenames in os.walk(out):
@@ -70,12 +94,78 @@ def verify_collection(output_root: Path, key_file: Path, source: Path | None = N
             rel = str(PurePosixPath(Path(dirpath, name).relative_to(out).as_posix()))
             if name.endswith(PARTIAL_SUFFIX):
                 partial.append(rel)
-            elif Path(name).suffix.lower() in AUDIO_EXTENSIONS and rel not in listed:
-                extra.append(rel)
-    counts = Counter(r["status"] for r in results)
-    problems = [r for r in results if r["status"] not in ("ok", "unchecked")]  # unchecked: source gone, hash ok
-    return {"output": str(out), "source": str(src_root), "key_fingerprint": header["key_fingerprint"],
-            "files": len(results), "counts": dict(counts), "problems": problems, "extra": sorted(extra),
-            "partial": sorted(partial),
+            elif Path(name).suffix.lower() in AUDIO_EXTENSIONS:
+                if rel not in listed:
+                    extra.append(rel)
+            elif holds_a_record(Path(dirpath, name)):
+                problems.append({"path": rel, "status": "unsafe", "detail": "holds a private lab protect record "
+                                 "(positions, filters, patch starts): move it out, OUTPUT is what is published"})
+    if key_path.resolve().is_relative_to(out):
+        problems.append({"path": str(key_path.resolve().relative_to(out)), "status": "unsafe",
+                         "detail": "the key file is inside OUTPUT: move it out, OUTPUT is what is published"})
+    not_protected = [{"path": r["path"], "why": f"failed when protected: {r['error']}"}
+                     for r in records if r["status"] == "failed"]
+    source_found = src_root.is_dir()
+    if source_found:
+        known = {r["path"] for r in records}
+        not_protected += [{"path": e.rel, "why": "no protected copy: not in the record (added after the run?)"}
+                          for e in walk(src_root) if e.kind == "audio" and e.rel not in known]
+    not_protected.sort(key=lambda p: p["path"])
+    complete = not not_protected
+    return {"output": str(out), "source": str(src_root), "record": str(record_path),
+            "key_fingerprint": rec_header["key_fingerprint"], "files": len(results), "counts": dict(counts),
+            "problems": problems, "extra": sorted(extra), "partial": sorted(partial),
             "failed_at_protection": [r["path"] for r in records if r["status"] == "failed"],
-            "passed": not problems and not extra and not partial}
+            "not_protected": not_protected, "source_found": source_found, "complete": complete,
+            "passed": not problems and not extra and not partial and complete}
+
+
+def manifest_problems(public_files: list[dict], done: list[dict]) -> list[dict]:
+    """Where the public manifest disagrees with the record: a protected file missing from it, listed with another
+    output hash, or listed though the record has no protected copy of it."""
+    public = {f["path"]: f for f in public_files}
+    problems = []
+    for r in done:
+        f = public.pop(r["path"], None)
+        if f is None:
+            problems.append({"path": r["path"], "status": "manifest", "detail": f"not listed in {MANIFEST}"})
+        elif f.get("output_sha256") != r["output_sha256"]:
+            problems.append({"path": r["path"], "status": "manifest", "detail": f"{MANIFEST} gives another hash"})
+    problems += [{"path": p, "status": "manifest", "detail": f"listed in {MANIFEST} but not protected in the record"}
+                 for p in sorted(public)]
+    return problems
+
+
+def metadata_problems(out: Path, done: list[dict]) -> list[dict]:
+    """``metadata.csv``, when there is one, must list exactly the protected files (``file_name``, relative to OUTPUT)
+    with their labels, or the ``datasets`` loader will not load the collection as it is."""
+    path = out / METADATA
+    if not path.is_file():
+        return []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        return [{"path": METADATA, "status": "metadata", "detail": f"unreadable: {e}"}]
+    if not rows or "file_name" not in rows[0]:
+        return [{"path": METADATA, "status": "metadata", "detail": "no file_name column"}]
+    listed = {row["file_name"]: row.get("label") for row in rows}
+    expected = {r["path"]: r["label"] for r in done}
+    missing, unknown = expected.keys() - listed.keys(), listed.keys() - expected.keys()
+    wrong = [p for p in expected.keys() & listed.keys() if "label" in rows[0] and listed[p] != expected[p]]
+    if not (missing or unknown or wrong) and len(rows) == len(listed):
+        return []
+    detail = "; ".join(f"{what}: {', '.join(sorted(paths)[:3])}{' ...' if len(paths) > 3 else ''}"
+                       for what, paths in (("protected files not listed", missing), ("not protected files", unknown),
+                                           ("other labels", wrong)) if paths) or "a file is listed twice"
+    return [{"path": METADATA, "status": "metadata", "detail": detail}]
+
+
+def holds_a_record(path: Path) -> bool:
+    """Whether a (non-audio) file in OUTPUT begins like a private record or an old manifest that held one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.readline(1 << 26)  # the format is a key of the header line, after the classes
+    except OSError:
+        return False
+    return any(mark in head for mark in SECRET_MARKS)

@@ -2,10 +2,12 @@
 
 A worker receives the derived protection's record (positions, filters, parameters: never the key) once, when it
 starts, and keeps one :class:`PosCUDAProtection` per sample rate it meets. Every channel of a file gets the same
-patches and filters. Results are small dicts (the manifest's records); audio never travels between processes.
+patches and filters. Results are small dicts (the private record's lines, see :mod:`lab.protect.manifest`); audio
+never travels between processes.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -18,6 +20,7 @@ from defenses.poscuda import PosCUDAProtection, convolve_patches
 from lab.protect.audiofile import as_stored, decode, encode
 
 PARTIAL_SUFFIX = ".lab-partial"  # temporary names: ".<name>.<pid>.lab-partial" beside the final file
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})  # no space (or quota) left: no later file could be written
 
 _record: dict = {}
 _made: set[str] = set()  # output folders this worker has already created
@@ -154,7 +157,7 @@ def _read(job: tuple):
 
 
 def _write(job: tuple, src_hash: str, dec, out: np.ndarray, applied: list[dict]) -> tuple[str, dict]:
-    """Second half: encode in the source's own format and write atomically; the manifest record."""
+    """Second half: encode in the source's own format and write atomically; the file's record."""
     src, dst, rel, label, cls, previous, fsync = job
     try:
         out_blob, over = encode(out, dec)
@@ -162,8 +165,10 @@ def _write(job: tuple, src_hash: str, dec, out: np.ndarray, applied: list[dict])
         return _failed(rel, label, f"cannot write {dec.format}/{dec.subtype}: {_reason(e)}")
     try:
         write_atomically(Path(dst), out_blob, fsync)
-    except OSError as e:  # disk full, no permission: this file fails, the run goes on
-        return _failed(rel, label, f"cannot write the output: {e.strerror or e}")
+    except OSError as e:
+        if e.errno in DISK_FULL:  # every later file would fail too: the run stops (and can be resumed)
+            return "stopped", {"path": rel, "output": dst, "error": e.strerror or str(e)}
+        return _failed(rel, label, f"cannot write the output: {e.strerror or e}")  # e.g. no permission: this file
     frames, channels = dec.data.shape
     return "protected", {"path": rel, "label": label, "class": cls, "status": "protected", "source_sha256": src_hash,
                          "output_sha256": sha256(out_blob), "format": dec.format, "subtype": dec.subtype,
@@ -176,8 +181,8 @@ def _write(job: tuple, src_hash: str, dec, out: np.ndarray, applied: list[dict])
 def protect_files(jobs: list[tuple]) -> list[tuple[str, dict]]:
     """Protect a chunk of files. Each job = (source path, output path, relative path, label, class index, previous
     record or None, fsync). A file already done (its previous record's source and output hashes both still match)
-    is not redone. Returns, per job in order, what happened (``protected``, ``done`` or ``failed``) and the file's
-    manifest record. Files of one sample rate are protected in one batch (:func:`protect_batch`)."""
+    is not redone. Returns, per job in order, what happened (``protected``, ``done``, ``failed``, or ``stopped``: the
+    disk is full, the output was not written and the run must stop) and the file's record. Files of one sample rate are protected in one batch (:func:`protect_batch`)."""
     results: list = [None] * len(jobs)
     groups: dict[tuple, list[tuple[int, str, object]]] = {}
     for i, job in enumerate(jobs):
@@ -190,6 +195,8 @@ def protect_files(jobs: list[tuple]) -> list[tuple[str, dict]]:
         done = protect_batch([(dec.data, jobs[i][4]) for i, _, dec in group], rate)
         for (i, src_hash, dec), (out, applied) in zip(group, done):
             results[i] = _write(jobs[i], src_hash, dec, out, applied)
+            if results[i][0] == "stopped":  # the disk is full: write nothing more; the rest of the chunk stops too
+                return [r if r is not None else results[i] for r in results]
     return results
 
 
@@ -214,9 +221,9 @@ def write_atomically(path: Path, blob: bytes, fsync: bool = False) -> None:
 
 
 def check_file(job: tuple) -> dict:
-    """Check one output file against its manifest record and its source. ``job`` = (source path, output path,
+    """Check one output file against its private record and its source. ``job`` = (source path, output path,
     record). Returns {"path", "status", "detail"} with status ``ok``, ``missing``, ``changed`` (output bytes differ
-    from the manifest), ``unprotected`` (output holds the source's audio), ``mismatch`` (output is not what the key
+    from the record), ``unprotected`` (output holds the source's audio), ``mismatch`` (output is not what the key
     gives for this source), ``source-changed``, or ``unchecked`` (source gone: only the hash was checked)."""
     src, dst, rec = job
     rel = rec["path"]
@@ -227,13 +234,13 @@ def check_file(job: tuple) -> dict:
     except OSError as e:
         return {"path": rel, "status": "missing", "detail": f"output unreadable: {e.strerror}"}
     if sha256(out_blob) != rec["output_sha256"]:
-        return {"path": rel, "status": "changed", "detail": "output bytes differ from the manifest's hash"}
+        return {"path": rel, "status": "changed", "detail": "output bytes differ from the record's hash"}
     try:
         src_blob = Path(src).read_bytes()
     except OSError:
         return {"path": rel, "status": "unchecked", "detail": "source not found: output hash checked only"}
     if sha256(src_blob) != rec["source_sha256"]:
-        return {"path": rel, "status": "source-changed", "detail": "source differs from the manifest's hash"}
+        return {"path": rel, "status": "source-changed", "detail": "source differs from the record's hash"}
     try:
         source, output = decode(src_blob), decode(out_blob)
     except Exception as e:

@@ -3,6 +3,8 @@ clipping counted, refusals, and the batch path equal to PosCUDA's own apply."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from lab.protect import protect_collection
 from lab.protect.manifest import read_manifest
 from lab.protect import worker
 from tests.conftest import tone
-from tests.protect.conftest import BAD, GOOD, sha, tree_hashes
+from tests.protect.conftest import BAD, GOOD, private_record, sha, tree_hashes
 
 GOOD_PATHS = {f"{label}/{name}" for label, name, *_ in GOOD}
 
@@ -41,7 +43,7 @@ def test_input_untouched_outputs_keep_format_and_shape(collection, key_file, tmp
 def test_only_patches_change_every_channel_alike(collection, key_file, tmp_path):
     out = tmp_path / "out"
     run(collection, out, key_file)
-    _, records, _ = read_manifest(out)
+    _, records, _ = private_record(out, key_file)
     for rec in records:
         if rec["status"] != "protected" or rec["subtype"] == "PCM_U8":
             continue
@@ -59,14 +61,15 @@ def test_only_patches_change_every_channel_alike(collection, key_file, tmp_path)
             assert np.array_equal(changed[:, 0], changed[:, 1]) or changed.all(axis=0).all()
 
 
-def test_manifest_is_complete(collection, key_file, tmp_path):
+def test_record_is_complete_and_manifest_holds_only_public_facts(collection, key_file, tmp_path):
     out = tmp_path / "out"
     run(collection, out, key_file, labels="folder", defense={"patch_seconds": 0.05, "blur": 0.5})
-    header, records, summary = read_manifest(out)
+    header, records, summary = private_record(out, key_file)
     assert header["classes"] == ["cat", "dog", "owl"]
     assert header["protection"]["params"]["patch_seconds"] == 0.05 and header["protection"]["params"]["blur"] == 0.5
     assert len(header["key_fingerprint"]) == 16 and header["provenance"]["versions"]["torch"]
     assert "git" in header["provenance"]
+    assert header["input"] == str(collection.resolve()) and header["output"] == str(out.resolve())
     assert {r["path"] for r in records} == GOOD_PATHS | BAD
     for rec in records:
         if rec["path"] in BAD:
@@ -81,6 +84,18 @@ def test_manifest_is_complete(collection, key_file, tmp_path):
         info = sf.info(str(collection / rec["path"]))
         assert (rec["sample_rate"], rec["channels"], rec["frames"]) == (info.samplerate, info.channels, info.frames)
     assert summary["protected"] == len(GOOD) and len(summary["failed"]) == len(BAD)
+    public, files, public_summary = read_manifest(out)
+    assert public["collection_id"] == header["collection_id"] and public["key_fingerprint"] == header[
+        "key_fingerprint"]
+    assert public["classes"] == header["classes"] and public["labels"] == "folder"
+    assert not {"protection", "input", "output", "provenance"} & public.keys()
+    by_path = {r["path"]: r for r in records}
+    assert [f["path"] for f in files] == [r["path"] for r in records if r["status"] == "protected"]
+    for f in files:
+        assert set(f) == {"kind", "path", "label", "output_sha256", "format", "subtype", "sample_rate", "channels",
+                          "frames", "seconds"}
+        assert all(f[k] == by_path[f["path"]][k] for k in f if k != "kind")
+    assert public_summary == {"kind": "summary", "files": len(GOOD), "metadata": None, "metadata_sha256": None}
 
 
 def test_corrupt_and_empty_files_are_reported_and_skipped(collection, key_file, tmp_path):
@@ -98,7 +113,7 @@ def test_corrupt_and_empty_files_are_reported_and_skipped(collection, key_file, 
 def test_key_wide_setting_for_unlabelled_audio(collection, key_file, tmp_path):
     out = tmp_path / "out"
     run(collection, out, key_file, labels="none")
-    header, records, _ = read_manifest(out)
+    header, records, _ = private_record(out, key_file)
     assert header["classes"] == ["all"]
     done = [r for r in records if r["status"] == "protected"]
     assert {r["class"] for r in done} == {0}
@@ -163,7 +178,7 @@ def test_full_scale_is_clipped_and_counted_for_integers_kept_for_float(tmp_path,
     sf.write(str(root / "float.wav"), square, 8000, subtype="FLOAT")
     out = tmp_path / "out"
     summary = run(root.parent, out, key_file, defense={"blur": 1.0})  # taps up to 1: the patch gains a lot
-    _, records, _ = read_manifest(out)
+    _, records, _ = private_record(out, key_file)
     by = {r["path"]: r for r in records}
     assert by["x/int.wav"]["past_full_scale"] > 0 and by["x/int.wav"]["past_full_scale_handling"] == "clipped"
     ints, _ = sf.read(str(out / "x" / "int.wav"), dtype="int16")
@@ -199,7 +214,7 @@ def test_long_recordings_carry_repeated_patches(tmp_path, key_file):
     sf.write(str(root / "episode.flac"), tone(12.0, 16000, channels=2), 16000, subtype="PCM_16")
     out = tmp_path / "out"
     run(root.parent, out, key_file, defense={"repeat_seconds": 2.0, "patch_seconds": 0.1})
-    _, records, _ = read_manifest(out)
+    _, records, _ = private_record(out, key_file)
     (p,) = records[0]["patches"]
     assert p["every"] == 32000 and p["count"] == len(range(p["start"], 12 * 16000 - 1600 + 1, 32000)) >= 5
     src, _ = sf.read(str(root / "episode.flac"), dtype="int16")
@@ -210,22 +225,174 @@ def test_long_recordings_carry_repeated_patches(tmp_path, key_file):
 
 
 def test_an_unwritable_output_fails_that_file_only(collection, key_file, tmp_path, monkeypatch):
-    """A write error (disk full, permissions) fails that file, leaves no temporary file, and the run goes on."""
+    """A write error other than a full disk (here: no permission) fails that file, leaves no temporary file, and
+    the run goes on."""
     import errno
     real_replace = worker.os.replace
 
-    def full_disk(src, dst):
+    def no_permission(src, dst):
         if str(dst).endswith("d.wav"):
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(errno.EACCES, "Permission denied")
         real_replace(src, dst)
 
-    monkeypatch.setattr(worker.os, "replace", full_disk)
+    monkeypatch.setattr(worker.os, "replace", no_permission)
     out = tmp_path / "out"
     summary = run(collection, out, key_file)
     assert {f["path"]: f["error"] for f in summary["failed"]}["dog/d.wav"] == \
-        "cannot write the output: No space left on device"
+        "cannot write the output: Permission denied"
     assert summary["protected"] == len(GOOD) - 1
     assert not list(out.rglob("*.lab-partial")) and not (out / "dog" / "d.wav").exists()
+
+
+class FullDisk:
+    """A file whose disk fills up: the first write puts half the bytes down, then fails with ENOSPC."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, blob):
+        import errno
+        self.f.write(blob[:len(blob) // 2])
+        self.f.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def fill_the_disk_after(monkeypatch, n: int) -> list:
+    """From the (n+1)-th output file on, writing fails as on a full disk (the worker's temporary file is created and
+    half written first). Returns the temporary paths the worker opened."""
+    import builtins
+    opened = []
+
+    def open_(path, mode="r", *args, **kwargs):
+        f = builtins.open(path, mode, *args, **kwargs)
+        if "w" in mode and str(path).endswith(".lab-partial"):
+            opened.append(str(path))
+            if len(opened) > n:
+                return FullDisk(f)
+        return f
+
+    monkeypatch.setattr(worker, "open", open_, raising=False)
+    return opened
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_full_disk_stops_the_run_in_one_line_and_a_rerun_resumes(collection, key_file, tmp_path, monkeypatch,
+                                                                   workers):
+    from lab.protect import protector, verify_collection
+    from lab.protect.manifest import PARTIAL
+    monkeypatch.setattr(protector, "CHUNK_FILES", 1)  # one file per chunk: recorded as soon as written
+    opened = fill_the_disk_after(monkeypatch, 3)
+    out = tmp_path / "out"
+    with pytest.raises(LabError) as err:
+        run(collection, out, key_file, workers=workers)
+    message = str(err.value)
+    assert "\n" not in message
+    # walk order: cat/a, cat/b, cat/c written, cat/header_only failed (nothing to write), then dog/d.wav
+    if workers == 0:
+        assert message.startswith(f"stopped: cannot write {out.resolve() / 'dog' / 'd.wav'}: disk full (No space "
+                                  f"left on device); 4 of 11 files were done and recorded in ")
+    else:  # each worker process fills its own disk: which file stops the run depends on the scheduling
+        assert re.match(r"stopped: cannot write \S+\.(wav|flac|aiff): disk full \(No space left on device\); \d+ of "
+                        r"11 files were done and recorded in ", message), message
+    assert message.endswith("no temporary file is left; free some space and run the same command again to resume")
+    if workers == 0:  # (worker processes keep their own list)
+        assert len(opened) == 4 and not Path(opened[-1]).exists()  # the half-written temporary file is gone
+    assert [p.name for p in out.rglob("*.lab-partial")] == [PARTIAL]  # only the partial manifest: resume needs it
+    monkeypatch.undo()
+    summary = run(collection, out, key_file, workers=workers)
+    assert summary["already_done"] >= (3 if workers == 0 else 1)
+    assert summary["already_done"] + summary["protected"] == len(GOOD)
+    assert verify_collection(out, key_file, workers=0)["counts"] == {"ok": len(GOOD)}
+
+
+def test_a_full_disk_is_one_line_from_the_command_too(collection, key_file, tmp_path, monkeypatch, cli):
+    from lab.protect import protector
+    monkeypatch.setattr(protector, "CHUNK_FILES", 1)
+    fill_the_disk_after(monkeypatch, 0)
+    code, stdout, stderr = cli("protect", str(collection), str(tmp_path / "out"), "--key-file", str(key_file),
+                               "--workers", "0")
+    assert code == 2 and "Traceback" not in stderr + stdout
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: stopped: cannot write ") and "a.wav: disk full" in lines[0]
+    assert "0 of 11 files were done" in lines[0] and lines[0].endswith("run the same command again to resume")
+
+
+def test_a_full_disk_while_writing_the_record_stops_the_run_too(collection, key_file, tmp_path, monkeypatch):
+    """The record is the run's own file: a full disk there stops the run the same way, naming the record."""
+    import errno
+    import os
+    from lab.protect import manifest, protector
+    monkeypatch.setattr(protector, "CHUNK_FILES", 1)
+    real_fdopen = os.fdopen
+
+    class Record:
+        def __init__(self, f):
+            self.f, self.lines = f, 0
+
+        def write(self, text):
+            self.lines += 1
+            if self.lines > 3:  # the header, then two files
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(text)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    def fdopen(fd, *args, **kwargs):
+        f = real_fdopen(fd, *args, **kwargs)
+        return Record(f) if ".protect-record.jsonl.lab-partial" in os.readlink(f"/proc/self/fd/{fd}") else f
+
+    monkeypatch.setattr(manifest.os, "fdopen", fdopen)
+    out = tmp_path / "out"
+    with pytest.raises(LabError, match=r"^stopped: cannot write \S+\.protect-record\.jsonl\.lab-partial: disk full "
+                                       r"\(No space left on device\); 2 of 11 files were done and recorded in "):
+        run(collection, out, key_file)
+    assert [p.name for p in out.rglob("*.lab-partial")] == [".manifest.jsonl.lab-partial"]
+    monkeypatch.undo()
+    summary = run(collection, out, key_file)
+    assert summary["already_done"] == 2 and summary["protected"] == len(GOOD) - 2
+
+
+def test_a_disk_already_full_when_a_resumed_run_starts_keeps_the_earlier_partial_record(collection, key_file,
+                                                                                         tmp_path, monkeypatch):
+    import errno
+    import os
+    from lab.protect import manifest
+
+    def stop_after_four(done, total):
+        if done == 4:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run(collection, out, key_file, progress=stop_after_four)
+    (partial,) = key_file.parent.glob("*.protect-record.jsonl.lab-partial")
+    before = partial.read_bytes()
+    real_open = os.open
+
+    def full(path, *args, **kwargs):
+        if "protect-record" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(manifest.os, "open", full)
+    with pytest.raises(LabError, match=r"^stopped: cannot write \S+\.protect-record\.jsonl\.lab-partial: disk full.*"
+                                       r"0 of 11 files were done and recorded in \S+ \(earlier runs recorded 4\), .*run the "
+                                       r"same command again"):
+        run(collection, out, key_file)
+    monkeypatch.undo()
+    assert partial.read_bytes() == before  # what the first run did is still there to resume from
+    assert sorted(p.name for p in key_file.parent.iterdir()) == sorted([key_file.name, partial.name])
+    assert run(collection, out, key_file)["already_done"] == 3  # cat/a, cat/b, cat/c (header_only failed)
 
 
 def test_same_input_and_key_give_the_same_bytes_at_another_time(collection, key_file, tmp_path):

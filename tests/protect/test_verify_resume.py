@@ -1,4 +1,5 @@
-"""lab verify finds tampered, missing, unprotected and extra files; an interrupted run resumes to the same output."""
+"""lab verify finds tampered, missing, unprotected and extra files and sources left without a protected copy; an
+interrupted run resumes to the same output."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import pytest
 from lab.errors import LabError
 from lab.protect import new_key_file, protect_collection, verify_collection
 from lab.protect.manifest import MANIFEST, PARTIAL, read_manifest
-from tests.protect.conftest import BAD, GOOD, sha, tree_hashes
+from tests.protect.conftest import BAD, GOOD, private_record, sha, tree_hashes
 
 
 @pytest.fixture
@@ -23,11 +24,55 @@ def statuses(report):
     return {p["path"]: p["status"] for p in report["problems"]}
 
 
-def test_verify_passes_on_a_fresh_output(protected, key_file):
-    report = verify_collection(protected, key_file, workers=2)
-    assert report["passed"], report
-    assert report["counts"] == {"ok": len(GOOD)}
+def test_verify_passes_on_a_fresh_complete_output(collection, key_file, tmp_path):
+    for rel in BAD:
+        (collection / rel).unlink()
+    out = tmp_path / "out"
+    protect_collection(collection, out, key_file, workers=0)
+    report = verify_collection(out, key_file, workers=2)
+    assert report["passed"] and report["complete"], report
+    assert report["counts"] == {"ok": len(GOOD)} and report["not_protected"] == []
+
+
+def test_verify_checks_the_outputs_and_names_the_sources_left_unprotected(protected, key_file):
+    report = verify_collection(protected, key_file, workers=0)
+    assert report["counts"] == {"ok": len(GOOD)} and report["problems"] == [] and not report["extra"]
     assert set(report["failed_at_protection"]) == BAD
+    assert {p["path"] for p in report["not_protected"]} == BAD
+    assert not report["complete"] and not report["passed"]
+
+
+def test_verify_names_sources_without_a_protected_copy_and_exits_1(protected, collection, key_file, cli, tmp_path):
+    """A source that failed at protection, or that is not in the record at all (added after the run), leaves the
+    collection incomplete: each is named, and the exit code says so, even though every output file checks."""
+    import soundfile as sf
+    from tests.conftest import tone
+    sf.write(str(collection / "dog" / "late.wav"), tone(0.4, 8000), 8000)
+    code, stdout, _ = cli("verify", str(protected), "--key-file", str(key_file), "--workers", "0")
+    text = " ".join(stdout.split())
+    assert code == 1 and f"{len(GOOD)} ok" in text and "verified" not in text
+    assert "not protected dog/late.wav: no protected copy: not in the record (added after the run?)" in text
+    for rel in BAD:
+        assert f"not protected {rel}: failed when protected: " in text
+    assert "incomplete: 4 source file(s) have no protected copy (listed above); every output file checks" in text
+    # INPUT moved: --source finds it; INPUT gone: the record's failures are still named
+    moved = tmp_path / "moved"
+    collection.rename(moved)
+    report = verify_collection(protected, key_file, source=moved, workers=0)
+    assert {p["path"] for p in report["not_protected"]} == BAD | {"dog/late.wav"} and report["source_found"]
+    report = verify_collection(protected, key_file, workers=0)
+    assert {p["path"] for p in report["not_protected"]} == BAD and not report["source_found"]
+    assert not report["passed"] and report["counts"] == {"unchecked": len(GOOD)}
+
+
+def record_path(out, key_file):
+    from lab.protect.manifest import locate_record
+    return locate_record(out, key_file, read_manifest(out)[0]["collection_id"], None, earlier=True)
+
+
+def rewrite_lines(path, change):
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(json.dumps(change(json.loads(line))) for line in lines) + "\n")
 
 
 def test_verify_detects_tampered_missing_unprotected_and_extra(protected, collection, key_file):
@@ -35,21 +80,34 @@ def test_verify_detects_tampered_missing_unprotected_and_extra(protected, collec
     data[-100] ^= 0x01  # one bit of one sample
     (protected / "cat" / "a.wav").write_bytes(bytes(data))
     (protected / "dog" / "d.wav").unlink()
-    # an unprotected copy whose manifest hash was "fixed" to match: only re-deriving from the key catches it
+    # an unprotected copy whose hashes (record and manifest) were "fixed" to match: only re-deriving from the key
+    # catches it
     shutil.copy(collection / "owl" / "g.wav", protected / "owl" / "g.wav")
-    lines = (protected / MANIFEST).read_text().splitlines()
-    for i, line in enumerate(lines):
-        obj = json.loads(line)
+
+    def fix(obj):
         if obj.get("path") == "owl/g.wav":
             obj["output_sha256"] = sha(protected / "owl" / "g.wav")
-            lines[i] = json.dumps(obj)
-    (protected / MANIFEST).write_text("\n".join(lines) + "\n")
+        return obj
+
+    rewrite_lines(record_path(protected, key_file), fix)
+    rewrite_lines(protected / MANIFEST, fix)
     shutil.copy(collection / "cat" / "c.wav", protected / "cat" / "stray.wav")
     report = verify_collection(protected, key_file, workers=0)
     assert not report["passed"]
     assert statuses(report) == {"cat/a.wav": "changed", "dog/d.wav": "missing", "owl/g.wav": "unprotected"}
     assert report["extra"] == ["cat/stray.wav"]
     assert report["counts"]["ok"] == len(GOOD) - 3
+
+
+def test_verify_reports_a_public_manifest_that_disagrees_with_the_record(protected, key_file):
+    def drop_hash(obj):
+        if obj.get("path") == "cat/b.flac":
+            obj["output_sha256"] = "0" * 64
+        return obj
+
+    rewrite_lines(protected / MANIFEST, drop_hash)
+    report = verify_collection(protected, key_file, workers=0)
+    assert statuses(report) == {"cat/b.flac": "manifest"} and report["counts"] == {"ok": len(GOOD)}
 
 
 def test_verify_refuses_another_key(protected, tmp_path):
@@ -84,14 +142,16 @@ def test_interrupted_run_resumes_to_the_same_output(collection, key_file, tmp_pa
     with pytest.raises(Interrupt):
         protect_collection(collection, out, key_file, workers=workers, progress=stop_after_four)
     assert (out / PARTIAL).is_file() and not (out / MANIFEST).exists()
+    (record,) = key_file.parent.glob("out.*.protect-record.jsonl.lab-partial")
+    assert not record.with_suffix("").exists()  # the finished record comes at the end
     # what a kill in the middle of a write leaves: a temporary file (never a half file under a final name) and a
-    # manifest line cut short
+    # record line cut short
     (out / "owl" / ".g.wav.999.lab-partial").parent.mkdir(parents=True, exist_ok=True)
     (out / "owl" / ".g.wav.999.lab-partial").write_bytes(b"RIFF half a file")
-    with open(out / PARTIAL, "a") as f:
+    with open(record, "a") as f:
         f.write('{"kind": "file", "path": "owl/g.w')
     # and an output someone damaged since: it must be redone, not kept
-    done_before = [json.loads(x)["path"] for x in (out / PARTIAL).read_text().splitlines()[1:-1]]
+    done_before = [json.loads(x)["path"] for x in record.read_text().splitlines()[1:-1]]
     damaged = next(p for p in done_before if p not in BAD)
     (out / damaged).write_bytes(b"damaged")
 
@@ -102,8 +162,10 @@ def test_interrupted_run_resumes_to_the_same_output(collection, key_file, tmp_pa
     for rel, digest in tree_hashes(reference).items():
         if rel != MANIFEST:
             assert tree_hashes(out)[rel] == digest, rel
-    assert read_manifest(out)[1] == read_manifest(reference)[1]  # the same records, in the same order
-    assert verify_collection(out, key_file, workers=0)["passed"]
+    assert read_manifest(out)[1] == read_manifest(reference)[1]  # the same public lines, in the same order
+    assert private_record(out, key_file)[1] == private_record(reference, key_file)[1]  # and private records
+    report = verify_collection(out, key_file, workers=0)
+    assert report["counts"] == {"ok": len(GOOD)} and not report["problems"] and not report["partial"]
 
     again = protect_collection(collection, out, key_file, workers=workers)  # a third run has nothing to do
     assert again["protected"] == 0 and again["already_done"] == len(GOOD)
@@ -157,4 +219,5 @@ def test_a_real_kill_midway_resumes_to_the_same_output(fsdd_dir, tmp_path):
     ref = tree_hashes(reference)
     assert all(digest == ref[rel] for rel, digest in tree_hashes(out).items() if rel != MANIFEST)
     assert read_manifest(out)[1] == read_manifest(reference)[1]
+    assert private_record(out, key)[1] == private_record(reference, key)[1]
     assert verify_collection(out, key, workers=2)["passed"]
