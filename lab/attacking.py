@@ -40,7 +40,7 @@ from lab.module import LabModule, standardisation
 from lab.provenance import provenance
 from lab.quality import snr_summary
 from lab.recipe import Recipe, parse_override, read_recipe_data, recipe_from_dict, set_path
-from lab.train import make_trainer, evaluate, fit
+from lab.train import evaluate, make_trainer
 
 NO_ATTACK = "no attack"
 WORST = "worst case"
@@ -48,7 +48,16 @@ WORST = "worst case"
 
 # --- training under an attack ------------------------------------------------------------------------------------
 
-class AttackedModule(LabModule):
+class TrainOnlyModule(LabModule):
+    """The LabModule the attack path trains. Nothing is monitored while it trains (only the final model's clean-test
+    accuracy counts), so it has no validation step: LabModule's would make Lightning warn "You defined a
+    `validation_step` but have no `val_dataloader`" on every fit. Lightning treats its own (empty) hook as "not
+    defined"."""
+
+    validation_step = L.LightningModule.validation_step
+
+
+class AttackedModule(TrainOnlyModule):
     """A LabModule trained on WAVEFORM batches: the attack's per-batch transform runs first, then the recipe's
     feature front-end (batched, differentiable, so PGD and learnable filters get gradients through it).
     Evaluation still takes features, like every LabModule."""
@@ -75,24 +84,39 @@ class AttackedModule(LabModule):
         return super().training_step((feats, y), i)
 
 
+def _train(recipe: Recipe, inputs: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, num_classes: int,
+           seed: int, make_module: Callable[..., LabModule], epochs: int | None = None,
+           progress: bool = False) -> tuple[LabModule, float]:
+    """Train a new module of the recipe's model on ``inputs`` (features, or waveforms for an AttackedModule) the way
+    lab.train.fit does (same seeding, initialisation, standardisation from ``feats``, shuffling, Trainer), without a
+    validation set; returns the module and the training seconds."""
+    L.seed_everything(seed, workers=True, verbose=False)
+    cfg = recipe.train
+    model = build_model(recipe.model, tuple(feats.shape[1:]), num_classes, recipe.features.type == "raw",
+                        recipe.data.sample_rate)
+    mean, std = standardisation(feats)
+    module = make_module(model, num_classes, cfg.lr, cfg.weight_decay, mean, std)
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(TensorDataset(inputs, labels), batch_size=cfg.batch_size, shuffle=True, generator=gen)
+    trainer = make_trainer(cfg, epochs or cfg.epochs, False, progress)
+    start = time.perf_counter()
+    trainer.fit(module, loader)
+    return module, time.perf_counter() - start
+
+
+def fit_features(recipe: Recipe, feats: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int,
+                 progress: bool = False) -> tuple[LabModule, float]:
+    """Train the recipe's model on features (no attack, or a data attack's training set); the module and seconds."""
+    return _train(recipe, feats, feats, labels, num_classes, seed, TrainOnlyModule, progress=progress)
+
+
 def fit_waveforms(recipe: Recipe, waveforms: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int,
                   frontend: FrontEnd, attack: Attack | None, epochs: int | None = None,
                   progress: bool = False) -> tuple[LabModule, float]:
     """Train the recipe's model on waveform batches under ``attack``'s per-batch transform; returns the module and
     the training seconds. Standardisation comes from the untransformed training features."""
-    L.seed_everything(seed, workers=True, verbose=False)
-    cfg = recipe.train
-    feats = frontend(waveforms)
-    model = build_model(recipe.model, tuple(feats.shape[1:]), num_classes, recipe.features.type == "raw",
-                        recipe.data.sample_rate)
-    mean, std = standardisation(feats)
-    module = AttackedModule(model, num_classes, cfg.lr, cfg.weight_decay, mean, std, frontend, attack)
-    gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(TensorDataset(waveforms, labels), batch_size=cfg.batch_size, shuffle=True, generator=gen)
-    trainer = make_trainer(cfg, epochs or cfg.epochs, False, progress)
-    start = time.perf_counter()
-    trainer.fit(module, loader)
-    return module, time.perf_counter() - start
+    return _train(recipe, waveforms, frontend(waveforms), labels, num_classes, seed,
+                  lambda *args: AttackedModule(*args, frontend, attack), epochs, progress)
 
 
 def finetune(recipe: Recipe, frontend: FrontEnd, module: LabModule, waveforms: torch.Tensor, labels: torch.Tensor,
@@ -139,9 +163,7 @@ def train_under_attack(recipe: Recipe, prep: Prepared, attack: Attack, seed: int
         if attack.per_batch:
             module, seconds["train"] = fit_waveforms(recipe, waves, labels, num_classes, seed, frontend, attack)
         else:
-            feats = cache(frontend, waves)
-            fitted = fit(recipe, feats, labels, num_classes, seed)
-            module, seconds["train"] = fitted.module, fitted.seconds
+            module, seconds["train"] = fit_features(recipe, cache(frontend, waves), labels, num_classes, seed)
     after = time.perf_counter()
     models = attack.after_training(module, ctx)
     seconds["after"] = time.perf_counter() - after
@@ -297,14 +319,14 @@ def run_matrix(recipes: list[Recipe], attack_cfgs: list, log: Callable[[str], No
         matrix.snr[dcfg.type] = snr_summary(prep.waveforms["protected_train"], prep.waveforms["clean_train"])
         clean_test = prep.features["clean_test"], prep.test.labels
         for seed in rec.seeds:
-            fitted = fit(rec, prep.features["protected_train"], prep.train.labels, num_classes, seed,
-                         progress=progress)
-            acc = evaluate(fitted.module, rec.train, *clean_test)["accuracy"]
-            matrix.add(dcfg.type, NO_ATTACK, acc, fitted.seconds)
-            log(f"{dcfg.type}, seed {seed}: no attack {acc:.3f} ({fitted.seconds:.0f} s)")
+            plain, plain_seconds = fit_features(rec, prep.features["protected_train"], prep.train.labels, num_classes,
+                                                seed, progress=progress)
+            acc = evaluate(plain, rec.train, *clean_test)["accuracy"]
+            matrix.add(dcfg.type, NO_ATTACK, acc, plain_seconds)
+            log(f"{dcfg.type}, seed {seed}: no attack {acc:.3f} ({plain_seconds:.0f} s)")
             for acfg in attack_cfgs:
                 attack = build_attack(acfg)
-                models, timing = train_under_attack(rec, prep, attack, seed, frontend, cache, plain=fitted.module)
+                models, timing = train_under_attack(rec, prep, attack, seed, frontend, cache, plain=plain)
                 seconds = timing["total"]
                 for variant, module in models.items():
                     col = column_name(acfg, variant)

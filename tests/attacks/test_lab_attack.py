@@ -81,6 +81,32 @@ def test_lab_attack_augment_on_fsdd(fsdd_dir, tmp_path):
     md = (run / "results.md").read_text()
     assert "| worst case |" in md and "lab-demo-key" not in md and "lab-demo-key" not in json.dumps(results)
     assert "worst case" in proc.stdout
+    assert "validation_step" not in proc.stdout + proc.stderr  # Lightning's warning about a validation step
+
+
+def test_attack_training_paths_define_no_validation_step(fsdd_dir):
+    """Every way the attack path trains (plain, a data attack, a per-batch attack, fine-tuning after training) trains
+    without a validation set, so Lightning must not warn that a validation step has no val_dataloader."""
+    import warnings
+
+    from attacks import build_attack
+    from lab.attacking import fit_features, train_under_attack
+    from lab.experiment import prepare
+    from lab.features import FeatureCache, FrontEnd
+    rec, _ = load_attack_recipe(REPO / "recipes" / "fsdd_cnn.yaml", [
+        f"data.root={fsdd_dir}", "data.max_train_per_class=3", "data.max_test_per_class=1", "train.epochs=1",
+        "train.progress=false", "seeds=[0]"])
+    cache = FeatureCache()
+    prep = prepare(rec, log=lambda s: None, cache=cache)
+    frontend = FrontEnd(rec.features, rec.data.sample_rate)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plain, _ = fit_features(rec, prep.features["protected_train"], prep.train.labels, 10, 0)
+        for name in ("codec", "augment", "clean-finetune"):
+            models, _ = train_under_attack(rec, prep, build_attack(name), 0, frontend, cache, plain=plain)
+            assert models
+    said = [str(w.message) for w in caught]
+    assert not [m for m in said if "validation_step" in m], said
 
 
 @pytest.mark.slow
