@@ -2,7 +2,8 @@
 
 recipe + attack(s) ─► for each defense (none = clean reference, the recipe's, baselines at the same distortion):
     prepare (protect, features) ─► per seed: no-attack model, then each attack's model(s) ─► clean-test accuracy
-  ─► one table (rows: defenses; columns: no attack, each attack, worst case over them) as JSON, Markdown, CSV
+  ─► one table (rows: no attack, each attack, then the worst case over them; columns: defenses) as JSON, Markdown,
+     CSV
 
 Training under an attack reuses the lab's Trainer set-up: data attacks change the training set (features computed
 once, cached), batch attacks run their transform on the waveforms of every batch and compute features per batch
@@ -304,7 +305,7 @@ def with_defense(recipe: Recipe, defense) -> Recipe:
 def run_matrix(recipes: list[Recipe], attack_cfgs: list, log: Callable[[str], None] = print,
                progress: bool = False) -> Matrix:
     """Train every (defense, attack, seed) and collect clean-test accuracies; ``recipes`` are one recipe with each
-    defense (the rows), identical otherwise."""
+    defense (the table's columns), identical otherwise."""
     first = recipes[0]
     if first.train.num_threads:
         torch.set_num_threads(first.train.num_threads)
