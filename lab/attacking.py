@@ -279,6 +279,18 @@ class Matrix:
         values = self.cells.get(defense, {}).get(column)
         return statistics.fmean(values) if values else None
 
+    @classmethod
+    def from_results(cls, results: dict) -> "Matrix":
+        """The matrix a ``lab attack`` results.json holds (what write_results wrote); a KeyError, TypeError or
+        ValueError if it holds no such matrix."""
+        defenses, columns = list(results["defenses"]), list(results["columns"])
+        cells = {d: {c: [float(v) for v in cell["values"]] for c, cell in results["accuracy"][d].items()}
+                 for d in defenses}
+        if not defenses or not columns or any(c not in columns for cols in cells.values() for c in cols):
+            raise ValueError("defenses, columns and accuracy do not match")
+        return cls(defenses, columns, cells, results.get("attack_records", {}), results.get("train_seconds", {}),
+                   results.get("snr", {}), float(results["chance"]))
+
     def worst(self, defense: str) -> tuple[float, str] | None:
         """The highest clean-test accuracy over no attack and every attack (what the data owner can count on)."""
         means = [(self.mean(defense, c), c) for c in self.columns if self.mean(defense, c) is not None]
@@ -360,20 +372,30 @@ def table_rows(matrix: Matrix) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def to_csv(matrix: Matrix) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["defense", "attack", "mean", "std", "n", "values"])
+CSV_HEADER = ["defense", "attack", "mean", "std", "n", "values"]
+
+
+def csv_rows(matrix: Matrix) -> list[list]:
+    """table.csv's lines below its header: one per defense and attack, then each defense's worst case."""
+    rows: list[list] = []
     for d in matrix.defenses:
         for c in matrix.columns:
             values = matrix.cells.get(d, {}).get(c)
             if values:
-                w.writerow([d, c, f"{statistics.fmean(values):.4f}",
-                            f"{statistics.stdev(values) if len(values) > 1 else 0.0:.4f}", len(values),
-                            " ".join(f"{v:.4f}" for v in values)])
+                rows.append([d, c, f"{statistics.fmean(values):.4f}",
+                             f"{statistics.stdev(values) if len(values) > 1 else 0.0:.4f}", len(values),
+                             " ".join(f"{v:.4f}" for v in values)])
         worst = matrix.worst(d)
         if worst:
-            w.writerow([d, f"{WORST} ({worst[1]})", f"{worst[0]:.4f}", "", "", ""])
+            rows.append([d, f"{WORST} ({worst[1]})", f"{worst[0]:.4f}", "", "", ""])
+    return rows
+
+
+def to_csv(matrix: Matrix) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(CSV_HEADER)
+    w.writerows(csv_rows(matrix))
     return buf.getvalue()
 
 
