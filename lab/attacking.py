@@ -2,7 +2,8 @@
 
 recipe + attack(s) ─► for each defense (none = clean reference, the recipe's, baselines at the same distortion):
     prepare (protect, features) ─► per seed: no-attack model, then each attack's model(s) ─► clean-test accuracy
-  ─► one table (rows: defenses; columns: no attack, each attack, worst case over them) as JSON, Markdown, CSV
+  ─► one table (rows: no attack, each attack, then the worst case over them; columns: defenses) as JSON, Markdown,
+     CSV
 
 Training under an attack reuses the lab's Trainer set-up: data attacks change the training set (features computed
 once, cached), batch attacks run their transform on the waveforms of every batch and compute features per batch
@@ -40,7 +41,7 @@ from lab.module import LabModule, standardisation
 from lab.provenance import provenance
 from lab.quality import snr_summary
 from lab.recipe import Recipe, parse_override, read_recipe_data, recipe_from_dict, set_path
-from lab.train import make_trainer, evaluate, fit
+from lab.train import evaluate, make_trainer
 
 NO_ATTACK = "no attack"
 WORST = "worst case"
@@ -48,7 +49,16 @@ WORST = "worst case"
 
 # --- training under an attack ------------------------------------------------------------------------------------
 
-class AttackedModule(LabModule):
+class TrainOnlyModule(LabModule):
+    """The LabModule the attack path trains. Nothing is monitored while it trains (only the final model's clean-test
+    accuracy counts), so it has no validation step: LabModule's would make Lightning warn "You defined a
+    `validation_step` but have no `val_dataloader`" on every fit. Lightning treats its own (empty) hook as "not
+    defined"."""
+
+    validation_step = L.LightningModule.validation_step
+
+
+class AttackedModule(TrainOnlyModule):
     """A LabModule trained on WAVEFORM batches: the attack's per-batch transform runs first, then the recipe's
     feature front-end (batched, differentiable, so PGD and learnable filters get gradients through it).
     Evaluation still takes features, like every LabModule."""
@@ -75,24 +85,39 @@ class AttackedModule(LabModule):
         return super().training_step((feats, y), i)
 
 
+def _train(recipe: Recipe, inputs: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, num_classes: int,
+           seed: int, make_module: Callable[..., LabModule], epochs: int | None = None,
+           progress: bool = False) -> tuple[LabModule, float]:
+    """Train a new module of the recipe's model on ``inputs`` (features, or waveforms for an AttackedModule) the way
+    lab.train.fit does (same seeding, initialisation, standardisation from ``feats``, shuffling, Trainer), without a
+    validation set; returns the module and the training seconds."""
+    L.seed_everything(seed, workers=True, verbose=False)
+    cfg = recipe.train
+    model = build_model(recipe.model, tuple(feats.shape[1:]), num_classes, recipe.features.type == "raw",
+                        recipe.data.sample_rate)
+    mean, std = standardisation(feats)
+    module = make_module(model, num_classes, cfg.lr, cfg.weight_decay, mean, std)
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(TensorDataset(inputs, labels), batch_size=cfg.batch_size, shuffle=True, generator=gen)
+    trainer = make_trainer(cfg, epochs or cfg.epochs, False, progress)
+    start = time.perf_counter()
+    trainer.fit(module, loader)
+    return module, time.perf_counter() - start
+
+
+def fit_features(recipe: Recipe, feats: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int,
+                 progress: bool = False) -> tuple[LabModule, float]:
+    """Train the recipe's model on features (no attack, or a data attack's training set); the module and seconds."""
+    return _train(recipe, feats, feats, labels, num_classes, seed, TrainOnlyModule, progress=progress)
+
+
 def fit_waveforms(recipe: Recipe, waveforms: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int,
                   frontend: FrontEnd, attack: Attack | None, epochs: int | None = None,
                   progress: bool = False) -> tuple[LabModule, float]:
     """Train the recipe's model on waveform batches under ``attack``'s per-batch transform; returns the module and
     the training seconds. Standardisation comes from the untransformed training features."""
-    L.seed_everything(seed, workers=True, verbose=False)
-    cfg = recipe.train
-    feats = frontend(waveforms)
-    model = build_model(recipe.model, tuple(feats.shape[1:]), num_classes, recipe.features.type == "raw",
-                        recipe.data.sample_rate)
-    mean, std = standardisation(feats)
-    module = AttackedModule(model, num_classes, cfg.lr, cfg.weight_decay, mean, std, frontend, attack)
-    gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(TensorDataset(waveforms, labels), batch_size=cfg.batch_size, shuffle=True, generator=gen)
-    trainer = make_trainer(cfg, epochs or cfg.epochs, False, progress)
-    start = time.perf_counter()
-    trainer.fit(module, loader)
-    return module, time.perf_counter() - start
+    return _train(recipe, waveforms, frontend(waveforms), labels, num_classes, seed,
+                  lambda *args: AttackedModule(*args, frontend, attack), epochs, progress)
 
 
 def finetune(recipe: Recipe, frontend: FrontEnd, module: LabModule, waveforms: torch.Tensor, labels: torch.Tensor,
@@ -139,9 +164,7 @@ def train_under_attack(recipe: Recipe, prep: Prepared, attack: Attack, seed: int
         if attack.per_batch:
             module, seconds["train"] = fit_waveforms(recipe, waves, labels, num_classes, seed, frontend, attack)
         else:
-            feats = cache(frontend, waves)
-            fitted = fit(recipe, feats, labels, num_classes, seed)
-            module, seconds["train"] = fitted.module, fitted.seconds
+            module, seconds["train"] = fit_features(recipe, cache(frontend, waves), labels, num_classes, seed)
     after = time.perf_counter()
     models = attack.after_training(module, ctx)
     seconds["after"] = time.perf_counter() - after
@@ -256,6 +279,18 @@ class Matrix:
         values = self.cells.get(defense, {}).get(column)
         return statistics.fmean(values) if values else None
 
+    @classmethod
+    def from_results(cls, results: dict) -> "Matrix":
+        """The matrix a ``lab attack`` results.json holds (what write_results wrote); a KeyError, TypeError or
+        ValueError if it holds no such matrix."""
+        defenses, columns = list(results["defenses"]), list(results["columns"])
+        cells = {d: {c: [float(v) for v in cell["values"]] for c, cell in results["accuracy"][d].items()}
+                 for d in defenses}
+        if not defenses or not columns or any(c not in columns for cols in cells.values() for c in cols):
+            raise ValueError("defenses, columns and accuracy do not match")
+        return cls(defenses, columns, cells, results.get("attack_records", {}), results.get("train_seconds", {}),
+                   results.get("snr", {}), float(results["chance"]))
+
     def worst(self, defense: str) -> tuple[float, str] | None:
         """The highest clean-test accuracy over no attack and every attack (what the data owner can count on)."""
         means = [(self.mean(defense, c), c) for c in self.columns if self.mean(defense, c) is not None]
@@ -282,7 +317,7 @@ def with_defense(recipe: Recipe, defense) -> Recipe:
 def run_matrix(recipes: list[Recipe], attack_cfgs: list, log: Callable[[str], None] = print,
                progress: bool = False) -> Matrix:
     """Train every (defense, attack, seed) and collect clean-test accuracies; ``recipes`` are one recipe with each
-    defense (the rows), identical otherwise."""
+    defense (the table's columns), identical otherwise."""
     first = recipes[0]
     if first.train.num_threads:
         torch.set_num_threads(first.train.num_threads)
@@ -297,14 +332,14 @@ def run_matrix(recipes: list[Recipe], attack_cfgs: list, log: Callable[[str], No
         matrix.snr[dcfg.type] = snr_summary(prep.waveforms["protected_train"], prep.waveforms["clean_train"])
         clean_test = prep.features["clean_test"], prep.test.labels
         for seed in rec.seeds:
-            fitted = fit(rec, prep.features["protected_train"], prep.train.labels, num_classes, seed,
-                         progress=progress)
-            acc = evaluate(fitted.module, rec.train, *clean_test)["accuracy"]
-            matrix.add(dcfg.type, NO_ATTACK, acc, fitted.seconds)
-            log(f"{dcfg.type}, seed {seed}: no attack {acc:.3f} ({fitted.seconds:.0f} s)")
+            plain, plain_seconds = fit_features(rec, prep.features["protected_train"], prep.train.labels, num_classes,
+                                                seed, progress=progress)
+            acc = evaluate(plain, rec.train, *clean_test)["accuracy"]
+            matrix.add(dcfg.type, NO_ATTACK, acc, plain_seconds)
+            log(f"{dcfg.type}, seed {seed}: no attack {acc:.3f} ({plain_seconds:.0f} s)")
             for acfg in attack_cfgs:
                 attack = build_attack(acfg)
-                models, timing = train_under_attack(rec, prep, attack, seed, frontend, cache, plain=fitted.module)
+                models, timing = train_under_attack(rec, prep, attack, seed, frontend, cache, plain=plain)
                 seconds = timing["total"]
                 for variant, module in models.items():
                     col = column_name(acfg, variant)
@@ -337,20 +372,30 @@ def table_rows(matrix: Matrix) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def to_csv(matrix: Matrix) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["defense", "attack", "mean", "std", "n", "values"])
+CSV_HEADER = ["defense", "attack", "mean", "std", "n", "values"]
+
+
+def csv_rows(matrix: Matrix) -> list[list]:
+    """table.csv's lines below its header: one per defense and attack, then each defense's worst case."""
+    rows: list[list] = []
     for d in matrix.defenses:
         for c in matrix.columns:
             values = matrix.cells.get(d, {}).get(c)
             if values:
-                w.writerow([d, c, f"{statistics.fmean(values):.4f}",
-                            f"{statistics.stdev(values) if len(values) > 1 else 0.0:.4f}", len(values),
-                            " ".join(f"{v:.4f}" for v in values)])
+                rows.append([d, c, f"{statistics.fmean(values):.4f}",
+                             f"{statistics.stdev(values) if len(values) > 1 else 0.0:.4f}", len(values),
+                             " ".join(f"{v:.4f}" for v in values)])
         worst = matrix.worst(d)
         if worst:
-            w.writerow([d, f"{WORST} ({worst[1]})", f"{worst[0]:.4f}", "", "", ""])
+            rows.append([d, f"{WORST} ({worst[1]})", f"{worst[0]:.4f}", "", "", ""])
+    return rows
+
+
+def to_csv(matrix: Matrix) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(CSV_HEADER)
+    w.writerows(csv_rows(matrix))
     return buf.getvalue()
 
 

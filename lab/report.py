@@ -1,7 +1,9 @@
 """Reports: many results.json files -> the accuracy, position-ablation and quality tables (mean ± std over seeds,
-with the number of seeds), as Rich tables, Markdown and CSV, plus plots.
+with the number of seeds), as Rich tables, Markdown and CSV, plus plots; and each ``lab attack`` run's matrix
+(attacks x defenses, as that command writes it).
 
-Runs whose recipes are identical except for their seeds are pooled (a seed that appears twice counts once).
+Runs whose recipes are identical except for their seeds are pooled (a seed that appears twice counts once). Attack
+runs are not pooled: each keeps its own matrix. A results.json that is neither is named as skipped.
 """
 from __future__ import annotations
 
@@ -29,6 +31,22 @@ class Group:
     commits: set = field(default_factory=set)
 
 
+@dataclass
+class AttackRun:
+    """One ``lab attack`` run: its results.json, a label and its matrix (lab.attacking.Matrix)."""
+    path: Path
+    label: str
+    results: dict
+    matrix: object
+
+
+@dataclass
+class Collected:
+    groups: list[Group]  # lab run results, pooled over seeds
+    attacks: list[AttackRun]
+    skipped: list[tuple[Path, str]]  # (results.json, why it was not read)
+
+
 def _config_key(recipe: dict) -> str:
     return json.dumps({k: v for k, v in recipe.items() if k not in ("seeds", "output_dir", "description")},
                       sort_keys=True)
@@ -50,25 +68,95 @@ def _label(results: dict, path: Path) -> str:
     return f"{results['recipe_name']}: {r['model']['type']}/{r['features']['type']}/{r['defense']['type']}{ep}{extra}"
 
 
-def collect(paths: list[Path]) -> list[Group]:
+def _parse_run(results: dict) -> list[tuple[int, dict[str, float], dict[str, dict[str, float]]]]:
+    """A lab run's numbers per seed: (seed, accuracy per evaluation, ablation accuracy per variant and model). Read
+    in full before anything is pooled; a KeyError, TypeError or ValueError if the file is not such a result."""
+    parsed = []
+    for entry in results["per_seed"]:
+        accuracy = {f"{m}/{t}": float(entry[m][t]["accuracy"]) for m, t in EVALUATIONS}
+        ablation = {which: {name: float(acc) for name, acc in entry[which].get("ablation", {}).items()}
+                    for which in ("protected_model", "clean_model")}
+        parsed.append((entry["seed"], accuracy, ablation))
+    return parsed
+
+
+def _commit(results: dict) -> str | None:
+    provenance = results.get("provenance")
+    git = provenance.get("git") if isinstance(provenance, dict) else None
+    return git.get("commit") if isinstance(git, dict) else None
+
+
+UNREADABLE = (KeyError, TypeError, ValueError, AttributeError, OSError)  # what a file of another shape raises
+
+
+def _why(e: Exception) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())
+
+
+def _attack_label(results: dict, path: Path) -> str:
+    """`recipe attack-<type>-<timestamp>: model/features, N epochs`: the folder tells attack runs apart."""
+    r = results.get("recipe", {})
+    epochs = r.get("train", {}).get("epochs")
+    ep = f", {epochs} epochs" if epochs is not None else ""
+    return (f"{results.get('recipe_name', '?')} {path.parent.name}: {r.get('model', {}).get('type', '?')}/"
+            f"{r.get('features', {}).get('type', '?')}{ep}")
+
+
+def read(paths: list[Path]) -> Collected:
+    """Sort results.json files into lab run results (pooled into groups), lab attack runs and the skipped ones."""
+    from lab.attacking import Matrix
     groups: dict[str, Group] = {}
-    for path in paths:
-        results = json.loads(Path(path).read_text())
-        key = _config_key(results["recipe"])
-        g = groups.setdefault(key, Group(_label(results, Path(path)), results["recipe"]))
-        g.run_dirs.append(Path(path).parent)
-        g.commits.add(results.get("provenance", {}).get("git", {}).get("commit"))
-        g.quality.append(results.get("quality", {}))
-        for entry in results["per_seed"]:
-            if entry["seed"] in g.seeds:
+    attack_runs, skipped = [], []
+    for path in map(Path, paths):
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            skipped.append((path, f"not readable JSON ({type(e).__name__})"))
+            continue
+        if not isinstance(results, dict):
+            skipped.append((path, "not a lab run or lab attack result"))
+            continue
+        if "per_seed" in results:
+            try:
+                parsed, label = _parse_run(results), _label(results, path)
+            except UNREADABLE as e:
+                skipped.append((path, f"a lab run result that cannot be read ({_why(e)})"))
                 continue
-            g.seeds.append(entry["seed"])
-            for m, t in EVALUATIONS:
-                g.accuracy.setdefault(f"{m}/{t}", []).append(entry[m][t]["accuracy"])
-            for which in ("protected_model", "clean_model"):
-                for name, acc in entry[which].get("ablation", {}).items():
-                    g.ablation.setdefault(name, {}).setdefault(which, []).append(acc)
-    return list(groups.values())
+            _pool(groups, results, path, label, parsed)
+        elif "accuracy" in results and "defenses" in results:
+            try:
+                matrix = Matrix.from_results(results)
+                label = _attack_label(results, path)
+            except UNREADABLE as e:
+                skipped.append((path, f"a lab attack result whose matrix cannot be read ({_why(e)})"))
+                continue
+            attack_runs.append(AttackRun(path, label, results, matrix))
+        else:
+            skipped.append((path, "not a lab run or lab attack result (no per_seed, no attack matrix)"))
+    return Collected(list(groups.values()), attack_runs, skipped)
+
+
+def _pool(groups: dict[str, Group], results: dict, path: Path, label: str, parsed: list) -> None:
+    key = _config_key(results["recipe"])
+    g = groups.setdefault(key, Group(label, results["recipe"]))
+    g.run_dirs.append(path.parent)
+    g.commits.add(_commit(results))
+    quality = results.get("quality")
+    g.quality.append(quality if isinstance(quality, dict) else {})
+    for seed, accuracy, ablation in parsed:
+        if seed in g.seeds:
+            continue
+        g.seeds.append(seed)
+        for name, acc in accuracy.items():
+            g.accuracy.setdefault(name, []).append(acc)
+        for which, variants in ablation.items():
+            for name, acc in variants.items():
+                g.ablation.setdefault(name, {}).setdefault(which, []).append(acc)
+
+
+def collect(paths: list[Path]) -> list[Group]:
+    """The lab run results among ``paths``, pooled (attack runs and unreadable files left out: see ``read``)."""
+    return read(paths).groups
 
 
 def stat(values: list[float]) -> tuple[float, float, int]:
@@ -117,15 +205,39 @@ def markdown_table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def write(groups: list[Group], out: Path) -> dict[str, Path]:
-    """Write report.md and one CSV per table into ``out``; return the paths."""
+def attack_title(run: AttackRun) -> str:
+    return (f"{run.label}; clean-test accuracy under attack (chance {run.matrix.chance:.3f}, seeds "
+            f"{run.results.get('seeds')})")
+
+
+def attack_table(run: AttackRun) -> tuple[list[str], list[list[str]]]:
+    """The run's matrix as ``lab attack`` prints it: a row per attack, a column per defense, the worst case last."""
+    from lab.attacking import table_rows
+    return table_rows(run.matrix)
+
+
+def attack_csv(runs: list[AttackRun]) -> tuple[list[str], list[list]]:
+    """Every attack run's table.csv lines, with a first column naming the run."""
+    from lab.attacking import CSV_HEADER, csv_rows
+    return ["run", *CSV_HEADER], [[run.label, *row] for run in runs for row in csv_rows(run.matrix)]
+
+
+def skipped_line(path: Path, why: str) -> str:
+    return f"skipped {path}: {why}"
+
+
+def write(groups: list[Group], out: Path, attack_runs: list[AttackRun] = (),
+          skipped: list[tuple[Path, str]] = ()) -> dict[str, Path]:
+    """Write report.md and one CSV per table into ``out`` (the run tables when there are lab run results,
+    attacks.csv when there are attack runs); return the paths."""
     out.mkdir(parents=True, exist_ok=True)
     written = {}
+    commits = set().union(*(g.commits for g in groups), {_commit(r.results) for r in attack_runs})
     parts = ["# Lab report", "",
              "Accuracy is mean ± std over seeds (n = seeds column); arrows read 'trained on → tested on'. "
-             f"Git commits of the runs: {', '.join(sorted(str(c) for c in set().union(*(g.commits for g in groups))))}.",
+             f"Git commits of the runs: {', '.join(sorted(str(c) for c in commits))}.",
              ""]
-    for name, (head, rows) in tables(groups).items():
+    for name, (head, rows) in (tables(groups).items() if groups else ()):
         path = out / f"{name}.csv"
         with open(path, "w", newline="") as fh:
             writer = csv.writer(fh)
@@ -133,6 +245,22 @@ def write(groups: list[Group], out: Path) -> dict[str, Path]:
             writer.writerows(rows)
         written[name] = path
         parts += [f"## {name.capitalize()}", "", markdown_table(head, rows), ""]
+    if attack_runs:
+        parts += ["## Attacks", "",
+                  "One table per `lab attack` run: clean-test accuracy of a model trained on each defense's protected "
+                  "training set (columns; `none` is clean data) under each attack (rows), mean ± std over the run's "
+                  "seeds; the last row is the worst case for the data owner (the highest mean over the rows above, "
+                  "and the attack that reached it).", ""]
+        for run in attack_runs:
+            parts += [f"### {attack_title(run)}", "", markdown_table(*attack_table(run)), ""]
+        head, rows = attack_csv(attack_runs)
+        with open(out / "attacks.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(head)
+            writer.writerows(rows)
+        written["attacks"] = out / "attacks.csv"
+    if skipped:
+        parts += ["## Skipped", ""] + [f"- {skipped_line(p, why)}" for p, why in skipped] + [""]
     (out / "report.md").write_text("\n".join(parts))
     written["report"] = out / "report.md"
     return written

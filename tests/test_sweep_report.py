@@ -147,3 +147,95 @@ def test_spectrogram_plot(tmp_path):
     spans = [[(s, s + prot.patch_len) for s in row] for row in starts.tolist()]
     protected_spectrograms(w, prot.apply(w, y), y, ["a", "b", "c"], spans, 8000, tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 5000
+
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--set", "data.max_train_per_class=4", "--set", "data.max_test_per_class=2", "--set", "train.epochs=1",
+        "--set", "train.progress=false", "--set", "train.num_threads=1"]
+
+
+def lab_cli(*args: str, data_root: Path) -> "subprocess.CompletedProcess":
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "LAB_DATA_DIR": str(data_root), "COLUMNS": "250"}
+    return subprocess.run([sys.executable, "-m", "lab", *args], cwd=REPO, capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def test_report_reads_attack_runs_beside_lab_runs(fsdd_dir, tmp_path):
+    """A folder with a real `lab run` and a real `lab attack` run (tiny): the run tables as before, and the attack
+    run's matrix with the numbers its own table.csv holds, in the terminal, report.md and attacks.csv."""
+    import csv
+
+    runs = tmp_path / "runs"
+    for args in (["run", str(RECIPE), "--seeds", "0"], ["attack", str(RECIPE), "--type", "codec", "--seeds", "0,1"]):
+        proc = lab_cli(*args, *TINY, "--out", str(runs), data_root=fsdd_dir.parent)
+        assert proc.returncode == 0, proc.stderr
+    (attack_dir,) = runs.glob("fsdd_cnn/attack-codec-*")
+    attack = json.loads((attack_dir / "results.json").read_text())
+    proc = lab_cli("report", str(runs), "--out", str(tmp_path / "report"), "--no-spectrograms",
+                   data_root=fsdd_dir.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "skipped" not in proc.stdout
+
+    expected = {}  # (defense, attack) -> the cell as `lab attack` shows it: mean ± std over the two seeds
+    for d in attack["defenses"]:
+        for c in attack["columns"]:
+            values = attack["accuracy"][d][c]["values"]
+            assert len(values) == 2
+            expected[d, c] = f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Accuracy" in md and "fsdd_cnn: cnn/mfcc/poscuda, 1 epochs" in md  # the lab run, as before
+    assert "## Attacks" in md and attack_dir.name in md and "seeds [0, 1]" in md
+    for c in attack["columns"]:
+        row = f"| {c} | " + " | ".join(expected[d, c] for d in attack["defenses"]) + " |"
+        assert row in md, (row, md)
+    worst = " | ".join(f"{attack['worst_case'][d]['accuracy']:.3f} ({attack['worst_case'][d]['attack']})"
+                       for d in attack["defenses"])
+    assert f"| worst case | {worst} |" in md
+    terminal = proc.stdout
+    for cell in expected.values():
+        assert cell in terminal
+    rows = list(csv.reader((tmp_path / "report" / "attacks.csv").open()))
+    own = list(csv.reader((attack_dir / "table.csv").open()))
+    assert rows[0] == ["run", *own[0]]
+    assert [r[1:] for r in rows[1:]] == own[1:] and all(attack_dir.name in r[0] for r in rows[1:])
+    accuracy = list(csv.reader((tmp_path / "report" / "accuracy.csv").open()))
+    assert len(accuracy) == 2  # one lab run row; the attack run is not mistaken for one
+
+
+def test_report_names_what_it_cannot_read_and_goes_on(tmp_path):
+    from lab.errors import LabError
+    good = fake_results(tmp_path / "run", [0, 1], {0: 0.2, 1: 0.4})
+    odd = {"not-json": "{not json", "a-list": "[1, 2]", "other-tool": json.dumps({"score": 3}),
+           "run-without-evaluations": json.dumps({"recipe": {}, "per_seed": [{"seed": 0}]}),
+           "attack-without-its-matrix": json.dumps({"accuracy": {}, "defenses": ["none"], "columns": ["no attack"],
+                                                    "chance": 0.1})}
+    for name, text in odd.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(text)
+    bare = json.loads(good.read_text())  # a lab run result without a quality section: tables, no frontier point
+    del bare["quality"]
+    bare["recipe"]["defense"]["blur"] = 0.9
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "results.json").write_text(json.dumps(bare))
+    result = CliRunner().invoke(app, ["report", str(tmp_path), "--out", str(tmp_path / "r"), "--no-spectrograms"],
+                                env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    for name in odd:
+        said = [line for line in lines if f"{tmp_path / name / 'results.json'}" in line]
+        assert len(said) == 1 and said[0].startswith("skipped "), (name, said)
+    assert "not readable JSON" in result.output and "not a lab run or lab attack result" in result.output
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## Skipped" in md and all(f"{tmp_path / n / 'results.json'}" in md for n in odd)
+    assert md.count("toy: cnn/mfcc/poscuda, 8 epochs") >= 2  # both lab runs are in the tables
+    assert "## Attacks" not in md and not (tmp_path / "r" / "attacks.csv").exists()
+
+    for name in ("run", "bare"):
+        (tmp_path / name / "results.json").unlink()
+    result = CliRunner().invoke(app, ["report", str(tmp_path), "--out", str(tmp_path / "r2")])
+    assert isinstance(result.exception, LabError)
+    assert "nothing to report: none of the 5 results.json files is a lab run or lab attack result" in str(
+        result.exception)

@@ -1,38 +1,77 @@
 """``lab attack``: does unlearnability survive what a determined trainer would try?"""
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
+from typer.core import TyperCommand
 
-from lab.cli import app, console, log
+from lab.cli import app, console, err_console, log
+from lab.errors import LabError
+
+ATTACK_NAMES = "<the registered attacks>"  # replaced by the registry's names when the help is shown
 
 
-@app.command()
+class AttackHelp(TyperCommand):
+    """Puts the registered attack names into ``lab attack --help`` when the help is shown, not when the CLI starts:
+    importing the attacks (and torch) would add over a second to every ``lab`` command. Each paragraph of the help
+    is joined into one line, for the terminal to wrap (Typer keeps the docstring's line breaks)."""
+
+    def format_help(self, ctx, formatter):
+        import attacks
+        names = ", ".join(attacks.ATTACKS.names())
+        saved = self.help, [getattr(p, "help", None) for p in self.params]
+        paragraphs = inspect.cleandoc(self.help or "").split("\n\n")
+        self.help = "\n\n".join(" ".join(p.split()) for p in paragraphs).replace(ATTACK_NAMES, names)
+        for param, text in zip(self.params, saved[1]):
+            if text:
+                param.help = text.replace(ATTACK_NAMES, names)
+        try:
+            return super().format_help(ctx, formatter)
+        finally:  # the template stays, for the next help in the same process
+            self.help = saved[0]
+            for param, text in zip(self.params, saved[1]):
+                if text:
+                    param.help = text
+
+
+@app.command(cls=AttackHelp)
 def attack(
-    type_: str = typer.Option(..., "--type", "-t", help="Attack to run (see `lab list`), or 'all' for the matrix "
-                              "defenses x attacks."),
-    recipe: Path = typer.Option(Path("recipes/fsdd_cnn.yaml"), help="Recipe YAML; its optional `attack:` block "
-                                "(one mapping or a list) gives attack options."),
+    recipe: Optional[Path] = typer.Argument(None, metavar="RECIPE", help="Recipe YAML, e.g. recipes/fsdd_cnn.yaml; "
+                                            "its optional `attack:` block (one mapping or a list) gives attack "
+                                            "options."),
+    type_: str = typer.Option(..., "--type", "-t", help=f"Attack to run: one of {ATTACK_NAMES}; or 'all' for every "
+                              "attack (the whole matrix)."),
     option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Attack option FIELD=VALUE (YAML value), "
                                                "e.g. -o eps=0.01; with --type all: ATTACK.FIELD=VALUE. Repeatable."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a recipe field: --set train.epochs=5 "
                                              "(repeatable)."),
     seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds, replacing the recipe's (e.g. 0,1)."),
-    defenses_: Optional[str] = typer.Option(None, "--defenses", help="Comma-separated defenses (rows). Default: "
-                                            "none and the recipe's own for one attack; with --type all also cuda, "
-                                            "noise-patch, classwise-noise (at the recipe's PosCUDA SNR)."),
+    defenses_: Optional[str] = typer.Option(None, "--defenses", help="Comma-separated defenses (the table's "
+                                            "columns). Default: none and the recipe's own; with --type all also "
+                                            "cuda, noise-patch, classwise-noise (at the recipe's PosCUDA SNR)."),
     out: Optional[Path] = typer.Option(None, help="Folder for runs (default: the recipe's output_dir, 'runs')."),
+    recipe_option: Optional[Path] = typer.Option(None, "--recipe", hidden=True,
+                                                 help="Deprecated: give the recipe as the first argument."),
 ):
     """Train on protected data under an attack and report clean-test accuracy next to no attack and clean data.
 
-    Rows are defenses (`none` = clean data, the reference), columns are no attack and each attack (and its variants,
-    e.g. clean-finetune's fractions); the last column is the worst case for the data owner: the highest clean-test
-    accuracy over them. Writes runs/<recipe>/attack-<type>-<timestamp>/ with results.json (every number per seed,
-    attack parameters and what they measured, versions, git commit), results.md, table.csv and recipe.yaml.
+    Example: lab attack recipes/fsdd_cnn.yaml --type augment
+
+    Attacks (--type): <the registered attacks>; or all (every attack).
+
+    The table's rows are attacks: no attack first, then each attack (and its variants, e.g. clean-finetune's
+    fractions, filter-retrain's methods). Its columns are defenses: none (clean data, the reference: there a row
+    shows what the attack itself costs), the recipe's defense and any baselines. The last row is the worst case for
+    the data owner: for each defense, the highest mean clean-test accuracy over the rows above, and the attack that
+    reached it. Cells are mean ± std over the seeds.
+
+    Writes runs/<recipe>/attack-<type>-<timestamp>/ with results.json (every number per seed, attack parameters
+    and what they measured, versions, git commit), results.md, table.csv and recipe.yaml.
     """
     import attacks
     from lab import attacking
@@ -40,6 +79,7 @@ def attack(
     from defenses import build_defense
     from lab.quality import snr_summary
 
+    recipe = _recipe_path(recipe, recipe_option)
     overrides = list(set_ or [])
     if seeds:
         overrides.append(f"seeds=[{seeds}]")
@@ -81,3 +121,16 @@ def attack(
         table.add_row(*r)
     console.print(table)
     console.print(f"results: {run_dir}/results.json, results.md, table.csv")
+
+
+def _recipe_path(positional: Path | None, option: Path | None) -> Path:
+    """The recipe from the first argument, or from the old ``--recipe`` option (with a note)."""
+    if positional is not None and option is not None and positional != option:
+        raise LabError(f"two recipes given ({positional} and --recipe {option}): give one, as the first argument")
+    if positional is None and option is None:
+        raise LabError("missing recipe: lab attack RECIPE --type ATTACK (e.g. lab attack recipes/fsdd_cnn.yaml "
+                       "--type augment)")
+    if positional is None:
+        err_console.print(f"note: --recipe is deprecated; give the recipe first: lab attack {option} --type ...",
+                          highlight=False, soft_wrap=True)
+    return positional or option

@@ -13,33 +13,56 @@ from lab.cli import app, console, log
 
 @app.command()
 def report(
-    dirs: list[Path] = typer.Argument(..., help="Run folders, sweep folders or results.json files."),
+    dirs: list[Path] = typer.Argument(..., help="Run folders, sweep folders, attack folders or results.json files."),
     out: Optional[Path] = typer.Option(None, help="Report folder (default runs/reports/<timestamp>)."),
     spectrograms: bool = typer.Option(True, help="Plot one protected clip per class (reloads the first run's data)."),
 ):
     """Aggregate results.json files into the accuracy, position-ablation and quality tables (mean ± std over seeds,
     with the number of seeds) in the terminal, report.md and CSV; plot learning curves, the frontier and a
-    spectrogram of one protected clip per class with its patch marked."""
+    spectrogram of one protected clip per class with its patch marked. Each `lab attack` run found gets its own
+    table (a row per attack, a column per defense, the worst case last; also in attacks.csv); any other
+    results.json is named as skipped."""
     from lab import plots
-    from lab.report import collect, tables, write
+    from lab.errors import LabError
+    from lab.report import attack_table, attack_title, read, skipped_line, tables, write
     from lab.rundir import find_results
 
-    groups = collect(find_results(dirs))
+    found = find_results(dirs)
+    collected = read(found)
+    groups = collected.groups
+    for path, why in collected.skipped:  # one line each, however long: never wrapped
+        console.print(skipped_line(path, why), style="dim", markup=False, highlight=False, soft_wrap=True)
+    if not groups and not collected.attacks:
+        raise LabError(f"nothing to report: none of the {len(found)} results.json files is a lab run or lab attack "
+                       f"result")
     out = out or Path("runs") / "reports" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    for name, (head, rows) in tables(groups).items():
-        table = Table(title=name)
-        for h in head:
+    for name, (head, rows) in (tables(groups).items() if groups else ()):
+        _print_table(name, head, rows)
+    for run in collected.attacks:
+        _print_table(attack_title(run), *attack_table(run), matrix=True)
+    written = write(groups, out, collected.attacks, collected.skipped)
+    if groups:
+        run_dirs = [d for g in groups for d in g.run_dirs]
+        plots.learning_curves([(g.label.split(": ", 1)[-1], g.run_dirs) for g in groups],
+                              out / "learning_curves.png")
+        _frontier(groups, out / "frontier.png")
+        if spectrograms:
+            _spectrograms(run_dirs[0], out / "spectrograms.png")
+    extra = "CSV tables and PNG plots" if groups else "attacks.csv"
+    console.print(f"written: {written['report']} (+ {extra}) in {out}")
+
+
+def _print_table(title: str, head: list[str], rows: list[list[str]], matrix: bool = False) -> None:
+    """A run table as before; an attack matrix as `lab attack` prints it (numbers right-aligned, long cells folded)."""
+    table = Table(title=title)
+    for i, h in enumerate(head):
+        if matrix:
+            table.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
+        else:
             table.add_column(h)
-        for r in rows:
-            table.add_row(*r)
-        console.print(table)
-    written = write(groups, out)
-    run_dirs = [d for g in groups for d in g.run_dirs]
-    plots.learning_curves([(g.label.split(": ", 1)[-1], g.run_dirs) for g in groups], out / "learning_curves.png")
-    _frontier(groups, out / "frontier.png")
-    if spectrograms:
-        _spectrograms(run_dirs[0], out / "spectrograms.png")
-    console.print(f"written: {written['report']} (+ CSV tables and PNG plots) in {out}")
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)
 
 
 def _frontier(groups, path: Path) -> None:
@@ -52,10 +75,17 @@ def _frontier(groups, path: Path) -> None:
     for g in groups:
         acc = g.accuracy["protected_model/clean_test"]
         quality = next((q for q in g.quality if (q.get("fad") or {}).get("value") is not None or not use_fad), {})
+        snr = (quality.get("protected_train_vs_clean") or {}).get("snr_db_mean")
+        if not use_fad and snr is None:
+            log(f"frontier plot: {g.label} left out (its results have no SNR)")
+            continue
         rows.append({"model": g.recipe["model"]["type"], "feature": g.recipe["features"]["type"],
                      "protected_clean_acc": statistics.fmean(acc),
                      "protected_clean_acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0})
-        cost.append(quality["fad"]["value"] if use_fad else -quality["protected_train_vs_clean"]["snr_db_mean"])
+        cost.append(quality["fad"]["value"] if use_fad else -snr)
+    if not rows:
+        log("frontier plot skipped: no run has an SNR or FAD")
+        return
     for r, on_front in zip(rows, pareto([(c, r["protected_clean_acc"]) for c, r in zip(cost, rows)])):
         r["pareto"] = on_front
     plots.frontier_plot(rows, cost, "FAD (protected vs clean)" if use_fad else "-SNR of protected audio (dB)", path)

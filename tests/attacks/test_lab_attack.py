@@ -26,16 +26,24 @@ def lab(*args: str, env_root: Path | None = None) -> subprocess.CompletedProcess
                           timeout=600)
 
 
+R = "recipes/fsdd_cnn.yaml"
+
+
 @pytest.mark.parametrize("args, pattern", [
-    (["--type", "augmnt"], "unknown attack 'augmnt' (did you mean 'augment'?); valid: adversarial-training, augment"),
-    (["--type", "partial", "-o", "fraction=1.5"], "attack (partial).fraction: Input should be less than or equal to 1"),
-    (["--type", "adversarial-training", "-o", "eps=-0.1"], "eps: Input should be greater than or equal to 0"),
-    (["--type", "sharpen-lowpass", "-o", "keep_fraction=-0.5"], "keep_fraction: Input should be greater than 0"),
-    (["--type", "clean-finetune", "-o", "fractions=[0.01, 2]"], "each fraction must be in (0, 1]"),
-    (["--type", "codec", "-o", "bitz=4"], "unknown field 'bitz' (did you mean 'bits'?)"),
-    (["--type", "all", "-o", "eps=0.1"], "with several attacks, name the attack: ATTACK.eps=..."),
-    (["--type", "augment", "--defenses", "none,blur"], "unknown defense 'blur'"),
-    (["--type", "augment", "--set", "data.max_train_per_class=-1"], "max_train_per_class"),
+    ([R, "--type", "augmnt"], "unknown attack 'augmnt' (did you mean 'augment'?); valid: adversarial-training, "
+                              "augment"),
+    ([R, "--type", "partial", "-o", "fraction=1.5"], "attack (partial).fraction: Input should be less than or equal "
+                                                     "to 1"),
+    ([R, "--type", "adversarial-training", "-o", "eps=-0.1"], "eps: Input should be greater than or equal to 0"),
+    ([R, "--type", "sharpen-lowpass", "-o", "keep_fraction=-0.5"], "keep_fraction: Input should be greater than 0"),
+    ([R, "--type", "clean-finetune", "-o", "fractions=[0.01, 2]"], "each fraction must be in (0, 1]"),
+    ([R, "--type", "codec", "-o", "bitz=4"], "unknown field 'bitz' (did you mean 'bits'?)"),
+    ([R, "--type", "all", "-o", "eps=0.1"], "with several attacks, name the attack: ATTACK.eps=..."),
+    ([R, "--type", "augment", "--defenses", "none,blur"], "unknown defense 'blur'"),
+    ([R, "--type", "augment", "--set", "data.max_train_per_class=-1"], "max_train_per_class"),
+    (["--type", "augment"], "missing recipe: lab attack RECIPE --type ATTACK (e.g. lab attack recipes/fsdd_cnn.yaml"),
+    (["recipes/nope.yaml", "--type", "augment"], "recipe not found: recipes/nope.yaml"),
+    ([R, "--recipe", "recipes/other.yaml", "--type", "augment"], "two recipes given"),
 ])
 def test_bad_input_fails_in_one_line_before_training(args, pattern, tmp_path):
     proc = lab("attack", *args, "--out", str(tmp_path), env_root=tmp_path)  # no data there: nothing could train
@@ -44,6 +52,44 @@ def test_bad_input_fails_in_one_line_before_training(args, pattern, tmp_path):
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert pattern in " ".join(proc.stderr.split())
     assert not any(tmp_path.rglob("results.json"))
+
+
+def test_old_recipe_option_still_works_with_a_note(tmp_path):
+    proc = lab("attack", "--recipe", "recipes/nope.yaml", "--type", "augment", "--out", str(tmp_path))
+    assert proc.returncode == 2
+    said = " ".join(proc.stderr.split())
+    assert "--recipe is deprecated; give the recipe first: lab attack recipes/nope.yaml" in said
+    assert "recipe not found: recipes/nope.yaml" in said  # the option's value is the recipe read
+
+
+def test_help_lists_the_registered_attacks_and_reads_rows_as_attacks():
+    import os
+
+    import attacks
+    proc = subprocess.run([sys.executable, "-m", "lab", "attack", "--help"], cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, "COLUMNS": "300"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.replace("│", " ").split())
+    assert "Usage:" in text and "[RECIPE]" in text
+    assert "The table's rows are attacks" in text and "Its columns are defenses" in text
+    assert "The last row is the worst case for the data owner" in text
+    (type_line,) = [line for line in proc.stdout.splitlines() if "--type" in line and "Attack to run" in line]
+    for name in attacks.ATTACKS.names():
+        assert name in type_line, (name, type_line)
+    assert "'all'" in type_line
+
+
+def test_help_names_come_from_the_registry(monkeypatch):
+    from typer.testing import CliRunner
+
+    import attacks
+    from lab.cli import app
+    monkeypatch.setitem(attacks.ATTACKS._items, "zz-test-only", object)
+    first = CliRunner().invoke(app, ["attack", "--help"], env={"COLUMNS": "300"})
+    assert first.exit_code == 0 and "zz-test-only" in first.output
+    monkeypatch.delitem(attacks.ATTACKS._items, "zz-test-only")
+    again = CliRunner().invoke(app, ["attack", "--help"], env={"COLUMNS": "300"})
+    assert "zz-test-only" not in again.output and "sharpen-lowpass" in again.output
 
 
 def test_recipe_attack_block_and_options(tmp_path):
@@ -63,7 +109,8 @@ def test_recipe_attack_block_and_options(tmp_path):
 
 
 def test_lab_attack_augment_on_fsdd(fsdd_dir, tmp_path):
-    proc = lab("attack", "--type", "augment", *TINY, "--out", str(tmp_path), env_root=fsdd_dir.parent)
+    recipe = REPO / "recipes" / "fsdd_cnn.yaml"  # the first argument, from anywhere
+    proc = lab("attack", str(recipe), "--type", "augment", *TINY, "--out", str(tmp_path), env_root=fsdd_dir.parent)
     assert proc.returncode == 0, proc.stderr
     (run,) = list(tmp_path.glob("fsdd_cnn/attack-augment-*"))
     results = json.loads((run / "results.json").read_text())
@@ -81,11 +128,37 @@ def test_lab_attack_augment_on_fsdd(fsdd_dir, tmp_path):
     md = (run / "results.md").read_text()
     assert "| worst case |" in md and "lab-demo-key" not in md and "lab-demo-key" not in json.dumps(results)
     assert "worst case" in proc.stdout
+    assert "validation_step" not in proc.stdout + proc.stderr  # Lightning's warning about a validation step
+
+
+def test_attack_training_paths_define_no_validation_step(fsdd_dir):
+    """Every way the attack path trains (plain, a data attack, a per-batch attack, fine-tuning after training) trains
+    without a validation set, so Lightning must not warn that a validation step has no val_dataloader."""
+    import warnings
+
+    from attacks import build_attack
+    from lab.attacking import fit_features, train_under_attack
+    from lab.experiment import prepare
+    from lab.features import FeatureCache, FrontEnd
+    rec, _ = load_attack_recipe(REPO / "recipes" / "fsdd_cnn.yaml", [
+        f"data.root={fsdd_dir}", "data.max_train_per_class=3", "data.max_test_per_class=1", "train.epochs=1",
+        "train.progress=false", "seeds=[0]"])
+    cache = FeatureCache()
+    prep = prepare(rec, log=lambda s: None, cache=cache)
+    frontend = FrontEnd(rec.features, rec.data.sample_rate)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plain, _ = fit_features(rec, prep.features["protected_train"], prep.train.labels, 10, 0)
+        for name in ("codec", "augment", "clean-finetune"):
+            models, _ = train_under_attack(rec, prep, build_attack(name), 0, frontend, cache, plain=plain)
+            assert models
+    said = [str(w.message) for w in caught]
+    assert not [m for m in said if "validation_step" in m], said
 
 
 @pytest.mark.slow
 def test_lab_attack_all_on_fsdd(fsdd_dir, tmp_path):
-    proc = lab("attack", "--type", "all", *TINY, "--defenses", "poscuda", "--out", str(tmp_path),
+    proc = lab("attack", R, "--type", "all", *TINY, "--defenses", "poscuda", "--out", str(tmp_path),
                env_root=fsdd_dir.parent)
     assert proc.returncode == 0, proc.stderr
     (run,) = list(tmp_path.glob("fsdd_cnn/attack-all-*"))
