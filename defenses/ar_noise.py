@@ -36,9 +36,12 @@ For audio the AR process is class-wise *coloured noise*: white Gaussian innovati
 
 - ``snr_db`` (default 30) and ``linf`` (off by default): the budget, see below. ``linf_mode``: ``scale`` (default)
   or ``clip``.
+- ``span``: ``audio`` (default) or ``clip``, where the noise goes (below).
 
-Where the noise goes: only into each clip's real audio, never into its zero padding. Without ``lengths`` that is
-the whole row. With ``lengths`` (N,) it is ``lengths[n]`` samples starting at 0 (``pad: right``); if the clip has
+Where the noise goes (``span``): ``audio`` (default): only into each clip's real audio, never into its zero padding
+(noise in the padding would be a shortcut no real recording has, and would not be there when the owner's files
+are protected one by one). ``clip``: over the whole row, padding included, as ``classwise-noise`` does (for
+comparisons with it). Without ``lengths`` both are the whole row. With ``lengths`` (N,) it is ``lengths[n]`` samples starting at 0 (``pad: right``); if the clip has
 non-zero samples at or after ``lengths[n]`` (impossible with right padding) the audio must be centred
 (``pad: both``) and the span starts at ``(T - lengths[n]) // 2``, where lab.data.audio puts it.
 
@@ -92,6 +95,7 @@ class ARNoiseConfig(PluginConfig):
     snr_db: float | None = 30.0
     linf: float | None = Field(None, gt=0)
     linf_mode: Literal["scale", "clip"] = "scale"
+    span: Literal["audio", "clip"] = "audio"
 
     @model_validator(mode="after")
     def _a_budget(self):
@@ -206,7 +210,7 @@ class ARNoiseProtection(Protection):
         if waveforms.dim() != 2:
             raise ValueError(f"expected waveforms of shape (N, T), got {tuple(waveforms.shape)}")
         classes = (labels if filter_classes is None else filter_classes).detach().cpu().long().numpy()
-        start, length = spans(waveforms, lengths)
+        start, length = spans(waveforms, lengths if self.params["span"] == "audio" else None)
         noise = self.raw_noise(waveforms, classes, start, length)
         x = waveforms.detach().cpu().double().numpy()
         inside = (np.arange(x.shape[1])[None, :] >= start[:, None]) & \

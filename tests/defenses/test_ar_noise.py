@@ -83,6 +83,16 @@ def test_noise_follows_centred_audio_when_padded_on_both_sides():
     assert before.max() > 0
 
 
+def test_span_clip_also_fills_the_padding_at_the_same_snr():
+    x, y, lengths = batch()
+    out = derive(span="clip").apply(x, y, lengths)
+    padding = torch.arange(x.shape[1])[None, :] >= lengths[:, None]
+    live = torch.arange(len(y)) != 3
+    assert (out[padding & live[:, None]] != 0).float().mean() > 0.99
+    snr = 10 * torch.log10(x.double().pow(2).sum(1) / (out - x).double().pow(2).sum(1))
+    assert (snr[live] - 30.0).abs().max() < 0.01 and torch.equal(out[3], x[3])
+
+
 def test_linf_alone_and_with_snr():
     x, y, lengths = batch()
     d = (derive(snr_db=None, linf=0.004).apply(x, y, lengths) - x).double()
