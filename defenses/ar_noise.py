@@ -210,7 +210,7 @@ class ARNoiseProtection(Protection):
         if waveforms.dim() != 2:
             raise ValueError(f"expected waveforms of shape (N, T), got {tuple(waveforms.shape)}")
         classes = (labels if filter_classes is None else filter_classes).detach().cpu().long().numpy()
-        start, length = spans(waveforms, lengths if self.params["span"] == "audio" else None)
+        start, length = spans(waveforms, lengths if self.params.get("span", "audio") == "audio" else None)
         noise = self.raw_noise(waveforms, classes, start, length)
         x = waveforms.detach().cpu().double().numpy()
         inside = (np.arange(x.shape[1])[None, :] >= start[:, None]) & \

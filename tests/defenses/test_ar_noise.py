@@ -136,6 +136,9 @@ def test_record_round_trip_reproduces_bit_for_bit_and_holds_no_key(noise):
     assert isinstance(again, ARNoiseProtection)
     assert torch.equal(again.apply(x, y, lengths), p.apply(x, y, lengths))
     assert torch.equal(again.apply(x, y), p.apply(x, y))
+    older = json.loads(text)
+    del older["params"]["span"]  # records written before the span option apply as span: audio
+    assert torch.equal(Protection.from_dict(older).apply(x, y, lengths), p.apply(x, y, lengths))
 
 
 def test_step_up_and_every_class_process_is_stable():
@@ -223,7 +226,7 @@ def test_lab_list_shows_ar_noise():
     assert "ar-noise" in proc.stdout
 
 
-def test_lab_run_with_ar_noise_writes_results(fsdd_dir, tmp_path):
+def test_lab_run_with_ar_noise_writes_results_and_lab_ablate_reproduces_them(fsdd_dir, tmp_path):
     secret = "ar-run-test-secret-key-31"
     proc = lab("run", "recipes/fsdd_cnn.yaml", "--seeds", "0", "--out", str(tmp_path),
                "--set", f"data.root={fsdd_dir}", "--set", f"defense={{type: ar-noise, key: {secret}, snr_db: 30}}",
@@ -242,3 +245,9 @@ def test_lab_run_with_ar_noise_writes_results(fsdd_dir, tmp_path):
     for path in run_dir.rglob("*"):
         if path.is_file() and path.suffix in (".json", ".md", ".yaml", ".csv"):
             assert secret not in path.read_text(), path
+    proc = lab("ablate", str(run_dir), env={"OMP_NUM_THREADS": "1"})  # the protection rebuilt from its record
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads(next(run_dir.glob("ablation-*.json")).read_text())["ablation"]
+    for name, row in results["ablation"].items():
+        for which in ("protected_model", "clean_model"):
+            assert again[name][which]["values"] == pytest.approx(row[which]["values"], abs=1e-6), (name, which)
