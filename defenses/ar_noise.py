@@ -1,0 +1,286 @@
+"""``ar-noise``: autoregressive perturbations (after Sandoval-Segura et al., NeurIPS 2022, "Autoregressive
+Perturbations for Data Poisoning") carried to 1-D audio: every clip of class c gets additive noise drawn from the
+class's own stable all-pole (AR) process. No surrogate model is trained: the whole defense is derived from the key.
+
+For audio the AR process is class-wise *coloured noise*: white Gaussian innovation filtered by ``1/A_c(z)``, with
+``A_c(z) = 1 + a_1 z^-1 + ... + a_p z^-p``. The class is carried by the noise's power-spectrum shape
+``1/|A_c(e^jw)|^2``, which a network picks up far more easily than the digits themselves.
+
+- ``key`` / ``key_file``: the private key. Class c's reflection coefficients come from a generator seeded with
+  HMAC-SHA256(key, "ar-noise/v1/class/<c>"); its noise seeds come from a per-class salt HMAC-SHA256(key,
+  "ar-noise/v1/noise/<c>"). Only the key's fingerprint is recorded.
+- ``order``: the AR order p (default 8). At 8 kHz, order 8 is the classic LPC order for speech: up to four
+  resonances, enough for ten clearly different spectral envelopes, while the spectra stay smooth (broadband noise,
+  not tones) and filtering costs 8 multiply-adds per sample.
+- ``reflection_max``: the p reflection coefficients are drawn i.i.d. from U(-r, r) with r = ``reflection_max`` < 1 and
+  turned into direct-form coefficients by the Levinson step-up recursion; |k_m| < 1 for every m is exactly the
+  condition for ``1/A(z)`` to be stable (all poles inside the unit circle). Larger r: more pronounced spectra.
+- ``pole_radius_max``: stable is not enough: uniform reflection coefficients put poles very near the unit circle at
+  order 8 (median radius 0.98 for r = 0.7), i.e. narrow resonances (whistles) and transients that take thousands of
+  samples to die out. Where a class's largest pole radius exceeds ``pole_radius_max`` its coefficients are
+  bandwidth-expanded, a_i <- a_i g^i with g = pole_radius_max / radius, which moves every pole towards the origin by
+  g: the resonances keep their frequencies and widen. The defaults (order 8, r = 0.7, 0.95) give spectral envelopes
+  with a median 23 dB between their highest and lowest point and nearly uncorrelated between classes (median
+  correlation of the log spectra about 0.03 over random draws). The drawn reflection coefficients, the expansion g,
+  the final coefficients and each class's largest pole radius are recorded.
+- ``noise``: ``per-clip`` (default) or ``classwise``.
+
+  * ``per-clip``, as in the paper: every clip gets its own draw of its class's process. The innovation is seeded with
+    HMAC(salt_c, "clip/<sha256 of the clean clip's real samples>"): deterministic, independent of the batch and of the
+    clip's place in it, and derivable file by file from key + label + the file itself. This is the default for a
+    data owner because the protection then has no fixed waveform: averaging many protected clips of one class does
+    not reveal a pattern that could be subtracted; only the spectral envelope is shared, and taking it out (a
+    per-class inverse filter) also filters the speech.
+  * ``classwise``: one fixed AR sequence per class (the same samples for every clip of the class), derivable from key
+    + label alone (no content hash), like ``classwise-noise`` but coloured.
+
+- ``snr_db`` (default 30) and ``linf`` (off by default): the budget, see below. ``linf_mode``: ``scale`` (default)
+  or ``clip``.
+- ``span``: ``audio`` (default) or ``clip``, where the noise goes (below).
+
+Where the noise goes (``span``): ``audio`` (default): only into each clip's real audio, never into its zero padding
+(noise in the padding would be a shortcut no real recording has, and would not be there when the owner's files
+are protected one by one). ``clip``: over the whole row, padding included, as ``classwise-noise`` does (for
+comparisons with it). Without ``lengths`` both are the whole row. With ``lengths`` (N,) it is ``lengths[n]`` samples starting at 0 (``pad: right``); if the clip has
+non-zero samples at or after ``lengths[n]`` (impossible with right padding) the audio must be centred
+(``pad: both``) and the span starts at ``(T - lengths[n]) // 2``, where lab.data.audio puts it.
+
+How the budget is met, clip by clip (computed in float64 over the clip's span; ``x`` the clean span, ``d`` the noise):
+
+- ``snr_db`` alone: ``d`` is scaled so that 10 log10(sum x^2 / sum d^2) = ``snr_db`` exactly (up to float32
+  rounding of the result, far below 0.001 dB); every non-silent clip meets the target, not just the average.
+- ``linf`` alone (``snr_db: null``): ``d`` is scaled so that max |d| = ``linf`` (waveform units, full scale 1.0).
+- both: ``d`` is first scaled to ``snr_db``; where its peak then exceeds ``linf`` it is scaled down to peak at
+  ``linf`` (``scale``: the spectrum shape is kept, the clip's SNR rises above the target) or clipped to
+  [-linf, linf] (``clip``: the loud samples are cut, which whitens the noise a little; SNR also rises). Either way
+  every clip has SNR >= ``snr_db`` and |d| <= ``linf``.
+- silent clips (all-zero spans) get no noise in every mode (their SNR is undefined; noise alone would be a pure
+  shortcut, and there is nothing to protect).
+
+The process is run for a warm-up of ``warmup_samples`` (recorded) before the clip's first sample, so the noise is
+stationary: the warm-up is the number of samples after which the slowest pole's transient has decayed to 1e-6.
+Samples pushed past full scale are kept (float audio), as PosCUDA's ``output: none``.
+
+The record (``to_dict``) holds the coefficients and the per-class salts, so it reproduces the noise exactly without
+the key, and cannot be used to recover the key. Like PosCUDA's filters it is the owner's record: whoever holds it
+can regenerate the noise (it is not published with the protected data).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field, SecretStr, model_validator
+from scipy.signal import lfilter
+
+from defenses.base import DEFENSES, Defense, Protection
+from lab.config import PluginConfig
+from lab.keys import derive_seed, fingerprint, resolve_key
+
+WARMUP_TOLERANCE = 1e-6  # the warm-up lets the slowest transient decay to this fraction
+
+
+class ARNoiseConfig(PluginConfig):
+    type: Literal["ar-noise"] = "ar-noise"
+    key: SecretStr | None = None
+    key_file: Path | None = None
+    order: int = Field(8, ge=1, le=64)
+    reflection_max: float = Field(0.7, gt=0, lt=1)
+    pole_radius_max: float = Field(0.95, gt=0, le=0.999)
+    noise: Literal["per-clip", "classwise"] = "per-clip"
+    snr_db: float | None = 30.0
+    linf: float | None = Field(None, gt=0)
+    linf_mode: Literal["scale", "clip"] = "scale"
+    span: Literal["audio", "clip"] = "audio"
+
+    @model_validator(mode="after")
+    def _a_budget(self):
+        if self.snr_db is None and self.linf is None:
+            raise ValueError("give a budget: snr_db, linf, or both")
+        return self
+
+
+def step_up(reflection: np.ndarray) -> np.ndarray:
+    """Direct-form coefficients [1, a_1, ..., a_p] of A(z) from reflection coefficients k_1..k_p (Levinson step-up:
+    a^(m)_i = a^(m-1)_i + k_m a^(m-1)_(m-i), a^(m)_m = k_m). ``1/A(z)`` is stable iff every |k_m| < 1."""
+    a = np.ones(1)
+    for k in np.asarray(reflection, dtype=np.float64):
+        ext = np.concatenate([a, [0.0]])
+        a = ext + k * ext[::-1]
+    return a
+
+
+def pole_radius(coefficients: np.ndarray) -> float:
+    """The largest pole radius of ``1/A(z)`` (the roots of z^p + a_1 z^(p-1) + ... + a_p)."""
+    return float(np.abs(np.roots(coefficients)).max()) if len(coefficients) > 1 else 0.0
+
+
+def ar_power_spectrum(coefficients: np.ndarray, n_fft: int) -> np.ndarray:
+    """The AR power spectrum 1/|A(e^jw)|^2 at the ``n_fft // 2 + 1`` frequencies of an ``n_fft``-point rFFT
+    (unit innovation variance)."""
+    return 1.0 / np.abs(np.fft.rfft(coefficients, n_fft)) ** 2
+
+
+def spans(waveforms: torch.Tensor, lengths: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+    """Start and length (N,) of each clip's real audio (see the module docstring)."""
+    n, t = waveforms.shape
+    if lengths is None:
+        return np.zeros(n, dtype=np.int64), np.full(n, t, dtype=np.int64)
+    length = lengths.detach().cpu().long().clamp(0, t)
+    past = ((waveforms.detach().cpu() != 0) & (torch.arange(t)[None, :] >= length[:, None])).any(dim=1)
+    start = torch.where(past, (t - length) // 2, torch.zeros_like(length))
+    return start.numpy().astype(np.int64), length.numpy().astype(np.int64)
+
+
+class ARNoiseProtection(Protection):
+    """Per-class AR coefficients and noise salts derived from a key, and how to add the noise to clips."""
+
+    name = "ar-noise"
+
+    def __init__(self, params: dict, key_fingerprint: str, sample_rate: int, reflection: np.ndarray,
+                 expansion: np.ndarray, coefficients: np.ndarray, salts: list[str], warmup: int):
+        self.params = params  # the recipe's parameters, key excluded
+        self.key_fingerprint = key_fingerprint
+        self.sample_rate = sample_rate
+        self.reflection = np.asarray(reflection, dtype=np.float64)  # (C, p) as drawn
+        self.expansion = np.asarray(expansion, dtype=np.float64)  # (C,) bandwidth expansion g (1: none)
+        self.coefficients = np.asarray(coefficients, dtype=np.float64)  # (C, p + 1), leading 1
+        self.salts = list(salts)  # (C,) per-class noise salts (derived from the key by HMAC)
+        self.warmup = int(warmup)
+        self._classwise: dict[tuple[int, int], np.ndarray] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return self.coefficients.shape[0]
+
+    def clip_seed(self, cls: int, clean: np.ndarray) -> int:
+        """The innovation seed of one clip of class ``cls`` whose real samples are ``clean`` (hashed as float32)."""
+        digest = hashlib.sha256(np.ascontiguousarray(clean, dtype="<f4").tobytes()).hexdigest()
+        return derive_seed(self.salts[cls], "clip", digest)
+
+    def class_seed(self, cls: int) -> int:
+        return derive_seed(self.salts[cls], "classwise")
+
+    def _run(self, cls: int, innovation: np.ndarray) -> np.ndarray:
+        """The AR process of class ``cls`` driven by ``innovation`` (rows), warm-up dropped."""
+        return lfilter([1.0], self.coefficients[cls], innovation, axis=-1)[..., self.warmup:]
+
+    def class_sequence(self, cls: int, length: int) -> np.ndarray:
+        """Class ``cls``'s fixed AR sequence (``classwise`` mode); a longer one starts with the shorter one."""
+        if (cls, length) not in self._classwise:
+            e = np.random.Generator(np.random.PCG64(self.class_seed(cls))).standard_normal(self.warmup + length)
+            self._classwise[(cls, length)] = self._run(cls, e)
+        return self._classwise[(cls, length)]
+
+    def raw_noise(self, waveforms: torch.Tensor, classes: np.ndarray, start: np.ndarray,
+                  length: np.ndarray) -> np.ndarray:
+        """Unscaled AR noise (N, T) in float64, zero outside each clip's span."""
+        n, t = waveforms.shape
+        noise = np.zeros((n, t))
+        clean = waveforms.detach().cpu().float().numpy()
+        if self.params["noise"] == "classwise":
+            for i in range(n):
+                if length[i]:
+                    noise[i, start[i]:start[i] + length[i]] = self.class_sequence(int(classes[i]), t)[:length[i]]
+            return noise
+        for c in np.unique(classes):
+            rows = np.flatnonzero(classes == c)
+            longest = int(length[rows].max()) if len(rows) else 0
+            e = np.zeros((len(rows), self.warmup + longest))
+            for j, i in enumerate(rows):  # zeros after a shorter clip's end do not reach back (causal filter)
+                s, m = start[i], length[i]
+                seed = self.clip_seed(int(c), clean[i, s:s + m])
+                e[j, :self.warmup + m] = np.random.Generator(np.random.PCG64(seed)).standard_normal(self.warmup + m)
+            y = self._run(int(c), e)
+            for j, i in enumerate(rows):
+                noise[i, start[i]:start[i] + length[i]] = y[j, :length[i]]
+        return noise
+
+    def apply(self, waveforms: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor | None = None,
+              filter_classes: torch.Tensor | None = None, **ablation) -> torch.Tensor:
+        """``waveforms`` (N, T) plus their class's AR noise at the recorded budget (see the module docstring).
+
+        ``lengths`` (N,): the clips' real lengths (the noise stays inside them). ``filter_classes`` gives a clip
+        another class's AR process (an ablation); other ablation arguments (positions) do not apply and are ignored.
+        """
+        if waveforms.dim() != 2:
+            raise ValueError(f"expected waveforms of shape (N, T), got {tuple(waveforms.shape)}")
+        classes = (labels if filter_classes is None else filter_classes).detach().cpu().long().numpy()
+        start, length = spans(waveforms, lengths if self.params.get("span", "audio") == "audio" else None)
+        noise = self.raw_noise(waveforms, classes, start, length)
+        x = waveforms.detach().cpu().double().numpy()
+        inside = (np.arange(x.shape[1])[None, :] >= start[:, None]) & \
+                 (np.arange(x.shape[1])[None, :] < (start + length)[:, None])
+        signal = np.where(inside, x, 0.0)
+        energy = (signal ** 2).sum(axis=1)
+        power = (noise ** 2).sum(axis=1)
+        peak = np.abs(noise).max(axis=1)
+        live = (energy > 0) & (power > 0)
+        snr_db, linf = self.params["snr_db"], self.params["linf"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if snr_db is not None:
+                gain = np.sqrt(energy / (power * 10.0 ** (snr_db / 10.0)))
+            else:
+                gain = linf / peak
+            gain = np.where(live, gain, 0.0)
+            delta = noise * gain[:, None]
+            if linf is not None:
+                if self.params["linf_mode"] == "scale":
+                    over = peak * gain > linf
+                    delta[over] *= (linf / (peak * gain))[over][:, None]
+                delta = np.clip(delta, -linf, linf)  # in scale mode this only removes float rounding past linf
+        added = torch.from_numpy(delta).to(dtype=waveforms.dtype, device=waveforms.device)
+        return waveforms + added
+
+    def to_dict(self) -> dict:
+        return {
+            "defense": self.name,
+            "params": self.params,
+            "key_fingerprint": self.key_fingerprint,
+            "sample_rate": self.sample_rate,
+            "num_classes": self.num_classes,
+            "reflection": self.reflection.tolist(),
+            "bandwidth_expansion": self.expansion.tolist(),
+            "coefficients": self.coefficients.tolist(),
+            "pole_radius": [pole_radius(a) for a in self.coefficients],
+            "warmup_samples": self.warmup,
+            "noise_salts": self.salts,
+        }
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "ARNoiseProtection":
+        return cls(record["params"], record["key_fingerprint"], record["sample_rate"],
+                   np.array(record["reflection"], dtype=np.float64),
+                   np.array(record["bandwidth_expansion"], dtype=np.float64),
+                   np.array(record["coefficients"], dtype=np.float64), record["noise_salts"], record["warmup_samples"])
+
+
+@DEFENSES.register("ar-noise")
+class ARNoise(Defense):
+    """Class-wise stable AR (coloured) noise from key-derived coefficients, at a per-clip SNR and/or L-inf budget."""
+
+    Config = ARNoiseConfig
+
+    def derive(self, num_classes: int, sample_rate: int) -> ARNoiseProtection:
+        cfg: ARNoiseConfig = self.config
+        key = resolve_key(cfg.key, cfg.key_file)
+        reflection, expansion, coefficients, salts = [], [], [], []
+        for c in range(num_classes):
+            gen = torch.Generator().manual_seed(derive_seed(key, "ar-noise/v1/class", c))
+            k = (cfg.reflection_max * (2.0 * torch.rand(cfg.order, generator=gen, dtype=torch.float64) - 1.0)).numpy()
+            a = step_up(k)
+            radius = pole_radius(a)
+            g = cfg.pole_radius_max / radius if radius > cfg.pole_radius_max else 1.0
+            reflection.append(k)
+            expansion.append(g)
+            coefficients.append(a * g ** np.arange(len(a)))
+            salts.append(f"{derive_seed(key, 'ar-noise/v1/noise', c):016x}")
+        radius = max(pole_radius(a) for a in coefficients)
+        warmup = max(cfg.order, math.ceil(math.log(WARMUP_TOLERANCE) / math.log(radius))) if radius > 0 else cfg.order
+        params = cfg.model_dump(exclude={"key", "key_file", "type"}, mode="json")
+        return ARNoiseProtection(params, fingerprint(key), sample_rate, np.stack(reflection), np.array(expansion),
+                                 np.stack(coefficients), salts, warmup)
