@@ -44,7 +44,9 @@ def load_run(path: Path) -> FinishedRun:
     missing = [n for n, p in files.items() if not p.is_file()]
     if missing:
         raise LabError(f"{path} is not a finished lab run (missing {', '.join(missing)})")
-    recipe = recipe_from_dict(yaml.safe_load(files["recipe.yaml"].read_text()), str(files["recipe.yaml"]))
+    # the run may have been made on another machine (e.g. with a GPU): its train section is not checked against this
+    recipe = recipe_from_dict(yaml.safe_load(files["recipe.yaml"].read_text()), str(files["recipe.yaml"]),
+                              machine=False)
     protection = Protection.from_dict(json.loads(files["protection.json"].read_text()))
     return FinishedRun(path, recipe, protection, json.loads(files["results.json"].read_text()))
 

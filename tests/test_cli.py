@@ -40,3 +40,25 @@ def test_list_shows_plugins():
     proc = lab("list")
     assert proc.returncode == 0
     assert "poscuda" in proc.stdout and "transformer" in proc.stdout and "logmel" in proc.stdout
+
+
+@pytest.mark.parametrize("override, pattern", [
+    ("train.accelerator=gpux", "train.accelerator: 'gpux' is not an accelerator (did you mean 'gpu'?); allowed here: "
+                               "auto, cpu"),
+    ("train.strategy=dpp", "train.strategy: 'dpp' is not a Lightning strategy (did you mean 'ddp'?); allowed here: "
+                           "auto, ddp,"),
+    ("train.precision=fp16", "train.precision: 'fp16' is not a Lightning precision (did you mean 'bf16'?); allowed:"),
+    ("train.devices=two", "train.devices: expected 'auto', a number of devices (1, 2, ...; -1 for all GPUs) or a list "
+                          "of GPU indices such as [0, 1]; got 'two'"),
+])
+def test_training_flags_are_checked_before_any_work(tmp_path, override, pattern):
+    import torch
+    if torch.cuda.is_available() and "accelerator" in override:
+        pattern = pattern.split("allowed here")[0]  # the allowed list names this machine's GPU too
+    proc = lab("run", "recipes/fsdd_cnn.yaml", "--out", str(tmp_path / "runs"), "--set", override)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert pattern in " ".join(proc.stderr.split())
+    assert not (tmp_path / "runs").exists()  # no run folder, not even a half-made one
+    assert "data:" not in proc.stdout  # refused before the data was loaded
