@@ -62,3 +62,9 @@ def test_training_flags_are_checked_before_any_work(tmp_path, override, pattern)
     assert pattern in " ".join(proc.stderr.split())
     assert not (tmp_path / "runs").exists()  # no run folder, not even a half-made one
     assert "data:" not in proc.stdout  # refused before the data was loaded
+
+
+def test_failed_run_before_training_leaves_no_folder(tmp_path):
+    proc = lab("run", "recipes/fsdd_cnn.yaml", "--out", str(tmp_path / "runs"), "--set", f"data.root={tmp_path}")
+    assert proc.returncode == 2
+    assert not (tmp_path / "runs").exists()  # nothing worth keeping: the folder it had made is removed
