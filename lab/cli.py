@@ -7,9 +7,11 @@ import sys
 import typer
 from rich.console import Console
 
+from lab import __version__
 from lab.errors import LabError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="The open reference lab for unlearnable audio datasets (PosCUDA and friends).")
 console = Console()
 err_console = Console(stderr=True)
@@ -18,6 +20,20 @@ err_console = Console(stderr=True)
 def log(msg: str) -> None:
     """Progress messages for a person (dim), on stdout."""
     console.print(f"[dim]{msg}[/dim]", highlight=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"lab {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the lab's version and exit."),
+):
+    """The open reference lab for unlearnable audio datasets (PosCUDA and friends)."""
 
 
 def _load_commands() -> None:

@@ -68,3 +68,25 @@ def test_failed_run_before_training_leaves_no_folder(tmp_path):
     proc = lab("run", "recipes/fsdd_cnn.yaml", "--out", str(tmp_path / "runs"), "--set", f"data.root={tmp_path}")
     assert proc.returncode == 2
     assert not (tmp_path / "runs").exists()  # nothing worth keeping: the folder it had made is removed
+
+
+def test_h_is_help():
+    short, long = lab("-h"), lab("--help")
+    assert short.returncode == 0 and short.stdout == long.stdout and "Usage: lab" in short.stdout
+    sub = lab("run", "-h")
+    assert sub.returncode == 0 and "--set" in sub.stdout
+
+
+def test_version():
+    import lab as package
+    proc = lab("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"lab {package.__version__}" == "lab 0.1.0"
+
+
+def test_shell_completion():
+    assert "--install-completion" in lab("--help").stdout
+    script = lab("--show-completion", "bash")
+    assert script.returncode == 0 and "_LAB_COMPLETE=complete_bash" in script.stdout
+    import os
+    env = {**os.environ, "_LAB_COMPLETE": "complete_bash", "COMP_WORDS": "lab ru", "COMP_CWORD": "1"}
+    assert lab(env=env).stdout.split() == ["run"]
