@@ -281,6 +281,25 @@ def _run(recipe: Recipe, recipe_path: str | None, log: Callable[[str], None], pr
     return results
 
 
+def quality_warnings(quality: dict) -> list[str]:
+    """What a reader of a quality section must be told about its FAD numbers: a backend that was skipped (and why),
+    or one whose sets hold too few clips for its dimension (reported for the smallest comparison, the floor's
+    halves)."""
+    out = []
+    for name, entry in (quality.get("fad") or {}).get("backends", {}).items():
+        if "skipped" in entry:
+            out.append(f"FAD backend {name} skipped: {entry['skipped']}")
+            continue
+        for part, label in (("clean_floor", "clean floor, half vs half"),
+                            ("protected_half_vs_clean_half", "protected half vs clean half"),
+                            ("protected_vs_clean", "protected vs clean")):
+            warnings = (entry.get(part) or {}).get("warnings")
+            if warnings:
+                out.append(f"FAD backend {name} ({label}): {warnings[0]}")
+                break
+    return out
+
+
 def fmt(stat: dict) -> str:
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}" if stat["n"] > 1 else f"{stat['mean']:.3f}"
 
@@ -307,4 +326,7 @@ def markdown(results: dict) -> str:
     for name, row in results.get("ablation", {}).items():
         lines.append(f"| {name} | {fmt(row['protected_model'])} | {fmt(row['clean_model'])} |")
     lines += [""] + markdown_lines(results["quality"])
+    warnings = quality_warnings(results["quality"])
+    if warnings:
+        lines += ["Warnings:", ""] + [f"- {w}" for w in warnings] + [""]
     return "\n".join(lines)

@@ -206,3 +206,17 @@ def test_sweep_redoes_a_cell_marked_incomplete(tmp_path, monkeypatch):
     assert ran[2:] == [stale.name]
     assert any("blur=0.5: incomplete from an earlier run, redoing" in s for s in said)
     assert any("blur=0.1: finished earlier, skipped" in s for s in said)
+
+
+def test_tiny_run_warns_about_its_few_clips(fsdd_dir, tmp_path):
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "fsdd_cnn.yaml"
+    result = CliRunner().invoke(app, ["run", str(recipe), "--out", str(tmp_path), *TINY, "--set",
+                                      f"data.root={fsdd_dir}", "--set", "train.epochs=1"])
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "fsdd_cnn").iterdir()
+    assert not (run_dir / "INCOMPLETE").exists() and (run_dir / "results.json").is_file()
+    text = " ".join(result.output.split())
+    assert "warning: FAD backend logmel (clean floor, half vs half): few clips for 64-d embeddings: 50 and 50 " \
+           "clips, fewer than 2 x 64 = 128 per set" in text
+    assert "warning: FAD backend classifier skipped: the first set has 100 embeddings for 100 dimensions" in text
+    assert "few clips for 64-d embeddings" in (run_dir / "results.md").read_text()

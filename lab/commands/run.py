@@ -55,6 +55,10 @@ def run(
         for row in fad_rows(quality):
             fad_table.add_row(*(escape(cell) for cell in row))
         console.print(fad_table)
+    from lab.commands.fad import warn
+    from lab.experiment import quality_warnings
+    for warning in quality_warnings(quality):
+        warn(warning)
     console.print(f"protected training audio per clip: {per_clip_line(quality)}; key fingerprint "
                   f"{results['key_fingerprint']}; {results['wall_seconds']} s", highlight=False)
     console.print(f"results: {run_dir}/results.json, {run_dir}/results.md")
