@@ -23,7 +23,9 @@ def run(
     Prints a table of accuracies (clean model on clean test; protected model on clean test, on test clips protected
     with the same key, and on test clips whose patch positions are mixed between classes) and writes
     runs/<recipe>/<timestamp>/ with results.json, results.md, the resolved recipe (no key), the protection record,
-    CSV training logs, versions and git commit.
+    CSV training logs, versions and git commit. results.json is written last: a run that fails or is interrupted
+    (Ctrl-C: exit code 130) keeps its folder marked by an INCOMPLETE file saying why, or removes it when nothing
+    was trained yet.
     """
     from lab.recipe import load_recipe
     overrides = list(set_ or [])
