@@ -197,8 +197,8 @@ def run(recipe: Recipe, recipe_path: str | None = None, log: Callable[[str], Non
     except BaseException as e:
         if isinstance(e, KeyboardInterrupt) or (isinstance(e, SystemExit) and state.sigint):
             raise RunInterrupted(_stopped(run_dir, created, state, "interrupted (Ctrl-C)")) from None
-        what = _stopped(run_dir, created, state, f"failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
-        log(f"the run failed: {what}")
+        first_line = str(e).splitlines()[0] if str(e) else ""
+        log(f"the run failed: {_stopped(run_dir, created, state, f'failed ({type(e).__name__}: {first_line})')}")
         raise
     return results, run_dir
 
