@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
+import signal
 import statistics
+import threading
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +28,7 @@ from lab.features import FeatureCache, FrontEnd
 from lab.provenance import provenance
 from lab.quality import assess, markdown_lines
 from lab.recipe import Recipe
+from lab.rundir import INCOMPLETE, mark_incomplete, write_atomic
 from lab.train import evaluate, fit
 
 # (model, test set) pairs reported by `lab run`, in table order
@@ -88,6 +93,64 @@ def new_run_dir(recipe: Recipe) -> Path:
     return run_dir
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run; the message says what was kept (``lab run`` prints it and exits 130)."""
+
+
+@dataclass
+class RunState:
+    """How far a run got: what an INCOMPLETE marker and an interruption message report."""
+
+    seeds: int
+    trained: int = 0           # seeds whose models were trained and evaluated
+    stage: str = "starting"
+    sigint: bool = field(default=False, repr=False)
+
+    def summary(self) -> str:
+        return f"{self.trained} of {self.seeds} seed{'s' if self.seeds > 1 else ''} trained, stopped while {self.stage}"
+
+
+@contextmanager
+def noticing_sigint(state: RunState):
+    """Remember a Ctrl-C in ``state``: Lightning catches the KeyboardInterrupt inside fit/test and turns it into
+    ``sys.exit(1)`` (leaving SIGINT ignored); the run must still know it was interrupted. The previous handler is
+    put back afterwards (main thread only; elsewhere signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        state.sigint = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _worth_keeping(run_dir: Path) -> bool:
+    """Whether a stopped run left anything of use: training logs or saved models."""
+    return any((run_dir / "logs").rglob("metrics.csv")) or any((run_dir / "models").glob("*.pt"))
+
+
+def _stopped(run_dir: Path, created: list[Path], state: RunState, why: str) -> str:
+    """Deal with a run folder whose run stopped before the end: mark it INCOMPLETE (why, how far it got) if it holds
+    anything worth keeping or was given by the caller, else remove the folders this run created. Returns what was
+    done, for a message."""
+    if created and not _worth_keeping(run_dir):
+        for folder in created:  # the run folder, then the parents made for it, while they are empty
+            if folder == run_dir:
+                shutil.rmtree(folder, ignore_errors=True)
+            elif folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        return f"nothing kept ({state.summary()}; {run_dir} removed)"
+    mark_incomplete(run_dir, f"{why}: {state.summary()}")
+    return (f"kept {run_dir}/ (incomplete: {state.summary()}; its results.json is not written, and {INCOMPLETE} "
+            "says why)")
+
+
 def summarise(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "n": len(values), "values": values}
@@ -108,17 +171,43 @@ def save_model(module, path: Path) -> None:
 
 def run(recipe: Recipe, recipe_path: str | None = None, log: Callable[[str], None] = print,
         progress: bool = False, run_dir: Path | None = None, clean_models: dict | None = None) -> tuple[dict, Path]:
-    """Run a recipe end to end (see the module docstring). ``run_dir``: where to write (default: a new
-    runs/<name>/<timestamp>/). ``clean_models``: a dict shared across runs that differ only in their defense (a
-    sweep), so each seed's clean-trained model is trained once."""
+    """Run a recipe end to end (see the module docstring) and return ``(results, run_dir)``.
+
+    ``run_dir``: where to write (default: a new runs/<name>/<timestamp>/ under the recipe's output_dir).
+    ``clean_models``: a dict shared across runs that differ only in their defense (a sweep), so each seed's
+    clean-trained model is trained once. While the run is in progress its folder holds an ``INCOMPLETE`` file;
+    ``results.json`` is written last. If the run fails or is interrupted, a folder with trained models or logs is
+    kept and ``INCOMPLETE`` says why (a new folder with nothing in it yet is removed), and the error is raised again;
+    Ctrl-C raises :class:`RunInterrupted` saying what was kept."""
     if recipe.train.num_threads:
         torch.set_num_threads(recipe.train.num_threads)
-    started = time.perf_counter()
+    created: list[Path] = []
     if run_dir is None:
+        base = Path(recipe.output_dir) / recipe.name
+        created = [p for p in [*reversed(base.parents), base] if not p.exists()]
         run_dir = new_run_dir(recipe)
+        created = [run_dir, *reversed(created)]
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
+    state = RunState(seeds=len(recipe.seeds))
+    mark_incomplete(run_dir, "in progress")
+    try:
+        with noticing_sigint(state):
+            results = _run(recipe, recipe_path, log, progress, run_dir, clean_models, state)
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt) or (isinstance(e, SystemExit) and state.sigint):
+            raise RunInterrupted(_stopped(run_dir, created, state, "interrupted (Ctrl-C)")) from None
+        first_line = str(e).splitlines()[0] if str(e) else ""
+        log(f"the run failed: {_stopped(run_dir, created, state, f'failed ({type(e).__name__}: {first_line})')}")
+        raise
+    return results, run_dir
+
+
+def _run(recipe: Recipe, recipe_path: str | None, log: Callable[[str], None], progress: bool, run_dir: Path,
+         clean_models: dict | None, state: RunState) -> dict:
+    started = time.perf_counter()
     (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.public_dict(), sort_keys=False))
+    state.stage = "loading and protecting the data"
     prep = prepare(recipe, log)
     num_classes = len(prep.train.class_names)
     log(f"data: {len(prep.train)} training and {len(prep.test)} test clips, {num_classes} classes, "
@@ -142,6 +231,7 @@ def run(recipe: Recipe, recipe_path: str | None = None, log: Callable[[str], Non
                 models[which] = clean_models[shared_key]
                 log(f"seed {seed}: clean model reused (same data, features, model and training)")
             else:
+                state.stage = f"training seed {seed} ({which.replace('_', ' ')})"
                 fitted = fit(recipe, prep.features[feats], prep.train.labels, num_classes, seed, val=val,
                              log_dir=run_dir / "logs", name=which, progress=progress)
                 models[which] = fitted.module
@@ -152,15 +242,19 @@ def run(recipe: Recipe, recipe_path: str | None = None, log: Callable[[str], Non
             save_model(models[which], run_dir / "models" / f"{which}_seed{seed}.pt")
         if first_clean_model is None:
             first_clean_model = models["clean_model"]
+        state.stage = f"evaluating seed {seed}"
         for which, test_set in EVALUATIONS:
             entry.setdefault(which, {})[test_set] = evaluate(models[which], recipe.train, prep.features[test_set],
                                                              prep.test.labels)
         for which in ("clean_model", "protected_model"):
             entry[which]["ablation"] = evaluate_ablation(models[which], recipe.train, prep)
         per_seed.append(entry)
+        state.trained += 1
     summary = {f"{m}/{t}": summarise([e[m][t]["accuracy"] for e in per_seed]) for m, t in EVALUATIONS}
     ablation = {name: {which: summarise([e[which]["ablation"][name] for e in per_seed])
                        for which in ("protected_model", "clean_model")} for name in prep.ablation}
+    state.stage = "measuring the quality of the protected audio"
+    quality = assess(recipe, prep.waveforms, first_clean_model)
     results = {
         "recipe_name": recipe.name,
         "recipe_path": recipe_path,
@@ -174,15 +268,36 @@ def run(recipe: Recipe, recipe_path: str | None = None, log: Callable[[str], Non
                  "feature_shape": list(prep.features["clean_train"].shape[1:])},
         "chance": 1.0 / num_classes,
         "seeds": list(recipe.seeds),
-        "quality": assess(recipe, prep.waveforms, first_clean_model),
+        "quality": quality,
         "accuracy": summary,
         "ablation": ablation,
         "per_seed": per_seed,
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    state.stage = "writing the results"
     (run_dir / "results.md").write_text(markdown(results))
-    return results, run_dir
+    write_atomic(run_dir / "results.json", json.dumps(results, indent=2))  # last: its presence means finished
+    (run_dir / INCOMPLETE).unlink()
+    return results
+
+
+def quality_warnings(quality: dict) -> list[str]:
+    """What a reader of a quality section must be told about its FAD numbers: a backend that was skipped (and why),
+    or one whose sets hold too few clips for its dimension (reported for the smallest comparison, the floor's
+    halves)."""
+    out = []
+    for name, entry in (quality.get("fad") or {}).get("backends", {}).items():
+        if "skipped" in entry:
+            out.append(f"FAD backend {name} skipped: {entry['skipped']}")
+            continue
+        for part, label in (("clean_floor", "clean floor, half vs half"),
+                            ("protected_half_vs_clean_half", "protected half vs clean half"),
+                            ("protected_vs_clean", "protected vs clean")):
+            warnings = (entry.get(part) or {}).get("warnings")
+            if warnings:
+                out.append(f"FAD backend {name} ({label}): {warnings[0]}")
+                break
+    return out
 
 
 def fmt(stat: dict) -> str:
@@ -211,4 +326,7 @@ def markdown(results: dict) -> str:
     for name, row in results.get("ablation", {}).items():
         lines.append(f"| {name} | {fmt(row['protected_model'])} | {fmt(row['clean_model'])} |")
     lines += [""] + markdown_lines(results["quality"])
+    warnings = quality_warnings(results["quality"])
+    if warnings:
+        lines += ["Warnings:", ""] + [f"- {w}" for w in warnings] + [""]
     return "\n".join(lines)

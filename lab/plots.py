@@ -39,47 +39,85 @@ def frontier_plot(rows: list[dict], cost: list[float], cost_label: str, path: Pa
 
 
 def read_metrics(csv_path: Path) -> dict[str, list[tuple[int, float]]]:
-    """Per-epoch values of each logged metric in a Lightning CSVLogger metrics.csv."""
-    series: dict[str, list[tuple[int, float]]] = {}
+    """Per-epoch values of each logged metric in a Lightning CSVLogger metrics.csv, in epoch order (a metric logged
+    several times in one epoch, e.g. per step, is averaged over it)."""
+    rows: dict[str, dict[int, list[float]]] = {}
     with open(csv_path) as fh:
         for row in csv.DictReader(fh):
             for key, value in row.items():
                 if key not in ("epoch", "step") and value not in ("", None):
-                    series.setdefault(key, []).append((int(float(row["epoch"])), float(value)))
-    return series
+                    rows.setdefault(key, {}).setdefault(int(float(row["epoch"])), []).append(float(value))
+    return {key: [(epoch, sum(v) / len(v)) for epoch, v in sorted(per_epoch.items())]
+            for key, per_epoch in rows.items()}
 
 
-def learning_curves(panels: list[tuple[str, list[Path]]], path: Path) -> None:
-    """Clean-test accuracy per epoch (monitoring only) of clean- and protected-trained models, one panel per
-    (label, run folders) group and one line per seed, so that many models x features stay readable."""
-    colours = {"clean_model": "tab:blue", "protected_model": "tab:red"}
-    names = {"clean_model": "clean-trained, clean test", "protected_model": "protected-trained, clean test"}
+CURVE_COLOURS = {"clean_model": "tab:blue", "protected_model": "tab:red"}
+CURVE_NAMES = {"clean_model": "clean-trained", "protected_model": "protected-trained"}
+
+
+def learning_curves_figure(panels: list[tuple[str, list[Path]]]):
+    """The figure of :func:`learning_curves` (a matplotlib Figure, not yet saved): per panel, clean-test accuracy
+    (solid, left axis) and training loss (dashed, right axis) per epoch, one line per seed and model, a marker on
+    every epoch (so that a one-epoch run still shows) and whole-number epoch ticks."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
     panels = panels or [("no runs", [])]
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows + 0.6), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.0 * rows + 0.8), sharey=True, squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
-    labelled = set()
+    drawn: set[str] = set()
+    loss_axes = []
     for ax, (title, run_dirs) in zip(axes.flat, panels):
+        loss_ax = None
+        epochs: set[int] = set()
         for run_dir in run_dirs:
-            for which, colour in colours.items():
+            for which, colour in CURVE_COLOURS.items():
                 for metrics in sorted((Path(run_dir) / "logs" / which).glob("seed*/metrics.csv")):
-                    val = read_metrics(metrics).get("val_acc", [])
-                    if val:
-                        label = None if which in labelled else names[which]
-                        labelled.add(which)
-                        ax.plot(*zip(*val), color=colour, alpha=0.7, lw=1.2, label=label)
+                    series = read_metrics(metrics)
+                    epochs |= {e for name in ("val_acc", "train_loss") for e, _ in series.get(name, [])}
+                    if series.get("val_acc"):
+                        drawn.add(which)
+                        ax.plot(*zip(*series["val_acc"]), color=colour, alpha=0.75, lw=1.2, marker="o", ms=3,
+                                label=f"{CURVE_NAMES[which]}: clean-test accuracy")
+                    if series.get("train_loss"):
+                        drawn.add(which)
+                        if loss_ax is None:
+                            loss_ax = ax.twinx()
+                            loss_axes.append(loss_ax)
+                        loss_ax.plot(*zip(*series["train_loss"]), color=colour, alpha=0.6, lw=1.0, ls="--",
+                                     marker="s", ms=3, mfc="none", label=f"{CURVE_NAMES[which]}: training loss")
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("epoch", fontsize=8)
+        if epochs:  # whole epochs only, with room around a single one
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
+        if loss_ax is not None:
+            loss_ax.set_ylabel("training loss", fontsize=8)
+            loss_ax.tick_params(labelsize=7)
     for ax in axes[:, 0]:
         ax.set_ylabel("clean-test accuracy", fontsize=8)
     fig.suptitle("learning curves, one line per seed", fontsize=10)
-    if labelled:  # a figure legend gathers the labelled lines of every panel
-        fig.legend(loc="lower center", ncol=2, fontsize=8)
-    fig.tight_layout(rect=(0, 0.06 if labelled else 0, 1, 0.96))
+    if drawn:  # one legend for the figure: a colour per model, a line style per quantity
+        handles = [Line2D([], [], color=CURVE_COLOURS[w], marker="o", ms=3, label=CURVE_NAMES[w])
+                   for w in CURVE_COLOURS if w in drawn]
+        handles += [Line2D([], [], color="grey", marker="o", ms=3, label="clean-test accuracy (left axis)"),
+                    Line2D([], [], color="grey", ls="--", marker="s", ms=3, mfc="none",
+                           label="training loss (right axis)")]
+        fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=7)
+    fig.tight_layout(rect=(0, 0.1 / rows if drawn else 0, 1, 0.95))
+    return fig
+
+
+def learning_curves(panels: list[tuple[str, list[Path]]], path: Path) -> None:
+    """Clean-test accuracy (monitoring only) and training loss per epoch of clean- and protected-trained models,
+    read from each run's logs/<model>/seed*/metrics.csv: one panel per (label, run folders) group and one line per
+    seed, so that many models x features stay readable. Written to ``path`` (PNG)."""
+    fig = learning_curves_figure(panels)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

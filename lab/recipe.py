@@ -5,11 +5,13 @@ with one line naming the field and what is allowed.
 """
 from __future__ import annotations
 
+import difflib
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 import defenses
 from lab import models
@@ -48,18 +50,216 @@ class DataConfig(Section):
         return self
 
 
+# ---- what Lightning accepts for train.accelerator / devices / strategy / precision, and what this machine has ----
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+
+
+def _machine_checks(info: ValidationInfo) -> bool:
+    """Whether to check the train section against this machine (``lab run`` and friends), or only against what
+    Lightning knows (a finished run read back, perhaps made on another machine)."""
+    return (info.context or {}).get("machine", True)
+
+
+def _cuda_devices() -> int:
+    import torch
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _mps_available() -> bool:
+    import torch
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def _xla_available() -> bool:
+    return importlib.util.find_spec("torch_xla") is not None
+
+
+def accelerators_here() -> list[str]:
+    """The values of train.accelerator that can train on this machine."""
+    allowed = ["auto", "cpu"]
+    if _cuda_devices():
+        allowed += ["gpu", "cuda"]
+    if _mps_available():
+        allowed += ["mps"] if "gpu" in allowed else ["gpu", "mps"]
+    if _xla_available():
+        allowed.append("tpu")
+    return allowed
+
+
+def _device_kind(accelerator: str) -> str:
+    """What ``accelerator`` trains on here: cpu, cuda, mps or tpu (Lightning's 'auto' and 'gpu' resolved)."""
+    if accelerator in ("gpu", "auto"):
+        if _cuda_devices():
+            return "cuda"
+        if _mps_available():
+            return "mps"
+        return "cpu" if accelerator == "auto" else "cuda"
+    return accelerator
+
+
+def precisions() -> list[str]:
+    """Lightning's precision values (its own list: lightning.fabric.connector), as the strings a recipe holds."""
+    from typing import get_args
+
+    from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+    return list(get_args(_PRECISION_INPUT_STR)) + list(get_args(_PRECISION_INPUT_STR_ALIAS))
+
+
+def strategies(machine: bool = True, accelerator: str | None = None) -> list[str]:
+    """'auto' and Lightning's registered strategies; with ``machine``, only those that can run here: their packages
+    installed (deepspeed, torch_xla), and FSDP only with ``accelerator`` gpu or cuda (Lightning refuses it
+    otherwise, even with 'auto')."""
+    from lightning.pytorch.strategies import StrategyRegistry
+    names = sorted(StrategyRegistry.available_strategies())
+    if machine:
+        names = [n for n in names if not _strategy_missing(n, accelerator)]
+    return ["auto"] + names
+
+
+def _strategy_missing(name: str, accelerator: str | None) -> str | None:
+    """Why strategy ``name`` cannot run here (None when it can)."""
+    if name.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        return "needs the deepspeed package, which is not installed here"
+    if ("xla" in name or "tpu" in name) and not _xla_available():
+        return "needs torch_xla (a TPU), which is not installed here"
+    if name.startswith("fsdp") and accelerator not in ("gpu", "cuda"):
+        return f"needs accelerator gpu or cuda (Lightning refuses it with {accelerator!r})"
+    return None
+
+
+def _listing(names: list[str]) -> str:
+    """Strategy names, the ``*_find_unused_parameters_true/false`` variants folded into one note."""
+    variant = "_find_unused_parameters_"
+    shown = [n for n in names if variant not in n]
+    note = " (and ddp*_find_unused_parameters_true/false)" if len(shown) < len(names) else ""
+    return ", ".join(shown) + note
+
+
+def _hint(value: str, allowed) -> str:
+    close = difflib.get_close_matches(value, list(allowed), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _parse_devices(value: Any) -> int | str | list[int]:
+    """``devices`` as 'auto', an int (>= 1, or -1 for all GPUs) or a list of distinct GPU indices; the string forms
+    Lightning takes ("2", "-1", "0,1") are turned into those."""
+    wanted = ("expected 'auto', a number of devices (1, 2, ...; -1 for all GPUs) or a list of GPU indices such as "
+              f"[0, 1]; got {value!r}")
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "auto":
+            return "auto"
+        try:
+            parts = [int(p) for p in text.strip("[]").split(",") if p.strip()]
+        except ValueError:
+            raise ValueError(wanted) from None
+        if not parts:
+            raise ValueError(wanted)
+        value = parts[0] if ("," not in text and "[" not in text) else parts
+    if isinstance(value, bool):
+        raise ValueError(wanted)
+    if isinstance(value, int):
+        if value == 0 or value < -1:
+            raise ValueError(wanted)
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                                for v in value):
+        if len(set(value)) != len(value):
+            raise ValueError(f"the GPU indices must be distinct; got {value!r}")
+        return value
+    raise ValueError(wanted)
+
+
 class TrainConfig(Section):
+    """How to train. ``accelerator``, ``devices``, ``strategy`` and ``precision`` are Lightning's Trainer flags,
+    checked here: a name Lightning does not know, or hardware this machine does not have, fails at the door with the
+    values allowed here."""
+
     epochs: int = Field(15, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     accelerator: str = "auto"
-    devices: int | str = 1
+    devices: int | str | list[int] = 1
     strategy: str = "auto"
     precision: str = "32-true"
     deterministic: bool = True
     num_threads: int | None = Field(None, ge=1)
     progress: bool = True
+
+    @field_validator("accelerator")
+    @classmethod
+    def _accelerator(cls, v: str, info: ValidationInfo) -> str:
+        machine = _machine_checks(info)
+        here = accelerators_here() if machine else list(ACCELERATORS)
+        if v not in ACCELERATORS:
+            raise ValueError(f"{v!r} is not an accelerator{_hint(v, ACCELERATORS)}; allowed"
+                             f"{' here' if machine else ''}: {', '.join(here)}")
+        if v not in here:
+            what = {"gpu": "no CUDA or MPS GPU", "cuda": "no CUDA GPU", "mps": "no Apple MPS device",
+                    "tpu": "torch_xla is not installed"}[v]
+            raise ValueError(f"{v!r} is not available on this machine ({what} found); allowed here: "
+                             f"{', '.join(here)}")
+        return v
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices_form(cls, v: Any) -> Any:
+        return _parse_devices(v)
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: int | str | list[int], info: ValidationInfo) -> int | str | list[int]:
+        accelerator = info.data.get("accelerator")
+        if v == "auto" or accelerator is None or not _machine_checks(info):
+            return v
+        kind = _device_kind(accelerator)
+        on = f"accelerator {accelerator!r}" + (f" (here: {kind})" if kind != accelerator else "")
+        if kind == "cpu":
+            if isinstance(v, list) or v < 1:
+                raise ValueError(f"{v!r} selects GPUs, but {on} trains on the CPU, where devices is a number of "
+                                 "processes; allowed here: auto or an integer >= 1")
+        elif kind in ("cuda", "mps"):
+            count = _cuda_devices() if kind == "cuda" else int(_mps_available())
+            indices = v if isinstance(v, list) else list(range(count if v == -1 else v))
+            if any(i >= count for i in indices):
+                raise ValueError(f"{v!r} asks for more {kind} devices than this machine has ({count}); allowed here: "
+                                 f"auto, 1..{count}, -1 (all) or a list of indices from 0 to {count - 1}")
+        return v
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str, info: ValidationInfo) -> str:
+        if v == "auto":
+            return v
+        machine = _machine_checks(info)
+        accelerator = info.data.get("accelerator")
+        allowed = strategies(machine, accelerator)
+        if v not in allowed:
+            why = _strategy_missing(v, accelerator) if v in strategies(machine=False) else None
+            why = why or f"is not a Lightning strategy{_hint(v, allowed)}"
+            raise ValueError(f"{v!r} {why}; allowed{' here' if machine else ''}: {_listing(allowed)}")
+        return v
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_form(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # YAML reads 32 and 16 as numbers
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v: str, info: ValidationInfo) -> str:
+        if v == "32-true":
+            return v
+        allowed = precisions()
+        if _machine_checks(info) and importlib.util.find_spec("transformer_engine") is None:
+            if v.startswith("transformer-engine"):
+                raise ValueError(f"{v!r} needs the transformer_engine package, which is not installed here; "
+                                 f"allowed here: {', '.join(p for p in allowed if not p.startswith('transformer'))}")
+        if v not in allowed:
+            raise ValueError(f"{v!r} is not a Lightning precision{_hint(v, allowed)}; allowed: {', '.join(allowed)}")
+        return v
 
 
 class EvaluationConfig(Section):
@@ -148,6 +348,10 @@ def read_recipe_data(path: Path) -> dict:
 
 
 def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
+    """Read and validate a recipe file, with ``--set``-style overrides (``["train.epochs=1", ...]``).
+
+    Every mistake raises :class:`lab.errors.LabError` with one line naming the field and what is allowed, including
+    training settings this machine cannot run (e.g. ``train.accelerator: gpu`` without a GPU)."""
     path = Path(path)
     data = read_recipe_data(path)
     for item in overrides or []:
@@ -155,9 +359,11 @@ def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
     return recipe_from_dict(data, str(path))
 
 
-def recipe_from_dict(data: dict, where: str = "recipe") -> Recipe:
+def recipe_from_dict(data: dict, where: str = "recipe", machine: bool = True) -> Recipe:
+    """Validate a recipe given as a mapping (as a YAML file holds it). ``machine``: also check that the train
+    section can run on this machine (off when reading back a run that may have been made elsewhere)."""
     try:
-        return Recipe.model_validate(data)
+        return Recipe.model_validate(data, context={"machine": machine})
     except ValidationError as e:
         raise LabError(f"{where}: {format_validation_error(e)}") from None
     except LabError as e:

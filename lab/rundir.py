@@ -1,7 +1,16 @@
-"""Reading a finished run back: its recipe, protection record, results and trained models."""
+"""Run folders: how an unfinished one is marked, and reading a finished one back (its recipe, protection record,
+results and trained models).
+
+A run folder is finished when it holds ``results.json`` and no ``INCOMPLETE`` file. ``lab run`` writes
+``INCOMPLETE`` first (saying the run is in progress), rewrites it with the reason when the run fails or is
+interrupted, and removes it only after ``results.json`` has been written, atomically, as the last file. Readers
+(``lab report``, ``lab ablate``, sweep resume) use :func:`is_finished`.
+"""
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +22,38 @@ from lab.errors import LabError
 from lab.models import build_model
 from lab.module import LabModule
 from lab.recipe import Recipe, recipe_from_dict
+
+
+INCOMPLETE = "INCOMPLETE"
+
+
+def mark_incomplete(run_dir: Path, reason: str) -> None:
+    """Write (or replace) ``run_dir/INCOMPLETE`` saying why the run is not finished."""
+    stamp = dt.datetime.now().isoformat(timespec="seconds")
+    text = (f"{reason}\n\nThis run folder is not a finished run ({stamp}, pid {os.getpid()}): results.json is "
+            "written last, and lab report, lab ablate and sweep resume skip folders holding this file.\n")
+    write_atomic(Path(run_dir) / INCOMPLETE, text)
+
+
+def incomplete_reason(run_dir: Path) -> str | None:
+    """The first line of ``run_dir/INCOMPLETE``, or None when there is no such file."""
+    marker = Path(run_dir) / INCOMPLETE
+    if not marker.is_file():
+        return None
+    return (marker.read_text().splitlines() or ["(no reason recorded)"])[0]
+
+
+def is_finished(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished run: a results.json and no INCOMPLETE marker."""
+    return (Path(run_dir) / "results.json").is_file() and not (Path(run_dir) / INCOMPLETE).exists()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers see the old file or the whole new
+    one, never half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 @dataclass
@@ -41,26 +82,41 @@ class FinishedRun:
 def load_run(path: Path) -> FinishedRun:
     path = Path(path)
     files = {name: path / name for name in ("recipe.yaml", "protection.json", "results.json")}
+    reason = incomplete_reason(path)
+    if reason is not None:
+        raise LabError(f"{path} is not a finished lab run ({INCOMPLETE}: {reason}); run the recipe again")
     missing = [n for n, p in files.items() if not p.is_file()]
     if missing:
         raise LabError(f"{path} is not a finished lab run (missing {', '.join(missing)})")
-    recipe = recipe_from_dict(yaml.safe_load(files["recipe.yaml"].read_text()), str(files["recipe.yaml"]))
+    # the run may have been made on another machine (e.g. with a GPU): its train section is not checked against this
+    recipe = recipe_from_dict(yaml.safe_load(files["recipe.yaml"].read_text()), str(files["recipe.yaml"]),
+                              machine=False)
     protection = Protection.from_dict(json.loads(files["protection.json"].read_text()))
     return FinishedRun(path, recipe, protection, json.loads(files["results.json"].read_text()))
 
 
-def find_results(paths: list[Path]) -> list[Path]:
-    """Every results.json in or below the given run or sweep folders (or the files themselves)."""
+def find_results(paths: list[Path], log=None) -> list[Path]:
+    """Every results.json of a finished run in or below the given run or sweep folders (or the files themselves).
+    Folders marked INCOMPLETE are left out (``log``, when given, is told how many); naming one directly is an
+    error."""
     found: list[Path] = []
+    unfinished: set[Path] = set()
     for p in map(Path, paths):
         if p.is_file() and p.name == "results.json":
+            if not is_finished(p.parent):
+                raise LabError(f"{p.parent} is not a finished lab run ({INCOMPLETE}: {incomplete_reason(p.parent)})")
             found.append(p)
         elif p.is_dir():
-            found += sorted(p.rglob("results.json"))
+            marked = {m.parent for m in p.rglob(INCOMPLETE)}
+            unfinished |= marked
+            found += [f for f in sorted(p.rglob("results.json")) if f.parent not in marked]
         else:
             raise LabError(f"no such run folder or results.json: {p}")
+    left_out = f"{len(unfinished)} unfinished run folder(s) marked {INCOMPLETE} left out" if unfinished else ""
+    if left_out and log is not None:
+        log(f"{left_out}, e.g. {min(unfinished)}")
     if not found:
-        raise LabError(f"no results.json under {', '.join(map(str, paths))}")
+        raise LabError(f"no results.json under {', '.join(map(str, paths))}" + (f" ({left_out})" if left_out else ""))
     return found
 
 
@@ -83,8 +139,5 @@ def refresh_quality(path: Path, log=print) -> dict:
     results.setdefault("quality_history", []).append(
         {"commit": results.get("provenance", {}).get("git", {}).get("commit"), "quality": results.get("quality")})
     results["quality"] = quality
-    target = Path(path) / "results.json"
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(target)
+    write_atomic(Path(path) / "results.json", json.dumps(results, indent=2))
     return quality

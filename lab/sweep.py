@@ -1,7 +1,8 @@
 """Sweeps: a grid of recipe overrides, run cell by cell, resumable, summarised as a protection/quality frontier.
 
 Each cell is a folder ``cell-<hash>`` holding ``cell.json`` (its overrides) and, when finished, the usual run files.
-Running the same sweep again skips finished cells and redoes an interrupted one. Cells that differ only in their
+Running the same sweep again skips finished cells (a results.json and no INCOMPLETE marker) and redoes an
+interrupted or failed one. Cells that differ only in their
 defense share each seed's clean-trained model (trained once per sweep process).
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import yaml
 
 from lab.errors import LabError
 from lab.recipe import Recipe, load_recipe
+from lab.rundir import is_finished
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
@@ -67,7 +69,7 @@ def cell_id(cell: dict[str, Any], seeds: list[int]) -> str:
 def run_sweep(recipe_path: Path, grid: dict[str, list[Any]], out: Path, seeds: list[int] | None = None,
               overrides: list[str] | None = None, log: Callable[[str], None] = print) -> list[dict]:
     """Run every cell not yet finished; return one summary row per cell (finished before or now)."""
-    from lab.experiment import run
+    from lab.experiment import RunInterrupted, run
 
     base_overrides = list(overrides or [])
     if seeds:
@@ -83,7 +85,7 @@ def run_sweep(recipe_path: Path, grid: dict[str, list[Any]], out: Path, seeds: l
     for i, (cell, recipe) in enumerate(planned, 1):
         folder = out / cell_id(cell, list(recipe.seeds))
         label = ", ".join(f"{k}={v}" for k, v in cell.items())
-        if (folder / "results.json").is_file():
+        if is_finished(folder):
             log(f"[{i}/{len(planned)}] {label}: finished earlier, skipped")
         else:
             if folder.exists():
@@ -92,7 +94,11 @@ def run_sweep(recipe_path: Path, grid: dict[str, list[Any]], out: Path, seeds: l
             folder.mkdir(parents=True)
             (folder / "cell.json").write_text(json.dumps({"cell": cell, "seeds": list(recipe.seeds)}, indent=2))
             log(f"[{i}/{len(planned)}] {label}: running")
-            run(recipe, str(recipe_path), log=log, run_dir=folder, clean_models=clean_models)
+            try:
+                run(recipe, str(recipe_path), log=log, run_dir=folder, clean_models=clean_models)
+            except RunInterrupted as e:
+                raise RunInterrupted(f"{e}; {i - 1} of {len(planned)} cells finished before it, and running the "
+                                     "same sweep again resumes") from None
         rows.append(summary_row(cell, json.loads((folder / "results.json").read_text()), folder))
     write_frontier(rows, out)
     return rows

@@ -40,3 +40,53 @@ def test_list_shows_plugins():
     proc = lab("list")
     assert proc.returncode == 0
     assert "poscuda" in proc.stdout and "transformer" in proc.stdout and "logmel" in proc.stdout
+
+
+@pytest.mark.parametrize("override, pattern", [
+    ("train.accelerator=gpux", "train.accelerator: 'gpux' is not an accelerator (did you mean 'gpu'?); allowed here: "
+                               "auto, cpu"),
+    ("train.strategy=dpp", "train.strategy: 'dpp' is not a Lightning strategy (did you mean 'ddp'?); allowed here: "
+                           "auto, ddp,"),
+    ("train.precision=fp16", "train.precision: 'fp16' is not a Lightning precision (did you mean 'bf16'?); allowed:"),
+    ("train.devices=two", "train.devices: expected 'auto', a number of devices (1, 2, ...; -1 for all GPUs) or a list "
+                          "of GPU indices such as [0, 1]; got 'two'"),
+])
+def test_training_flags_are_checked_before_any_work(tmp_path, override, pattern):
+    import torch
+    if torch.cuda.is_available() and "accelerator" in override:
+        pattern = pattern.split("allowed here")[0]  # the allowed list names this machine's GPU too
+    proc = lab("run", "recipes/fsdd_cnn.yaml", "--out", str(tmp_path / "runs"), "--set", override)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert pattern in " ".join(proc.stderr.split())
+    assert not (tmp_path / "runs").exists()  # no run folder, not even a half-made one
+    assert "data:" not in proc.stdout  # refused before the data was loaded
+
+
+def test_failed_run_before_training_leaves_no_folder(tmp_path):
+    proc = lab("run", "recipes/fsdd_cnn.yaml", "--out", str(tmp_path / "runs"), "--set", f"data.root={tmp_path}")
+    assert proc.returncode == 2
+    assert not (tmp_path / "runs").exists()  # nothing worth keeping: the folder it had made is removed
+
+
+def test_h_is_help():
+    short, long = lab("-h"), lab("--help")
+    assert short.returncode == 0 and short.stdout == long.stdout and "Usage: lab" in short.stdout
+    sub = lab("run", "-h")
+    assert sub.returncode == 0 and "--set" in sub.stdout
+
+
+def test_version():
+    import lab as package
+    proc = lab("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"lab {package.__version__}" == "lab 0.1.0"
+
+
+def test_shell_completion():
+    assert "--install-completion" in lab("--help").stdout
+    script = lab("--show-completion", "bash")
+    assert script.returncode == 0 and "_LAB_COMPLETE=complete_bash" in script.stdout
+    import os
+    env = {**os.environ, "_LAB_COMPLETE": "complete_bash", "COMP_WORDS": "lab ru", "COMP_CWORD": "1"}
+    assert lab(env=env).stdout.split() == ["run"]

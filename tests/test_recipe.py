@@ -67,3 +67,71 @@ def test_overrides_and_public_dict_hide_key(tmp_path):
     public = yaml.safe_dump(recipe.public_dict())
     assert "very-secret-key-1" not in public and "<redacted>" in public
     assert "very-secret-key-1" not in repr(recipe)
+
+
+@pytest.fixture
+def cpu_only(monkeypatch):
+    """This machine as a CPU-only one (the checks must not depend on where the tests run)."""
+    import lab.recipe
+    monkeypatch.setattr(lab.recipe, "_cuda_devices", lambda: 0)
+    monkeypatch.setattr(lab.recipe, "_mps_available", lambda: False)
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    import lab.recipe
+    monkeypatch.setattr(lab.recipe, "_cuda_devices", lambda: 2)
+    monkeypatch.setattr(lab.recipe, "_mps_available", lambda: False)
+
+
+@pytest.mark.parametrize("train, pattern", [
+    ({"accelerator": "gpux"}, r"^recipe: train.accelerator: 'gpux' is not an accelerator \(did you mean 'gpu'\?\); "
+                              r"allowed here: auto, cpu$"),
+    ({"accelerator": "gpu"}, r"train.accelerator: 'gpu' is not available on this machine \(no CUDA or MPS GPU "
+                             r"found\); allowed here: auto, cpu$"),
+    ({"precision": "fp16"}, r"train.precision: 'fp16' is not a Lightning precision \(did you mean 'bf16'\?\); "
+                            r"allowed: .*16-mixed, bf16-true, bf16-mixed, 32-true, 64-true"),
+    ({"strategy": "dpp"}, r"train.strategy: 'dpp' is not a Lightning strategy \(did you mean 'ddp'\?\); allowed "
+                          r"here: auto, ddp, .*ddp_spawn"),
+    ({"strategy": "fsdp"}, r"train.strategy: 'fsdp' needs accelerator gpu or cuda"),
+    ({"devices": "two"}, r"train.devices: expected 'auto', a number of devices .* got 'two'"),
+    ({"devices": 0}, r"train.devices: expected 'auto'"),
+    ({"devices": [0, 1]}, r"train.devices: \[0, 1\] selects GPUs, but accelerator 'auto' \(here: cpu\) trains on "
+                          r"the CPU, .*allowed here: auto or an integer >= 1"),
+])
+def test_train_flags_fail_at_the_door_with_what_is_allowed_here(cpu_only, train, pattern):
+    with pytest.raises(LabError, match=pattern) as info:
+        recipe_from_dict({"train": train})
+    assert "\n" not in str(info.value)
+
+
+def test_train_flags_lightning_accepts(cpu_only):
+    train = recipe_from_dict({"train": {"precision": 16, "strategy": "ddp_spawn", "devices": "2"}}).train
+    assert train.precision == "16" and train.strategy == "ddp_spawn" and train.devices == 2  # YAML numbers as text
+    assert recipe_from_dict({"train": {"precision": "bf16-mixed", "devices": "auto"}}).train.devices == "auto"
+
+
+def test_gpu_devices_are_counted(two_gpus):
+    assert recipe_from_dict({"train": {"accelerator": "gpu", "devices": [0, 1]}}).train.devices == [0, 1]
+    assert recipe_from_dict({"train": {"accelerator": "cuda", "devices": -1, "strategy": "fsdp"}}).train.devices == -1
+    with pytest.raises(LabError, match=r"train.devices: 4 asks for more cuda devices than this machine has \(2\); "
+                                       r"allowed here: auto, 1..2, -1 \(all\)"):
+        recipe_from_dict({"train": {"accelerator": "gpu", "devices": 4}})
+    with pytest.raises(LabError, match=r"train.devices: \[1, 2\] asks for more cuda devices"):
+        recipe_from_dict({"train": {"accelerator": "auto", "devices": "1,2"}})
+
+
+def test_a_run_made_on_a_gpu_reads_back_on_a_cpu(cpu_only):
+    """A finished run's recipe is read without checking it against this machine; names are still checked."""
+    recipe = recipe_from_dict({"train": {"accelerator": "gpu", "devices": [0, 1]}}, machine=False)
+    assert recipe.train.accelerator == "gpu"
+    with pytest.raises(LabError, match="'gpux' is not an accelerator"):
+        recipe_from_dict({"train": {"accelerator": "gpux"}}, machine=False)
+
+
+def test_precision_and_strategy_lists_are_lightnings():
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    from lab.recipe import precisions, strategies
+    assert {"32-true", "16-mixed", "bf16-mixed", "64-true", "32", "16"} <= set(precisions())
+    assert set(strategies(machine=False)) == {"auto", *StrategyRegistry.available_strategies()}

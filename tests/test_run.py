@@ -110,3 +110,113 @@ def test_two_process_ddp_on_cpu(fsdd_dir, tmp_path):
     results = json.loads(next(tmp_path.rglob("results.json")).read_text())
     assert results["recipe"]["train"]["devices"] == 2
     assert 0.0 <= results["accuracy"]["protected_model/clean_test"]["mean"] <= 1.0
+
+
+TINY = ["--seeds", "0", "--set", "data.max_train_per_class=10", "--set", "data.max_test_per_class=5",
+        "--set", "train.num_threads=1", "--set", "train.progress=false"]
+
+
+def test_ctrl_c_during_training_exits_130_and_marks_the_folder(fsdd_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    repo = Path(__file__).resolve().parent.parent
+    out = tmp_path / "runs"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lab", "run", "recipes/fsdd_cnn.yaml", "--out", str(out), *TINY,
+         "--set", f"data.root={fsdd_dir}", "--set", "train.epochs=500"],
+        cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not list(out.rglob("metrics.csv")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    time.sleep(0.5)  # well inside training (500 epochs)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (stdout, stderr)
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    (run_dir,) = (out / "fsdd_cnn").iterdir()
+    assert " ".join(stderr.split()).startswith(
+        f"interrupted: kept {run_dir}/ (incomplete: 0 of 1 seed trained, stopped while training seed 0 (clean "
+        "model); its results.json is not written")
+    assert not (run_dir / "results.json").exists()
+    assert (run_dir / "INCOMPLETE").read_text().startswith("interrupted (Ctrl-C): 0 of 1 seed trained")
+
+
+def test_a_failing_run_is_marked_incomplete_and_readers_skip_it(fsdd_dir, tmp_path, monkeypatch):
+    import lab.experiment
+    from lab.errors import LabError
+    from lab.recipe import load_recipe
+    from lab.rundir import find_results, is_finished, load_run
+
+    def broken_evaluate(*args, **kwargs):
+        raise RuntimeError("evaluation broke")
+
+    recipe = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "fsdd_cnn.yaml", [
+        f"data.root={fsdd_dir}", "data.max_train_per_class=5", "data.max_test_per_class=2", "train.epochs=1",
+        "seeds=[0, 1]", "train.num_threads=1", f"output_dir={tmp_path}"])
+    monkeypatch.setattr(lab.experiment, "evaluate", broken_evaluate)
+    said = []
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        lab.experiment.run(recipe, log=said.append)
+    (run_dir,) = (tmp_path / "fsdd_cnn").iterdir()
+    assert not (run_dir / "results.json").exists() and not is_finished(run_dir)
+    assert list((run_dir / "models").glob("*.pt"))  # the trained models are kept...
+    reason = (run_dir / "INCOMPLETE").read_text().splitlines()[0]
+    assert reason == "failed (RuntimeError: evaluation broke): 0 of 2 seeds trained, stopped while evaluating seed 0"
+    assert any(f"kept {run_dir}/" in s for s in said)  # ...and the log says where
+    with pytest.raises(LabError, match="is not a finished lab run \\(INCOMPLETE: failed"):
+        load_run(run_dir)
+    # a results.json beside an INCOMPLETE marker (a crash between the two) does not count either
+    (run_dir / "results.json").write_text("{}")
+    with pytest.raises(LabError, match="unfinished run folder\\(s\\) marked INCOMPLETE left out"):
+        find_results([tmp_path])
+
+
+def test_sweep_redoes_a_cell_marked_incomplete(tmp_path, monkeypatch):
+    import json
+
+    import lab.experiment
+    from lab.rundir import mark_incomplete
+    from lab.sweep import cell_id, run_sweep
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "fsdd_cnn.yaml"
+    ran = []
+
+    def fake_run(rec, *args, run_dir, **kwargs):
+        ran.append(run_dir.name)
+        stat = {"mean": 0.5, "std": 0.0, "n": 1, "values": [0.5]}
+        results = {"recipe": rec.public_dict(), "seeds": [0], "quality": {},
+                   "accuracy": {k: stat for k in ("protected_model/clean_test", "clean_model/clean_test",
+                                                   "protected_model/protected_test", "protected_model/mixed_test")}}
+        (run_dir / "results.json").write_text(json.dumps(results))
+        return results, run_dir
+
+    monkeypatch.setattr(lab.experiment, "run", fake_run)
+    grid = {"defense.blur": [0.1, 0.5]}
+    run_sweep(recipe, grid, tmp_path, [0], [], log=lambda s: None)
+    assert len(ran) == 2
+    stale = tmp_path / cell_id({"defense.blur": 0.5}, [0])
+    mark_incomplete(stale, "interrupted (Ctrl-C): 0 of 1 seed trained")  # results.json is there, but not final
+    said = []
+    run_sweep(recipe, grid, tmp_path, [0], [], log=said.append)
+    assert ran[2:] == [stale.name]
+    assert any("blur=0.5: incomplete from an earlier run, redoing" in s for s in said)
+    assert any("blur=0.1: finished earlier, skipped" in s for s in said)
+
+
+def test_tiny_run_warns_about_its_few_clips(fsdd_dir, tmp_path):
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "fsdd_cnn.yaml"
+    result = CliRunner().invoke(app, ["run", str(recipe), "--out", str(tmp_path), *TINY, "--set",
+                                      f"data.root={fsdd_dir}", "--set", "train.epochs=1"])
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "fsdd_cnn").iterdir()
+    assert not (run_dir / "INCOMPLETE").exists() and (run_dir / "results.json").is_file()
+    text = " ".join(result.output.split())
+    assert "warning: FAD backend logmel (clean floor, half vs half): few clips for 64-d embeddings: 50 and 50 " \
+           "clips, fewer than 2 x 64 = 128 per set" in text
+    assert "warning: FAD backend classifier skipped: the first set has 100 embeddings for 100 dimensions" in text
+    assert "few clips for 64-d embeddings" in (run_dir / "results.md").read_text()

@@ -8,28 +8,109 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from lab.cli import app, console, log
+from lab.cli import app, console, err_console, log
 
 
-def folder_clips(folder: Path, sample_rate: int):
-    """Every audio file under ``folder`` (recursively), mono, resampled to ``sample_rate``: (clips, lengths)."""
-    import torch
-    import torchaudio.functional as AF
-
-    from lab.data.audio import AUDIO_EXTENSIONS, read_audio
+def audio_files(folder: Path) -> list[Path]:
+    """Every audio file under ``folder`` (recursively), sorted by path; one-line errors for a missing or empty
+    folder."""
+    from lab.data.audio import AUDIO_EXTENSIONS
     from lab.errors import LabError
-    from lab.fad.backends import pad_clips
     if not folder.is_dir():
         raise LabError(f"no such folder: {folder} (give two folders of audio files)")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
     if not files:
         raise LabError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {folder}")
+    return files
+
+
+def read_clips(files: list[Path], sample_rate: int, advance=lambda n: None):
+    """The files, mixed to mono and resampled to ``sample_rate``: (clips, lengths); ``advance(1)`` after each."""
+    import torch
+    import torchaudio.functional as AF
+
+    from lab.data.audio import read_audio
+    from lab.fad.backends import pad_clips
     clips = []
     for path in files:
         data, sr = read_audio(path)
         wave = torch.from_numpy(data.mean(axis=1))
         clips.append(AF.resample(wave, sr, sample_rate) if sr != sample_rate else wave)
+        advance(1)
     return pad_clips(clips)
+
+
+def folder_clips(folder: Path, sample_rate: int):
+    """Every audio file under ``folder`` (recursively), mono, resampled to ``sample_rate``: (clips, lengths)."""
+    return read_clips(audio_files(folder), sample_rate)
+
+
+def embed_in_chunks(model, waves, lengths, chunk: int = 256, advance=lambda n: None):
+    """``model.embed`` over ``chunk`` clips at a time (so that progress can be shown), joined into one set."""
+    from lab.fad import EmbeddingSet
+    parts = []
+    for start in range(0, len(waves), chunk):
+        parts.append(model.embed(waves[start:start + chunk], model.sample_rate, lengths[start:start + chunk]))
+        advance(min(chunk, len(waves) - start))
+    return EmbeddingSet.concat(parts)
+
+
+def pairing(files_a: list[Path], dir_a: Path, files_b: list[Path], dir_b: Path) -> None:
+    """Refuse ``--paired`` unless both folders hold the same relative paths (clip i of one is then a version of
+    clip i of the other: both lists are sorted the same way)."""
+    from lab.errors import LabError
+    names_a = {f.relative_to(dir_a).as_posix() for f in files_a}
+    names_b = {f.relative_to(dir_b).as_posix() for f in files_b}
+    if names_a != names_b:
+        only_a, only_b = sorted(names_a - names_b), sorted(names_b - names_a)
+        parts = [f"{len(only_a)} only in {dir_a} (e.g. {only_a[0]})" if only_a else "",
+                 f"{len(only_b)} only in {dir_b} (e.g. {only_b[0]})" if only_b else ""]
+        raise LabError(f"--paired: the folders do not hold the same files ({'; '.join(p for p in parts if p)}); "
+                       "pairing matches each file with the one at the same relative path in the other folder "
+                       "(leave out --paired for unrelated sets)")
+
+
+class Steps:
+    """Progress of the slow steps of ``lab fad``: a Rich progress bar per step on a terminal; elsewhere (a log, a
+    pipe) one line when a step ends and one every ``every`` seconds of a long step."""
+
+    def __init__(self, every: float = 10.0):
+        self.every = every
+        self.bar = None
+        if console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+            self.bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def run(self, label: str, total: int, unit: str, work):
+        """``work(advance)``, showing ``label`` with ``total`` units done as ``advance(n)`` is called."""
+        import time
+        started = last = time.perf_counter()
+        done = 0
+        task = self.bar.add_task(label, total=total) if self.bar is not None else None
+
+        def advance(n: int) -> None:
+            nonlocal done, last
+            done += n
+            if task is not None:
+                self.bar.update(task, completed=done)
+            elif time.perf_counter() - last >= self.every:
+                last = time.perf_counter()
+                log(f"{label}: {done}/{total} {unit} ({last - started:.0f} s)")
+
+        result = work(advance)
+        if task is None:
+            log(f"{label}: {total} {unit} in {time.perf_counter() - started:.1f} s")
+        return result
 
 
 @app.command("fad")
@@ -43,6 +124,9 @@ def fad_command(
                                   "(0: none)."),
     level: float = typer.Option(0.95, help="Confidence level of the interval."),
     seed: int = typer.Option(0, help="Seed of the bootstrap and of the FAD-infinity subsets."),
+    paired: bool = typer.Option(False, "--paired", help="The folders hold versions of the same clips (e.g. clean "
+                                "and protected), matched by relative path: the bootstrap resamples the same clips "
+                                "from both, which narrows the interval. Both folders must hold the same file names."),
     fad_inf: bool = typer.Option(False, "--fad-inf", help="Also extrapolate FAD to infinitely many clips (FAD on "
                                  "subsets of several sizes, regressed on 1/N)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result to this JSON file (never "
@@ -52,40 +136,61 @@ def fad_command(
 
     Every audio file (wav, flac, ogg) under each folder is read, mixed to mono and resampled to the backend's rate;
     the backend turns each clip into embeddings, each folder's embeddings are summarised by a Gaussian, and the
-    Fréchet distance between the two is printed in float64 with its interval. Neither folder is modified.
+    Fréchet distance between the two is printed in float64 with its interval. Neither folder is modified. A
+    warning says when a folder holds too few clips for the embedding's dimension (fewer than 2 x dim) to trust
+    the value. Progress is shown while the folders are read and embedded, and around the bootstrap.
     """
+    import time
+
     from lab.errors import LabError
     from lab.fad import build_backend, fad, fad_infinity
     if json_out is not None and json_out.exists():
         raise LabError(f"--json: {json_out} already exists; choose a new file name")
     model = build_backend(backend)
+    files = [audio_files(folder) for folder in (dir_a, dir_b)]
+    if paired:
+        pairing(files[0], dir_a, files[1], dir_b)
     sets = []
-    for folder in (dir_a, dir_b):
-        waves, lengths = folder_clips(folder, model.sample_rate)
-        log(f"{folder}: {len(waves)} clips")
-        sets.append(model.embed(waves, model.sample_rate, lengths))
+    with Steps() as steps:
+        for name, folder, found in (("A", dir_a, files[0]), ("B", dir_b, files[1])):
+            waves, lengths = steps.run(f"reading {name} ({folder})", len(found), "files",
+                                       lambda advance: read_clips(found, model.sample_rate, advance))
+            sets.append(steps.run(f"embedding {name} ({backend})", len(waves), "clips",
+                                  lambda advance: embed_in_chunks(model, waves, lengths, advance=advance)))
+    if bootstrap:
+        log(f"bootstrap: {bootstrap} resamples of {'paired ' if paired else ''}clips")
+    started = time.perf_counter()
     result = {"dir_a": str(dir_a), "dir_b": str(dir_b), **model.info(),
-              **fad(sets[0], sets[1], bootstrap=bootstrap, level=level, seed=seed)}
+              **fad(sets[0], sets[1], bootstrap=bootstrap, level=level, seed=seed, paired=paired)}
+    if bootstrap:
+        log(f"bootstrap done in {time.perf_counter() - started:.1f} s")
     if fad_inf:
-        result["fad_infinity"] = fad_infinity(sets[0], sets[1], seed=seed)
-    table = Table(title=f"FAD ({backend}, {model.dim}-d, {model.sample_rate} Hz)")
+        result["fad_infinity"] = fad_infinity(sets[0], sets[1], seed=seed, paired=paired)
+    table = Table(title=f"FAD ({backend}, {model.dim}-d, {model.sample_rate} Hz{', paired' if paired else ''})")
     table.add_column("")
     table.add_column("value", justify="right")
     table.add_row("clips A / B", f"{result['clips'][0]} / {result['clips'][1]}")
     table.add_row("embeddings A / B", f"{result['embeddings'][0]} / {result['embeddings'][1]}")
     table.add_row("FAD", f"{result['fad']:.4g}")
     if bootstrap:
-        table.add_row(f"{level:.0%} interval ({bootstrap} resamples, seed {seed})",
+        table.add_row(f"{level:.0%} interval ({bootstrap} {'paired ' if paired else ''}resamples, seed {seed})",
                       f"[{result['ci_low']:.4g}, {result['ci_high']:.4g}]")
     if fad_inf:
         fi = result["fad_infinity"]
         table.add_row(f"FAD-infinity (sizes {fi['sizes'][0]}..{fi['sizes'][-1]}, R² {fi['r2']:.2f})",
                       f"{fi['fad_inf']:.4g}")
     console.print(table)
+    for warning in result["warnings"]:
+        warn(warning)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2))
         console.print(f"written: {json_out}")
+
+
+def warn(message: str) -> None:
+    """A warning for a person, on stderr, on one line."""
+    err_console.print(f"[bold yellow]warning:[/bold yellow] {message}", highlight=False, soft_wrap=True)
 
 
 def public(override: str) -> str:
@@ -112,7 +217,7 @@ def quality_command(
     from rich.markup import escape
 
     from lab.errors import LabError
-    from lab.experiment import prepare
+    from lab.experiment import prepare, quality_warnings
     from lab.provenance import provenance
     from lab.quality import FAD_COLUMNS, assess, fad_rows, per_clip_line
     from lab.recipe import load_recipe
@@ -147,6 +252,9 @@ def quality_command(
         for row in fad_rows(quality):
             table.add_row(*(escape(cell) for cell in row))
         console.print(table)
+        for warning in quality_warnings(quality):
+            if classifier or not warning.startswith("FAD backend classifier skipped"):  # skipped as asked
+                warn(warning)
         console.print(f"per clip: {per_clip_line(quality)}; quality section took {quality['seconds']} s",
                       highlight=False)
     if json_out is not None:

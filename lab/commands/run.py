@@ -23,7 +23,9 @@ def run(
     Prints a table of accuracies (clean model on clean test; protected model on clean test, on test clips protected
     with the same key, and on test clips whose patch positions are mixed between classes) and writes
     runs/<recipe>/<timestamp>/ with results.json, results.md, the resolved recipe (no key), the protection record,
-    CSV training logs, versions and git commit.
+    CSV training logs, versions and git commit. results.json is written last: a run that fails or is interrupted
+    (Ctrl-C: exit code 130) keeps its folder marked by an INCOMPLETE file saying why, or removes it when nothing
+    was trained yet.
     """
     from lab.recipe import load_recipe
     overrides = list(set_ or [])
@@ -55,6 +57,10 @@ def run(
         for row in fad_rows(quality):
             fad_table.add_row(*(escape(cell) for cell in row))
         console.print(fad_table)
+    from lab.commands.fad import warn
+    from lab.experiment import quality_warnings
+    for warning in quality_warnings(quality):
+        warn(warning)
     console.print(f"protected training audio per clip: {per_clip_line(quality)}; key fingerprint "
                   f"{results['key_fingerprint']}; {results['wall_seconds']} s", highlight=False)
     console.print(f"results: {run_dir}/results.json, {run_dir}/results.md")

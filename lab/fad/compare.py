@@ -22,7 +22,7 @@ import functools
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from lab.fad.distance import FrechetError, check_sample_size, frechet_distance
+from lab.fad.distance import RELIABLE_PER_DIM, FrechetError, check_sample_size, frechet_distance
 from lab.fad.sets import EmbeddingSet
 
 
@@ -49,6 +49,22 @@ def _check(a: EmbeddingSet, b: EmbeddingSet, strict: bool, paired: bool) -> None
     check_sample_size(len(b), b.dim, "the second set", strict)
 
 
+def sample_size_warnings(a: EmbeddingSet, b: EmbeddingSet) -> list[str]:
+    """Why a FAD between ``a`` and ``b`` may not be trusted for their size: fewer clips than RELIABLE_PER_DIM x the
+    embedding dimension in a set. Clips are the independent samples (frames of one clip are not), so the covariance
+    is then poorly estimated, rank-deficient or nearly so: FAD is biased upwards (two sets of the same audio do not
+    give 0) and its bootstrap interval, which resamples clips, is wide."""
+    need = RELIABLE_PER_DIM * a.dim
+    if min(a.n_clips, b.n_clips) >= need:
+        return []
+    per_clip = len(a) == a.n_clips and len(b) == b.n_clips
+    why = "one embedding per clip: the covariance is nearly rank-deficient" if per_clip else \
+        "the frames of one clip are not independent: the covariance rests on too few independent clips"
+    return [f"few clips for {a.dim}-d embeddings: {a.n_clips} and {b.n_clips} clips, fewer than {RELIABLE_PER_DIM} x "
+            f"{a.dim} = {need} per set ({why}), so FAD is biased upwards and its interval is wide; use at least "
+            f"{need} clips per set, and compare it only with a floor of the same sizes"]
+
+
 @one_blas_thread
 def fad(a: EmbeddingSet, b: EmbeddingSet, bootstrap: int = 200, level: float = 0.95, seed: int = 0,
         paired: bool = False, strict: bool = True) -> dict:
@@ -57,15 +73,15 @@ def fad(a: EmbeddingSet, b: EmbeddingSet, bootstrap: int = 200, level: float = 0
     bootstrap: number of resamples (0: no interval). level: confidence level of the interval (0.95 is 95%).
     seed: seed of the resampling (recorded). paired: resample the same clips in both sets (they must hold the same
     number of clips, clip i in one being a version of clip i in the other). strict: refuse a set with fewer
-    embeddings than dimensions (else warn). Returns a dict with ``fad``, ``ci_low``, ``ci_high`` and how they were
-    obtained.
+    embeddings than dimensions (else warn). Returns a dict with ``fad``, ``ci_low``, ``ci_high``, how they were
+    obtained, and ``warnings``: why the value may not be trusted for these sizes (:func:`sample_size_warnings`).
     """
     _check(a, b, strict, paired)
     if not 0 < level < 1:
         raise FrechetError(f"confidence level must be between 0 and 1 (e.g. 0.95); got {level}")
     value = _distance(a.stats(), b.stats())
     out = {"fad": value, "dim": a.dim, "clips": [a.n_clips, b.n_clips], "embeddings": [len(a), len(b)],
-           "paired": paired}
+           "paired": paired, "warnings": sample_size_warnings(a, b)}
     if bootstrap <= 0:
         return out
     rng = np.random.default_rng(seed)

@@ -22,6 +22,9 @@ from lab.errors import LabError
 # the size of the terms it is the difference of) may be before it counts as a real failure rather than rounding.
 EIG_TOL = 1e-8
 DIST_TOL = 1e-9
+# Fewer clips than this many per embedding dimension (in the smaller set) make FAD warn: the covariance then rests on
+# too few independent samples, and the estimate is biased upwards with a wide interval.
+RELIABLE_PER_DIM = 2
 
 
 class FrechetError(LabError):
@@ -106,8 +109,10 @@ def check_sample_size(n: int, dim: int, what: str, strict: bool = True) -> None:
     covariance is then rank-deficient and the distance mostly measures the sample size, not the audio."""
     if n > dim:
         return
-    msg = (f"{what} has {n} embeddings for {dim} dimensions: too few for a full-rank covariance; use more audio, "
-           "or a backend with fewer dimensions")
+    msg = (f"{what} has {n} embeddings for {dim} dimensions: too few for a full-rank covariance (it is "
+           f"rank-deficient, so FAD would mostly measure the sample size, not the audio); use more audio (at least "
+           f"{RELIABLE_PER_DIM} x {dim} = {RELIABLE_PER_DIM * dim} clips for one embedding per clip), or a backend "
+           "with fewer dimensions")
     if strict:
         raise FrechetError(msg)
     warnings.warn(msg, stacklevel=2)

@@ -50,6 +50,18 @@ class EmbeddingSet:
         clip = np.concatenate([np.full(len(f), i) for i, f in enumerate(per_clip_frames)])
         return cls(frames, clip, len(per_clip_frames))
 
+    @classmethod
+    def concat(cls, sets: list["EmbeddingSet"]) -> "EmbeddingSet":
+        """The clips of several sets, in order, as one set (clip indices of each set after those of the ones before
+        it): embeddings computed in chunks, joined."""
+        if not sets:
+            raise FrechetError("no embedding sets to join")
+        if len({s.dim for s in sets}) > 1:
+            raise FrechetError(f"cannot join embedding sets of different dimensions ({sorted({s.dim for s in sets})})")
+        offsets = np.cumsum([0] + [s.n_clips for s in sets])
+        return cls(np.concatenate([s.frames for s in sets]),
+                   np.concatenate([s.clip + off for s, off in zip(sets, offsets)]), int(offsets[-1]))
+
     @property
     def dim(self) -> int:
         return self.frames.shape[1]
