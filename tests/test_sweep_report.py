@@ -239,3 +239,15 @@ def test_report_names_what_it_cannot_read_and_goes_on(tmp_path):
     assert isinstance(result.exception, LabError)
     assert "nothing to report: none of the 5 results.json files is a lab run or lab attack result" in str(
         result.exception)
+
+
+def test_report_says_it_left_out_unfinished_runs(tmp_path):
+    from lab.rundir import INCOMPLETE
+    fake_results(tmp_path / "done", [0], {0: 0.3})
+    fake_results(tmp_path / "stopped", [0], {0: 0.777})
+    (tmp_path / "stopped" / INCOMPLETE).write_text("interrupted while training seed 0")
+    result = CliRunner().invoke(app, ["report", str(tmp_path), "--out", str(tmp_path / "r"), "--no-spectrograms"],
+                                env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert f"1 unfinished run folder(s) marked {INCOMPLETE} left out" in " ".join(result.output.split())
+    assert "0.777" not in (tmp_path / "r" / "report.md").read_text()

@@ -27,7 +27,7 @@ def report(
     from lab.report import attack_table, attack_title, read, skipped_line, tables, write
     from lab.rundir import find_results
 
-    found = find_results(dirs)
+    found = find_results(dirs, log=log)
     collected = read(found)
     groups = collected.groups
     for path, why in collected.skipped:  # one line each, however long: never wrapped

@@ -16,7 +16,7 @@ def requality(dirs: list[Path] = typer.Argument(..., help="Run folders or sweep 
     from lab.rundir import find_results, refresh_quality
     from lab.sweep import summary_row, write_frontier
     import json
-    files = find_results(dirs)
+    files = find_results(dirs, log=log)
     for i, f in enumerate(files, 1):
         q = refresh_quality(f.parent, log)
         fad = q.get("fad", {})
