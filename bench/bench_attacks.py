@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from attacks import ATTACKS, build_attack  # noqa: E402
 from lab.attacking import column_name, train_under_attack  # noqa: E402
 from lab.experiment import prepare  # noqa: E402
-from lab.features import FeatureCache, FrontEnd  # noqa: E402
 from lab.provenance import git_commit  # noqa: E402
 from lab.recipe import load_recipe  # noqa: E402
 from lab.train import fit  # noqa: E402
@@ -47,9 +46,7 @@ def main() -> None:
     if recipe.train.num_threads:
         torch.set_num_threads(recipe.train.num_threads)
     prep = prepare(recipe, log=lambda s: None)
-    num_classes = len(prep.train.class_names)
-    frontend, cache = FrontEnd(recipe.features, recipe.data.sample_rate), FeatureCache()
-    feats, labels = prep.features["protected_train"], prep.train.labels
+    num_classes, labels = prep.num_classes, prep.train.labels
     configs = []
     for name in [n for n in args.attacks.split(",") if n]:
         configs.append(build_attack({"type": name}).config)
@@ -59,12 +56,12 @@ def main() -> None:
     best: dict[str, dict] = {}
     plain_module = None
     for _ in range(args.repeats):
-        fitted = fit(recipe, feats, labels, num_classes, 0)
+        fitted = fit(recipe, prep.training(prep.protected_train, 0), num_classes, 0)
         plain_times.append(fitted.seconds / args.epochs)
         plain_module = fitted.module
         for cfg in configs:
             attack = build_attack(cfg)
-            _, timing = train_under_attack(recipe, prep, attack, 0, frontend, cache, plain=plain_module)
+            _, timing = train_under_attack(recipe, prep, attack, 0, plain=plain_module)
             label = column_name(cfg)
             entry = {"epoch": timing["train"] / args.epochs, "data": timing["data"], "after": timing["after"],
                      "plain_start": attack.trains_plain, "per_batch": attack.per_batch}

@@ -38,7 +38,7 @@ def main() -> None:
         sys.exit(f"lab run failed:\n{proc.stderr[-2000:]}")
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     prep = prepare(recipe, log=lambda s: None)
-    per_epoch = plain_loop(recipe, prep.features["clean_train"], prep.train.labels, len(prep.train.class_names),
+    per_epoch = plain_loop(recipe, prep.features(prep.clean_train), prep.train.labels, prep.num_classes,
                            args.plain_epochs, 0)
     fits = 2 * len(recipe.seeds)
     bare = per_epoch * recipe.train.epochs * fits

@@ -51,12 +51,12 @@ def main() -> None:
     args = ap.parse_args()
     recipe = load_recipe(args.recipe, ["train.progress=false", *args.set])
     prep = prepare(recipe, log=lambda s: None)
-    feats, labels = prep.features["clean_train"], prep.train.labels
-    num_classes = len(prep.train.class_names)
+    feats, labels = prep.features(prep.clean_train), prep.train.labels
+    num_classes = prep.num_classes
     lab_times, plain_times = [], []
     for r in range(args.repeats):  # interleaved, so drift hits both alike
         plain_times.append(plain_loop(recipe, feats, labels, num_classes, args.epochs, r))
-        fitted = fit(recipe, feats, labels, num_classes, r, epochs=args.epochs)
+        fitted = fit(recipe, prep.training(prep.clean_train, r), num_classes, r, epochs=args.epochs)
         lab_times.append(fitted.seconds / args.epochs)
     lab_s, plain_s = min(lab_times), min(plain_times)
     print(f"recipe {args.recipe} ({recipe.model.type} on {recipe.features.type}), {len(labels)} clips, "

@@ -1,14 +1,14 @@
 """``lab attack``: train on protected data the way an unauthorised trainer would, and measure what survives.
 
 recipe + attack(s) ─► for each defense (none = clean reference, the recipe's, baselines at the same distortion):
-    prepare (protect, features) ─► per seed: no-attack model, then each attack's model(s) ─► clean-test accuracy
+    ExperimentData (protect, features; lab.spine) ─► per seed: no-attack model, then each attack's model(s) ─► clean-test accuracy
   ─► one table (rows: no attack, each attack, then the worst case over them; columns: defenses) as JSON, Markdown,
      CSV
 
-Training under an attack reuses the lab's Trainer set-up: data attacks change the training set (features computed
-once, cached), batch attacks run their transform on the waveforms of every batch and compute features per batch
-with the recipe's torchaudio front-end (batched), procedure attacks get the model inside the training step or after
-training.
+Training under an attack is the lab's one training path (lab.train.fit): data attacks change the training set
+(features computed once, cached), batch attacks give a per-batch transform of the waveforms that the training data
+applies on the device before the recipe's front-end (Lightning's on_after_batch_transfer), procedure attacks get the
+model after training.
 """
 from __future__ import annotations
 
@@ -25,110 +25,38 @@ from typing import Any, Callable
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 import yaml
-from torch.utils.data import DataLoader, TensorDataset
 
 import attacks
 from attacks.base import Attack, AttackContext, build_attack
 from lab.config import format_validation_error, parse_plugin
 from pydantic import ValidationError
 from lab.errors import LabError
-from lab.experiment import Prepared, prepare
-from lab.features import FeatureCache, FrontEnd
-from lab.models import build_model
-from lab.module import LabModule, standardisation
+from lab.features import FeatureCache
+from lab.module import LabModule
 from lab.provenance import provenance
 from lab.quality import snr_summary
 from lab.recipe import Recipe, parse_override, read_recipe_data, recipe_from_dict, set_path
-from lab.train import evaluate, make_trainer
+from lab.spine import ExperimentData
+from lab.train import evaluate, fit
 
 NO_ATTACK = "no attack"
 WORST = "worst case"
 
 
 # --- training under an attack ------------------------------------------------------------------------------------
+#
+# There is one training path (lab.train.fit). An attack acts on it only through the data it is given: its training
+# set (ExperimentData.training over the attack's waveforms and labels) and, for batch attacks, a per-batch transform
+# that TrainingData applies in Lightning's on_after_batch_transfer hook, before the front-end. Procedure attacks get
+# the trained model after training.
 
-class TrainOnlyModule(LabModule):
-    """The LabModule the attack path trains. Nothing is monitored while it trains (only the final model's clean-test
-    accuracy counts), so it has no validation step: LabModule's would make Lightning warn "You defined a
-    `validation_step` but have no `val_dataloader`" on every fit. Lightning treats its own (empty) hook as "not
-    defined"."""
-
-    validation_step = L.LightningModule.validation_step
-
-
-class AttackedModule(TrainOnlyModule):
-    """A LabModule trained on WAVEFORM batches: the attack's per-batch transform runs first, then the recipe's
-    feature front-end (batched, differentiable, so PGD and learnable filters get gradients through it).
-    Evaluation still takes features, like every LabModule."""
-
-    def __init__(self, model, num_classes, lr, weight_decay, mean, std, frontend: FrontEnd, attack: Attack | None):
-        super().__init__(model, num_classes, lr, weight_decay, mean, std)
-        self.feature_type = frontend.cfg.type
-        self.front = frontend.transform  # a torchaudio module (moves with the LightningModule), None for raw
-        self.attack = attack
-
-    def features(self, waveforms: torch.Tensor) -> torch.Tensor:
-        """The front-end of lab.features.FrontEnd, with gradients."""
-        if self.front is None:
-            return waveforms.unsqueeze(1)
-        y = self.front(waveforms)
-        return torch.log(y + 1e-6) if self.feature_type == "logmel" else y
-
-    def training_step(self, batch, i):
-        x, y = batch
-        if self.attack is not None and self.attack.per_batch:
-            x = self.attack.transform_batch(x, y, self)
-        with torch.no_grad():
-            feats = self.features(x)
-        return super().training_step((feats, y), i)
-
-
-def _train(recipe: Recipe, inputs: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, num_classes: int,
-           seed: int, make_module: Callable[..., LabModule], epochs: int | None = None,
-           progress: bool = False) -> tuple[LabModule, float]:
-    """Train a new module of the recipe's model on ``inputs`` (features, or waveforms for an AttackedModule) the way
-    lab.train.fit does (same seeding, initialisation, standardisation from ``feats``, shuffling, Trainer), without a
-    validation set; returns the module and the training seconds."""
-    L.seed_everything(seed, workers=True, verbose=False)
-    cfg = recipe.train
-    model = build_model(recipe.model, tuple(feats.shape[1:]), num_classes, recipe.features.type == "raw",
-                        recipe.data.sample_rate)
-    mean, std = standardisation(feats)
-    module = make_module(model, num_classes, cfg.lr, cfg.weight_decay, mean, std)
-    gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(TensorDataset(inputs, labels), batch_size=cfg.batch_size, shuffle=True, generator=gen)
-    trainer = make_trainer(cfg, epochs or cfg.epochs, False, progress)
-    start = time.perf_counter()
-    trainer.fit(module, loader)
-    return module, time.perf_counter() - start
-
-
-def fit_features(recipe: Recipe, feats: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int,
-                 progress: bool = False) -> tuple[LabModule, float]:
-    """Train the recipe's model on features (no attack, or a data attack's training set); the module and seconds."""
-    return _train(recipe, feats, feats, labels, num_classes, seed, TrainOnlyModule, progress=progress)
-
-
-def fit_waveforms(recipe: Recipe, waveforms: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int,
-                  frontend: FrontEnd, attack: Attack | None, epochs: int | None = None,
-                  progress: bool = False) -> tuple[LabModule, float]:
-    """Train the recipe's model on waveform batches under ``attack``'s per-batch transform; returns the module and
-    the training seconds. Standardisation comes from the untransformed training features."""
-    return _train(recipe, waveforms, frontend(waveforms), labels, num_classes, seed,
-                  lambda *args: AttackedModule(*args, frontend, attack), epochs, progress)
-
-
-def finetune(recipe: Recipe, frontend: FrontEnd, module: LabModule, waveforms: torch.Tensor, labels: torch.Tensor,
+def finetune(recipe: Recipe, data: ExperimentData, module: LabModule, waveforms: torch.Tensor, labels: torch.Tensor,
              epochs: int) -> LabModule:
     """Continue training ``module`` (a fresh optimiser, the recipe's learning rate) on ``waveforms`` for ``epochs``.
     The module keeps its feature standardisation."""
-    feats = frontend(waveforms)
-    loader = DataLoader(TensorDataset(feats, labels), batch_size=recipe.train.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(0))
-    make_trainer(recipe.train, epochs).fit(module, loader)
-    return module
+    return fit(recipe, data.training((waveforms, labels), seed=0), data.num_classes, 0, epochs=epochs,
+               module=module).module
 
 
 def detached_copy(module: LabModule) -> LabModule:
@@ -142,17 +70,17 @@ def detached_copy(module: LabModule) -> LabModule:
         module.trainer = trainer
 
 
-def train_under_attack(recipe: Recipe, prep: Prepared, attack: Attack, seed: int, frontend: FrontEnd,
-                       cache: FeatureCache, plain: LabModule | None = None) -> tuple[dict[str, LabModule], dict]:
-    """Named models trained on ``prep``'s protected training set under ``attack`` (``plain``: the no-attack model
+def train_under_attack(recipe: Recipe, data: ExperimentData, attack: Attack, seed: int,
+                       plain: LabModule | None = None) -> tuple[dict[str, LabModule], dict]:
+    """Named models trained on ``data``'s protected training set under ``attack`` (``plain``: the no-attack model
     of the same seed, reused by attacks whose first stage is plain training), and the seconds spent: ``data`` (the
     attack's one-off work on the training set), ``train`` (training, with any per-batch work), ``after`` (e.g.
     fine-tuning), ``total``."""
-    num_classes = len(prep.train.class_names)
-    ctx = AttackContext(clean=prep.waveforms["clean_train"], protected=prep.waveforms["protected_train"],
-                        labels=prep.train.labels, lengths=prep.train.lengths, protection=prep.protection,
-                        sample_rate=recipe.data.sample_rate, num_classes=num_classes, seed=seed,
-                        finetune=lambda m, w, y, e: finetune(recipe, frontend, m, w, y, e))
+    clean, protected = data.clean_train, data.protected_train
+    ctx = AttackContext(clean=clean.waveforms, protected=protected.waveforms, labels=clean.labels,
+                        lengths=clean.lengths, protection=data.protection, sample_rate=recipe.data.sample_rate,
+                        num_classes=data.num_classes, seed=seed,
+                        finetune=lambda m, w, y, e: finetune(recipe, data, m, w, y, e))
     attack.start(ctx)
     clock = time.perf_counter()
     seconds = {"data": 0.0, "train": 0.0}
@@ -161,10 +89,10 @@ def train_under_attack(recipe: Recipe, prep: Prepared, attack: Attack, seed: int
     else:
         waves, labels = attack.training_set(ctx)
         seconds["data"] = time.perf_counter() - clock
-        if attack.per_batch:
-            module, seconds["train"] = fit_waveforms(recipe, waves, labels, num_classes, seed, frontend, attack)
-        else:
-            module, seconds["train"] = fit_features(recipe, cache(frontend, waves), labels, num_classes, seed)
+        transform = attack.transform_batch if attack.per_batch else None
+        fitted = fit(recipe, data.training((waves, labels), seed, batch_transform=transform), data.num_classes,
+                     seed)
+        module, seconds["train"] = fitted.module, fitted.seconds
     after = time.perf_counter()
     models = attack.after_training(module, ctx)
     seconds["after"] = time.perf_counter() - after
@@ -314,43 +242,54 @@ def with_defense(recipe: Recipe, defense) -> Recipe:
         raise LabError(f"defense {defense.type}: {format_validation_error(e)}") from None
 
 
-def run_matrix(recipes: list[Recipe], attack_cfgs: list, log: Callable[[str], None] = print,
+def run_matrix(datas: list[ExperimentData], attack_cfgs: list, log: Callable[[str], None] = print,
                progress: bool = False) -> Matrix:
-    """Train every (defense, attack, seed) and collect clean-test accuracies; ``recipes`` are one recipe with each
-    defense (the table's columns), identical otherwise."""
-    first = recipes[0]
+    """Train every (defense, attack, seed) and collect clean-test accuracies; ``datas`` hold one recipe with each
+    defense (the table's columns), identical otherwise (share their dataset and feature cache: see
+    :func:`matrix_data`)."""
+    first = datas[0].recipe
     if first.train.num_threads:
         torch.set_num_threads(first.train.num_threads)
-    cache = FeatureCache()
-    frontend = FrontEnd(first.features, first.data.sample_rate)
-    matrix = Matrix([r.defense.type for r in recipes], [NO_ATTACK])
-    for rec in recipes:
-        dcfg = rec.defense
-        prep = prepare(rec, log=lambda s: None, cache=cache)
-        num_classes = len(prep.train.class_names)
-        matrix.chance = 1.0 / num_classes
-        matrix.snr[dcfg.type] = snr_summary(prep.waveforms["protected_train"], prep.waveforms["clean_train"])
-        clean_test = prep.features["clean_test"], prep.test.labels
+    matrix = Matrix([d.recipe.defense.type for d in datas], [NO_ATTACK])
+    for data in datas:
+        rec, name = data.recipe, data.recipe.defense.type
+        matrix.chance = 1.0 / data.num_classes
+        matrix.snr[name] = snr_summary(data.protected_train.waveforms, data.clean_train.waveforms)
+        clean_test = data.features(data.clean_test), data.clean_test.labels
         for seed in rec.seeds:
-            plain, plain_seconds = fit_features(rec, prep.features["protected_train"], prep.train.labels, num_classes,
-                                                seed, progress=progress)
-            acc = evaluate(plain, rec.train, *clean_test)["accuracy"]
-            matrix.add(dcfg.type, NO_ATTACK, acc, plain_seconds)
-            log(f"{dcfg.type}, seed {seed}: no attack {acc:.3f} ({plain_seconds:.0f} s)")
+            fitted = fit(rec, data.training(data.protected_train, seed), data.num_classes, seed, progress=progress)
+            acc = evaluate(fitted.module, rec.train, *clean_test)["accuracy"]
+            matrix.add(name, NO_ATTACK, acc, fitted.seconds)
+            log(f"{name}, seed {seed}: no attack {acc:.3f} ({fitted.seconds:.0f} s)")
             for acfg in attack_cfgs:
                 attack = build_attack(acfg)
-                models, timing = train_under_attack(rec, prep, attack, seed, frontend, cache, plain=plain)
+                models, timing = train_under_attack(rec, data, attack, seed, plain=fitted.module)
                 seconds = timing["total"]
                 for variant, module in models.items():
                     col = column_name(acfg, variant)
                     if col not in matrix.columns:
                         matrix.columns.append(col)
                     acc = evaluate(module, rec.train, *clean_test)["accuracy"]
-                    matrix.add(dcfg.type, col, acc, seconds)
-                    log(f"{dcfg.type}, seed {seed}: {col} {acc:.3f} ({seconds:.0f} s)")
-                matrix.records.setdefault(dcfg.type, {}).setdefault(column_name(acfg), []).append(
+                    matrix.add(name, col, acc, seconds)
+                    log(f"{name}, seed {seed}: {col} {acc:.3f} ({seconds:.0f} s)")
+                matrix.records.setdefault(name, {}).setdefault(column_name(acfg), []).append(
                     {"seed": seed, **attack.record()})
     return matrix
+
+
+def matrix_data(recipes: list[Recipe], first: ExperimentData | None = None) -> list[ExperimentData]:
+    """One ExperimentData per recipe (the matrix's columns), sharing one loaded dataset and one feature cache
+    (``first``, when given, is reused for the recipe it was made for)."""
+    cache = first.cache if first is not None else FeatureCache()
+    out: list[ExperimentData] = []
+    for rec in recipes:
+        if first is not None and rec == first.recipe:
+            out.append(first)
+            continue
+        shared = (first or (out[0] if out else None))
+        out.append(ExperimentData(rec, cache=cache, log=lambda s: None,
+                                  dataset=shared.dataset if shared is not None else None))
+    return out
 
 
 # --- reports -------------------------------------------------------------------------------------------------------

@@ -20,14 +20,12 @@ from typing import Callable
 import torch
 import yaml
 
-from defenses import build_defense
-from defenses.base import Protection
-from lab.ablation import other_classes, variants  # noqa: F401  (other_classes re-exported)
-from lab.data import AudioSet, load_dataset
-from lab.features import FeatureCache, FrontEnd
+from lab.ablation import other_classes  # noqa: F401  (re-exported)
+from lab.features import FeatureCache
 from lab.provenance import provenance
 from lab.quality import assess, markdown_lines
 from lab.recipe import Recipe
+from lab.spine import ExperimentData
 from lab.rundir import INCOMPLETE, mark_incomplete, write_atomic
 from lab.train import evaluate, fit
 
@@ -48,37 +46,15 @@ LABELS = {
 }
 
 
-@dataclass
-class Prepared:
-    train: AudioSet
-    test: AudioSet
-    protection: Protection
-    waveforms: dict[str, torch.Tensor]  # clean_train, protected_train, clean_test, protected_test, mixed_test
-    features: dict[str, torch.Tensor]
-    ablation: dict[str, torch.Tensor]  # position-ablation variant -> test features (see lab.ablation)
+def prepare(recipe: Recipe, log: Callable[[str], None] = print, cache: FeatureCache | None = None) -> ExperimentData:
+    """The recipe's data (lab.spine.ExperimentData: loaded, protected and featurised once, on first use)."""
+    return ExperimentData(recipe, cache=cache, log=log)
 
 
-def prepare(recipe: Recipe, log: Callable[[str], None] = print, cache: FeatureCache | None = None) -> Prepared:
-    train, test = load_dataset(recipe.data, log)
-    num_classes = len(train.class_names)
-    protection = build_defense(recipe.defense).derive(num_classes, recipe.data.sample_rate)
-    ablation = variants(protection, test, recipe.evaluation.mixed_seed)
-    waves = {
-        "clean_train": train.waveforms,
-        "protected_train": protection.apply(train.waveforms, train.labels, train.lengths),
-        "clean_test": ablation["clean"],
-        "protected_test": ablation["true"],
-        "mixed_test": ablation.get("mixed_positions", ablation["true"]),
-    }
-    frontend = FrontEnd(recipe.features, recipe.data.sample_rate)
-    cache = cache or FeatureCache()
-    feats = {name: cache(frontend, w) for name, w in waves.items()}
-    return Prepared(train, test, protection, waves, feats, {n: cache(frontend, w) for n, w in ablation.items()})
-
-
-def evaluate_ablation(module, train_cfg, prep: Prepared) -> dict[str, float]:
-    return {name: evaluate(module, train_cfg, feats, prep.test.labels)["accuracy"]
-            for name, feats in prep.ablation.items()}
+def evaluate_ablation(module, train_cfg, data: ExperimentData) -> dict[str, float]:
+    """Accuracy of ``module`` on every position-ablation variant of ``data``'s test split."""
+    return {name: evaluate(module, train_cfg, data.features(clips), clips.labels)["accuracy"]
+            for name, clips in data.ablation.items()}
 
 
 def new_run_dir(recipe: Recipe) -> Path:
@@ -209,20 +185,22 @@ def _run(recipe: Recipe, recipe_path: str | None, log: Callable[[str], None], pr
     (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.public_dict(), sort_keys=False))
     state.stage = "loading and protecting the data"
     prep = prepare(recipe, log)
-    num_classes = len(prep.train.class_names)
+    num_classes = prep.num_classes
+    for clips in (prep.clean_train, prep.protected_train, *prep.ablation.values()):
+        prep.features(clips)  # every set featurised before training starts
     log(f"data: {len(prep.train)} training and {len(prep.test)} test clips, {num_classes} classes, "
         f"{recipe.data.sample_rate} Hz, {recipe.data.clip_seconds} s; features {recipe.features.type} "
-        f"{tuple(prep.features['clean_train'].shape[1:])}")
+        f"{prep.feature_shape}")
     record = prep.protection.to_dict()
     (run_dir / "protection.json").write_text(json.dumps(record))
     same_as_clean = recipe.defense.type == "none"
     per_seed = []
     first_clean_model = None
-    val = (prep.features["clean_test"], prep.test.labels)
+    monitor = (prep.features(prep.clean_test), prep.test.labels)
     for seed in recipe.seeds:
         entry: dict = {"seed": seed, "train_seconds": {}}
         models = {}
-        for which, feats in (("clean_model", "clean_train"), ("protected_model", "protected_train")):
+        for which, clips in (("clean_model", prep.clean_train), ("protected_model", prep.protected_train)):
             if which == "protected_model" and same_as_clean:
                 models[which] = models["clean_model"]
                 continue
@@ -232,7 +210,7 @@ def _run(recipe: Recipe, recipe_path: str | None, log: Callable[[str], None], pr
                 log(f"seed {seed}: clean model reused (same data, features, model and training)")
             else:
                 state.stage = f"training seed {seed} ({which.replace('_', ' ')})"
-                fitted = fit(recipe, prep.features[feats], prep.train.labels, num_classes, seed, val=val,
+                fitted = fit(recipe, prep.training(clips, seed), num_classes, seed, monitor=monitor,
                              log_dir=run_dir / "logs", name=which, progress=progress)
                 models[which] = fitted.module
                 entry["train_seconds"][which] = round(fitted.seconds, 2)
@@ -244,8 +222,9 @@ def _run(recipe: Recipe, recipe_path: str | None, log: Callable[[str], None], pr
             first_clean_model = models["clean_model"]
         state.stage = f"evaluating seed {seed}"
         for which, test_set in EVALUATIONS:
-            entry.setdefault(which, {})[test_set] = evaluate(models[which], recipe.train, prep.features[test_set],
-                                                             prep.test.labels)
+            clips = prep.test_set(test_set)
+            entry.setdefault(which, {})[test_set] = evaluate(models[which], recipe.train, prep.features(clips),
+                                                             clips.labels)
         for which in ("clean_model", "protected_model"):
             entry[which]["ablation"] = evaluate_ablation(models[which], recipe.train, prep)
         per_seed.append(entry)
@@ -254,7 +233,7 @@ def _run(recipe: Recipe, recipe_path: str | None, log: Callable[[str], None], pr
     ablation = {name: {which: summarise([e[which]["ablation"][name] for e in per_seed])
                        for which in ("protected_model", "clean_model")} for name in prep.ablation}
     state.stage = "measuring the quality of the protected audio"
-    quality = assess(recipe, prep.waveforms, first_clean_model)
+    quality = assess(recipe, prep.clean_train, prep.protected_train, first_clean_model)
     results = {
         "recipe_name": recipe.name,
         "recipe_path": recipe_path,
@@ -265,7 +244,7 @@ def _run(recipe: Recipe, recipe_path: str | None, log: Callable[[str], None], pr
         "defense": recipe.defense.type,
         "data": {"train_clips": len(prep.train), "test_clips": len(prep.test), "classes": prep.train.class_names,
                  "sample_rate": recipe.data.sample_rate, "clip_samples": prep.train.waveforms.shape[1],
-                 "feature_shape": list(prep.features["clean_train"].shape[1:])},
+                 "feature_shape": list(prep.feature_shape)},
         "chance": 1.0 / num_classes,
         "seeds": list(recipe.seeds),
         "quality": quality,

@@ -49,9 +49,14 @@ class FrontEnd:
         else:
             self.transform = None
 
-    def _one(self, x: torch.Tensor) -> torch.Tensor:
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        """Features (B, C, F) of a batch of waveforms (B, T) on the batch's device, differentiable (PGD and
+        learnable filters get gradients through it). The one implementation of the front-end: cached feature sets
+        and per-batch features during training both come from here."""
         if self.cfg.type == "raw":
             return x.unsqueeze(1)
+        if self.transform is not None and next(iter(self.transform.buffers())).device != x.device:
+            self.transform = self.transform.to(x.device)
         y = self.transform(x)
         return torch.log(y + 1e-6) if self.cfg.type == "logmel" else y
 
@@ -59,8 +64,8 @@ class FrontEnd:
     def __call__(self, waveforms: torch.Tensor) -> torch.Tensor:
         """Features (N, C, F) of waveforms (N, T), computed in chunks of ``chunk`` clips (bounded memory)."""
         if len(waveforms) <= self.cfg.chunk:
-            return self._one(waveforms)
-        return torch.cat([self._one(c) for c in waveforms.split(self.cfg.chunk)])
+            return self.compute(waveforms)
+        return torch.cat([self.compute(c) for c in waveforms.split(self.cfg.chunk)])
 
     def key(self) -> str:
         return f"{self.cfg.model_dump_json()}@{self.sample_rate}"

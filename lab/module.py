@@ -1,5 +1,8 @@
 """One LightningModule for every architecture: standardises features, trains with cross-entropy and Adam, and
-measures accuracy (overall and per class) with torchmetrics, so evaluation is correct across devices (DDP)."""
+measures accuracy (overall and per class) with torchmetrics, so evaluation is correct across devices (DDP).
+
+It has no validation step: what is monitored during training (the clean test set, for learning curves) is
+scored by a callback (lab.train.CleanTestMonitor), so a fit without monitoring raises no Lightning warning."""
 from __future__ import annotations
 
 import lightning as L
@@ -12,8 +15,11 @@ from lab.models.base import Classifier
 
 class LabModule(L.LightningModule):
     def __init__(self, model: Classifier, num_classes: int, lr: float, weight_decay: float,
-                 mean: torch.Tensor, std: torch.Tensor):
+                 mean: torch.Tensor, std: torch.Tensor, frontend=None):
         super().__init__()
+        # the feature front-end (lab.features.FrontEnd) when the module is trained on waveform batches; kept out of
+        # the module's state (saved models hold the classifier and its standardisation only)
+        self._frontend = frontend
         self.model = model
         self.num_classes = num_classes
         self.lr = lr
@@ -21,7 +27,6 @@ class LabModule(L.LightningModule):
         self.register_buffer("mean", mean.clone())
         self.register_buffer("std", std.clone())
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_class_acc = MulticlassAccuracy(num_classes, average="none")
 
@@ -34,6 +39,13 @@ class LabModule(L.LightningModule):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.embed(self.normalise(x))
 
+    def features(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """Features of waveform batches through the front-end, differentiable (for attacks that need gradients
+        with respect to the audio, e.g. PGD): ``module(module.features(w))`` classifies audio."""
+        if self._frontend is None:
+            raise RuntimeError("this module was not given the feature front-end (it was trained on features)")
+        return self._frontend.compute(waveforms)
+
     def training_step(self, batch, _):
         x, y = batch
         logits = self(x)
@@ -42,11 +54,6 @@ class LabModule(L.LightningModule):
         self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
-
-    def validation_step(self, batch, _):
-        x, y = batch
-        self.val_acc(self(x), y)
-        self.log("val_acc", self.val_acc, on_step=False, on_epoch=True)
 
     def test_step(self, batch, _):
         x, y = batch

@@ -141,11 +141,13 @@ def headline(backends: dict) -> dict:
 
 
 @one_blas_thread
-def assess(recipe, waveforms: dict, clean_module=None) -> dict:
+def assess(recipe, clean, protected, clean_module=None) -> dict:
     """The quality section of ``lab run`` results: how far the protected training audio is from the clean one.
-    ``waveforms`` holds clean_train, protected_train, clean_test, ...; ``clean_module`` is a clean-trained model
-    (for in-domain embeddings; without it the classifier backend is skipped and says so)."""
-    clean, protected = waveforms["clean_train"], waveforms["protected_train"]
+    ``clean`` and ``protected`` are the training split before and after protection (lab.spine.Clips, or waveforms
+    (N, T)); ``clean_module`` is a clean-trained model (for in-domain embeddings; without it the classifier backend
+    is skipped and says so)."""
+    clean = getattr(clean, "waveforms", clean)
+    protected = getattr(protected, "waveforms", protected)
     sr = recipe.data.sample_rate
     started, cpu = time.perf_counter(), time.process_time()
     per_clip = {**snr_summary(protected, clean), **sisnr_summary(protected, clean)}

@@ -124,16 +124,14 @@ def refresh_quality(path: Path, log=print) -> dict:
     """Recompute a finished run's quality section with the current code (from its recipe, protection record and
     first seed's clean model; no training) and store it in results.json. The previous section is kept under
     ``quality_history`` with the commit that made it, so nothing is lost."""
-    from lab.data import load_dataset
     from lab.provenance import git_commit
     from lab.quality import assess
+    from lab.spine import ExperimentData
 
     run = load_run(path)
-    train, _ = load_dataset(run.recipe.data, log)
-    waves = {"clean_train": train.waveforms,
-             "protected_train": run.protection.apply(train.waveforms, train.labels, train.lengths)}
+    data = ExperimentData.from_run(run, log=log)
     module = run.module("clean_model", run.results["seeds"][0])
-    quality = assess(run.recipe, waves, module)
+    quality = assess(run.recipe, data.clean_train, data.protected_train, module)
     quality["recomputed"] = {"commit": git_commit()["commit"]}
     results = run.results
     results.setdefault("quality_history", []).append(

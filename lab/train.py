@@ -38,7 +38,8 @@ def _several_devices(devices) -> bool:
     return str(devices) not in ("1", "auto")
 
 
-def make_trainer(train_cfg, max_epochs: int = 1, logger=False, progress: bool = False, single: bool = False) -> L.Trainer:
+def make_trainer(train_cfg, max_epochs: int = 1, logger=False, progress: bool = False, single: bool = False,
+                 callbacks: list | None = None) -> L.Trainer:
     """A Trainer as the recipe's ``train`` section configures it. Several devices with ``strategy: auto`` use
     ``ddp_spawn``: Lightning's default ``ddp`` re-executes the whole command in every process, which would redo (and
     re-write) a whole ``lab run``. ``single`` forces one device (evaluation: exact, no padded distributed sampler)."""
@@ -50,7 +51,7 @@ def make_trainer(train_cfg, max_epochs: int = 1, logger=False, progress: bool = 
     if strategy == "ddp_spawn":
         # the default shared-memory file descriptors fail in some sandboxes ("unable to resize file")
         torch.multiprocessing.set_sharing_strategy("file_system")
-    callbacks = []
+    callbacks = list(callbacks or [])
     if progress:
         from lightning.pytorch.callbacks import RichProgressBar
         callbacks.append(RichProgressBar(leave=False))
@@ -61,29 +62,91 @@ def make_trainer(train_cfg, max_epochs: int = 1, logger=False, progress: bool = 
                      num_sanity_val_steps=0, log_every_n_steps=1)
 
 
-def fit(recipe, features: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int,
-        val: tuple[torch.Tensor, torch.Tensor] | None = None, log_dir: Path | None = None, name: str = "model",
-        progress: bool = False, epochs: int | None = None) -> Fitted:
-    """Train the recipe's model on ``features`` (N, C, F) with ``labels`` from seed ``seed``.
+class TrainingData(L.LightningDataModule):
+    """What one fit trains on, as Lightning expects it: a shuffled loader (``seed``'s order) over ``inputs``.
 
-    ``val`` is monitored each epoch (learning curves) and never used to choose anything: the last epoch's model is
-    returned.
-    """
-    L.seed_everything(seed, workers=True, verbose=False)
+    ``inputs`` are features (N, C, F); or waveforms (N, T) with a ``frontend``: then every training batch, once on
+    its device, goes through ``batch_transform(waveforms, labels, module)`` (an attack's per-batch change, which may
+    use the module being trained, e.g. for PGD) and the front-end makes its features (``on_after_batch_transfer``,
+    Lightning's own hook). The model's standardisation comes from ``stats_features`` (default: ``inputs``), the
+    untransformed training features."""
+
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int, frontend=None,
+                 batch_transform=None, stats_features: torch.Tensor | None = None):
+        super().__init__()
+        if frontend is None and batch_transform is not None:
+            raise ValueError("a per-batch transform needs waveform inputs and the front-end")
+        self.inputs, self.labels, self.batch_size, self.seed = inputs, labels, batch_size, seed
+        self.frontend, self.batch_transform = frontend, batch_transform
+        self.stats_features = stats_features if stats_features is not None else inputs
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(self.stats_features.shape[1:])
+
+    def train_dataloader(self) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.seed)
+        return DataLoader(TensorDataset(self.inputs, self.labels), batch_size=self.batch_size, shuffle=True,
+                          generator=gen)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.frontend is None or not self.trainer.training:
+            return batch
+        x, y = batch
+        if self.batch_transform is not None:
+            x = self.batch_transform(x, y, self.trainer.lightning_module)
+        with torch.no_grad():
+            return self.frontend.compute(x), y
+
+
+class CleanTestMonitor(L.Callback):
+    """Logs ``val_acc``, the accuracy on a monitored set (the clean test set: learning curves), after every training
+    epoch. It only watches: nothing is chosen by it. (Its DataLoader, like the validation loader it replaced, takes
+    one draw of torch's global generator per epoch for its base seed, so runs train exactly as they did before.)"""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, batch: int = 256):
+        self.loader = DataLoader(TensorDataset(features, labels), batch_size=batch)
+
+    @torch.no_grad()
+    def on_train_epoch_end(self, trainer, module) -> None:
+        was_training = module.training
+        module.eval()
+        correct = total = 0
+        for x, y in self.loader:
+            correct += int((module(x.to(module.device)).argmax(dim=1).cpu() == y).sum())
+            total += len(y)
+        module.train(was_training)
+        module.log("val_acc", correct / total, on_step=False, on_epoch=True)
+
+
+def new_module(recipe, data: TrainingData, num_classes: int, frontend=None) -> LabModule:
+    """A freshly initialised LabModule of the recipe's model for ``data`` (call after seeding)."""
     cfg = recipe.train
-    model = build_model(recipe.model, tuple(features.shape[1:]), num_classes, recipe.features.type == "raw",
+    model = build_model(recipe.model, data.feature_shape, num_classes, recipe.features.type == "raw",
                         recipe.data.sample_rate)
-    mean, std = standardisation(features)
-    module = LabModule(model, num_classes, cfg.lr, cfg.weight_decay, mean, std)
-    gen = torch.Generator().manual_seed(seed)
-    train_dl = DataLoader(TensorDataset(features, labels), batch_size=cfg.batch_size, shuffle=True, generator=gen)
-    val_dl = DataLoader(TensorDataset(*val), batch_size=256) if val is not None else None
+    mean, std = standardisation(data.stats_features)
+    return LabModule(model, num_classes, cfg.lr, cfg.weight_decay, mean, std, frontend=frontend)
+
+
+def fit(recipe, data: TrainingData, num_classes: int, seed: int, monitor: tuple[torch.Tensor, torch.Tensor] | None = None,
+        log_dir: Path | None = None, name: str = "model", progress: bool = False, epochs: int | None = None,
+        module: LabModule | None = None) -> Fitted:
+    """THE training path: train the recipe's model on ``data`` (a :class:`TrainingData`) from seed ``seed``, or
+    continue training ``module`` (fine-tuning: a fresh optimiser, its own standardisation kept).
+
+    ``monitor`` (features, labels) is scored after every epoch (learning curves, ``val_acc`` in the CSV log under
+    ``log_dir``/``name``/seed<N>) and never used to choose anything: the last epoch's model is returned.
+    """
+    cfg = recipe.train
+    if module is None:
+        L.seed_everything(seed, workers=True, verbose=False)
+        module = new_module(recipe, data, num_classes, frontend=data.frontend)
     logger = CSVLogger(str(log_dir), name=name, version=f"seed{seed}") if log_dir is not None else False
-    trainer = make_trainer(cfg, epochs or cfg.epochs, logger, progress)
+    callbacks = [CleanTestMonitor(*monitor)] if monitor is not None else []
+    trainer = make_trainer(cfg, epochs or cfg.epochs, logger, progress, callbacks=callbacks)
     start = time.perf_counter()
-    trainer.fit(module, train_dl, val_dl)
-    return Fitted(module, time.perf_counter() - start, epochs or cfg.epochs,
-                  logger.log_dir if logger else None)
+    trainer.fit(module, datamodule=data)
+    return Fitted(module, time.perf_counter() - start, epochs or cfg.epochs, logger.log_dir if logger else None)
 
 
 def evaluate(module: LabModule, train_cfg, features: torch.Tensor, labels: torch.Tensor) -> dict:

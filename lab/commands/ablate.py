@@ -19,21 +19,16 @@ def ablate(run_dir: Path = typer.Argument(..., help="A finished run folder (runs
     control) models, every seed. Writes ablation-<time>.json and .md into the run folder.
     """
     from lab.commands.run import ablation_table
-    from lab.data import load_dataset
-    from lab.experiment import Prepared, evaluate_ablation, summarise
-    from lab.features import FeatureCache, FrontEnd
-    from lab.ablation import variants
+    from lab.experiment import evaluate_ablation, summarise
     from lab.rundir import load_run
+    from lab.spine import ExperimentData
 
     run = load_run(run_dir)
-    recipe = run.recipe
-    _, test = load_dataset(recipe.data, log)
-    waves = variants(run.protection, test, recipe.evaluation.mixed_seed)
-    frontend, cache = FrontEnd(recipe.features, recipe.data.sample_rate), FeatureCache()
-    prep = Prepared(test, test, run.protection, {}, {}, {n: cache(frontend, w) for n, w in waves.items()})
-    per_seed = {which: [evaluate_ablation(run.module(which, s), recipe.train, prep) for s in run.results["seeds"]]
+    data = ExperimentData.from_run(run, log=log)
+    per_seed = {which: [evaluate_ablation(run.module(which, s), run.recipe.train, data) for s in run.results["seeds"]]
                 for which in ("protected_model", "clean_model")}
-    table = {name: {which: summarise([row[name] for row in per_seed[which]]) for which in per_seed} for name in waves}
+    table = {name: {which: summarise([row[name] for row in per_seed[which]]) for which in per_seed}
+             for name in data.ablation}
     out = {"run_dir": str(run_dir), "seeds": run.results["seeds"], "ablation": table}
     console.print(ablation_table(out))
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")

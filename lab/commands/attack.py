@@ -75,9 +75,9 @@ def attack(
     """
     import attacks
     from lab import attacking
-    from lab.data import load_dataset
     from defenses import build_defense
     from lab.quality import snr_summary
+    from lab.spine import ExperimentData
 
     recipe = _recipe_path(recipe, recipe_option)
     overrides = list(set_ or [])
@@ -97,10 +97,9 @@ def attack(
     else:
         defense_names = list(dict.fromkeys(["none", rec.defense.type]))
     snr = None
+    own = ExperimentData(rec, log=lambda s: None)
     if rec.defense.type != "none" and any(d in ("noise-patch", "classwise-noise") for d in defense_names):
-        train, _ = load_dataset(rec.data, lambda s: None)
-        prot = build_defense(rec.defense).derive(len(train.class_names), rec.data.sample_rate)
-        snr = snr_summary(prot.apply(train.waveforms, train.labels, train.lengths), train.waveforms)["snr_db_mean"]
+        snr = snr_summary(own.protected_train.waveforms, own.clean_train.waveforms)["snr_db_mean"]
         log(f"noise baselines at the recipe's {rec.defense.type} SNR: {snr:.2f} dB")
     dcfgs = attacking.defense_configs(rec, defense_names, snr)
     recipes = [attacking.with_defense(rec, d) for d in dcfgs]  # each must fit the recipe, before any training
@@ -110,7 +109,8 @@ def attack(
                   f"defenses {', '.join(defense_names)}, attacks {', '.join(names)}, seeds {rec.seeds}, "
                   f"{rec.train.epochs} epochs")
     started = time.perf_counter()
-    matrix = attacking.run_matrix(recipes, cfgs, log=log, progress=rec.train.progress and console.is_terminal)
+    datas = attacking.matrix_data(recipes, first=own)
+    matrix = attacking.run_matrix(datas, cfgs, log=log, progress=rec.train.progress and console.is_terminal)
     results, run_dir = attacking.write_results(rec, str(recipe), type_, cfgs, matrix, time.perf_counter() - started)
     header, rows = attacking.table_rows(matrix)
     table = Table(title=f"{rec.name}: clean-test accuracy under attack (chance {results['chance']:.2f}; "

@@ -239,9 +239,8 @@ def quality_command(
         if classifier and module is None:
             seed = rec.seeds[0]
             log(f"training the clean model (seed {seed}) for the classifier backend")
-            module = fit(rec, prep.features["clean_train"], prep.train.labels, len(prep.train.class_names),
-                         seed).module
-        quality = assess(rec, prep.waveforms, module)
+            module = fit(rec, prep.training(prep.clean_train, seed), prep.num_classes, seed).module
+        quality = assess(rec, prep.clean_train, prep.protected_train, module)
         results.append({"variant": [public(i) for i in items], "defense": rec.public_dict()["defense"],
                         "key_fingerprint": prep.protection.to_dict().get("key_fingerprint"),
                         "classifier_seed": rec.seeds[0] if classifier else None, "quality": quality})

@@ -92,18 +92,19 @@ def _frontier(groups, path: Path) -> None:
 
 
 def _spectrograms(run_dir: Path, path: Path) -> None:
-    from lab.data import load_dataset
     from lab.errors import LabError
     from lab.plots import protected_spectrograms
     from lab.rundir import load_run
+    from lab.spine import ExperimentData
     try:
         run = load_run(run_dir)
-        _, test = load_dataset(run.recipe.data, log)
+        data = ExperimentData.from_run(run, log=log)
+        test = data.test
     except LabError as e:
         log(f"spectrogram plot skipped: {e}")
         return
     protection = run.protection
-    protected = protection.apply(test.waveforms, test.labels, test.lengths)
+    protected = data.protected_test.waveforms
     if hasattr(protection, "starts"):
         starts = protection.starts(test.labels, test.waveforms.shape[1], test.lengths)
         spans = [[(s, s + protection.patch_len) for s in row] for row in starts.tolist()]

@@ -137,20 +137,18 @@ def test_attack_training_paths_define_no_validation_step(fsdd_dir):
     import warnings
 
     from attacks import build_attack
-    from lab.attacking import fit_features, train_under_attack
-    from lab.experiment import prepare
-    from lab.features import FeatureCache, FrontEnd
+    from lab.attacking import train_under_attack
+    from lab.spine import ExperimentData
+    from lab.train import fit
     rec, _ = load_attack_recipe(REPO / "recipes" / "fsdd_cnn.yaml", [
         f"data.root={fsdd_dir}", "data.max_train_per_class=3", "data.max_test_per_class=1", "train.epochs=1",
         "train.progress=false", "seeds=[0]"])
-    cache = FeatureCache()
-    prep = prepare(rec, log=lambda s: None, cache=cache)
-    frontend = FrontEnd(rec.features, rec.data.sample_rate)
+    data = ExperimentData(rec, log=lambda s: None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        plain, _ = fit_features(rec, prep.features["protected_train"], prep.train.labels, 10, 0)
+        plain = fit(rec, data.training(data.protected_train, 0), 10, 0).module
         for name in ("codec", "augment", "clean-finetune"):
-            models, _ = train_under_attack(rec, prep, build_attack(name), 0, frontend, cache, plain=plain)
+            models, _ = train_under_attack(rec, data, build_attack(name), 0, plain=plain)
             assert models
     said = [str(w.message) for w in caught]
     assert not [m for m in said if "validation_step" in m], said

@@ -36,16 +36,16 @@ def small(fsdd_dir):
     recipe = load_recipe(RECIPE, [f"data.root={fsdd_dir}", "data.max_train_per_class=30",
                                   "data.max_test_per_class=2", "train.epochs=1", "train.progress=false"])
     prep = prepare(recipe, log=lambda m: None)
-    module = fit(recipe, prep.features["clean_train"], prep.train.labels, 10, seed=0).module
+    module = fit(recipe, prep.training(prep.clean_train, 0), 10, seed=0).module
     return recipe, prep, module
 
 
 def test_poscuda_quality_section(small):
     recipe, prep, module = small
-    q = assess(recipe, prep.waveforms, module)
+    q = assess(recipe, prep.clean_train, prep.protected_train, module)
     per_clip = q["protected_train_vs_clean"]
     # absolute positions can fall past a short clip's end (into padding): those clips stay unchanged, and counted
-    unchanged = int((prep.waveforms["protected_train"] == prep.waveforms["clean_train"]).all(dim=1).sum())
+    unchanged = int((prep.protected_train.waveforms == prep.clean_train.waveforms).all(dim=1).sum())
     assert per_clip["unchanged_clips"] == unchanged < len(prep.train) // 2
     assert per_clip["snr_db_worst5"] < per_clip["snr_db_mean"] < 60
     for name in ("logmel", "classifier"):
@@ -65,8 +65,7 @@ def test_poscuda_quality_section(small):
 
 def test_unprotected_audio_has_zero_fad_and_no_snr_cost(small):
     recipe, prep, module = small
-    same = dict(prep.waveforms, protected_train=prep.waveforms["clean_train"])
-    q = assess(recipe, same, module)
+    q = assess(recipe, prep.clean_train, prep.clean_train, module)
     assert q["protected_train_vs_clean"]["unchanged_clips"] == len(prep.train)
     for name in ("logmel", "classifier"):
         assert q["fad"]["backends"][name]["protected_vs_clean"]["fad"] == 0.0
@@ -76,6 +75,6 @@ def test_unprotected_audio_has_zero_fad_and_no_snr_cost(small):
 
 def test_classifier_is_skipped_without_a_model(small):
     recipe, prep, _ = small
-    q = assess(recipe, prep.waveforms, None)
+    q = assess(recipe, prep.clean_train, prep.protected_train, None)
     assert "skipped" in q["fad"]["backends"]["classifier"]
     assert q["fad"]["backends"]["logmel"]["protected_vs_clean"]["fad"] > 0

@@ -1,0 +1,157 @@
+"""The data spine: the ONE place that loads a recipe's dataset, derives its protection, applies it (to the training
+split and to every evaluation variant of the test split) and computes features (cached).
+
+    recipe ─► ExperimentData ─► train / test (AudioSet), protection, typed Clips splits, cached features
+                            └─► training(clips, seed, ...) ─► a TrainingData (LightningDataModule) for one fit
+
+``lab run``, ``lab ablate``, ``lab report``, ``lab requality``, ``lab attack`` and ``lab fad`` all get their data
+here; nothing downstream reloads a dataset or re-applies a defense. A finished run is served by
+:meth:`ExperimentData.from_run`, which applies the run's RECORDED protection instead of deriving one again.
+
+Everything is computed on first use and kept: a command that needs only the test variants (``lab ablate``) never
+protects the training split, one that needs only the training split (``lab requality``) never builds the ablation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable
+
+import torch
+
+from defenses import build_defense
+from defenses.base import Protection
+from lab.ablation import variants
+from lab.data import AudioSet, load_dataset
+from lab.features import FeatureCache, FrontEnd
+from lab.recipe import Recipe
+from lab.train import TrainingData
+
+
+@dataclass(frozen=True)
+class Clips:
+    """One tensor set: waveforms (N, T), labels (N,), real lengths (N,)."""
+
+    waveforms: torch.Tensor
+    labels: torch.Tensor
+    lengths: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class ExperimentData:
+    """A recipe's data, protected and featurised once (see the module docstring).
+
+    ``protection``: apply this (e.g. a finished run's record) instead of deriving the recipe's defense from its key.
+    ``cache``: a FeatureCache shared with other ExperimentData (e.g. the columns of an attack matrix: the clean
+    sets are then featurised once). ``dataset``: the (train, test) AudioSets already loaded for the same ``data``
+    section (another ExperimentData's ``dataset``), so they are not loaded again. ``log``: progress messages.
+    """
+
+    # test sets by the names results files use for them
+    TEST_SETS = ("clean_test", "protected_test", "mixed_test")
+
+    def __init__(self, recipe: Recipe, protection: Protection | None = None, cache: FeatureCache | None = None,
+                 log: Callable[[str], None] = print, dataset: tuple[AudioSet, AudioSet] | None = None):
+        self.recipe = recipe
+        if dataset is not None:
+            self.__dict__["dataset"] = dataset
+        self._given = protection
+        self.cache = cache if cache is not None else FeatureCache()
+        self.log = log
+        self.frontend = FrontEnd(recipe.features, recipe.data.sample_rate)
+
+    @classmethod
+    def from_run(cls, run, cache: FeatureCache | None = None, log: Callable[[str], None] = print) -> "ExperimentData":
+        """The data of a finished run (:class:`lab.rundir.FinishedRun`): its recipe's dataset with its recorded
+        protection."""
+        return cls(run.recipe, protection=run.protection, cache=cache, log=log)
+
+    # --- the dataset and the protection -------------------------------------------------------------------------
+
+    @cached_property
+    def dataset(self) -> tuple[AudioSet, AudioSet]:
+        """The (train, test) clips of the recipe's ``data`` section, loaded on first use."""
+        return load_dataset(self.recipe.data, self.log)
+
+    @property
+    def train(self) -> AudioSet:
+        return self.dataset[0]
+
+    @property
+    def test(self) -> AudioSet:
+        return self.dataset[1]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train.class_names)
+
+    @cached_property
+    def protection(self) -> Protection:
+        if self._given is not None:
+            return self._given
+        return build_defense(self.recipe.defense).derive(self.num_classes, self.recipe.data.sample_rate)
+
+    # --- typed splits ---------------------------------------------------------------------------------------------
+
+    @cached_property
+    def clean_train(self) -> Clips:
+        return Clips(self.train.waveforms, self.train.labels, self.train.lengths)
+
+    @cached_property
+    def protected_train(self) -> Clips:
+        t = self.train
+        return Clips(self.protection.apply(t.waveforms, t.labels, t.lengths), t.labels, t.lengths)
+
+    @cached_property
+    def ablation(self) -> dict[str, Clips]:
+        """The position-ablation variants of the test split (name -> clips; see lab.ablation): ``clean`` and
+        ``true`` always, the rest where the protection has positions."""
+        t = self.test
+        return {name: Clips(w, t.labels, t.lengths)
+                for name, w in variants(self.protection, t, self.recipe.evaluation.mixed_seed).items()}
+
+    @property
+    def clean_test(self) -> Clips:
+        return self.ablation["clean"]
+
+    @property
+    def protected_test(self) -> Clips:
+        return self.ablation["true"]
+
+    @property
+    def mixed_test(self) -> Clips:
+        """Own filter at another class's position; the protected test set where the protection has no positions."""
+        return self.ablation.get("mixed_positions", self.ablation["true"])
+
+    def test_set(self, name: str) -> Clips:
+        """A test set by its results-file name (``clean_test``, ``protected_test``, ``mixed_test``)."""
+        if name not in self.TEST_SETS:
+            raise KeyError(f"unknown test set {name!r}; known: {', '.join(self.TEST_SETS)}")
+        return getattr(self, name)
+
+    # --- features -------------------------------------------------------------------------------------------------
+
+    def features(self, clips: Clips | torch.Tensor) -> torch.Tensor:
+        """Features (N, C, F) of a split (or of waveforms (N, T)), computed once and cached."""
+        waveforms = clips.waveforms if isinstance(clips, Clips) else clips
+        return self.cache(self.frontend, waveforms)
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(self.features(self.clean_train).shape[1:])
+
+    # --- what one fit trains on -----------------------------------------------------------------------------------
+
+    def training(self, clips: Clips | tuple[torch.Tensor, torch.Tensor], seed: int,
+                 batch_transform: Callable | None = None) -> TrainingData:
+        """A TrainingData for one fit on ``clips`` (a split, or an attack's (waveforms, labels)) with the recipe's
+        batch size and ``seed``'s shuffling. Without ``batch_transform`` it serves the cached features; with one,
+        waveform batches that the transform changes on the device before the front-end makes their features."""
+        waveforms, labels = (clips.waveforms, clips.labels) if isinstance(clips, Clips) else clips
+        feats = self.features(waveforms)
+        if batch_transform is None:
+            return TrainingData(feats, labels, self.recipe.train.batch_size, seed)
+        return TrainingData(waveforms, labels, self.recipe.train.batch_size, seed, frontend=self.frontend,
+                            batch_transform=batch_transform, stats_features=feats)
