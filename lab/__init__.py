@@ -55,8 +55,8 @@ def load_data(recipe: "Recipe", log: Callable[[str], None] | None = None) -> tup
     """The recipe's training and test sets, as ``lab run`` loads them (``recipe.data``: dataset, split, rate, clip
     length, per-class limits). Each :class:`lab.data.AudioSet` has ``waveforms`` (N, T) float tensors, ``labels``
     (N,), ``lengths`` (N,) real samples per clip, ``class_names`` and ``sample_rate``."""
-    from lab.data import load_dataset
-    return load_dataset(recipe.data, log or (lambda msg: None))
+    from lab.spine import ExperimentData
+    return ExperimentData(recipe, log=log or (lambda msg: None)).dataset
 
 
 def protect_clips(waveforms: "torch.Tensor", labels: "torch.Tensor", recipe: "Recipe",

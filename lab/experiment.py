@@ -141,8 +141,17 @@ def clean_model_key(recipe: Recipe, seed: int) -> str:
 
 
 def save_model(module, path: Path) -> None:
+    """Lightning's checkpoint of a trained module at ``path`` (``.ckpt``). ``fit`` writes it for the models it
+    trains; a model reused from an earlier cell (or the clean model standing in for a protected one) gets its own
+    here, from the trainer that trained it."""
+    if path.is_file():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(module.state_dict(), path)
+    trainer = getattr(module, "_trainer", None)
+    if trainer is not None:
+        trainer.save_checkpoint(str(path))
+    else:
+        torch.save({"state_dict": module.state_dict()}, path)
 
 
 def run(recipe: Recipe, recipe_path: str | None = None, log: Callable[[str], None] = print,
@@ -211,13 +220,14 @@ def _run(recipe: Recipe, recipe_path: str | None, log: Callable[[str], None], pr
             else:
                 state.stage = f"training seed {seed} ({which.replace('_', ' ')})"
                 fitted = fit(recipe, prep.training(clips, seed), num_classes, seed, monitor=monitor,
-                             log_dir=run_dir / "logs", name=which, progress=progress)
+                             log_dir=run_dir / "logs", name=which, progress=progress,
+                             checkpoint=run_dir / "models" / f"{which}_seed{seed}.ckpt")
                 models[which] = fitted.module
                 entry["train_seconds"][which] = round(fitted.seconds, 2)
                 log(f"seed {seed}: trained {which.replace('_', ' ')} in {fitted.seconds:.1f} s")
                 if clean_models is not None and shared_key is not None:
                     clean_models[shared_key] = fitted.module
-            save_model(models[which], run_dir / "models" / f"{which}_seed{seed}.pt")
+            save_model(models[which], run_dir / "models" / f"{which}_seed{seed}.ckpt")
         if first_clean_model is None:
             first_clean_model = models["clean_model"]
         state.stage = f"evaluating seed {seed}"

@@ -187,6 +187,17 @@ class TrainConfig(Section):
     deterministic: bool = True
     num_threads: int | None = Field(None, ge=1)
     progress: bool = True
+    loggers: list[Literal["csv", "tensorboard"]] = Field(default_factory=lambda: ["csv"])
+
+    @field_validator("loggers")
+    @classmethod
+    def _loggers(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        if "tensorboard" in v and _machine_checks(info):
+            import importlib.util
+            if not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+                raise ValueError("'tensorboard' needs the tensorboard package (pip install tensorboard); installed "
+                                 "here: csv")
+        return list(dict.fromkeys(v))
 
     @field_validator("accelerator")
     @classmethod

@@ -64,19 +64,28 @@ class FinishedRun:
     results: dict
 
     def module(self, which: str, seed: int) -> LabModule:
-        """The trained ``clean_model`` or ``protected_model`` of ``seed``."""
-        path = self.path / "models" / f"{which}_seed{seed}.pt"
-        if not path.is_file():
-            raise LabError(f"{self.path}: no saved model {path.name} (runs made before models were saved cannot be "
-                           f"ablated; run the recipe again)")
+        """The trained ``clean_model`` or ``protected_model`` of ``seed``, from its Lightning checkpoint
+        (``models/<which>_seed<N>.ckpt``; runs made before checkpoints have a bare ``.pt`` state dict instead)."""
+        path = self.checkpoint(which, seed)
         shape = self.results["data"]["feature_shape"]
         classes = len(self.results["data"]["classes"])
         model = build_model(self.recipe.model, tuple(shape), classes, self.recipe.features.type == "raw",
                             self.recipe.data.sample_rate)
         module = LabModule(model, classes, self.recipe.train.lr, self.recipe.train.weight_decay,
                            torch.zeros(shape[0], 1), torch.ones(shape[0], 1))
-        module.load_state_dict(torch.load(path))
+        state = torch.load(path, map_location="cpu", weights_only=path.suffix == ".pt")
+        module.load_state_dict(state["state_dict"] if path.suffix == ".ckpt" else state)
         return module.eval()
+
+    def checkpoint(self, which: str, seed: int) -> Path:
+        """Where the model's weights are: its Lightning checkpoint (evaluate it, or fine-tune from it with
+        ``lab.train.fit(..., module=run.module(which, seed), resume=run.checkpoint(which, seed))``)."""
+        for suffix in (".ckpt", ".pt"):
+            path = self.path / "models" / f"{which}_seed{seed}{suffix}"
+            if path.is_file():
+                return path
+        raise LabError(f"{self.path}: no saved model models/{which}_seed{seed}.ckpt (runs made before models were "
+                       f"saved cannot be ablated; run the recipe again)")
 
 
 def load_run(path: Path) -> FinishedRun:

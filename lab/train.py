@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -57,7 +58,8 @@ def make_trainer(train_cfg, max_epochs: int = 1, logger=False, progress: bool = 
         callbacks.append(RichProgressBar(leave=False))
     return L.Trainer(max_epochs=max_epochs, accelerator=train_cfg.accelerator, devices=devices,
                      strategy=strategy, precision=train_cfg.precision,
-                     deterministic=train_cfg.deterministic, logger=logger, enable_checkpointing=False,
+                     deterministic=train_cfg.deterministic, logger=logger,
+                     enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
                      enable_model_summary=False, enable_progress_bar=progress, callbacks=callbacks,
                      num_sanity_val_steps=0, log_every_n_steps=1)
 
@@ -130,23 +132,45 @@ def new_module(recipe, data: TrainingData, num_classes: int, frontend=None) -> L
 
 def fit(recipe, data: TrainingData, num_classes: int, seed: int, monitor: tuple[torch.Tensor, torch.Tensor] | None = None,
         log_dir: Path | None = None, name: str = "model", progress: bool = False, epochs: int | None = None,
-        module: LabModule | None = None) -> Fitted:
+        module: LabModule | None = None, checkpoint: Path | None = None, resume: Path | None = None) -> Fitted:
     """THE training path: train the recipe's model on ``data`` (a :class:`TrainingData`) from seed ``seed``, or
     continue training ``module`` (fine-tuning: a fresh optimiser, its own standardisation kept).
 
     ``monitor`` (features, labels) is scored after every epoch (learning curves, ``val_acc`` in the CSV log under
     ``log_dir``/``name``/seed<N>) and never used to choose anything: the last epoch's model is returned.
+    ``checkpoint``: write Lightning's checkpoint of the last epoch to this ``.ckpt`` path. ``resume``: a checkpoint
+    to continue from (with ``module``: its weights, optimiser state and epoch count; ``epochs`` is then the total).
     """
     cfg = recipe.train
     if module is None:
         L.seed_everything(seed, workers=True, verbose=False)
         module = new_module(recipe, data, num_classes, frontend=data.frontend)
-    logger = CSVLogger(str(log_dir), name=name, version=f"seed{seed}") if log_dir is not None else False
+    loggers = make_loggers(cfg, log_dir, name, seed)
     callbacks = [CleanTestMonitor(*monitor)] if monitor is not None else []
-    trainer = make_trainer(cfg, epochs or cfg.epochs, logger, progress, callbacks=callbacks)
+    if checkpoint is not None:
+        # Lightning's own checkpoint of the last epoch (weights, optimiser, epoch): evaluate or fine-tune from it
+        callbacks.append(ModelCheckpoint(dirpath=str(checkpoint.parent), filename=checkpoint.stem, save_top_k=1,
+                                         enable_version_counter=False))
+    trainer = make_trainer(cfg, epochs or cfg.epochs, loggers or False, progress, callbacks=callbacks)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=data)
-    return Fitted(module, time.perf_counter() - start, epochs or cfg.epochs, logger.log_dir if logger else None)
+    trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume is not None else None)
+    csv_dir = next((lg.log_dir for lg in loggers if isinstance(lg, CSVLogger)), None)
+    return Fitted(module, time.perf_counter() - start, epochs or cfg.epochs, csv_dir)
+
+
+def make_loggers(train_cfg, log_dir: Path | None, name: str, seed: int) -> list:
+    """The recipe's ``train.loggers`` (csv: ``log_dir/name/seed<N>/metrics.csv``, what learning curves read;
+    tensorboard: event files beside it), none without ``log_dir``."""
+    if log_dir is None:
+        return []
+    out = []
+    for kind in train_cfg.loggers:
+        if kind == "csv":
+            out.append(CSVLogger(str(log_dir), name=name, version=f"seed{seed}"))
+        elif kind == "tensorboard":
+            from lightning.pytorch.loggers import TensorBoardLogger
+            out.append(TensorBoardLogger(str(log_dir), name=name, version=f"seed{seed}"))
+    return out
 
 
 def evaluate(module: LabModule, train_cfg, features: torch.Tensor, labels: torch.Tensor) -> dict:
