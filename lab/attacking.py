@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import datetime as dt
 import io
 import json
 import statistics
@@ -35,6 +34,7 @@ from lab.errors import LabError
 from lab.features import FeatureCache
 from lab.module import LabModule
 from lab.provenance import provenance
+from lab.results import mean_std, new_run_dir, provenance_line
 from lab.quality import snr_summary
 from lab.recipe import Recipe, parse_override, read_recipe_data, recipe_from_dict, set_path
 from lab.spine import ExperimentData
@@ -295,10 +295,7 @@ def matrix_data(recipes: list[Recipe], first: ExperimentData | None = None) -> l
 # --- reports -------------------------------------------------------------------------------------------------------
 
 def fmt_cell(values: list[float] | None) -> str:
-    if not values:
-        return "-"
-    mean = statistics.fmean(values)
-    return f"{mean:.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{mean:.3f}"
+    return mean_std(values, empty="-")
 
 
 def table_rows(matrix: Matrix) -> tuple[list[str], list[list[str]]]:
@@ -339,16 +336,13 @@ def to_csv(matrix: Matrix) -> str:
 
 
 def to_markdown(results: dict, matrix: Matrix) -> str:
-    prov = results["provenance"]
     header, rows = table_rows(matrix)
     lines = [f"# {results['recipe_name']}: attacks ({', '.join(results['attacks']) or 'none'})", "",
              f"Clean-test accuracy (chance {results['chance']:.3f}) of a model trained on each defense's protected "
              f"training set under each attack; mean ± std over seeds {results['seeds']}. The last row is the "
              f"worst case for the data owner (the highest mean accuracy over no attack and the attacks). Column "
              f"`none` is clean data: there, an attack's row shows what the attack itself costs.", "",
-             f"Recipe `{results['recipe_path']}` · commit `{prov['git']['commit']}`"
-             f"{' (dirty)' if prov['git']['dirty'] else ''} · torch {prov['versions']['torch']} · "
-             f"lightning {prov['versions']['lightning']} · {prov['time_utc']} · {results['wall_seconds']} s", "",
+             provenance_line(results), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", "SNR of each defense's protected training audio (dB, mean / worst 5%): " + "; ".join(
@@ -358,14 +352,7 @@ def to_markdown(results: dict, matrix: Matrix) -> str:
 
 
 def new_attack_dir(recipe: Recipe, label: str) -> Path:
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(recipe.output_dir) / recipe.name
-    run_dir, n = base / f"attack-{label}-{stamp}", 1
-    while run_dir.exists():  # never overwrite an earlier run
-        n += 1
-        run_dir = base / f"attack-{label}-{stamp}-{n}"
-    run_dir.mkdir(parents=True)
-    return run_dir
+    return new_run_dir(Path(recipe.output_dir) / recipe.name, f"attack-{label}")
 
 
 def write_results(recipe: Recipe, recipe_path: str, label: str, attack_cfgs: list, matrix: Matrix,

@@ -5,7 +5,6 @@ clean data ─► defense.derive(key) ─► protected train / test / mixed-posi
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import shutil
 import signal
@@ -22,6 +21,7 @@ import yaml
 
 from lab.ablation import other_classes  # noqa: F401  (re-exported)
 from lab.features import FeatureCache
+from lab import results as results_writer
 from lab.provenance import provenance
 from lab.quality import assess, markdown_lines
 from lab.recipe import Recipe
@@ -58,15 +58,7 @@ def evaluate_ablation(module, train_cfg, data: ExperimentData) -> dict[str, floa
 
 
 def new_run_dir(recipe: Recipe) -> Path:
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(recipe.output_dir) / recipe.name
-    run_dir = base / stamp
-    n = 1
-    while run_dir.exists():  # never overwrite an earlier run
-        n += 1
-        run_dir = base / f"{stamp}-{n}"
-    run_dir.mkdir(parents=True)
-    return run_dir
+    return results_writer.new_run_dir(Path(recipe.output_dir) / recipe.name)
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -289,18 +281,14 @@ def quality_warnings(quality: dict) -> list[str]:
     return out
 
 
-def fmt(stat: dict) -> str:
-    return f"{stat['mean']:.3f} ± {stat['std']:.3f}" if stat["n"] > 1 else f"{stat['mean']:.3f}"
+fmt = results_writer.mean_std  # (kept under its old name for callers)
 
 
 def markdown(results: dict) -> str:
-    prov = results["provenance"]
     lines = [
         f"# {results['recipe_name']}: {results['defense']}",
         "",
-        f"Seeds {results['seeds']} · recipe `{results['recipe_path']}` · commit `{prov['git']['commit']}`"
-        f"{' (dirty)' if prov['git']['dirty'] else ''} · key fingerprint `{results['key_fingerprint']}` · "
-        f"torch {prov['versions']['torch']}, lightning {prov['versions']['lightning']} · {prov['time_utc']}",
+        results_writer.provenance_line(results),
         "",
         f"Data: {results['data']['train_clips']} train / {results['data']['test_clips']} test clips, "
         f"chance accuracy {results['chance']:.3f}.",

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.experiment import EVALUATIONS
+from lab.results import mean_std
 
 ACC_COLUMNS = {f"{m}/{t}": short for (m, t), short in zip(EVALUATIONS, [
     "clean→clean", "clean→protected", "protected→clean", "protected→protected", "protected→mixed"])}
@@ -164,10 +165,7 @@ def stat(values: list[float]) -> tuple[float, float, int]:
 
 
 def fmt(values: list[float] | None) -> str:
-    if not values:
-        return "–"
-    mean, std, n = stat(values)
-    return f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
+    return mean_std(values)
 
 
 def _quality_cells(g: Group) -> dict[str, str]:

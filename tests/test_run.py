@@ -165,7 +165,7 @@ def test_a_failing_run_is_marked_incomplete_and_readers_skip_it(fsdd_dir, tmp_pa
         lab.experiment.run(recipe, log=said.append)
     (run_dir,) = (tmp_path / "fsdd_cnn").iterdir()
     assert not (run_dir / "results.json").exists() and not is_finished(run_dir)
-    assert list((run_dir / "models").glob("*.pt"))  # the trained models are kept...
+    assert list((run_dir / "models").glob("*.ckpt"))  # the trained models are kept...
     reason = (run_dir / "INCOMPLETE").read_text().splitlines()[0]
     assert reason == "failed (RuntimeError: evaluation broke): 0 of 2 seeds trained, stopped while evaluating seed 0"
     assert any(f"kept {run_dir}/" in s for s in said)  # ...and the log says where

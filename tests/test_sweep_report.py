@@ -251,3 +251,24 @@ def test_report_says_it_left_out_unfinished_runs(tmp_path):
     assert result.exit_code == 0, result.output
     assert f"1 unfinished run folder(s) marked {INCOMPLETE} left out" in " ".join(result.output.split())
     assert "0.777" not in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_one_results_writer_for_runs_attacks_and_reports(tmp_path):
+    """run, attack and report format mean ± std alike, make run folders alike, and head results.md with the same
+    provenance line (seeds, recipe, commit, versions; the key's fingerprint where there is a key)."""
+    from lab import attacking, experiment, report
+    from lab.results import mean_std, new_run_dir, provenance_line
+    values = [0.5, 0.7]
+    stat = experiment.summarise(values)
+    assert experiment.fmt(stat) == attacking.fmt_cell(values) == report.fmt(values) == mean_std(values) \
+        == "0.600 ± 0.141"
+    assert mean_std([0.25]) == "0.250" and mean_std([]) == "–" and attacking.fmt_cell([]) == "-"
+    first, second = new_run_dir(tmp_path, "attack-x"), new_run_dir(tmp_path, "attack-x")
+    assert first != second and first.is_dir() and second.name.startswith(first.name)
+    prov = {"git": {"commit": "abc123", "dirty": True}, "versions": {"torch": "2.13.0", "lightning": "2.6.6"},
+            "time_utc": "2026-12-01T00:00:00Z"}
+    line = provenance_line({"seeds": [0, 1], "recipe_path": "r.yaml", "provenance": prov, "key_fingerprint": "fp",
+                            "wall_seconds": 3.0})
+    assert line == ("Seeds [0, 1] · recipe `r.yaml` · commit `abc123` (dirty) · key fingerprint `fp` · "
+                    "torch 2.13.0, lightning 2.6.6 · 2026-12-01T00:00:00Z · 3.0 s")
+    assert "fingerprint" not in provenance_line({"seeds": [0], "provenance": prov})
