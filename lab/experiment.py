@@ -124,6 +124,36 @@ def summarise(values: list[float]) -> dict:
             "n": len(values), "values": values}
 
 
+CONVERGENCE_NAMES = {"clean_model": "clean-trained", "protected_model": "protected-trained"}
+
+
+def convergence_lines(results: dict) -> list[str]:
+    """The results.md table: clean-test accuracy at the last epoch and at its peak over epochs (seeds' epochs)."""
+    conv = results.get("convergence") or {}
+    if not conv:
+        return []
+    lines = ["", "Clean-test accuracy over training (monitored every epoch; the last epoch is the one evaluated):", "",
+             "| model | last epoch | peak over epochs | epoch of the peak (per seed) |", "|---|---|---|---|"]
+    for which, c in conv.items():
+        lines.append(f"| {CONVERGENCE_NAMES[which]} ({c['epochs']} epochs) | {fmt(c['final'])} | {fmt(c['peak'])} | "
+                     f"{', '.join(map(str, c['peak_epoch']))} |")
+    return lines
+
+
+def convergence_summary(per_seed: list[dict]) -> dict:
+    """Per model, over seeds: the clean-test accuracy of the last epoch (what is reported), its peak over epochs,
+    and the epoch of the peak. A peak well above the final value means the model learned the task early and
+    unlearned it later (or the other way round): an attacker holding a few clean clips could stop there (the
+    ``early-stop`` question). Models without a monitored history are left out."""
+    out = {}
+    for which in ("clean_model", "protected_model"):
+        rows = [e[which]["convergence"] for e in per_seed if e.get(which, {}).get("convergence")]
+        if rows:
+            out[which] = {"final": summarise([r["final"] for r in rows]), "peak": summarise([r["peak"] for r in rows]),
+                          "peak_epoch": [r["peak_epoch"] for r in rows], "epochs": rows[0]["epochs"]}
+    return out
+
+
 def clean_model_key(recipe: Recipe, seed: int) -> str:
     """What a clean-trained model depends on: everything in the recipe except the defense (and bookkeeping)."""
     public = recipe.public_dict()
@@ -215,6 +245,7 @@ def _run(recipe: Recipe, recipe_path: str | None, log: Callable[[str], None], pr
                              log_dir=run_dir / "logs", name=which, progress=progress,
                              checkpoint=run_dir / "models" / f"{which}_seed{seed}.ckpt")
                 models[which] = fitted.module
+                fitted.module.lab_convergence = fitted.convergence()  # travels with a model reused by a sweep
                 entry["train_seconds"][which] = round(fitted.seconds, 2)
                 log(f"seed {seed}: trained {which.replace('_', ' ')} in {fitted.seconds:.1f} s")
                 if clean_models is not None and shared_key is not None:
@@ -229,11 +260,13 @@ def _run(recipe: Recipe, recipe_path: str | None, log: Callable[[str], None], pr
                                                              clips.labels)
         for which in ("clean_model", "protected_model"):
             entry[which]["ablation"] = evaluate_ablation(models[which], recipe.train, prep)
+            entry[which]["convergence"] = getattr(models[which], "lab_convergence", None)
         per_seed.append(entry)
         state.trained += 1
     summary = {f"{m}/{t}": summarise([e[m][t]["accuracy"] for e in per_seed]) for m, t in EVALUATIONS}
     ablation = {name: {which: summarise([e[which]["ablation"][name] for e in per_seed])
                        for which in ("protected_model", "clean_model")} for name in prep.ablation}
+    convergence = convergence_summary(per_seed)
     state.stage = "measuring the quality of the protected audio"
     quality = assess(recipe, prep.clean_train, prep.protected_train, first_clean_model)
     results = {
@@ -252,6 +285,7 @@ def _run(recipe: Recipe, recipe_path: str | None, log: Callable[[str], None], pr
         "quality": quality,
         "accuracy": summary,
         "ablation": ablation,
+        "convergence": convergence,
         "per_seed": per_seed,
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
@@ -302,6 +336,7 @@ def markdown(results: dict) -> str:
               "| test variant | protected-trained | clean-trained (control) |", "|---|---|---|"]
     for name, row in results.get("ablation", {}).items():
         lines.append(f"| {name} | {fmt(row['protected_model'])} | {fmt(row['clean_model'])} |")
+    lines += convergence_lines(results)
     lines += [""] + markdown_lines(results["quality"])
     warnings = quality_warnings(results["quality"])
     if warnings:

@@ -13,7 +13,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.experiment import EVALUATIONS
+from lab.experiment import CONVERGENCE_NAMES, EVALUATIONS
 from lab.results import mean_std
 
 ACC_COLUMNS = {f"{m}/{t}": short for (m, t), short in zip(EVALUATIONS, [
@@ -30,6 +30,8 @@ class Group:
     ablation: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     quality: list[dict] = field(default_factory=list)
     commits: set = field(default_factory=set)
+    # model -> "final" / "peak" / "peak_epoch" -> per-seed values (runs that monitored every epoch)
+    convergence: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,7 +79,9 @@ def _parse_run(results: dict) -> list[tuple[int, dict[str, float], dict[str, dic
         accuracy = {f"{m}/{t}": float(entry[m][t]["accuracy"]) for m, t in EVALUATIONS}
         ablation = {which: {name: float(acc) for name, acc in entry[which].get("ablation", {}).items()}
                     for which in ("protected_model", "clean_model")}
-        parsed.append((entry["seed"], accuracy, ablation))
+        convergence = {which: {k: float(entry[which]["convergence"][k]) for k in ("final", "peak", "peak_epoch")}
+                       for which in ("clean_model", "protected_model") if entry[which].get("convergence")}
+        parsed.append((entry["seed"], accuracy, ablation, convergence))
     return parsed
 
 
@@ -144,10 +148,13 @@ def _pool(groups: dict[str, Group], results: dict, path: Path, label: str, parse
     g.commits.add(_commit(results))
     quality = results.get("quality")
     g.quality.append(quality if isinstance(quality, dict) else {})
-    for seed, accuracy, ablation in parsed:
+    for seed, accuracy, ablation, convergence in parsed:
         if seed in g.seeds:
             continue
         g.seeds.append(seed)
+        for which, values in convergence.items():
+            for k, v in values.items():
+                g.convergence.setdefault(which, {}).setdefault(k, []).append(v)
         for name, acc in accuracy.items():
             g.accuracy.setdefault(name, []).append(acc)
         for which, variants in ablation.items():
@@ -194,7 +201,14 @@ def tables(groups: list[Group]) -> dict[str, tuple[list[str], list[list[str]]]]:
     q_keys = sorted({k for c in q_cells for k in c}, key=lambda k: ["SNR dB (mean)", "FAD", "FAD (same size as floor)",
                                                                      "FAD clean floor", "FAD backend"].index(k))
     q_rows = [[g.label, *(c.get(k, "–") for k in q_keys)] for g, c in zip(groups, q_cells)]
-    return {"accuracy": (acc_head, acc_rows), "ablation": (abl_head, abl_rows), "quality": (["run", *q_keys], q_rows)}
+    conv_head = ["run", "model", "last epoch", "peak over epochs", "epoch of the peak", "seeds"]
+    conv_rows = [[g.label, CONVERGENCE_NAMES[which], fmt(c["final"]), fmt(c["peak"]),
+                  ", ".join(str(int(e)) for e in c["peak_epoch"]), str(len(c["final"]))]
+                 for g in groups for which, c in g.convergence.items()]
+    out = {"accuracy": (acc_head, acc_rows), "ablation": (abl_head, abl_rows), "quality": (["run", *q_keys], q_rows)}
+    if conv_rows:
+        out["convergence"] = (conv_head, conv_rows)
+    return out
 
 
 def markdown_table(head: list[str], rows: list[list[str]]) -> str:

@@ -31,6 +31,17 @@ class Fitted:
     seconds: float
     epochs: int
     log_dir: str | None
+    monitored: list[float] | None = None  # the monitored set's accuracy after each epoch (when monitored)
+
+    def convergence(self) -> dict | None:
+        """Final and peak accuracy on the monitored set and the epoch (1-based) of the peak; None unmonitored.
+        The peak is what a trainer who could pick the best epoch on this very set would get: reported, never used
+        to choose the model (the last epoch is returned and evaluated)."""
+        if not self.monitored:
+            return None
+        peak = max(range(len(self.monitored)), key=lambda i: self.monitored[i])  # first epoch reaching the peak
+        return {"final": self.monitored[-1], "peak": self.monitored[peak], "peak_epoch": peak + 1,
+                "epochs": len(self.monitored), "per_epoch": list(self.monitored)}
 
 
 def _several_devices(devices) -> bool:
@@ -108,6 +119,7 @@ class CleanTestMonitor(L.Callback):
 
     def __init__(self, features: torch.Tensor, labels: torch.Tensor, batch: int = 256):
         self.loader = DataLoader(TensorDataset(features, labels), batch_size=batch)
+        self.history: list[float] = []  # accuracy after each epoch, in order
 
     @torch.no_grad()
     def on_train_epoch_end(self, trainer, module) -> None:
@@ -118,6 +130,7 @@ class CleanTestMonitor(L.Callback):
             correct += int((module(x.to(module.device)).argmax(dim=1).cpu() == y).sum())
             total += len(y)
         module.train(was_training)
+        self.history.append(correct / total)
         module.log("val_acc", correct / total, on_step=False, on_epoch=True)
 
 
@@ -155,7 +168,8 @@ def fit(recipe, data: TrainingData, num_classes: int, seed: int, monitor: tuple[
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume is not None else None)
     csv_dir = next((lg.log_dir for lg in loggers if isinstance(lg, CSVLogger)), None)
-    return Fitted(module, time.perf_counter() - start, epochs or cfg.epochs, csv_dir)
+    history = callbacks[0].history if monitor is not None else None
+    return Fitted(module, time.perf_counter() - start, epochs or cfg.epochs, csv_dir, history)
 
 
 def make_loggers(train_cfg, log_dir: Path | None, name: str, seed: int) -> list:

@@ -45,6 +45,10 @@ def run(
         table.add_row(LABELS[(m, t)], fmt(results["accuracy"][f"{m}/{t}"]))
     console.print(table)
     console.print(ablation_table(results))
+    from lab.experiment import CONVERGENCE_NAMES
+    for which, c in (results.get("convergence") or {}).items():
+        console.print(f"{CONVERGENCE_NAMES[which]}, clean test over {c['epochs']} epochs: last {fmt(c['final'])}, "
+                      f"peak {fmt(c['peak'])} at epoch {', '.join(map(str, c['peak_epoch']))}", highlight=False)
     from rich.markup import escape
 
     from lab.quality import FAD_COLUMNS, fad_rows, per_clip_line

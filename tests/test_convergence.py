@@ -1,0 +1,46 @@
+"""Convergence: lab run and lab report give the clean-test peak over epochs and its epoch beside the final value."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lab.cli import app
+from lab.recipe import load_recipe
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_run_and_report_give_the_peak_over_epochs_beside_the_last(fsdd_dir, tmp_path):
+    from lab.experiment import run
+    recipe = load_recipe(REPO / "recipes" / "fsdd_cnn.yaml", [
+        f"data.root={fsdd_dir}", "data.max_train_per_class=10", "data.max_test_per_class=3", "train.epochs=3",
+        "train.progress=false", "seeds=[0, 1]", "train.num_threads=1", f"output_dir={tmp_path}"])
+    results, run_dir = run(recipe, log=lambda s: None)
+    for entry in results["per_seed"]:
+        for which in ("clean_model", "protected_model"):
+            c = entry[which]["convergence"]
+            logged = [float(r["val_acc"]) for r in csv.DictReader(open(run_dir / "logs" / which /
+                                                                         f"seed{entry['seed']}" / "metrics.csv"))
+                      if r.get("val_acc")]
+            # the same numbers as the learning curves (the CSV holds them as float32)
+            assert c["per_epoch"] == pytest.approx(logged, abs=1e-6) and len(logged) == 3
+            # the last epoch is the one evaluated
+            assert c["final"] == pytest.approx(entry[which]["clean_test"]["accuracy"], abs=1e-6)
+            logged = c["per_epoch"]
+            assert c["peak"] == max(logged) and logged[c["peak_epoch"] - 1] == c["peak"]
+            assert logged.index(c["peak"]) == c["peak_epoch"] - 1  # the first epoch that reached it
+    summary = results["convergence"]["protected_model"]
+    assert summary["peak"]["n"] == 2 and summary["peak"]["mean"] >= summary["final"]["mean"]
+    assert "peak over epochs" in (run_dir / "results.md").read_text()
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["report", str(run_dir), "--out", str(out), "--no-spectrograms"],
+                                env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out / "convergence.csv")))
+    assert [r["model"] for r in rows] == ["clean-trained", "protected-trained"]
+    assert rows[1]["epoch of the peak"] == ", ".join(str(e["protected_model"]["convergence"]["peak_epoch"])
+                                                     for e in results["per_seed"])
+    assert "## Convergence" in (out / "report.md").read_text()
