@@ -11,6 +11,7 @@ import csv
 import hashlib
 import itertools
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -66,11 +67,44 @@ def cell_id(cell: dict[str, Any], seeds: list[int]) -> str:
     return "cell-" + hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
+def threads_per_job(jobs: int, recipe_threads: int | None, log: Callable[[str], None] = print) -> int | None:
+    """Torch threads for each of ``jobs`` parallel cells: the recipe's ``train.num_threads`` when it sets one (a
+    warning when threads x jobs exceeds the cores: oversubscription has cost 10-20x on these machines), else the
+    cores shared out (at least one each). One job keeps the recipe's setting as it is."""
+    if jobs == 1:
+        return recipe_threads
+    cores = os.cpu_count() or 1
+    if recipe_threads is not None:
+        if recipe_threads * jobs > cores:
+            log(f"warning: {jobs} jobs x train.num_threads={recipe_threads} = {recipe_threads * jobs} threads on "
+                f"{cores} cores (oversubscribed: expect it slower, not faster)")
+        return recipe_threads
+    return max(1, cores // jobs)
+
+
+def _run_cell(recipe: Recipe, recipe_path: str, folder: str, label: str) -> str:
+    """One cell in a worker process (``--jobs`` > 1): its run, its own log lines prefixed with the cell."""
+    import torch
+
+    from lab.experiment import run
+    if recipe.train.num_threads:
+        torch.set_num_threads(recipe.train.num_threads)
+    run(recipe, recipe_path, log=lambda msg: print(f"[{label}] {msg}", flush=True), run_dir=Path(folder))
+    return folder
+
+
 def run_sweep(recipe_path: Path, grid: dict[str, list[Any]], out: Path, seeds: list[int] | None = None,
-              overrides: list[str] | None = None, log: Callable[[str], None] = print) -> list[dict]:
-    """Run every cell not yet finished; return one summary row per cell (finished before or now)."""
+              overrides: list[str] | None = None, log: Callable[[str], None] = print, jobs: int = 1) -> list[dict]:
+    """Run every cell not yet finished; return one summary row per cell (finished before or now).
+
+    ``jobs`` > 1 runs that many cells at once, each in its own worker process with its share of the cores (see
+    :func:`threads_per_job`); every cell is the same self-contained run either way, so the numbers are the same
+    (clean-trained models are then trained in each process instead of shared across cells: identical models, more
+    compute)."""
     from lab.experiment import RunInterrupted, run
 
+    if jobs < 1:
+        raise LabError(f"--jobs {jobs}: expected a number of parallel cells >= 1")
     base_overrides = list(overrides or [])
     if seeds:
         base_overrides.append(f"seeds={json.dumps(seeds)}")
@@ -79,29 +113,72 @@ def run_sweep(recipe_path: Path, grid: dict[str, list[Any]], out: Path, seeds: l
     for cell in cells(grid):
         cell_overrides = base_overrides + [f"{k}={json.dumps(v)}" for k, v in cell.items()]
         planned.append((cell, load_recipe(recipe_path, cell_overrides)))
+    if jobs > 1:
+        threads = threads_per_job(jobs, planned[0][1].train.num_threads, log)
+        planned = [(cell, rec.model_copy(update={"train": rec.train.model_copy(update={"num_threads": threads})}))
+                   for cell, rec in planned]
     out.mkdir(parents=True, exist_ok=True)
     clean_models: dict = {}
-    rows = []
+    todo = []
     for i, (cell, recipe) in enumerate(planned, 1):
         folder = out / cell_id(cell, list(recipe.seeds))
         label = ", ".join(f"{k}={v}" for k, v in cell.items())
         if is_finished(folder):
             log(f"[{i}/{len(planned)}] {label}: finished earlier, skipped")
-        else:
-            if folder.exists():
-                log(f"[{i}/{len(planned)}] {label}: incomplete from an earlier run, redoing")
-                shutil.rmtree(folder)
-            folder.mkdir(parents=True)
-            (folder / "cell.json").write_text(json.dumps({"cell": cell, "seeds": list(recipe.seeds)}, indent=2))
+            continue
+        if folder.exists():
+            log(f"[{i}/{len(planned)}] {label}: incomplete from an earlier run, redoing")
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        (folder / "cell.json").write_text(json.dumps({"cell": cell, "seeds": list(recipe.seeds)}, indent=2))
+        todo.append((i, label, recipe, folder))
+    if jobs == 1:
+        for n, (i, label, recipe, folder) in enumerate(todo):
             log(f"[{i}/{len(planned)}] {label}: running")
             try:
                 run(recipe, str(recipe_path), log=log, run_dir=folder, clean_models=clean_models)
             except RunInterrupted as e:
-                raise RunInterrupted(f"{e}; {i - 1} of {len(planned)} cells finished before it, and running the "
+                done = len(planned) - len(todo) + n
+                raise RunInterrupted(f"{e}; {done} of {len(planned)} cells finished before it, and running the "
                                      "same sweep again resumes") from None
-        rows.append(summary_row(cell, json.loads((folder / "results.json").read_text()), folder))
+    elif todo:
+        _run_parallel(todo, len(planned), str(recipe_path), jobs, log)
+    rows = [summary_row(cell, json.loads((out / cell_id(cell, list(recipe.seeds)) / "results.json").read_text()),
+                        out / cell_id(cell, list(recipe.seeds))) for cell, recipe in planned]
     write_frontier(rows, out)
     return rows
+
+
+def _run_parallel(todo: list, total: int, recipe_path: str, jobs: int, log: Callable[[str], None]) -> None:
+    """The cells of ``todo`` in ``jobs`` worker processes (spawned: a fresh interpreter each, no forked torch
+    state). A failed cell fails the sweep after the running ones end; an interrupted sweep resumes."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    from lab.experiment import RunInterrupted
+    log(f"{len(todo)} of {total} cells to run, {jobs} at a time")
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+    futures = {}
+    try:
+        for i, label, recipe, folder in todo:
+            futures[pool.submit(_run_cell, recipe, recipe_path, str(folder), label)] = (i, label)
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        for f in done:
+            if f.exception() is not None:
+                i, label = futures[f]
+                raise LabError(f"sweep cell [{i}/{total}] {label} failed: {f.exception()}; its folder is marked "
+                               f"INCOMPLETE, and running the same sweep again redoes it")
+        for f in futures:
+            f.result()
+            i, label = futures[f]
+            log(f"[{i}/{total}] {label}: finished")
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        finished = sum(f.done() and f.exception() is None for f in futures)
+        raise RunInterrupted(f"sweep interrupted: {finished} of {len(todo)} cells of this run finished; running the "
+                             "same sweep again resumes") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def summary_row(cell: dict, results: dict, folder: Path) -> dict:

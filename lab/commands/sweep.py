@@ -19,6 +19,8 @@ def sweep(
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Fixed override for every cell (repeatable)."),
     out: Optional[Path] = typer.Option(None, help="Sweep folder (default runs/sweeps/<recipe>). Run the same "
                                        "command again to resume: finished cells are skipped."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Cells run at once, each in its own process with its share of "
+                             "the cores (threads x jobs <= cores); the same numbers as one at a time."),
 ):
     """Run every combination of the grid values (each over the seeds) and write frontier.csv and frontier.png:
     the protected model's clean-test accuracy against the quality cost (FAD when the runs have it, else SNR), per
@@ -27,7 +29,7 @@ def sweep(
     parsed = parse_grid(grid)
     out = out or Path("runs") / "sweeps" / recipe.stem
     seed_list = [int(s) for s in seeds.split(",")] if seeds else None
-    rows = run_sweep(recipe, parsed, out, seed_list, list(set_ or []), log=log)
+    rows = run_sweep(recipe, parsed, out, seed_list, list(set_ or []), log=log, jobs=jobs)
     table = Table(title=f"sweep {recipe} ({len(rows)} cells)")
     for col in [*parsed, "prot→clean acc", "clean→clean acc", "SNR dB", "FAD", "Pareto"]:
         table.add_column(col.split(".")[-1])
