@@ -120,6 +120,7 @@ class PosCUDAProtection(Protection):
     """Per-class positions and filters derived from a key, and how to apply them."""
 
     name = "poscuda"
+    file_by_file = True
 
     def __init__(self, params: dict, key_fingerprint: str, sample_rate: int, positions: torch.Tensor,
                  filters: torch.Tensor):
