@@ -187,6 +187,41 @@ class PosCUDAProtection(Protection):
             out = torch.where(peak > 1.0, out / peak, out)
         return out
 
+    def apply_files(self, waveforms: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Protect several whole files at once (``lab protect``'s fast path): row n holds a file (or one channel of
+        it) of ``lengths[n]`` samples, zero-padded to the batch's length. Each row's first ``lengths[n]`` samples
+        come out bit for bit as :meth:`apply` gives them for that file alone,
+        ``apply(waveforms[n:n+1, :lengths[n]], labels[n:n+1])``; the padding is left as it is.
+
+        (``apply`` on the padded batch is not the same in absolute mode: it keeps a patch inside the padded row, not
+        inside the file.) Rows at least a patch long go through ONE batched convolution with each patch start kept
+        inside the row's own length: the convolution is element-wise, so a row never depends on its batch, and the
+        zeros after a shorter file are the zeros its own edge reads. Rows shorter than a patch (their patch would
+        spill into the padding, which a second patch would then read) and repeated patches go through ``apply``,
+        rows of one length together (no padding there).
+        """
+        if waveforms.dim() != 2:
+            raise ValueError(f"expected waveforms of shape (N, T), got {tuple(waveforms.shape)}")
+        labels, lengths = labels.long(), lengths.long()
+        n, total = waveforms.shape
+        out = waveforms.clone()
+        alone = lengths < self.patch_len if self.repeat_samples is None else torch.ones(n, dtype=torch.bool)
+        rows = (~alone).nonzero().flatten()
+        if rows.numel():
+            cls, length = labels[rows], lengths[rows]
+            starts = torch.minimum(self.starts(cls, total, length), (length - self.patch_len).clamp(min=0)[:, None])
+            device = waveforms.device
+            done = convolve_patches(waveforms[rows], starts.to(device), self.filters[cls].to(device), self.patch_len,
+                                    clip=self.params["output"] == "clip")
+            if self.params["output"] == "normalize":  # as apply does, row by row (the padding stays zero)
+                peak = done.abs().amax(dim=1, keepdim=True)
+                done = torch.where(peak > 1.0, done / peak, done)
+            out[rows] = done
+        for m in lengths[alone].unique().tolist():
+            rows = (alone & (lengths == m)).nonzero().flatten()
+            out[rows, :m] = self.apply(waveforms[rows, :m], labels[rows], lengths[rows])
+        return out
+
     def to_dict(self) -> dict:
         return {
             "defense": self.name,
