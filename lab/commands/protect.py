@@ -131,8 +131,8 @@ def protect(
         from lab.recipe import load_recipe
         options = load_recipe(recipe, []).defense.model_dump(mode="json", exclude={"key", "key_file"})
         if defense is not None and defense != options["type"]:
-            raise LabError(f"--defense {defense}: the recipe {recipe} has a {options['type']} defense section; give "
-                           f"--defense or --recipe, or a recipe with a {defense} section")
+            raise LabError(f"--defense {defense}: the defense section of {recipe} is {options['type']}; give "
+                           f"--defense or --recipe, or a recipe whose defense is {defense}")
     kind = defense or options.get("type") or "poscuda"
     options["type"] = kind
     given = {"patch_seconds": patch_seconds, "filter_length": filter_length, "blur": blur,
