@@ -208,8 +208,8 @@ class PosCUDAProtection(Protection):
         alone = lengths < self.patch_len if self.repeat_samples is None else torch.ones(n, dtype=torch.bool)
         rows = (~alone).nonzero().flatten()
         if rows.numel():
-            cls, length = labels[rows], lengths[rows]
-            starts = torch.minimum(self.starts(cls, total, length), (length - self.patch_len).clamp(min=0)[:, None])
+            cls = labels[rows]
+            starts = self.file_starts(cls, lengths[rows])
             device = waveforms.device
             done = convolve_patches(waveforms[rows], starts.to(device), self.filters[cls].to(device), self.patch_len,
                                     clip=self.params["output"] == "clip")
@@ -221,6 +221,15 @@ class PosCUDAProtection(Protection):
             rows = (alone & (lengths == m)).nonzero().flatten()
             out[rows, :m] = self.apply(waveforms[rows, :m], labels[rows], lengths[rows])
         return out
+
+    def file_starts(self, labels: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Patch start samples (N, P) in whole files of classes ``labels`` and ``lengths`` samples, each where
+        :meth:`apply` puts them in that file alone (``starts(labels[n:n+1], lengths[n], lengths[n:n+1])``, the edge
+        rules at the file's own length), for many files in one call. Repeats (``repeat_seconds``) are not included:
+        see :meth:`repeat_starts`."""
+        lengths = lengths.long()
+        starts = self.starts(labels.long(), int(lengths.max()), lengths)
+        return torch.minimum(starts, (lengths - self.patch_len).clamp(min=0)[:, None])
 
     def to_dict(self) -> dict:
         return {

@@ -96,12 +96,27 @@ def patches_of(prot: Protection, cls: int, frames: int) -> list[dict] | None:
     labels, lengths = torch.tensor([cls]), torch.tensor([frames])
     starts = starts_of(labels, frames, lengths)
     repeat = getattr(prot, "repeat_starts", None)
-    every = getattr(prot, "repeat_samples", None)
     starts = repeat(starts, frames, lengths)[0] if repeat is not None else starts[0][:, None]
+    return _described(prot, cls, frames, starts.tolist())
+
+
+def patches_of_files(prot: Protection, files: list[tuple[int, int]]) -> list[list[dict] | None]:
+    """:func:`patches_of` for several files (class, frames) at once: in one call of the protection's
+    ``file_starts`` where it has one (PosCUDA; the same starts, tested through verify) and repeats are off."""
+    file_starts = getattr(prot, "file_starts", None)
+    if file_starts is None or getattr(prot, "repeat_samples", None) is not None or not files:
+        return [patches_of(prot, c, n) for c, n in files]
+    starts = file_starts(torch.tensor([c for c, _ in files]), torch.tensor([n for _, n in files])).tolist()
+    return [_described(prot, c, n, [[s] for s in row]) for (c, n), row in zip(files, starts)]
+
+
+def _described(prot: Protection, cls: int, frames: int, starts: list[list[int]]) -> list[dict]:
+    """The record of the patches of one file from their starts (P lists of repeats, -1 where there is none)."""
     what = "filter" if hasattr(prot, "filters") else "noise"
+    every = getattr(prot, "repeat_samples", None)
     applied = []
-    for j in range(starts.shape[0]):
-        s = [v for v in starts[j].tolist() if v >= 0]
+    for j, row in enumerate(starts):
+        s = [v for v in row if v >= 0]
         applied.append({what: f"{cls}/{j}", "start": s[0], "every": every if len(s) > 1 else None, "count": len(s),
                         "length": min(prot.patch_len, frames)})
     return applied
@@ -205,11 +220,12 @@ def protect_files(task: tuple[list[tuple], dict[int, bytes]]) -> list[tuple[str,
                     done.append(protect_samples(prot, dec.data, jobs[i][4]))
                 except Exception as e:
                     done.append(e)
-        for (i, src_hash, dec), out in zip(group, done):
+        patches = patches_of_files(prot, [(jobs[i][4], dec.data.shape[0]) for i, _, dec in group])
+        for (i, src_hash, dec), out, applied in zip(group, done, patches):
             if isinstance(out, Exception):
                 results[i] = _failed(jobs[i][2], jobs[i][3], f"cannot protect: {_reason(out)}")
                 continue
-            results[i] = _write(jobs[i], src_hash, dec, out, patches_of(prot, jobs[i][4], dec.data.shape[0]))
+            results[i] = _write(jobs[i], src_hash, dec, out, applied)
             if results[i][0] == "stopped":  # the disk is full: write nothing more; the rest of the chunk stops too
                 return [r if r is not None else results[i] for r in results]
     return results

@@ -209,6 +209,9 @@ def test_batched_files_equal_poscuda_apply_one_by_one(params, key_file):
         ref = prot.apply(torch.from_numpy(data.T.copy()), torch.full((data.shape[1],), c))
         assert np.array_equal(single, ref.numpy().T)
         assert not np.array_equal(single, data)
+    # and the patches recorded for a chunk (PosCUDAProtection.file_starts) are those of each file alone
+    files = [(c, data.shape[0]) for data, c in items]
+    assert worker.patches_of_files(prot, files) == [worker.patches_of(prot, c, n) for c, n in files]
 
 
 def test_long_recordings_carry_repeated_patches(tmp_path, key_file):
