@@ -209,6 +209,9 @@ def test_batched_files_equal_poscuda_apply_one_by_one(params, key_file):
         ref = prot.apply(torch.from_numpy(data.T.copy()), torch.full((data.shape[1],), c))
         assert np.array_equal(single, ref.numpy().T)
         assert not np.array_equal(single, data)
+    long_ones = [it for it in items if it[0].shape[0] >= prot.patch_len]  # no row to set aside: the plain path
+    assert len(long_ones) == 4 and all(np.array_equal(a, b) for a, b in zip(
+        worker.protect_batch(prot, long_ones), (worker.protect_samples(prot, d, c) for d, c in long_ones)))
     # and the patches recorded for a chunk (PosCUDAProtection.file_starts) are those of each file alone
     files = [(c, data.shape[0]) for data, c in items]
     assert worker.patches_of_files(prot, files) == [worker.patches_of(prot, c, n) for c, n in files]
