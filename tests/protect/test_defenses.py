@@ -122,8 +122,10 @@ def test_protect_and_verify_with_each_defense(kind, labelled_folder, fixed_key, 
                                "--defense", kind, *options, "--workers", "0")
     assert code == 0, stdout + stderr
     assert tree_hashes(labelled_folder) == before
-    code, stdout, _ = cli("verify", str(out), "--key-file", str(fixed_key), "--workers", "0")
+    terminal = stdout + stderr
+    code, stdout, stderr = cli("verify", str(out), "--key-file", str(fixed_key), "--workers", "0")
     assert code == 0 and "15 ok" in " ".join(stdout.split()) and "verified" in stdout
+    assert FIXED_KEY not in terminal + stdout + stderr  # the key is never shown
     header, records, _ = private_record(out, fixed_key)
     assert header["protection"]["defense"] == kind and {r["path"] for r in records} == set(FILES)
 
