@@ -140,6 +140,7 @@ class ARNoiseProtection(Protection):
     """Per-class AR coefficients and noise salts derived from a key, and how to add the noise to clips."""
 
     name = "ar-noise"
+    file_by_file = True
 
     def __init__(self, params: dict, key_fingerprint: str, sample_rate: int, reflection: np.ndarray,
                  expansion: np.ndarray, coefficients: np.ndarray, salts: list[str], warmup: int):

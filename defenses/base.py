@@ -25,6 +25,10 @@ class Protection(ABC):
 
     name: ClassVar[str]
     types: ClassVar[dict[str, type["Protection"]]] = {}
+    # True when ``apply`` can protect one real file on its own (rows = the file's channels, one label, lengths = its
+    # frames) and the result depends only on that file, not on a batch or a fixed clip length; ``lab protect`` (which
+    # writes files one by one) applies only such protections, and refuses the others naming the ones it can apply.
+    file_by_file: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -23,6 +23,7 @@ class ClasswiseNoiseConfig(PluginConfig):
 
 class ClasswiseNoiseProtection(Protection):
     name = "classwise-noise"
+    file_by_file = True
 
     def __init__(self, params: dict, key_fingerprint: str, sample_rate: int, key: str, num_classes: int):
         self.params = params

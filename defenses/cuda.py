@@ -36,6 +36,7 @@ class CUDAConfig(PluginConfig):
 
 class CUDAProtection(Protection):
     name = "cuda"
+    file_by_file = True
 
     def __init__(self, params: dict, key_fingerprint: str, sample_rate: int, filters: torch.Tensor):
         self.params = params

@@ -44,6 +44,7 @@ def scale_to_snr(clean: torch.Tensor, noise: torch.Tensor, snr_db: float) -> tor
 
 class NoisePatchProtection(Protection):
     name = "noise-patch"
+    file_by_file = True
 
     def __init__(self, params: dict, key_fingerprint: str, sample_rate: int, places: PosCUDAProtection,
                  noise: torch.Tensor):

@@ -120,6 +120,7 @@ class PosCUDAProtection(Protection):
     """Per-class positions and filters derived from a key, and how to apply them."""
 
     name = "poscuda"
+    file_by_file = True
 
     def __init__(self, params: dict, key_fingerprint: str, sample_rate: int, positions: torch.Tensor,
                  filters: torch.Tensor):
@@ -185,6 +186,52 @@ class PosCUDAProtection(Protection):
             peak = out.abs().amax(dim=1, keepdim=True)
             out = torch.where(peak > 1.0, out / peak, out)
         return out
+
+    def apply_files(self, waveforms: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Protect several whole files at once (``lab protect``'s fast path): row n holds a file (or one channel of
+        it) of ``lengths[n]`` samples, zero-padded to the batch's length. Each row's first ``lengths[n]`` samples
+        come out bit for bit as :meth:`apply` gives them for that file alone,
+        ``apply(waveforms[n:n+1, :lengths[n]], labels[n:n+1])``; the padding is left as it is.
+
+        (``apply`` on the padded batch is not the same in absolute mode: it keeps a patch inside the padded row, not
+        inside the file.) Rows at least a patch long go through ONE batched convolution with each patch start kept
+        inside the row's own length: the convolution is element-wise, so a row never depends on its batch, and the
+        zeros after a shorter file are the zeros its own edge reads. Rows shorter than a patch (their patch would
+        spill into the padding, which a second patch would then read) and repeated patches go through ``apply``,
+        rows of one length together (no padding there).
+        """
+        if waveforms.dim() != 2:
+            raise ValueError(f"expected waveforms of shape (N, T), got {tuple(waveforms.shape)}")
+        labels, lengths = labels.long(), lengths.long()
+        n = waveforms.shape[0]
+        alone = lengths < self.patch_len if self.repeat_samples is None else torch.ones(n, dtype=torch.bool)
+        rows = (~alone).nonzero().flatten()
+        every = rows.numel() == n  # the usual case: no row to take out or put back (no copies of the batch)
+        out = None if every else waveforms.clone()
+        if rows.numel():
+            x, cls, length = (waveforms, labels, lengths) if every else (waveforms[rows], labels[rows], lengths[rows])
+            device = waveforms.device
+            done = convolve_patches(x, self.file_starts(cls, length).to(device), self.filters[cls].to(device),
+                                    self.patch_len, clip=self.params["output"] == "clip")
+            if self.params["output"] == "normalize":  # as apply does, row by row (the padding stays zero)
+                peak = done.abs().amax(dim=1, keepdim=True)
+                done = torch.where(peak > 1.0, done / peak, done)
+            if every:
+                return done
+            out[rows] = done
+        for m in lengths[alone].unique().tolist():
+            rows = (alone & (lengths == m)).nonzero().flatten()
+            out[rows, :m] = self.apply(waveforms[rows, :m], labels[rows], lengths[rows])
+        return out
+
+    def file_starts(self, labels: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Patch start samples (N, P) in whole files of classes ``labels`` and ``lengths`` samples, each where
+        :meth:`apply` puts them in that file alone (``starts(labels[n:n+1], lengths[n], lengths[n:n+1])``, the edge
+        rules at the file's own length), for many files in one call. Repeats (``repeat_seconds``) are not included:
+        see :meth:`repeat_starts`."""
+        lengths = lengths.long()
+        starts = self.starts(labels.long(), int(lengths.max()), lengths)
+        return torch.minimum(starts, (lengths - self.patch_len).clamp(min=0)[:, None])
 
     def to_dict(self) -> dict:
         return {

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -33,6 +33,40 @@ def _progress(label: str):
     return (lambda done, total: bar.update(task, completed=done, total=total)), bar
 
 
+def defense_fields(kind: str) -> list[str]:
+    """The fields of defense ``kind`` that lab protect lets the command line set (all but the key); a defense lab
+    protect cannot apply is refused here, in one line naming those it can."""
+    import defenses
+    from lab.protect.protector import cannot_apply, file_by_file_defenses
+    if kind not in file_by_file_defenses():
+        raise cannot_apply(kind)
+    return [f for f in defenses.DEFENSES.get(kind).Config.model_fields if f not in ("type", "key", "key_file")]
+
+
+def parse_options(items: list[str]) -> dict:
+    """``--option FIELD=VALUE`` items as {field: value}, each value read as YAML (``20`` a number, ``[0, 0.3]`` a
+    list, ``null`` none, ``classwise`` a string)."""
+    import yaml
+    from lab.errors import LabError
+    options: dict = {}
+    for item in items:
+        field, sep, text = item.partition("=")
+        field = field.strip()
+        if not sep or not field:
+            raise LabError(f"--option {item!r}: expected FIELD=VALUE, e.g. --option snr_db=20")
+        if field in ("key", "key_file"):
+            raise LabError(f"--option {field}: the key comes from --key-file only")
+        if field == "type":
+            raise LabError("--option type: choose the defense with --defense TYPE")
+        if field in options:
+            raise LabError(f"--option {field}: given twice")
+        try:
+            options[field] = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise LabError(f"--option {item!r}: not a YAML value ({str(e).splitlines()[0]})") from None
+    return options
+
+
 @app.command()
 def protect(
     input_dir: Path = typer.Argument(..., metavar="INPUT", help="Folder of audio files to protect (never modified)."),
@@ -43,8 +77,16 @@ def protect(
     labels: str = typer.Option("folder", help="Where labels come from: 'folder' (the top-level folder under INPUT), "
                                "'regex:PATTERN' (group 1 of the file name, e.g. 'regex:^(\\d+)_' for FSDD), a CSV "
                                "file of path,label rows, or 'none' (unlabelled: one key-wide position and filter)."),
-    recipe: Optional[Path] = typer.Option(None, help="Take the PosCUDA parameters from this recipe's defense "
-                                          "section (options given here override them)."),
+    defense: Optional[str] = typer.Option(None, "--defense", metavar="TYPE", help="The defense to apply: poscuda "
+                                          "(the default, or the recipe's), or another that can be applied file by "
+                                          "file, e.g. cuda, noise-patch, classwise-noise, ar-noise (one that cannot "
+                                          "is refused, naming those that can). Its fields: --option, or --recipe."),
+    option: Optional[List[str]] = typer.Option(None, "--option", metavar="FIELD=VALUE", help="Set a field of the "
+                                               "defense, the value read as YAML (e.g. --option snr_db=20, --option "
+                                               "position_range=[0,0.3]); repeatable. The key comes from --key-file "
+                                               "only."),
+    recipe: Optional[Path] = typer.Option(None, help="Take the defense (type and parameters) from this recipe's "
+                                          "defense section (options given here override them)."),
     patch_seconds: Optional[float] = typer.Option(None, help="Length of each protected patch in seconds."),
     filter_length: Optional[int] = typer.Option(None, help="Taps of each class filter."),
     blur: Optional[float] = typer.Option(None, help="Blur factor: taps drawn from U(0, blur)."),
@@ -73,9 +115,12 @@ def protect(
     """Write a protected copy of every audio file under INPUT into OUTPUT, with a public manifest, and a private
     record outside OUTPUT.
 
-    OUTPUT is safe to publish: it holds the copies, manifest.jsonl (file list, hashes, key fingerprint) and, with
-    --metadata, metadata.csv. The record (see --record) reveals the protection: keep it private, like the key.
-    Each file keeps its format, sample rate, channel count and subtype; every channel gets the same patch. Files
+    The defense is PosCUDA unless --defense (or --recipe) names another that can be applied file by file (cuda,
+    noise-patch, classwise-noise, ar-noise); each file gets the defense's own protection derived from the key at the
+    file's sample rate, its channels as rows of the file's class. OUTPUT is safe to publish: it holds the copies,
+    manifest.jsonl (file list, hashes, key fingerprint) and, with --metadata, metadata.csv. The record (see
+    --record) reveals the protection: keep it private, like the key. Each file keeps its format, sample rate,
+    channel count and subtype; with PosCUDA every channel gets the same patch. Files
     are written under a temporary name and renamed when complete; running the same command again resumes,
     skipping files already done and verified. Corrupt or empty files are reported and skipped (exit code 1).
     """
@@ -85,6 +130,11 @@ def protect(
     if recipe is not None:
         from lab.recipe import load_recipe
         options = load_recipe(recipe, []).defense.model_dump(mode="json", exclude={"key", "key_file"})
+        if defense is not None and defense != options["type"]:
+            raise LabError(f"--defense {defense}: the defense section of {recipe} is {options['type']}; give "
+                           f"--defense or --recipe, or a recipe whose defense is {defense}")
+    kind = defense or options.get("type") or "poscuda"
+    options["type"] = kind
     given = {"patch_seconds": patch_seconds, "filter_length": filter_length, "blur": blur,
              "patches_per_class": patches_per_class, "position_mode": position_mode, "output": output_mode,
              "repeat_seconds": repeat_seconds, "filter_norm": filter_norm, "one_tap": one_tap}
@@ -94,8 +144,19 @@ def protect(
         except ValueError:
             raise LabError(f"--position-range {position_range!r}: expected START,END, e.g. 0,0.5") from None
         given["position_range"] = (lo, hi)
-    options.update({k: v for k, v in given.items() if v is not None})
-    console.print(f"[bold]lab protect[/bold] {input_dir} -> {output_dir} (labels: {labels})")
+    given = {k: v for k, v in given.items() if v is not None}
+    fields = defense_fields(kind)
+    for field in given:
+        if field not in fields:
+            flag = "--output-mode" if field == "output" else "--" + field.replace("_", "-")
+            raise LabError(f"{flag} is a PosCUDA option and the {kind} defense has no field {field!r}; its fields: "
+                           f"{', '.join(fields) or 'none'} (set them with --option FIELD=VALUE)")
+    extra = parse_options(option or [])
+    for field in given.keys() & extra.keys():
+        raise LabError(f"--option {field}=... and its own option both set {field!r}; give it once")
+    options.update(given)
+    options.update(extra)
+    console.print(f"[bold]lab protect[/bold] {input_dir} -> {output_dir} (defense: {kind}, labels: {labels})")
     callback, bar = _progress("protecting")
     with bar:
         summary = protect_collection(input_dir, output_dir, key_file, labels=labels, defense=options,

@@ -3,10 +3,12 @@
 - :mod:`lab.protect.keygen`: a new random key file (owner-only permissions, never overwritten);
 - :mod:`lab.protect.collection`: finding the audio files under INPUT and their labels;
 - :mod:`lab.protect.audiofile`: decoding and re-encoding a file in its own format, rate, channels and subtype;
-- :mod:`lab.protect.worker`: what one worker process does to one file (protect it, or check it);
+- :mod:`lab.protect.worker`: what one worker process does to one file (protect it with the defense's own
+  ``Protection.apply``, or check it);
 - :mod:`lab.protect.manifest`: the public manifest in OUTPUT (what may be published) and the owner's private record
   outside it (what the protection applied: never in OUTPUT);
-- :mod:`lab.protect.protector`: streaming a collection through worker processes with atomic writes and resume;
+- :mod:`lab.protect.protector`: which defenses can be applied file by file; deriving the protection at each sample
+  rate; streaming a collection through worker processes with atomic writes and resume;
 - :mod:`lab.protect.verify`: re-deriving the protection from the key and checking OUTPUT against the record, and
   naming the sources that have no protected copy.
 """

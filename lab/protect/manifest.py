@@ -11,9 +11,11 @@ therefore writes two JSON-lines files (one object per line: a header, one line p
 - the **private record** (format :data:`RECORD_FORMAT`), written with mode 0600 like the key, outside OUTPUT: by
   default next to the key file as ``<OUTPUT name>.<collection id>.protect-record.jsonl`` (or ``--record PATH``). It
   holds everything ``lab verify`` and a resumed run need besides the key and the source: INPUT's and OUTPUT's
-  absolute paths, the label rule, the protection as derived (parameters, per-class positions and filters), the
-  provenance, and per file its class, status (``protected`` or ``failed`` with the error), source and output SHA-256,
-  the patches applied (filter id ``class/patch``, first start sample, spacing and count of repeats, length) and how
+  absolute paths, the label rule, the protection as derived at the reference rate (its ``to_dict``: parameters and
+  derived values, e.g. PosCUDA's per-class positions and filters), the provenance; a ``protection`` line per sample
+  rate met (the protection derived at that rate, before the first file of that rate); and per file its class,
+  status (``protected`` or ``failed`` with the error), source and output SHA-256, for defenses with positions the
+  patches applied (pattern id ``class/patch``, first start sample, spacing and count of repeats, length) and how
   many samples were past full scale; its summary holds the run's counts.
 
 While a run is going both are written line by line (flushed) to partial files, ``OUTPUT/.manifest.jsonl.lab-partial``
@@ -47,6 +49,16 @@ PUBLIC_FIELDS = ("path", "label", "output_sha256", "format", "subtype", "sample_
 PUBLIC_NOTE = ("protected copies written by lab protect (PosCUDA); this folder is what its owner publishes. What "
                "the protection applied (positions, filters, patch starts) is not here: it is in the owner's private "
                "record, kept outside this folder")
+
+
+def public_note(defense: str) -> str:
+    """The public manifest's note: which defense protected the copies (its name only: no parameters), and that what
+    it applied is in the private record."""
+    if defense == "poscuda":
+        return PUBLIC_NOTE
+    return (f"protected copies written by lab protect (defense {defense}); this folder is what its owner publishes. "
+            f"What the protection applied (everything it derived from the key) is not here: it is in the owner's "
+            f"private record, kept outside this folder")
 
 
 def new_collection_id() -> str:
@@ -202,6 +214,11 @@ def check_record_path(path: Path, output: Path, input_root: Path | None = None,
         if header.get("collection_id") != collection_id:
             raise LabError(f"--record {p} is the record of another OUTPUT ({header.get('output')}, collection "
                            f"{header.get('collection_id')}); refusing to overwrite it (choose another path)")
+
+
+def read_protections(path: Path) -> dict[int, dict]:
+    """The ``protection`` lines of a private record: the protection derived at each sample rate the run met."""
+    return {obj["sample_rate"]: obj["protection"] for obj in read_lines(path) if obj.get("kind") == "protection"}
 
 
 def read_record(path: Path) -> tuple[dict, list[dict], dict | None]:

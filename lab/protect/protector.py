@@ -1,4 +1,12 @@
-"""Protecting a whole collection: derive once, stream the files through worker processes, write atomically, resume.
+"""Protecting a whole collection: derive from the key, stream the files through worker processes, write atomically,
+resume.
+
+Any registered defense whose :class:`~defenses.base.Protection` is marked ``file_by_file`` can be applied (see
+:func:`file_by_file_defenses`); each file is protected by that protection's own ``apply``, as in experiments. The
+parent holds the key's derivation: it derives the protection once at :data:`REFERENCE_RATE` (the record's header)
+and again at each sample rate it meets (it reads each file's header as it hands the files out), and sends the
+workers the derived protections of the rates of each chunk, never the key. Everything derived goes into the private
+record (a ``protection`` line per rate), nothing into OUTPUT.
 
 What is written: the protected copies and a public manifest in OUTPUT (the folder that is published), and the
 owner's private record outside it (see :mod:`lab.protect.manifest`).
@@ -9,28 +17,33 @@ depends on the largest file, not on how many files there are.
 """
 from __future__ import annotations
 
+import difflib
 import multiprocessing as mp
-from collections import deque
 import os
+import pickle
 import time
+from collections import deque
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, get_type_hints
+
+import soundfile as sf
 
 import defenses
-from defenses.poscuda import PosCUDA
-from lab.config import parse_plugin
+from defenses.base import Defense, Protection, build_defense
+from lab.config import PluginConfig, parse_plugin
 from lab.errors import LabError
 from lab.keys import fingerprint, resolve_key
 from lab.protect.collection import LabelRule, survey, walk
-from lab.protect.manifest import (LEGACY_FORMAT, MANIFEST, METADATA, PARTIAL, PUBLIC_FORMAT, PUBLIC_NOTE,
-                                  RECORD_FORMAT, LinesWriter, WriteFailed, check_record_path, file_sha256,
-                                  legacy_files, legacy_warning, locate_record, new_collection_id, output_header,
-                                  partial_of, previous_records, public_file, public_label_rule, read_all,
+from lab.protect.manifest import (LEGACY_FORMAT, MANIFEST, METADATA, PARTIAL, PUBLIC_FORMAT, RECORD_FORMAT,
+                                  LinesWriter, WriteFailed, check_record_path, file_sha256, legacy_files,
+                                  legacy_warning, locate_record, new_collection_id, output_header, partial_of,
+                                  previous_records, public_file, public_label_rule, public_note, read_all,
                                   write_metadata)
 from lab.protect.worker import PARTIAL_SUFFIX, protect_files, start_worker
 
-REFERENCE_RATE = 8000  # the rate the protection is derived at; it is applied at each file's own rate
-CHUNK_FILES = 64  # a worker takes up to this many files at once (one batched convolution per sample rate) ...
+REFERENCE_RATE = 8000  # the record's header holds the protection derived at this rate; each file gets the one
+# derived at its own sample rate
+CHUNK_FILES = 64  # a worker takes up to this many files at once (PosCUDA: one batched convolution per rate) ...
 CHUNK_BYTES = 4 << 20  # ... or this many bytes of source files: a chunk's memory is bounded, whatever the collection
 
 
@@ -53,14 +66,65 @@ def check_folders(input_root: Path, output_root: Path) -> tuple[Path, Path]:
     return inp, out
 
 
-def defense_config(key_file: Path, options: dict | None):
-    """The PosCUDA configuration from ``options`` (its parameters, without key) and the key file."""
+def protection_class(name: str) -> type[Protection] | None:
+    """The :class:`Protection` class the registered defense ``name`` derives (the protection of that name, else the
+    class its ``derive`` is annotated to return), or None when that cannot be told."""
+    cls = Protection.types.get(name)
+    if cls is None and name in defenses.DEFENSES:
+        try:
+            cls = get_type_hints(defenses.DEFENSES.get(name).derive).get("return")
+        except Exception:  # an annotation that does not resolve: not known to be file by file
+            cls = None
+    return cls if isinstance(cls, type) and issubclass(cls, Protection) else None
+
+
+def file_by_file_defenses() -> list[str]:
+    """The registered defenses lab protect can apply: those whose protection is marked ``file_by_file``."""
+    return [n for n in defenses.DEFENSES.names() if getattr(protection_class(n), "file_by_file", False)]
+
+
+def cannot_apply(kind: str) -> LabError:
+    able = file_by_file_defenses()
+    if kind not in defenses.DEFENSES:
+        hint = difflib.get_close_matches(str(kind), able, n=1)
+        return LabError(f"unknown defense {kind!r}{f' (did you mean {hint[0]!r}?)' if hint else ''}; lab protect "
+                        f"can apply: {', '.join(able)}")
+    return LabError(f"lab protect cannot apply the defense {kind!r} file by file; it can apply: {', '.join(able)}")
+
+
+def defense_config(key_file: Path, options: dict | None) -> PluginConfig:
+    """The configuration of the defense ``options`` names (``type``, default ``poscuda``; its parameters, without
+    key) with the key file. Only a defense that can be applied file by file is accepted (one line naming those that
+    can, otherwise)."""
     options = dict(options or {})
-    if options.get("type", "poscuda") != "poscuda":
-        raise LabError(f"lab protect applies PosCUDA; the defense type {options['type']!r} cannot protect files")
+    kind = options.pop("type", None) or "poscuda"
+    if kind not in file_by_file_defenses():
+        raise cannot_apply(kind)
     for secret in ("key", "key_file"):
         options.pop(secret, None)  # the key comes from --key-file only
-    return parse_plugin(defenses.DEFENSES, {**options, "type": "poscuda", "key_file": str(key_file)}, "defense")
+    return parse_plugin(defenses.DEFENSES, {**options, "type": kind, "key_file": str(key_file)}, "defense")
+
+
+def derive_at(defense: Defense, num_classes: int, sample_rate: int, key_fp: str) -> Protection:
+    """The protection ``defense`` derives for ``num_classes`` classes at ``sample_rate``, checked: applicable file by
+    file, and from the key whose fingerprint is ``key_fp`` (the key file was not replaced during the run)."""
+    prot = defense.derive(num_classes, sample_rate)
+    if not type(prot).file_by_file:
+        raise cannot_apply(defense.config.type)
+    found = getattr(prot, "key_fingerprint", key_fp)
+    if found != key_fp:
+        raise LabError(f"the key file now holds another key (fingerprint {found}, the run began with {key_fp}); put "
+                       f"the key back and run again")
+    return prot
+
+
+def header_rate(path: str) -> int | None:
+    """A file's sample rate from its header (None when it cannot be opened: the worker then says why)."""
+    try:
+        with sf.SoundFile(path) as f:
+            return f.samplerate
+    except Exception:
+        return None
 
 
 def remove_partials(out: Path) -> int:
@@ -96,8 +160,9 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
     ``input_root``: the collection (never modified). ``output_root``: where the copies and the public
     ``manifest.jsonl`` go, mirroring INPUT's folders; if an earlier run wrote it the run resumes (files whose source
     and output still match their records are kept, the rest is done). ``key_file``: the private key (``lab keygen``).
-    ``labels``: ``folder``, ``none``, ``regex:PATTERN`` or a CSV (see :class:`LabelRule`). ``defense``: PosCUDA
-    parameters (``patch_seconds``, ``blur``, ``repeat_seconds``, ...; defaults otherwise). ``workers``: worker
+    ``labels``: ``folder``, ``none``, ``regex:PATTERN`` or a CSV (see :class:`LabelRule`). ``defense``: the defense
+    section without key: ``type`` (default ``poscuda``; any of :func:`file_by_file_defenses`) and its parameters
+    (PosCUDA's ``patch_seconds``, ``blur``, ``repeat_seconds``, ...; defaults otherwise). ``workers``: worker
     processes (default: the CPU count; 0 runs everything in this process). ``fsync``: force every file to disk
     before its rename. ``record``: where the private record goes (outside OUTPUT; default next to the key file, see
     :func:`lab.protect.manifest.default_record`). ``metadata``: also write ``OUTPUT/metadata.csv`` (file_name,
@@ -118,10 +183,10 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
     rule = LabelRule.parse(labels, inp)
     found = survey(inp, rule)
     classes = {c: i for i, c in enumerate(found.classes)}
-    protection = PosCUDA(cfg).derive(len(found.classes), REFERENCE_RATE)
-    derived = protection.to_dict()
     key_fp = fingerprint(key)
     del key
+    chosen = build_defense(cfg)
+    derived = derive_at(chosen, len(found.classes), REFERENCE_RATE, key_fp).to_dict()
     earlier = output_header(out) if out.is_dir() else None
     legacy = earlier is not None and earlier["format"] == LEGACY_FORMAT
     if earlier is not None and earlier.get("key_fingerprint") != key_fp:
@@ -134,12 +199,13 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
     private_header = {"kind": "header", "format": RECORD_FORMAT, "collection_id": collection_id, "output": str(out),
                       "input": str(inp), "labels": rule.spec, "classes": found.classes, "key_fingerprint": key_fp,
                       "protection": derived,
-                      "note": "PRIVATE: keep this file with the key, never in OUTPUT. Positions are seconds "
-                              "(absolute) or fractions (relative) and filters are taps: the protection is derived "
-                              "once and applied at each file's own sample rate", "provenance": provenance()}
+                      "note": f"PRIVATE: keep this file with the key, never in OUTPUT. 'protection' is derived at "
+                              f"{REFERENCE_RATE} Hz; every file gets the protection derived from the key at its own "
+                              f"sample rate, written in a 'protection' line before the first file of that rate",
+                      "provenance": provenance()}
     public_header = {"kind": "header", "format": PUBLIC_FORMAT, "collection_id": collection_id,
                      "key_fingerprint": key_fp, "labels": public_label_rule(rule.kind, rule.spec),
-                     "classes": found.classes, "note": PUBLIC_NOTE}
+                     "classes": found.classes, "note": public_note(cfg.type)}
     sources = legacy_files(out) if legacy else [record_path, partial_of(record_path)]
     previous = previous_records(sources, private_header, out)
     write_meta = own_metadata(out, metadata)
@@ -154,19 +220,32 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
         + (f"; resuming ({len(previous)} earlier records)" if previous else "")
         + (f"; removed {stale} temporary files of an interrupted run" if stale else ""))
 
-    def chunks() -> Iterator[list[tuple]]:
-        chunk, size = [], 0
+    pickled: dict[int, bytes] = {}  # the protection derived at each sample rate met so far
+
+    def at_rate(rate: int) -> bytes:
+        if rate not in pickled:
+            prot = derive_at(chosen, len(found.classes), rate, key_fp)
+            writers[0].write({"kind": "protection", "sample_rate": rate, "protection": prot.to_dict()})
+            pickled[rate] = pickle.dumps(prot)
+        return pickled[rate]
+
+    def chunks() -> Iterator[tuple[list[tuple], dict[int, bytes]]]:
+        """The jobs, in walk order, a chunk at a time, with the protections of the chunk's sample rates."""
+        chunk, size, rates = [], 0, {}
         for e in walk(inp):
             if e.kind == "audio":
                 label = rule.label(e.rel)
                 chunk.append((e.path, os.path.join(out, e.rel), e.rel, label, classes.get(label),
                               previous.get(e.rel), fsync))
+                rate = header_rate(e.path)
+                if rate is not None and rate not in rates:
+                    rates[rate] = at_rate(rate)
                 size += e.size
                 if len(chunk) >= CHUNK_FILES or size >= CHUNK_BYTES:
-                    yield chunk
-                    chunk, size = [], 0
+                    yield chunk, rates
+                    chunk, size, rates = [], 0, {}
         if chunk:
-            yield chunk
+            yield chunk, rates
 
     counts = {"protected": 0, "done": 0, "failed": 0}
     failed: list[dict] = []
@@ -181,10 +260,10 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
         private, public = writers
         if n_workers > 0:
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            pool = ctx.Pool(n_workers, initializer=start_worker, initargs=(derived,))
+            pool = ctx.Pool(n_workers, initializer=start_worker)
             results = (r for done in in_order(pool, protect_files, chunks(), ahead=2 * n_workers + 2) for r in done)
         else:
-            start_worker(derived)
+            start_worker()
             results = (r for chunk in chunks() for r in protect_files(chunk))
         for outcome, rec in results:
             if outcome == "stopped":

@@ -5,17 +5,18 @@ from __future__ import annotations
 import csv
 import multiprocessing as mp
 import os
+import pickle
 from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from defenses.poscuda import PosCUDA
+from defenses.base import build_defense
 from lab.errors import LabError
 from lab.keys import fingerprint, resolve_key
 from lab.protect.collection import AUDIO_EXTENSIONS, walk
 from lab.protect.manifest import (LEGACY_FORMAT, MANIFEST, METADATA, RECORD_FORMAT, check_record_path,
-                                  locate_record, read_manifest, read_record)
-from lab.protect.protector import REFERENCE_RATE, defense_config
+                                  locate_record, read_manifest, read_protections, read_record)
+from lab.protect.protector import REFERENCE_RATE, defense_config, derive_at
 from lab.protect.worker import PARTIAL_SUFFIX, check_file, start_worker
 
 SECRET_MARKS = (RECORD_FORMAT.encode(), LEGACY_FORMAT.encode())  # a private record (or an old manifest) in OUTPUT
@@ -26,7 +27,8 @@ def verify_collection(output_root: Path, key_file: Path, source: Path | None = N
     """Check every file of a lab protect OUTPUT and return a report.
 
     ``output_root``: the OUTPUT folder (with the public ``manifest.jsonl``). ``key_file``: the key it was protected
-    with; the protection is derived again from it and must equal the record's. ``source``: the INPUT folder
+    with; the protection (whichever defense the record names) is derived again from it, at the reference rate and
+    at each file's sample rate, and must equal the record's. ``source``: the INPUT folder
     (default: the one the record names). ``record``: the private record (default: where ``lab protect`` put it,
     next to the key file). ``workers``: processes (default the CPU count; 0: in this process). ``progress``: called
     with (files checked, files total).
@@ -61,25 +63,35 @@ def verify_collection(output_root: Path, key_file: Path, source: Path | None = N
         raise LabError(f"{record_path}: made with another key (fingerprint {rec_header['key_fingerprint']}) than "
                        f"OUTPUT's manifest names (the record was edited)")
     recorded = rec_header["protection"]
-    cfg = defense_config(key_path, recorded["params"])
-    derived = PosCUDA(cfg).derive(len(rec_header["classes"]), REFERENCE_RATE).to_dict()
-    if derived != recorded:
-        raise LabError(f"{record_path}: the recorded positions or filters are not what the key gives (the record "
-                       f"was edited)")
+    kind = recorded.get("defense", "poscuda")
+    defense = build_defense(defense_config(key_path, {**recorded["params"], "type": kind}))
+    classes = len(rec_header["classes"])
+    if derive_at(defense, classes, REFERENCE_RATE, key_fp).to_dict() != recorded:
+        raise LabError(f"{record_path}: the recorded protection ({kind}: its positions, filters or other derived "
+                       f"values) is not what the key gives (the record was edited)")
     src_root = Path(source).expanduser().resolve() if source else Path(rec_header["input"])
     done = [r for r in records if r["status"] == "protected"]
+    # the protection at each sample rate of the record, derived again from the key (and equal to the record's line)
+    recorded_at = read_protections(record_path)
+    protections = {}
+    for rate in sorted({r["sample_rate"] for r in done}):
+        prot = derive_at(defense, classes, rate, key_fp)
+        if rate in recorded_at and recorded_at[rate] != prot.to_dict():
+            raise LabError(f"{record_path}: the protection recorded at {rate} Hz is not what the key gives (the "
+                           f"record was edited)")
+        protections[rate] = pickle.dumps(prot)
     jobs = [(str(src_root / r["path"]), str(out / r["path"]), r) for r in done]
     n_workers = os.cpu_count() if workers is None else workers
     results = []
     if n_workers > 0 and len(jobs) > 1:
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with ctx.Pool(n_workers, initializer=start_worker, initargs=(recorded,)) as pool:
+        with ctx.Pool(n_workers, initializer=start_worker, initargs=(protections,)) as pool:
             for i, res in enumerate(pool.imap(check_file, jobs, chunksize=8), start=1):
                 results.append(res)
                 if progress:
                     progress(i, len(jobs))
     else:
-        start_worker(recorded)
+        start_worker(protections)
         for i, job in enumerate(jobs, start=1):
             results.append(check_file(job))
             if progress:

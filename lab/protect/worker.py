@@ -1,8 +1,15 @@
 """What one worker process does to one file: protect it (read, protect, encode, write atomically) or check it.
 
-A worker receives the derived protection's record (positions, filters, parameters: never the key) once, when it
-starts, and keeps one :class:`PosCUDAProtection` per sample rate it meets. Every channel of a file gets the same
-patches and filters. Results are small dicts (the private record's lines, see :mod:`lab.protect.manifest`); audio
+A worker never sees the key. It receives the derived protections (:class:`defenses.base.Protection` objects,
+pickled, one per sample rate; the parent derives them, see :mod:`lab.protect.protector`): with each chunk of files
+(the rates of that chunk's files) when protecting, once at start when checking. They are unpickled afresh per chunk
+(per file when checking), so whatever a protection caches (classwise-noise's patterns per clip length, ar-noise's
+class sequences) lasts one chunk and never grows with the collection.
+
+A file is protected by the protection's own ``apply``, the one experiments use: rows = the file's channels, every
+row the file's class, lengths = its frames (:func:`protect_samples`). A protection that offers ``apply_files`` (PosCUDA)
+protects a chunk's files of one sample rate in one padded batch, bit-identical to ``apply`` file by file
+(:func:`protect_batch`). Results are small dicts (the private record's lines, see :mod:`lab.protect.manifest`); audio
 never travels between processes.
 """
 from __future__ import annotations
@@ -10,85 +17,53 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import pickle
 import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from defenses.poscuda import PosCUDAProtection, convolve_patches
+from defenses.base import Protection
 from lab.protect.audiofile import as_stored, decode, encode
 
 PARTIAL_SUFFIX = ".lab-partial"  # temporary names: ".<name>.<pid>.lab-partial" beside the final file
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})  # no space (or quota) left: no later file could be written
 
-_record: dict = {}
 _made: set[str] = set()  # output folders this worker has already created
-_cache: dict[int, PosCUDAProtection] = {}
+_protections: dict[int, bytes] = {}  # checking: the pickled protection at each sample rate of the record
 
 
-def start_worker(record: dict) -> None:
-    """Pool initializer: remember the protection record; one thread per worker (the processes are the parallelism)."""
+def start_worker(protections: dict[int, bytes] | None = None) -> None:
+    """Pool initializer: one thread per worker (the processes are the parallelism); for checking, remember the
+    pickled protection of each sample rate (``{rate: pickle.dumps(protection)}``)."""
     torch.set_num_threads(1)
-    _record.clear()
-    _record.update(record)
-    _cache.clear()
-
-
-def protection_at(sample_rate: int) -> PosCUDAProtection:
-    """The recorded protection at ``sample_rate`` (positions are in seconds or fractions, filters in taps, so the
-    same derivation serves every rate)."""
-    if sample_rate not in _cache:
-        r = _record
-        _cache[sample_rate] = PosCUDAProtection(r["params"], r["key_fingerprint"], sample_rate,
-                                                torch.tensor(r["positions"], dtype=torch.float64),
-                                                torch.tensor(r["filters"], dtype=torch.float32))
-    return _cache[sample_rate]
+    _protections.clear()
+    _protections.update(protections or {})
 
 
 def sha256(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def _applied(prot: PosCUDAProtection, starts: torch.Tensor, cls: int, frames: int) -> list[dict]:
-    """What was applied to one file, per patch: its filter id (``class/patch``), first start sample, spacing and
-    count of repeats, and length in samples. ``starts`` (P, M) as from :meth:`PosCUDAProtection.repeat_starts`."""
-    applied = []
-    for j in range(starts.shape[0]):
-        s = [v for v in starts[j].tolist() if v >= 0]
-        applied.append({"filter": f"{cls}/{j}", "start": s[0], "every": prot.repeat_samples if len(s) > 1 else None,
-                        "count": len(s), "length": min(prot.patch_len, frames)})
-    return applied
-
-
-def protect_samples(data: np.ndarray, sample_rate: int, cls: int) -> tuple[np.ndarray, list[dict]]:
-    """Protect one file's (frames, channels) samples of class ``cls`` with :meth:`PosCUDAProtection.apply` (every
-    channel the same); also return what was applied (see :func:`_applied`)."""
-    prot = protection_at(sample_rate)
+def protect_samples(prot: Protection, data: np.ndarray, cls: int) -> np.ndarray:
+    """One file's (frames, channels) samples of class ``cls`` protected by ``prot.apply``: every channel a row of
+    the file's class and length (so per-row rules, e.g. an SNR or a peak normalisation, hold per channel)."""
     frames, channels = data.shape
     x = torch.from_numpy(np.ascontiguousarray(data.T))
     labels = torch.full((channels,), cls, dtype=torch.long)
     lengths = torch.full((channels,), frames, dtype=torch.long)
-    out = prot.apply(x, labels, lengths).numpy().T
-    starts = prot.repeat_starts(prot.starts(labels[:1], frames, lengths[:1]), frames, lengths[:1])[0]
-    return out, _applied(prot, starts, cls, frames)
+    return prot.apply(x, labels, lengths).numpy().T
 
 
-def protect_batch(items: list[tuple[np.ndarray, int]], sample_rate: int) -> list[tuple[np.ndarray, list[dict]]]:
-    """Protect several files at one sample rate in ONE batched convolution: ``items`` are (samples (frames,
-    channels), class). The result of each file is bit-identical to :func:`protect_samples` (PosCUDA's convolution
-    is computed tap by tap, element-wise, so a row does not depend on its batch; the zeros after a shorter file are
-    the zeros its own edge reads; each file's patch start is clamped to its own length as ``apply`` does).
-    Repeated patches (long recordings) and files shorter than a patch go file by file."""
-    prot = protection_at(sample_rate)
-    if prot.repeat_samples is not None or len(items) <= 1:
-        return [protect_samples(d, sample_rate, c) for d, c in items]
-    short = [d.shape[0] < prot.patch_len for d, _ in items]
-    if any(short):
-        # a file shorter than a patch is convolved whole: its patch would spill into the batch's padding (which a
-        # second patch would then read), so it goes alone and the rest still go together
-        together = iter(protect_batch([it for it, s in zip(items, short) if not s], sample_rate))
-        return [protect_samples(d, sample_rate, c) if s else next(together) for (d, c), s in zip(items, short)]
+def protect_batch(prot: Protection, items: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
+    """Protect several files of one sample rate and precision: ``items`` are (samples (frames, channels), class).
+    With the protection's ``apply_files`` (several whole files in one padded batch, each row as ``apply`` protects
+    that file alone: PosCUDA's single batched convolution) they go together, else one by one through ``apply``; the
+    result of each file is :func:`protect_samples`'s, bit for bit (tested)."""
+    batched = getattr(prot, "apply_files", None)
+    if batched is None or len(items) <= 1:
+        return [protect_samples(prot, d, c) for d, c in items]
     rows = sum(d.shape[1] for d, _ in items)
     total = max(d.shape[0] for d, _ in items)
     x = torch.zeros(rows, total, dtype=torch.from_numpy(items[0][0][:0]).dtype)  # the files' own precision
@@ -101,18 +76,50 @@ def protect_batch(items: list[tuple[np.ndarray, int]], sample_rate: int) -> list
         labels[r:r + ch] = c
         lengths[r:r + ch] = n
         r += ch
-    starts = torch.minimum(prot.starts(labels, total, lengths),
-                           (lengths - prot.patch_len).clamp(min=0)[:, None])  # = starts() at each file's length
-    out = convolve_patches(x, starts, prot.filters[labels], prot.patch_len, clip=prot.params["output"] == "clip")
-    if prot.params["output"] == "normalize":  # as PosCUDAProtection.apply does, row by row
-        peak = out.abs().amax(dim=1, keepdim=True)
-        out = torch.where(peak > 1.0, out / peak, out)
+    out = batched(x, labels, lengths)
     results, r = [], 0
-    for d, c in items:
+    for d, _ in items:
         n, ch = d.shape
-        results.append((out[r:r + ch, :n].numpy().T, _applied(prot, starts[r][:, None], c, n)))
+        results.append(out[r:r + ch, :n].numpy().T)
         r += ch
     return results
+
+
+def patches_of(prot: Protection, cls: int, frames: int) -> list[dict] | None:
+    """Where a protection with key-derived positions (one with a ``starts`` method: PosCUDA, noise-patch) puts its
+    patches in a file of class ``cls`` and ``frames`` samples, per patch: its pattern (``filter`` ``class/patch`` for
+    PosCUDA, ``noise`` for noise-patch), first start sample, spacing and count of repeats, and length in samples.
+    None for protections that cover the whole file (cuda, classwise-noise, ar-noise). Private: never in OUTPUT."""
+    starts_of = getattr(prot, "starts", None)
+    if starts_of is None:
+        return None
+    labels, lengths = torch.tensor([cls]), torch.tensor([frames])
+    starts = starts_of(labels, frames, lengths)
+    repeat = getattr(prot, "repeat_starts", None)
+    starts = repeat(starts, frames, lengths)[0] if repeat is not None else starts[0][:, None]
+    return _described(prot, cls, frames, starts.tolist())
+
+
+def patches_of_files(prot: Protection, files: list[tuple[int, int]]) -> list[list[dict] | None]:
+    """:func:`patches_of` for several files (class, frames) at once: in one call of the protection's
+    ``file_starts`` where it has one (PosCUDA; the same starts, tested through verify) and repeats are off."""
+    file_starts = getattr(prot, "file_starts", None)
+    if file_starts is None or getattr(prot, "repeat_samples", None) is not None or not files:
+        return [patches_of(prot, c, n) for c, n in files]
+    starts = file_starts(torch.tensor([c for c, _ in files]), torch.tensor([n for _, n in files])).tolist()
+    return [_described(prot, c, n, [[s] for s in row]) for (c, n), row in zip(files, starts)]
+
+
+def _described(prot: Protection, cls: int, frames: int, starts: list[list[int]]) -> list[dict]:
+    """The record of the patches of one file from their starts (P lists of repeats, -1 where there is none)."""
+    what = "filter" if hasattr(prot, "filters") else "noise"
+    every = getattr(prot, "repeat_samples", None)
+    applied = []
+    for j, row in enumerate(starts):
+        s = [v for v in row if v >= 0]
+        applied.append({what: f"{cls}/{j}", "start": s[0], "every": every if len(s) > 1 else None, "count": len(s),
+                        "length": min(prot.patch_len, frames)})
+    return applied
 
 
 def _reason(e: Exception) -> str:
@@ -156,7 +163,7 @@ def _read(job: tuple):
     return src_hash, dec
 
 
-def _write(job: tuple, src_hash: str, dec, out: np.ndarray, applied: list[dict]) -> tuple[str, dict]:
+def _write(job: tuple, src_hash: str, dec, out: np.ndarray, applied: list[dict] | None) -> tuple[str, dict]:
     """Second half: encode in the source's own format and write atomically; the file's record."""
     src, dst, rel, label, cls, previous, fsync = job
     try:
@@ -170,19 +177,25 @@ def _write(job: tuple, src_hash: str, dec, out: np.ndarray, applied: list[dict])
             return "stopped", {"path": rel, "output": dst, "error": e.strerror or str(e)}
         return _failed(rel, label, f"cannot write the output: {e.strerror or e}")  # e.g. no permission: this file
     frames, channels = dec.data.shape
-    return "protected", {"path": rel, "label": label, "class": cls, "status": "protected", "source_sha256": src_hash,
-                         "output_sha256": sha256(out_blob), "format": dec.format, "subtype": dec.subtype,
-                         "sample_rate": dec.sample_rate, "channels": channels, "frames": frames,
-                         "seconds": frames / dec.sample_rate, "patches": applied, "past_full_scale": over,
-                         "past_full_scale_handling": "kept (float)" if dec.subtype in ("FLOAT", "DOUBLE")
-                         else "clipped"}
+    rec = {"path": rel, "label": label, "class": cls, "status": "protected", "source_sha256": src_hash,
+           "output_sha256": sha256(out_blob), "format": dec.format, "subtype": dec.subtype,
+           "sample_rate": dec.sample_rate, "channels": channels, "frames": frames, "seconds": frames / dec.sample_rate,
+           "past_full_scale": over,
+           "past_full_scale_handling": "kept (float)" if dec.subtype in ("FLOAT", "DOUBLE") else "clipped"}
+    if applied is not None:  # protections with positions (see patches_of)
+        rec["patches"] = applied
+    return "protected", rec
 
 
-def protect_files(jobs: list[tuple]) -> list[tuple[str, dict]]:
-    """Protect a chunk of files. Each job = (source path, output path, relative path, label, class index, previous
-    record or None, fsync). A file already done (its previous record's source and output hashes both still match)
-    is not redone. Returns, per job in order, what happened (``protected``, ``done``, ``failed``, or ``stopped``: the
-    disk is full, the output was not written and the run must stop) and the file's record. Files of one sample rate are protected in one batch (:func:`protect_batch`)."""
+def protect_files(task: tuple[list[tuple], dict[int, bytes]]) -> list[tuple[str, dict]]:
+    """Protect a chunk of files. ``task`` = (jobs, {sample rate: pickled protection} for the rates of the chunk's
+    files). Each job = (source path, output path, relative path, label, class index, previous record or None,
+    fsync). A file already done (its previous record's source and output hashes both still match) is not redone.
+    Returns, per job in order, what happened (``protected``, ``done``, ``failed``, or ``stopped``: the disk is full,
+    the output was not written and the run must stop) and the file's record. The files of one sample rate and
+    precision are protected together (:func:`protect_batch`)."""
+    jobs, blobs = task
+    protections = {rate: pickle.loads(blob) for rate, blob in blobs.items()}  # afresh: caches last one chunk
     results: list = [None] * len(jobs)
     groups: dict[tuple, list[tuple[int, str, object]]] = {}
     for i, job in enumerate(jobs):
@@ -192,8 +205,26 @@ def protect_files(jobs: list[tuple]) -> list[tuple[str, dict]]:
         else:  # one batch per sample rate and working precision (float32 and float64 round differently)
             groups.setdefault((first[1].sample_rate, first[1].data.dtype.name), []).append((i, *first))
     for (rate, _), group in groups.items():
-        done = protect_batch([(dec.data, jobs[i][4]) for i, _, dec in group], rate)
-        for (i, src_hash, dec), (out, applied) in zip(group, done):
+        prot = protections.get(rate)
+        if prot is None:  # the parent read another rate from this file's header a moment ago
+            for i, _, _ in group:
+                results[i] = _failed(jobs[i][2], jobs[i][3], f"sample rate {rate} Hz not known when the run read "
+                                     f"the file's header (the file changed while the run was going; run again)")
+            continue
+        try:
+            done = protect_batch(prot, [(dec.data, jobs[i][4]) for i, _, dec in group])
+        except Exception:  # a file the protection cannot take (e.g. out of memory): find which, the rest go on
+            done = []
+            for i, _, dec in group:
+                try:
+                    done.append(protect_samples(prot, dec.data, jobs[i][4]))
+                except Exception as e:
+                    done.append(e)
+        patches = patches_of_files(prot, [(jobs[i][4], dec.data.shape[0]) for i, _, dec in group])
+        for (i, src_hash, dec), out, applied in zip(group, done, patches):
+            if isinstance(out, Exception):
+                results[i] = _failed(jobs[i][2], jobs[i][3], f"cannot protect: {_reason(out)}")
+                continue
             results[i] = _write(jobs[i], src_hash, dec, out, applied)
             if results[i][0] == "stopped":  # the disk is full: write nothing more; the rest of the chunk stops too
                 return [r if r is not None else results[i] for r in results]
@@ -245,8 +276,12 @@ def check_file(job: tuple) -> dict:
         source, output = decode(src_blob), decode(out_blob)
     except Exception as e:
         return {"path": rel, "status": "mismatch", "detail": f"cannot decode: {_reason(e)}"}
-    expected, applied = protect_samples(source.data, source.sample_rate, rec["class"])
-    if applied != rec["patches"]:
+    if source.sample_rate not in _protections:
+        return {"path": rel, "status": "mismatch", "detail": f"no protection derived at {source.sample_rate} Hz"}
+    prot = pickle.loads(_protections[source.sample_rate])  # afresh: caches last one file
+    expected = protect_samples(prot, source.data, rec["class"])
+    applied = patches_of(prot, rec["class"], source.data.shape[0])
+    if applied != rec.get("patches"):
         return {"path": rel, "status": "mismatch", "detail": "recorded patches differ from those the key gives"}
     if output.data.shape != source.data.shape or output.sample_rate != source.sample_rate:
         return {"path": rel, "status": "mismatch", "detail": "shape or sample rate differs from the source"}
@@ -256,12 +291,18 @@ def check_file(job: tuple) -> dict:
         if not np.array_equal(output.data, as_stored(expected, source)):
             return {"path": rel, "status": "mismatch", "detail": "samples differ from the key's protection"}
         return {"path": rel, "status": "ok", "detail": ""}
-    # lossy codecs: inside the patches the output must be nearer the protected audio than the unprotected source
-    mask = np.zeros(source.data.shape[0], dtype=bool)
-    for p in applied:
-        for m in range(p["count"]):
-            a = p["start"] + m * (p["every"] or 0)
-            mask[a:a + p["length"]] = True
+    # lossy codecs: where the protection changes the audio (its patches, or every sample it changed) the output
+    # must be nearer the protected audio than the unprotected source
+    if applied is not None:
+        mask = np.zeros(source.data.shape[0], dtype=bool)
+        for p in applied:
+            for m in range(p["count"]):
+                a = p["start"] + m * (p["every"] or 0)
+                mask[a:a + p["length"]] = True
+    else:
+        mask = (expected != source.data).any(axis=1)
+        if not mask.any():
+            mask[:] = True  # nothing changed (silence): the output is then as near the source as the protection
     near_protected = np.abs(output.data[mask] - expected[mask]).mean()
     near_source = np.abs(output.data[mask] - source.data[mask]).mean()
     if near_protected >= near_source:

@@ -192,20 +192,29 @@ def test_full_scale_is_clipped_and_counted_for_integers_kept_for_float(tmp_path,
 
 @pytest.mark.parametrize("params", [{}, {"position_mode": "relative", "position_range": (0.2, 0.9)},
                                     {"output": "clip", "blur": 1.0}, {"output": "normalize", "blur": 1.0},
-                                    {"patches_per_class": 2}])
+                                    {"patches_per_class": 2}, {"repeat_seconds": 0.25}])
 def test_batched_files_equal_poscuda_apply_one_by_one(params, key_file):
+    """PosCUDA's fast path (PosCUDAProtection.apply_files: a chunk's files in one padded batch) gives every file
+    exactly what its own apply gives, whatever the files' lengths (shorter than a patch, or than its position)."""
     from defenses.poscuda import PosCUDA, PosCUDAConfig
-    prot = PosCUDA(PosCUDAConfig(key_file=key_file, **params)).derive(3, 8000)
-    worker.start_worker(prot.to_dict())
+    prot = PosCUDA(PosCUDAConfig(key_file=key_file, **params)).derive(3, 16000)
     rng = np.random.default_rng(0)
     items = [(0.4 * rng.standard_normal((n, ch)), n % 3) for n, ch in
-             [(3000, 1), (9000, 2), (500, 1), (16000, 1), (7000, 3)]]
-    batched = worker.protect_batch(items, 16000)
-    for (data, c), (out, applied) in zip(items, batched):
-        single, applied1 = worker.protect_samples(data, 16000, c)
-        assert np.array_equal(out, single) and applied == applied1
-        ref = worker.protection_at(16000).apply(torch.from_numpy(data.T.copy()), torch.full((data.shape[1],), c))
+             [(3000, 1), (9000, 2), (500, 1), (16000, 1), (7000, 3), (900, 2)]]
+    batched = worker.protect_batch(prot, items)
+    assert len(batched) == len(items)
+    for (data, c), out in zip(items, batched):
+        single = worker.protect_samples(prot, data, c)
+        assert np.array_equal(out, single)
+        ref = prot.apply(torch.from_numpy(data.T.copy()), torch.full((data.shape[1],), c))
         assert np.array_equal(single, ref.numpy().T)
+        assert not np.array_equal(single, data)
+    long_ones = [it for it in items if it[0].shape[0] >= prot.patch_len]  # no row to set aside: the plain path
+    assert len(long_ones) == 4 and all(np.array_equal(a, b) for a, b in zip(
+        worker.protect_batch(prot, long_ones), (worker.protect_samples(prot, d, c) for d, c in long_ones)))
+    # and the patches recorded for a chunk (PosCUDAProtection.file_starts) are those of each file alone
+    files = [(c, data.shape[0]) for data, c in items]
+    assert worker.patches_of_files(prot, files) == [worker.patches_of(prot, c, n) for c, n in files]
 
 
 def test_long_recordings_carry_repeated_patches(tmp_path, key_file):
@@ -339,8 +348,8 @@ def test_a_full_disk_while_writing_the_record_stops_the_run_too(collection, key_
             self.f, self.lines = f, 0
 
         def write(self, text):
-            self.lines += 1
-            if self.lines > 3:  # the header, then two files
+            self.lines += '"kind": "file"' in text  # the header and the protection lines go down too
+            if self.lines > 2:  # two files, then the disk is full
                 raise OSError(errno.ENOSPC, "No space left on device")
             return self.f.write(text)
 
