@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from attacks import ATTACKS
-from attacks.base import Attack
+from attacks.base import ATTACKS, Attack
 from lab.config import PluginConfig
 
 

@@ -17,7 +17,7 @@ import torch
 from lab.config import PluginConfig
 from lab.registry import Registry
 
-DEFENSES: Registry = Registry("defense")
+DEFENSES: Registry = Registry("defense", package="defenses")
 
 
 class Protection(ABC):
@@ -35,6 +35,8 @@ class Protection(ABC):
     def from_dict(cls, record: dict) -> "Protection":
         """Rebuild a protection from its ``to_dict`` record (dispatching on ``record['defense']``)."""
         if cls is Protection:
+            if record.get("defense") not in Protection.types:
+                DEFENSES.discover()  # the record may come from a plugin not imported yet
             try:
                 return Protection.types[record["defense"]].from_dict(record)
             except KeyError:
