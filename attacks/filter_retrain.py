@@ -17,9 +17,9 @@ trains on. The model must learn to classify whatever class-wise filtering it mee
    (Tikhonov, ``regularisation`` x mean diagonal) linear deconvolution that uses the untouched samples around it
    (spans longer than ``max_exact_span`` samples, e.g. a whole-clip filter: a regularised FFT deconvolution);
 
-then trains on the result. It reports how well it recovered the protection: the position hit rate (the estimated
-start within ``hit_tolerance`` samples of the real one) and the cosine similarity of each estimated filter with the
-real one (where the protection has per-class positions and filters, e.g. PosCUDA).
+then trains on the result. It reports how well it recovered the protection, where the protection says what it did:
+the position hit rate (the estimated start within ``hit_tolerance`` samples of the real one, for a protection with
+``patch_spans``) and the cosine similarity of each estimated filter with the real one (``class_filters``).
 """
 from __future__ import annotations
 
@@ -218,18 +218,20 @@ class FilterRetrain(Attack):
         return out, ctx.labels
 
     def _truth(self, ctx, c: int, rows: torch.Tensor, span, g) -> dict:
-        """Compare with what was really applied, where the protection records per-class positions and filters."""
+        """Compare with what was really applied, where the protection says where it put its patches
+        (``patch_spans``) and which filters it convolved with (``class_filters``)."""
         prot = ctx.protection
         found = {}
-        if hasattr(prot, "starts") and hasattr(prot, "patch_len"):
-            starts = prot.starts(ctx.labels[rows], ctx.protected.shape[1], ctx.lengths[rows])[:, 0]
-            true_start = int(starts.min())
-            found.update(true_start=true_start, true_patch_samples=int(prot.patch_len),
+        if prot is None:
+            return found
+        spans = prot.patch_spans(ctx.labels[rows], ctx.protected.shape[1], ctx.lengths[rows])
+        if spans:
+            true_start = min(row[0][0] for row in spans)
+            found.update(true_start=true_start, true_patch_samples=spans[0][0][1] - spans[0][0][0],
                          position_hit=abs(span[0] - true_start) <= self.config.hit_tolerance)
-        filters = getattr(prot, "filters", None)
-        if isinstance(filters, torch.Tensor):
-            taps = filters[c, 0] if filters.dim() == 3 else filters[c]
-            found["filter_cosine"] = cosine(g, true_filter_as_lags(taps, self.config.filter_length))
+        filters = prot.class_filters()
+        if filters is not None:
+            found["filter_cosine"] = cosine(g, true_filter_as_lags(filters[c], self.config.filter_length))
         return found
 
     @staticmethod

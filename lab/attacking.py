@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import attacks
 from attacks.base import Attack, AttackContext, build_attack
+from defenses.base import DEFENSES
 from lab.config import format_validation_error, parse_plugin
 from pydantic import ValidationError
 from lab.errors import LabError
@@ -230,33 +231,27 @@ def load_attack_recipe(path: Path | str, overrides: list[str] | None = None) -> 
     return recipe_from_dict(data, str(path)), blocks
 
 
-BASELINES = ["none", "poscuda", "cuda", "noise-patch", "classwise-noise"]
+def baselines() -> list[str]:
+    """The defenses that declare themselves matched baselines (``Defense.matched_baseline``), in their declared
+    order: ``lab attack --type all`` compares the recipe's defense with them."""
+    ranks = {name: DEFENSES.get(name).matched_baseline for name in DEFENSES.names()}
+    return sorted((name for name, rank in ranks.items() if rank is not None), key=lambda name: (ranks[name], name))
 
 
 def defense_configs(recipe: Recipe, names: list[str], snr_db: float | None) -> list:
-    """Defense configs for ``names``: the recipe's own defense as it is; the baselines take the recipe's key (and,
-    for noise-patch, its patch positions) and, when ``snr_db`` is given, that SNR (equal distortion)."""
-    import defenses
+    """Defense configs for ``names``: the recipe's own defense as it is; every other one configured like it by its
+    own ``Defense.matched_config`` (the recipe's key, and what else it shares with it) at ``snr_db`` (rounded to
+    0.01 dB; equal distortion, for the defenses that take an SNR), when given."""
     own = recipe.defense
-    shared = {k: getattr(own, k) for k in ("key", "key_file") if getattr(own, k, None) is not None}
-    patch = {k: getattr(own, k) for k in ("patch_seconds", "patches_per_class", "position_mode", "position_range")
-             if hasattr(own, k)}
+    snr = None if snr_db is None else round(snr_db, 2)
     out = []
     for name in names:
-        defenses.DEFENSES.get(name)
+        defense = DEFENSES.get(name)
         if name == own.type:
             out.append(own)
             continue
-        data: dict[str, Any] = {"type": name}
-        if name != "none":
-            data.update(shared)
-        if name == "cuda":
-            data.update({k: getattr(own, k) for k in ("filter_length", "blur", "one_tap") if hasattr(own, k)})
-        if name == "noise-patch":
-            data.update(patch)
-        if name in ("noise-patch", "classwise-noise") and snr_db is not None:
-            data["snr_db"] = round(snr_db, 2)
-        out.append(parse_plugin(defenses.DEFENSES, data, f"defense ({name})"))
+        data: dict[str, Any] = {"type": name, **defense.matched_config(own, snr)}
+        out.append(parse_plugin(DEFENSES, data, f"defense ({name})"))
     return out
 
 

@@ -76,7 +76,7 @@ def attack(
     import attacks
     from lab import attacking
     from lab.data import load_dataset
-    from defenses import build_defense
+    from defenses import DEFENSES, build_defense
     from lab.quality import snr_summary
 
     recipe = _recipe_path(recipe, recipe_option)
@@ -93,11 +93,11 @@ def attack(
     if defenses_:
         defense_names = [d.strip() for d in defenses_.split(",") if d.strip()]
     elif type_ == "all":
-        defense_names = list(dict.fromkeys(["none", rec.defense.type, *attacking.BASELINES[2:]]))
+        defense_names = list(dict.fromkeys(["none", rec.defense.type, *attacking.baselines()]))
     else:
         defense_names = list(dict.fromkeys(["none", rec.defense.type]))
     snr = None
-    if rec.defense.type != "none" and any(d in ("noise-patch", "classwise-noise") for d in defense_names):
+    if rec.defense.type != "none" and any(DEFENSES.get(d).takes_snr for d in defense_names):
         train, _ = load_dataset(rec.data, lambda s: None)
         prot = build_defense(rec.defense).derive(len(train.class_names), rec.data.sample_rate)
         snr = snr_summary(prot.apply(train.waveforms, train.labels, train.lengths), train.waveforms)["snr_db_mean"]
