@@ -204,20 +204,6 @@ def attack_configs(names: list[str], recipe_blocks: list[dict], options: list[st
     return out
 
 
-def with_both_filter_methods(cfgs: list, recipe_blocks: list[dict], options: list[str]) -> list:
-    """For the full matrix: filter-retrain runs with both methods (adversarial and estimate), unless the recipe or
-    the options chose one."""
-    chosen = any(b.get("type") == "filter-retrain" and "method" in b for b in recipe_blocks if isinstance(b, dict)) \
-        or any(o.replace(" ", "").startswith("filter-retrain.method=") for o in options)
-    out = []
-    for cfg in cfgs:
-        out.append(cfg)
-        if cfg.type == "filter-retrain" and not chosen:
-            other = "estimate" if cfg.method == "adversarial" else "adversarial"
-            out.append(cfg.model_copy(update={"method": other}))
-    return out
-
-
 def load_attack_recipe(path: Path | str, overrides: list[str] | None = None) -> tuple[Recipe, list[dict]]:
     """The recipe (validated as for ``lab run``) and its ``attack:`` blocks (a mapping or a list of mappings)."""
     path = Path(path)
@@ -293,10 +279,8 @@ class Matrix:
 
 
 def column_name(cfg, variant: str = "") -> str:
-    base = cfg.type
-    if cfg.type == "filter-retrain":
-        base = f"{cfg.type} ({cfg.method})"
-    return f"{base} {variant}".strip()
+    """The table column of an attack's model: the attack's type, then the variant its after_training named."""
+    return f"{cfg.type} {variant}".strip()
 
 
 def with_defense(recipe: Recipe, defense) -> Recipe:

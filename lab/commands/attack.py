@@ -65,10 +65,10 @@ def attack(
     Attacks (--type): <the registered attacks>; or all (every attack).
 
     The table's rows are attacks: no attack first, then each attack (and its variants, e.g. clean-finetune's
-    fractions, filter-retrain's methods). Its columns are defenses: none (clean data, the reference: there a row
-    shows what the attack itself costs), the recipe's defense and any baselines. The last row is the worst case for
-    the data owner: for each defense, the highest mean clean-test accuracy over the rows above, and the attack that
-    reached it. Cells are mean ± std over the seeds.
+    fractions). Its columns are defenses: none (clean data, the reference: there a row shows what the attack itself
+    costs), the recipe's defense and any baselines. The last row is the worst case for the data owner: for each
+    defense, the highest mean clean-test accuracy over the rows above, and the attack that reached it. Cells are
+    mean ± std over the seeds.
 
     Writes runs/<recipe>/attack-<type>-<timestamp>/ with results.json (every number per seed, attack parameters
     and what they measured, versions, git commit), results.md, table.csv and recipe.yaml.
@@ -88,8 +88,6 @@ def attack(
     rec, blocks = attacking.load_attack_recipe(recipe, overrides)
     names = attacks.ATTACKS.names() if type_ == "all" else [type_]
     cfgs = attacking.attack_configs(names, blocks, list(option or []))
-    if type_ == "all":
-        cfgs = attacking.with_both_filter_methods(cfgs, blocks, list(option or []))
     if defenses_:
         defense_names = [d.strip() for d in defenses_.split(",") if d.strip()]
     elif type_ == "all":
