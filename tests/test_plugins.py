@@ -105,6 +105,36 @@ def test_gain_jitter_attack(tiny):
     assert attack.record() == {"type": "gain-jitter", "params": {"jitter": 0.1}, "measured": {"batches": 2}}
 
 
+# --- the registry ------------------------------------------------------------------------------------------------
+
+def test_a_registry_fills_itself_on_the_first_question_and_refuses_a_name_twice(tmp_path):
+    from lab.errors import LabError
+    from lab.registry import Registry
+    pkg = tmp_path / "fillme"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from lab.registry import Registry, import_submodules\n"
+                                     "THINGS = Registry('thing', package='fillme')\n"
+                                     "import_submodules(__name__, __path__)\n")
+    (pkg / "one.py").write_text("from fillme import THINGS\nTHINGS.register('one')(object)\n")
+    (pkg / "two.py").write_text("from fillme import THINGS\nTHINGS.register('two')(int)\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        things = importlib.import_module("fillme").THINGS
+        assert things.names() == ["one", "two"]  # every module of the package, no list kept anywhere
+        with pytest.raises(LabError, match="thing 'one' registered twice"):
+            things.register("one")(float)
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in ("fillme", "fillme.one", "fillme.two"):
+            sys.modules.pop(name, None)
+    retired = Registry("gadget")
+    retired.register("new")(object)
+    retired.retire("old", "use 'new'")
+    with pytest.raises(LabError, match="^gadget 'old' no longer exists: use 'new'$"):
+        retired.get("old")
+    assert "old" not in retired and retired.names() == ["new"]
+
+
 # --- found without editing any lab file -----------------------------------------------------------------------
 
 def test_lab_list_shows_plugins_named_in_LAB_PLUGINS_and_only_then():
