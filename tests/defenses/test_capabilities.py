@@ -15,6 +15,7 @@ from lab.errors import LabError
 
 SR = 8000
 KEY = "capability-key-123"
+BUILT_IN = ("poscuda", "cuda", "noise-patch", "classwise-noise", "none")
 
 
 def derive(data: dict, num_classes: int = 10):
@@ -27,7 +28,7 @@ def batch(n=20, t=SR):
 
 def test_file_by_file_is_declared_by_the_defenses_that_derive_per_clip():
     flags = {name: type(derive({"type": name, **({"key": KEY} if name != "none" else {})})).file_by_file
-             for name in DEFENSES.names()}
+             for name in BUILT_IN}
     assert flags == {"poscuda": True, "cuda": True, "noise-patch": True, "classwise-noise": True, "none": False}
 
 
@@ -86,7 +87,7 @@ def test_ablation_variants_default_to_clean_and_true():
 def test_baselines_and_how_they_match_the_recipes_defense():
     from lab.attacking import baselines
     assert baselines() == ["cuda", "noise-patch", "classwise-noise"]
-    assert [n for n in DEFENSES.names() if DEFENSES.get(n).takes_snr] == ["classwise-noise", "noise-patch"]
+    assert [n for n in BUILT_IN if DEFENSES.get(n).takes_snr] == ["noise-patch", "classwise-noise"]
     ref = parse_plugin(DEFENSES, {"type": "poscuda", "key": KEY, "filter_length": 5, "patch_seconds": 0.2}, "defense")
     assert DEFENSES.get("none").matched_config(ref, 12.0) == {}
     assert DEFENSES.get("poscuda").matched_config(ref, 12.0) == {"key": ref.key}
