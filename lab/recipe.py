@@ -90,8 +90,10 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _fits(self):
-        """Each defense says whether its configuration fits the recipe's clips (``Defense.check_fits``)."""
-        defenses.DEFENSES.get(self.defense.type).check_fits(self.defense, self.data.clip_seconds)
+        """Each defense says whether its configuration fits the recipe's clips (``Defense.check_fits``). A recipe
+        without a defense section keeps its default as an unvalidated mapping, as before: nothing to check."""
+        if isinstance(self.defense, PluginConfig):
+            defenses.DEFENSES.get(self.defense.type).check_fits(self.defense, self.data.clip_seconds)
         return self
 
     def public_dict(self) -> dict:

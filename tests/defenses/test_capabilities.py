@@ -189,3 +189,10 @@ def test_a_defense_without_a_key_is_not_given_one():
 
     assert NoKeyDefense.matched_config(ref, 5.0) == {}
     assert _Flip_.matched_config(ref, 5.0) == {"key": ref.key, "snr_db": 5.0}
+
+
+def test_a_recipe_without_a_defense_section_still_validates():
+    """The recipe's default defense stays an unvalidated mapping (as before check_fits existed); validation must
+    not trip over it."""
+    from lab.recipe import recipe_from_dict
+    assert recipe_from_dict({"model": {"type": "cnn"}}).model.type == "cnn"
