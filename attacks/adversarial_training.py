@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from attacks import ATTACKS
-from attacks.base import Attack
+from attacks.base import ATTACKS, Attack
 from lab.config import PluginConfig
 
 

@@ -29,8 +29,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator
 
-from attacks import ATTACKS
-from attacks.base import Attack
+from attacks.base import ATTACKS, Attack
 from attacks.mixed_position import circular_shift
 from lab.config import PluginConfig
 

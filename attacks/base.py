@@ -16,13 +16,16 @@ measured (e.g. how well it recovered a filter), and goes into the results.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch
 
-from attacks import ATTACKS
 from lab.config import PluginConfig, parse_plugin
+from lab.registry import Registry
+
+ATTACKS: Registry = Registry("attack", package="attacks")
 
 
 @dataclass
@@ -90,3 +93,15 @@ def build_attack(config: PluginConfig | dict | str) -> Attack:
 
 def batch_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
+
+
+def detached_copy(module):
+    """A deep copy of a trained model (a LightningModule without its finished Trainer), e.g. to fine-tune a copy."""
+    trainer = getattr(module, "_trainer", None)
+    if trainer is None:
+        return copy.deepcopy(module)
+    module.trainer = None
+    try:
+        return copy.deepcopy(module)
+    finally:
+        module.trainer = trainer

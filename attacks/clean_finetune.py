@@ -11,8 +11,7 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator
 
-from attacks import ATTACKS
-from attacks.base import Attack
+from attacks.base import ATTACKS, Attack, detached_copy
 from lab.config import PluginConfig
 
 
@@ -45,7 +44,6 @@ class CleanFinetune(Attack):
     trains_plain = True  # the first stage is plain training on the protected data (a shared model can be reused)
 
     def after_training(self, module, ctx):
-        from lab.attacking import detached_copy
         out = {}
         for fraction in self.config.fractions:
             idx = clean_subset(len(ctx.labels), fraction, self.config.seed)

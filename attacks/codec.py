@@ -18,8 +18,7 @@ import torch
 import torchaudio.functional as AF
 from pydantic import Field, field_validator
 
-from attacks import ATTACKS
-from attacks.base import Attack
+from attacks.base import ATTACKS, Attack
 from lab.config import PluginConfig
 
 

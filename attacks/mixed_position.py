@@ -15,8 +15,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from attacks import ATTACKS
-from attacks.base import Attack
+from attacks.base import ATTACKS, Attack
 from lab.config import PluginConfig
 
 

@@ -6,8 +6,8 @@
 
 Plain: the lab's ``fit`` on cached features of the protected training set (what `lab run` does). Each attack is
 trained for the same epochs by `lab attack`'s own code path (lab.attacking.train_under_attack): batch attacks
-(augment, mixed-position, sharpen-lowpass, adversarial-training, filter-retrain adversarial) transform the waveforms
-of every batch and compute its features per batch; data attacks (codec, partial, filter-retrain estimate) transform
+(augment, mixed-position, sharpen-lowpass, adversarial-training, filter-adversarial) transform the waveforms
+of every batch and compute its features per batch; data attacks (codec, partial, filter-estimate) transform
 the training set once (the one-off seconds are printed separately; their epochs are plain ones on the new set);
 clean-finetune reuses the plain model and adds its fine-tuning on a few clean clips. Plain and attacks are
 interleaved, ``--repeats`` times, and the best time of each is kept.
@@ -50,8 +50,6 @@ def main() -> None:
     configs = []
     for name in [n for n in args.attacks.split(",") if n]:
         configs.append(build_attack({"type": name}).config)
-        if name == "filter-retrain":
-            configs.append(build_attack({"type": name, "method": "estimate"}).config)
     plain_times: list[float] = []
     best: dict[str, dict] = {}
     plain_module = None

@@ -1,5 +1,8 @@
-"""Ways a data owner protects audio. One file each; importing this package registers them all."""
+"""Ways a data owner protects audio. One file each; importing this package imports every module in it (each
+registers its defense in DEFENSES), and the registry adds third-party ones (see lab/registry.py)."""
 from defenses.base import DEFENSES, Defense, Protection, build_defense
-from defenses import ar_noise, classwise_noise, cuda, noise_patch, none, poscuda  # noqa: F401  (registration)
+from lab.registry import import_submodules
 
 __all__ = ["DEFENSES", "Defense", "Protection", "build_defense"]
+
+import_submodules(__name__, __path__)

@@ -265,6 +265,16 @@ class ARNoise(Defense):
     """Class-wise stable AR (coloured) noise from key-derived coefficients, at a per-clip SNR and/or L-inf budget."""
 
     Config = ARNoiseConfig
+    matched_baseline = 4  # in lab attack --type all, after the classwise-noise baseline
+    takes_snr = True
+
+    @classmethod
+    def matched_config(cls, reference, snr_db=None):
+        """The reference's key, at ``snr_db`` (the recipe defense's mean SNR: equal distortion)."""
+        out = super().matched_config(reference, snr_db)
+        if snr_db is not None:
+            out["snr_db"] = snr_db
+        return out
 
     def derive(self, num_classes: int, sample_rate: int) -> ARNoiseProtection:
         cfg: ARNoiseConfig = self.config

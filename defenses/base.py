@@ -6,6 +6,16 @@
 
 A protection can therefore be re-applied to other clips (the protected test set, position ablations) and reloaded
 from ``results.json`` to reproduce an experiment exactly.
+
+A defense also says what it can do, so that the lab's code never has to ask which defense it holds (every capability
+has a default in the base classes; a plugin overrides only what it has, see docs/extending.md):
+
+- on the :class:`Protection`: ``file_by_file`` (``lab protect`` may protect a collection one file at a time),
+  ``ablation_variants`` (the position ablation's test sets), ``patch_spans`` (where it changed each clip: the
+  spectrogram plot, attacks that check what they found), ``class_filters`` (the class-wise filters it convolved
+  with);
+- on the :class:`Defense`: ``check_fits`` (does a configuration fit the recipe's clips), ``matched_baseline`` and
+  ``takes_snr`` with ``matched_config`` (how ``lab attack`` sets it up as a baseline next to the recipe's defense).
 """
 from __future__ import annotations
 
@@ -17,7 +27,15 @@ import torch
 from lab.config import PluginConfig
 from lab.registry import Registry
 
-DEFENSES: Registry = Registry("defense")
+DEFENSES: Registry = Registry("defense", package="defenses")
+
+SHIFTS_MS = (-100, -50, -10, 10, 50, 100)  # the position ablation's shifts of a patch (milliseconds)
+
+
+def other_classes(labels: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
+    """For each clip, a class drawn uniformly from the OTHER classes (the position ablation's mixed variants)."""
+    gen = torch.Generator().manual_seed(seed)
+    return (labels + torch.randint(1, num_classes, labels.shape, generator=gen)) % num_classes
 
 
 class Protection(ABC):
@@ -25,10 +43,14 @@ class Protection(ABC):
 
     name: ClassVar[str]
     types: ClassVar[dict[str, type["Protection"]]] = {}
-    # True when ``apply`` can protect one real file on its own (rows = the file's channels, one label, lengths = its
-    # frames) and the result depends only on that file, not on a batch or a fixed clip length; ``lab protect`` (which
-    # writes files one by one) applies only such protections, and refuses the others naming the ones it can apply.
     file_by_file: ClassVar[bool] = False
+    """True when ``apply`` can protect one real file on its own (rows = the file's channels, one label, lengths = its
+    frames): ``lab protect`` (which writes files one by one) applies only such protections, and refuses the others
+    naming the ones it can apply. True when the protection of a clip is a function of that clip alone (its samples, real length, label and
+    sample rate) and of what ``derive`` drew from the key, never of the other clips of the set. A collection can then
+    be protected one file at a time (each at its own sample rate: derive once per rate), and the owner can re-derive
+    any file's protection from the key and the file's label. False for a protection that needs the whole set (e.g.
+    noise optimised on the data) and for ``none`` (nothing to write)."""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -39,6 +61,8 @@ class Protection(ABC):
     def from_dict(cls, record: dict) -> "Protection":
         """Rebuild a protection from its ``to_dict`` record (dispatching on ``record['defense']``)."""
         if cls is Protection:
+            if record.get("defense") not in Protection.types:
+                DEFENSES.discover()  # the record may come from a plugin not imported yet
             try:
                 return Protection.types[record["defense"]].from_dict(record)
             except KeyError:
@@ -55,12 +79,55 @@ class Protection(ABC):
     def to_dict(self) -> dict:
         """JSON-serialisable record (parameters, derived values, key fingerprint; never the key)."""
 
+    # --- capabilities (defaults: a protection without positions or filters) -------------------------------------
+
+    def ablation_variants(self, waveforms: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor | None,
+                          sample_rate: int, seed: int = 0) -> dict[str, torch.Tensor]:
+        """The position ablation's test sets, name -> waveforms (N, T): the same clips protected in different ways
+        (see lab/ablation.py). Always ``clean`` (unprotected) and ``true`` (protected as the training data was);
+        a protection with positions adds its own (PosCUDA: mixed positions, mixed filters, shifts, ...).
+        ``seed`` draws any randomness (e.g. which other class a clip takes)."""
+        return {"clean": waveforms, "true": self.apply(waveforms, labels, lengths)}
+
+    def patch_spans(self, labels: torch.Tensor, total: int,
+                    lengths: torch.Tensor | None = None) -> list[list[tuple[int, int]]] | None:
+        """Where the protection changes clips of classes ``labels`` (N,) and padded length ``total``: for each clip
+        one ``(start, stop)`` sample span per patch (``stop`` may pass ``total``: the patch is cut there). None for
+        a protection without patches (it changes the whole clip)."""
+        return None
+
+    def class_filters(self) -> torch.Tensor | None:
+        """The class-wise filters the protection convolves with, (C, k) (for several patches per class: the first
+        patch's), for attacks that measure how well they recovered them; None when it convolves with none."""
+        return None
+
 
 class Defense(ABC):
     Config: ClassVar[type[PluginConfig]]
 
+    matched_baseline: ClassVar[int | None] = None
+    """Not None: ``lab attack --type all`` puts this defense in its table next to the recipe's own, configured by
+    :meth:`matched_config`; baselines come in increasing order of this number (ties by name)."""
+
+    takes_snr: ClassVar[bool] = False
+    """True: the defense can be set to a target SNR (:meth:`matched_config` uses ``snr_db``): ``lab attack`` then
+    measures the SNR of the recipe's defense on the training set and sets this one to it (equal distortion)."""
+
     def __init__(self, config: PluginConfig):
         self.config = config
+
+    @classmethod
+    def matched_config(cls, reference: PluginConfig, snr_db: float | None = None) -> dict:
+        """The fields (``type`` apart) that configure this defense like ``reference``, the recipe's defense, for a
+        comparison next to it; ``snr_db``: the reference's SNR (None when it was not measured), for a defense that
+        ``takes_snr`` to set itself to. By default: the reference's ``key`` and ``key_file``, where both have them."""
+        return {k: getattr(reference, k) for k in ("key", "key_file")
+                if k in cls.Config.model_fields and getattr(reference, k, None) is not None}
+
+    @classmethod
+    def check_fits(cls, config: PluginConfig, clip_seconds: float) -> None:
+        """Raise ValueError (one line, naming the field) when ``config`` cannot protect clips of ``clip_seconds``
+        (the recipe's validation calls it); by default everything fits."""
 
     @abstractmethod
     def derive(self, num_classes: int, sample_rate: int) -> Protection:

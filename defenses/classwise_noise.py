@@ -23,7 +23,7 @@ class ClasswiseNoiseConfig(PluginConfig):
 
 class ClasswiseNoiseProtection(Protection):
     name = "classwise-noise"
-    file_by_file = True
+    file_by_file = True  # a class pattern from the key (prefix-stable in length), scaled to each clip's power
 
     def __init__(self, params: dict, key_fingerprint: str, sample_rate: int, key: str, num_classes: int):
         self.params = params
@@ -55,6 +55,16 @@ class ClasswiseNoise(Defense):
     """One fixed noise pattern per class over the whole clip, at a given SNR."""
 
     Config = ClasswiseNoiseConfig
+    matched_baseline = 3
+    takes_snr = True
+
+    @classmethod
+    def matched_config(cls, reference, snr_db=None):
+        """The reference's key, at ``snr_db``."""
+        out = super().matched_config(reference, snr_db)
+        if snr_db is not None:
+            out["snr_db"] = snr_db
+        return out
 
     def derive(self, num_classes: int, sample_rate: int) -> ClasswiseNoiseProtection:
         cfg: ClasswiseNoiseConfig = self.config

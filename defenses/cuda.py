@@ -36,7 +36,7 @@ class CUDAConfig(PluginConfig):
 
 class CUDAProtection(Protection):
     name = "cuda"
-    file_by_file = True
+    file_by_file = True  # a class filter from the key over the clip, normalised by the clip's own peak
 
     def __init__(self, params: dict, key_fingerprint: str, sample_rate: int, filters: torch.Tensor):
         self.params = params
@@ -56,6 +56,9 @@ class CUDAProtection(Protection):
             out = torch.where(peak > 1e-12, out * target / peak, out)
         return out
 
+    def class_filters(self):
+        return self.filters
+
     def to_dict(self) -> dict:
         return {"defense": self.name, "params": self.params, "key_fingerprint": self.key_fingerprint,
                 "sample_rate": self.sample_rate, "filters": self.filters.tolist()}
@@ -66,6 +69,15 @@ class CUDA(Defense):
     """Class-wise random filter over the whole clip, then peak normalisation."""
 
     Config = CUDAConfig
+    matched_baseline = 1
+
+    @classmethod
+    def matched_config(cls, reference, snr_db=None):
+        """The reference's key and, where it has them, its filter parameters (``filter_length``, ``blur``,
+        ``one_tap``): the same kind of filters over the whole clip instead of a patch."""
+        out = super().matched_config(reference, snr_db)
+        out.update({k: getattr(reference, k) for k in ("filter_length", "blur", "one_tap") if hasattr(reference, k)})
+        return out
 
     def derive(self, num_classes: int, sample_rate: int) -> CUDAProtection:
         cfg: CUDAConfig = self.config

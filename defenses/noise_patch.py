@@ -18,7 +18,7 @@ import torch
 from pydantic import Field, SecretStr
 
 from defenses.base import DEFENSES, Defense, Protection
-from defenses.poscuda import PosCUDA, PosCUDAConfig, PosCUDAProtection
+from defenses.poscuda import PosCUDA, PosCUDAConfig, PosCUDAProtection, check_patches_fit
 from lab.config import PluginConfig
 from lab.keys import derive_seed, fingerprint, resolve_key
 
@@ -44,7 +44,7 @@ def scale_to_snr(clean: torch.Tensor, noise: torch.Tensor, snr_db: float) -> tor
 
 class NoisePatchProtection(Protection):
     name = "noise-patch"
-    file_by_file = True
+    file_by_file = True  # positions and noise per class from the key, scaled to each clip's own power
 
     def __init__(self, params: dict, key_fingerprint: str, sample_rate: int, places: PosCUDAProtection,
                  noise: torch.Tensor):
@@ -72,6 +72,9 @@ class NoisePatchProtection(Protection):
         added = added[:, :t]  # a patch longer than the clip is cut at its end
         return waveforms + scale_to_snr(waveforms, added, self.params["snr_db"]).to(waveforms.device)
 
+    def patch_spans(self, labels, total, lengths=None):
+        return self.places.patch_spans(labels, total, lengths)
+
     def to_dict(self) -> dict:
         return {"defense": self.name, "params": self.params, "key_fingerprint": self.key_fingerprint,
                 "sample_rate": self.sample_rate, "patch_samples": self.patch_len,
@@ -83,6 +86,23 @@ class NoisePatch(Defense):
     """Class-wise noise in PosCUDA's key-derived patches, scaled to a target SNR."""
 
     Config = NoisePatchConfig
+    matched_baseline = 2
+    takes_snr = True
+    POSITION_FIELDS = ("patch_seconds", "patches_per_class", "position_mode", "position_range")
+
+    @classmethod
+    def matched_config(cls, reference, snr_db=None):
+        """The reference's key and, where it has them, its patch positions (the same key and position parameters
+        give PosCUDA's patches), at ``snr_db``."""
+        out = super().matched_config(reference, snr_db)
+        out.update({k: getattr(reference, k) for k in cls.POSITION_FIELDS if hasattr(reference, k)})
+        if snr_db is not None:
+            out["snr_db"] = snr_db
+        return out
+
+    @classmethod
+    def check_fits(cls, config, clip_seconds):
+        check_patches_fit(config, clip_seconds)
 
     def derive(self, num_classes: int, sample_rate: int) -> NoisePatchProtection:
         cfg: NoisePatchConfig = self.config

@@ -39,7 +39,7 @@ from typing import Literal
 import torch
 from pydantic import Field, SecretStr, model_serializer, model_validator
 
-from defenses.base import DEFENSES, Defense, Protection
+from defenses.base import DEFENSES, SHIFTS_MS, Defense, Protection, other_classes
 from lab.config import PluginConfig
 from lab.keys import derive_seed, fingerprint, resolve_key
 
@@ -116,11 +116,22 @@ def convolve_patches(x: torch.Tensor, starts: torch.Tensor, filters: torch.Tenso
     return out
 
 
+def check_patches_fit(cfg, clip_seconds: float) -> None:
+    """ValueError when a configuration with ``patch_seconds``, ``position_mode`` and ``position_range`` (PosCUDA's,
+    noise-patch's) puts a patch past the end of ``clip_seconds`` clips."""
+    if cfg.patch_seconds > clip_seconds:
+        raise ValueError(f"defense.patch_seconds ({cfg.patch_seconds}) is longer than data.clip_seconds "
+                         f"({clip_seconds})")
+    if cfg.position_mode == "absolute" and cfg.position_range[1] + cfg.patch_seconds > clip_seconds:
+        raise ValueError(f"defense.position_range ends at {cfg.position_range[1]} s: a patch of "
+                         f"{cfg.patch_seconds} s there passes the clip's end ({clip_seconds} s)")
+
+
 class PosCUDAProtection(Protection):
     """Per-class positions and filters derived from a key, and how to apply them."""
 
     name = "poscuda"
-    file_by_file = True
+    file_by_file = True  # positions and filters per class from the key; a clip's patch depends on it alone
 
     def __init__(self, params: dict, key_fingerprint: str, sample_rate: int, positions: torch.Tensor,
                  filters: torch.Tensor):
@@ -187,51 +198,33 @@ class PosCUDAProtection(Protection):
             out = torch.where(peak > 1.0, out / peak, out)
         return out
 
-    def apply_files(self, waveforms: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Protect several whole files at once (``lab protect``'s fast path): row n holds a file (or one channel of
-        it) of ``lengths[n]`` samples, zero-padded to the batch's length. Each row's first ``lengths[n]`` samples
-        come out bit for bit as :meth:`apply` gives them for that file alone,
-        ``apply(waveforms[n:n+1, :lengths[n]], labels[n:n+1])``; the padding is left as it is.
-
-        (``apply`` on the padded batch is not the same in absolute mode: it keeps a patch inside the padded row, not
-        inside the file.) Rows at least a patch long go through ONE batched convolution with each patch start kept
-        inside the row's own length: the convolution is element-wise, so a row never depends on its batch, and the
-        zeros after a shorter file are the zeros its own edge reads. Rows shorter than a patch (their patch would
-        spill into the padding, which a second patch would then read) and repeated patches go through ``apply``,
-        rows of one length together (no padding there).
-        """
-        if waveforms.dim() != 2:
-            raise ValueError(f"expected waveforms of shape (N, T), got {tuple(waveforms.shape)}")
-        labels, lengths = labels.long(), lengths.long()
-        n = waveforms.shape[0]
-        alone = lengths < self.patch_len if self.repeat_samples is None else torch.ones(n, dtype=torch.bool)
-        rows = (~alone).nonzero().flatten()
-        every = rows.numel() == n  # the usual case: no row to take out or put back (no copies of the batch)
-        out = None if every else waveforms.clone()
-        if rows.numel():
-            x, cls, length = (waveforms, labels, lengths) if every else (waveforms[rows], labels[rows], lengths[rows])
-            device = waveforms.device
-            done = convolve_patches(x, self.file_starts(cls, length).to(device), self.filters[cls].to(device),
-                                    self.patch_len, clip=self.params["output"] == "clip")
-            if self.params["output"] == "normalize":  # as apply does, row by row (the padding stays zero)
-                peak = done.abs().amax(dim=1, keepdim=True)
-                done = torch.where(peak > 1.0, done / peak, done)
-            if every:
-                return done
-            out[rows] = done
-        for m in lengths[alone].unique().tolist():
-            rows = (alone & (lengths == m)).nonzero().flatten()
-            out[rows, :m] = self.apply(waveforms[rows, :m], labels[rows], lengths[rows])
+    def ablation_variants(self, waveforms, labels, lengths, sample_rate, seed=0):
+        """``clean`` and ``true``, then each clip's own filter at another class's position (``mixed_positions``),
+        its own position with another class's filter (``mixed_filters``), its own filter at a random position of
+        the position range (``random_positions``), its own position moved by each of ``SHIFTS_MS`` milliseconds
+        (``shift_<+-ms>ms``) and its own filter over the whole clip (``filter_whole_clip``)."""
+        w, y = waveforms, labels
+        out = {"clean": w, "true": self.apply(w, y, lengths)}
+        c = self.num_classes
+        out["mixed_positions"] = self.apply(w, y, lengths, position_classes=other_classes(y, c, seed))
+        out["mixed_filters"] = self.apply(w, y, lengths, filter_classes=other_classes(y, c, seed + 1))
+        gen = torch.Generator().manual_seed(seed + 2)
+        lo, hi = self.params["position_range"]
+        random_pos = lo + (hi - lo) * torch.rand(len(y), self.positions.shape[1], generator=gen, dtype=torch.float64)
+        out["random_positions"] = self.apply(w, y, lengths, positions=random_pos)
+        for ms in SHIFTS_MS:
+            out[f"shift_{ms:+d}ms"] = self.apply(w, y, lengths, shift_samples=round(ms * sample_rate / 1000))
+        out["filter_whole_clip"] = self.apply(w, y, lengths, whole_clip=True)
         return out
 
-    def file_starts(self, labels: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Patch start samples (N, P) in whole files of classes ``labels`` and ``lengths`` samples, each where
-        :meth:`apply` puts them in that file alone (``starts(labels[n:n+1], lengths[n], lengths[n:n+1])``, the edge
-        rules at the file's own length), for many files in one call. Repeats (``repeat_seconds``) are not included:
-        see :meth:`repeat_starts`."""
-        lengths = lengths.long()
-        starts = self.starts(labels.long(), int(lengths.max()), lengths)
-        return torch.minimum(starts, (lengths - self.patch_len).clamp(min=0)[:, None])
+    def patch_spans(self, labels, total, lengths=None):
+        """Each clip's patches where :meth:`starts` puts them (with ``repeat_seconds``, copies of each also lie
+        every ``repeat_seconds`` along the clip, see :meth:`repeat_starts`)."""
+        starts = self.starts(labels.long(), total, lengths)
+        return [[(s, s + self.patch_len) for s in row] for row in starts.tolist()]
+
+    def class_filters(self):
+        return self.filters[:, 0]
 
     def to_dict(self) -> dict:
         return {
@@ -324,6 +317,10 @@ class PosCUDAProtection(Protection):
 @DEFENSES.register("poscuda")
 class PosCUDA(Defense):
     Config = PosCUDAConfig
+
+    @classmethod
+    def check_fits(cls, config, clip_seconds):
+        check_patches_fit(config, clip_seconds)
 
     def derive(self, num_classes: int, sample_rate: int) -> PosCUDAProtection:
         cfg: PosCUDAConfig = self.config

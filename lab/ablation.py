@@ -12,40 +12,19 @@ the label; a model that learned the digits is indifferent to all of them.
 - ``shift_<+-ms>ms``: own position moved by a few milliseconds;
 - ``filter_whole_clip``: own filter over the whole clip (no position at all).
 
-Defenses without positions get ``clean`` and ``true`` only.
+Each protection says which variants it has (``Protection.ablation_variants``): PosCUDA all of the above, a
+protection without positions ``clean`` and ``true`` only.
 """
 from __future__ import annotations
 
 import torch
 
-from defenses.base import Protection
-from defenses.poscuda import PosCUDAProtection
+from defenses.base import SHIFTS_MS, Protection, other_classes
 from lab.data import AudioSet
 
-SHIFTS_MS = (-100, -50, -10, 10, 50, 100)
-
-
-def other_classes(labels: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
-    """For each clip, a class drawn uniformly from the OTHER classes."""
-    gen = torch.Generator().manual_seed(seed)
-    return (labels + torch.randint(1, num_classes, labels.shape, generator=gen)) % num_classes
+__all__ = ["SHIFTS_MS", "other_classes", "variants"]
 
 
 def variants(protection: Protection, test: AudioSet, seed: int = 0) -> dict[str, torch.Tensor]:
     """The ablation test sets (name -> waveforms (N, T)), see the module docstring."""
-    w, y, lengths = test.waveforms, test.labels, test.lengths
-    out = {"clean": w, "true": protection.apply(w, y, lengths)}
-    if not isinstance(protection, PosCUDAProtection):
-        return out
-    c = protection.num_classes
-    out["mixed_positions"] = protection.apply(w, y, lengths, position_classes=other_classes(y, c, seed))
-    out["mixed_filters"] = protection.apply(w, y, lengths, filter_classes=other_classes(y, c, seed + 1))
-    gen = torch.Generator().manual_seed(seed + 2)
-    lo, hi = protection.params["position_range"]
-    random_pos = lo + (hi - lo) * torch.rand(len(y), protection.positions.shape[1], generator=gen,
-                                             dtype=torch.float64)
-    out["random_positions"] = protection.apply(w, y, lengths, positions=random_pos)
-    for ms in SHIFTS_MS:
-        out[f"shift_{ms:+d}ms"] = protection.apply(w, y, lengths, shift_samples=round(ms * test.sample_rate / 1000))
-    out["filter_whole_clip"] = protection.apply(w, y, lengths, whole_clip=True)
-    return out
+    return protection.ablation_variants(test.waveforms, test.labels, test.lengths, test.sample_rate, seed)

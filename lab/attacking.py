@@ -12,7 +12,6 @@ model after training.
 """
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
@@ -22,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import lightning as L
 import torch
 import yaml
 
 import attacks
-from attacks.base import Attack, AttackContext, build_attack
+from attacks.base import Attack, AttackContext, build_attack, detached_copy
+from defenses.base import DEFENSES
 from lab.config import format_validation_error, parse_plugin
 from pydantic import ValidationError
 from lab.errors import LabError
@@ -57,17 +56,6 @@ def finetune(recipe: Recipe, data: ExperimentData, module: LabModule, waveforms:
     The module keeps its feature standardisation."""
     return fit(recipe, data.training((waveforms, labels), seed=0), data.num_classes, 0, epochs=epochs,
                module=module).module
-
-
-def detached_copy(module: LabModule) -> LabModule:
-    """A deep copy of a trained module without its (finished) Trainer."""
-    if not isinstance(module, L.LightningModule):
-        return copy.deepcopy(module)
-    trainer, module.trainer = module._trainer, None
-    try:
-        return copy.deepcopy(module)
-    finally:
-        module.trainer = trainer
 
 
 def train_under_attack(recipe: Recipe, data: ExperimentData, attack: Attack, seed: int,
@@ -131,20 +119,6 @@ def attack_configs(names: list[str], recipe_blocks: list[dict], options: list[st
     return out
 
 
-def with_both_filter_methods(cfgs: list, recipe_blocks: list[dict], options: list[str]) -> list:
-    """For the full matrix: filter-retrain runs with both methods (adversarial and estimate), unless the recipe or
-    the options chose one."""
-    chosen = any(b.get("type") == "filter-retrain" and "method" in b for b in recipe_blocks if isinstance(b, dict)) \
-        or any(o.replace(" ", "").startswith("filter-retrain.method=") for o in options)
-    out = []
-    for cfg in cfgs:
-        out.append(cfg)
-        if cfg.type == "filter-retrain" and not chosen:
-            other = "estimate" if cfg.method == "adversarial" else "adversarial"
-            out.append(cfg.model_copy(update={"method": other}))
-    return out
-
-
 def load_attack_recipe(path: Path | str, overrides: list[str] | None = None) -> tuple[Recipe, list[dict]]:
     """The recipe (validated as for ``lab run``) and its ``attack:`` blocks (a mapping or a list of mappings)."""
     path = Path(path)
@@ -158,33 +132,27 @@ def load_attack_recipe(path: Path | str, overrides: list[str] | None = None) -> 
     return recipe_from_dict(data, str(path)), blocks
 
 
-BASELINES = ["none", "poscuda", "cuda", "noise-patch", "classwise-noise"]
+def baselines() -> list[str]:
+    """The defenses that declare themselves matched baselines (``Defense.matched_baseline``), in their declared
+    order: ``lab attack --type all`` compares the recipe's defense with them."""
+    ranks = {name: DEFENSES.get(name).matched_baseline for name in DEFENSES.names()}
+    return sorted((name for name, rank in ranks.items() if rank is not None), key=lambda name: (ranks[name], name))
 
 
 def defense_configs(recipe: Recipe, names: list[str], snr_db: float | None) -> list:
-    """Defense configs for ``names``: the recipe's own defense as it is; the baselines take the recipe's key (and,
-    for noise-patch, its patch positions) and, when ``snr_db`` is given, that SNR (equal distortion)."""
-    import defenses
+    """Defense configs for ``names``: the recipe's own defense as it is; every other one configured like it by its
+    own ``Defense.matched_config`` (the recipe's key, and what else it shares with it) at ``snr_db`` (rounded to
+    0.01 dB; equal distortion, for the defenses that take an SNR), when given."""
     own = recipe.defense
-    shared = {k: getattr(own, k) for k in ("key", "key_file") if getattr(own, k, None) is not None}
-    patch = {k: getattr(own, k) for k in ("patch_seconds", "patches_per_class", "position_mode", "position_range")
-             if hasattr(own, k)}
+    snr = None if snr_db is None else round(snr_db, 2)
     out = []
     for name in names:
-        defenses.DEFENSES.get(name)
+        defense = DEFENSES.get(name)
         if name == own.type:
             out.append(own)
             continue
-        data: dict[str, Any] = {"type": name}
-        if name != "none":
-            data.update(shared)
-        if name == "cuda":
-            data.update({k: getattr(own, k) for k in ("filter_length", "blur", "one_tap") if hasattr(own, k)})
-        if name == "noise-patch":
-            data.update(patch)
-        if name in ("noise-patch", "classwise-noise") and snr_db is not None:
-            data["snr_db"] = round(snr_db, 2)
-        out.append(parse_plugin(defenses.DEFENSES, data, f"defense ({name})"))
+        data: dict[str, Any] = {"type": name, **defense.matched_config(own, snr)}
+        out.append(parse_plugin(DEFENSES, data, f"defense ({name})"))
     return out
 
 
@@ -226,10 +194,8 @@ class Matrix:
 
 
 def column_name(cfg, variant: str = "") -> str:
-    base = cfg.type
-    if cfg.type == "filter-retrain":
-        base = f"{cfg.type} ({cfg.method})"
-    return f"{base} {variant}".strip()
+    """The table column of an attack's model: the attack's type, then the variant its after_training named."""
+    return f"{cfg.type} {variant}".strip()
 
 
 def with_defense(recipe: Recipe, defense) -> Recipe:

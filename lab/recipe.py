@@ -301,14 +301,10 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _fits(self):
-        d = self.defense
-        if getattr(d, "patch_seconds", None) is not None:
-            if d.patch_seconds > self.data.clip_seconds:
-                raise ValueError(f"defense.patch_seconds ({d.patch_seconds}) is longer than data.clip_seconds "
-                                 f"({self.data.clip_seconds})")
-            if d.position_mode == "absolute" and d.position_range[1] + d.patch_seconds > self.data.clip_seconds:
-                raise ValueError(f"defense.position_range ends at {d.position_range[1]} s: a patch of "
-                                 f"{d.patch_seconds} s there passes the clip's end ({self.data.clip_seconds} s)")
+        """Each defense says whether its configuration fits the recipe's clips (``Defense.check_fits``). A recipe
+        without a defense section keeps its default as an unvalidated mapping, as before: nothing to check."""
+        if isinstance(self.defense, PluginConfig):
+            defenses.DEFENSES.get(self.defense.type).check_fits(self.defense, self.data.clip_seconds)
         return self
 
     def public_dict(self) -> dict:

@@ -65,17 +65,17 @@ def attack(
     Attacks (--type): <the registered attacks>; or all (every attack).
 
     The table's rows are attacks: no attack first, then each attack (and its variants, e.g. clean-finetune's
-    fractions, filter-retrain's methods). Its columns are defenses: none (clean data, the reference: there a row
-    shows what the attack itself costs), the recipe's defense and any baselines. The last row is the worst case for
-    the data owner: for each defense, the highest mean clean-test accuracy over the rows above, and the attack that
-    reached it. Cells are mean ± std over the seeds.
+    fractions). Its columns are defenses: none (clean data, the reference: there a row shows what the attack itself
+    costs), the recipe's defense and any baselines. The last row is the worst case for the data owner: for each
+    defense, the highest mean clean-test accuracy over the rows above, and the attack that reached it. Cells are
+    mean ± std over the seeds.
 
     Writes runs/<recipe>/attack-<type>-<timestamp>/ with results.json (every number per seed, attack parameters
     and what they measured, versions, git commit), results.md, table.csv and recipe.yaml.
     """
     import attacks
     from lab import attacking
-    from defenses import build_defense
+    from defenses import DEFENSES, build_defense
     from lab.quality import snr_summary
     from lab.spine import ExperimentData
 
@@ -88,17 +88,15 @@ def attack(
     rec, blocks = attacking.load_attack_recipe(recipe, overrides)
     names = attacks.ATTACKS.names() if type_ == "all" else [type_]
     cfgs = attacking.attack_configs(names, blocks, list(option or []))
-    if type_ == "all":
-        cfgs = attacking.with_both_filter_methods(cfgs, blocks, list(option or []))
     if defenses_:
         defense_names = [d.strip() for d in defenses_.split(",") if d.strip()]
     elif type_ == "all":
-        defense_names = list(dict.fromkeys(["none", rec.defense.type, *attacking.BASELINES[2:]]))
+        defense_names = list(dict.fromkeys(["none", rec.defense.type, *attacking.baselines()]))
     else:
         defense_names = list(dict.fromkeys(["none", rec.defense.type]))
     snr = None
     own = ExperimentData(rec, log=lambda s: None)
-    if rec.defense.type != "none" and any(d in ("noise-patch", "classwise-noise") for d in defense_names):
+    if rec.defense.type != "none" and any(DEFENSES.get(d).takes_snr for d in defense_names):
         snr = snr_summary(own.protected_train.waveforms, own.clean_train.waveforms)["snr_db_mean"]
         log(f"noise baselines at the recipe's {rec.defense.type} SNR: {snr:.2f} dB")
     dcfgs = attacking.defense_configs(rec, defense_names, snr)

@@ -83,11 +83,13 @@ def ablation_table(results: dict) -> Table:
 
 @app.command("list")
 def list_plugins():
-    """List the registered models, feature front-ends, defenses and attacks."""
+    """List the registered models, feature front-ends, defenses and attacks (the lab's own and those of plugin
+    modules: entry points of the group lab.plugins and $LAB_PLUGINS, see docs/extending.md)."""
     import attacks
     import defenses
     from lab import models
     from lab.features import FeatureConfig
+    from lab.registry import load_plugins
     table = Table(title="what the lab knows")
     table.add_column("kind")
     table.add_column("names")
@@ -95,4 +97,5 @@ def list_plugins():
     table.add_row("features", ", ".join(FeatureConfig.model_fields["type"].annotation.__args__))
     table.add_row("defenses", ", ".join(defenses.DEFENSES.names()))
     table.add_row("attacks", ", ".join(attacks.ATTACKS.names()) or "(none yet)")
+    table.add_row("plugin modules", ", ".join(load_plugins()) or "(none)")
     console.print(table)

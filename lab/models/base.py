@@ -6,7 +6,7 @@ from torch import nn
 from lab.config import PluginConfig
 from lab.registry import Registry
 
-MODELS: Registry = Registry("model")
+MODELS: Registry = Registry("model", package="lab.models")
 
 
 class Classifier(nn.Module):

@@ -8,7 +8,7 @@ import torch
 from attacks import build_attack
 from attacks.base import AttackContext
 from attacks.clean_finetune import clean_subset
-from attacks.filter_retrain import changed_span, cosine, estimate_filter, true_filter_as_lags, undo_filter
+from attacks.filter_estimate import changed_span, cosine, estimate_filter, true_filter_as_lags, undo_filter
 from defenses.poscuda import PosCUDA, PosCUDAConfig
 
 SR = 8000
@@ -48,7 +48,7 @@ def test_undo_brings_the_patch_back():
 
 
 def test_fft_undo_inverts_a_whole_clip_filter():
-    from attacks.filter_retrain import undo_filter_fft
+    from attacks.filter_estimate import undo_filter_fft
     from defenses import DEFENSES, build_defense
     from lab.config import parse_plugin
     cuda = build_defense(parse_plugin(DEFENSES, {"type": "cuda", "key": "test-key-123456", "output": "none"},
@@ -67,8 +67,7 @@ def test_fft_undo_inverts_a_whole_clip_filter():
 
 def test_estimate_attack_reports_recovery_and_cleans_the_training_set():
     prot, clean, labels, protected = protected_set(n=100)
-    attack = build_attack({"type": "filter-retrain", "method": "estimate", "pairs_per_class": 3,
-                           "regularisation": 1e-6})
+    attack = build_attack({"type": "filter-estimate", "pairs_per_class": 3, "regularisation": 1e-6})
     ctx = AttackContext(clean=clean, protected=protected, labels=labels, lengths=torch.full((100,), SR),
                         protection=prot, sample_rate=SR, num_classes=10, seed=0)
     attack.start(ctx)

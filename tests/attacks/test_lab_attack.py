@@ -40,6 +40,8 @@ R = "recipes/fsdd_cnn.yaml"
     ([R, "--type", "codec", "-o", "bitz=4"], "unknown field 'bitz' (did you mean 'bits'?)"),
     ([R, "--type", "all", "-o", "eps=0.1"], "with several attacks, name the attack: ATTACK.eps=..."),
     ([R, "--type", "augment", "--defenses", "none,blur"], "unknown defense 'blur'"),
+    ([R, "--type", "filter-retrain"], "attack 'filter-retrain' no longer exists: it became two attacks: "
+                                      "filter-adversarial (was method: adversarial) and filter-estimate"),
     ([R, "--type", "augment", "--set", "data.max_train_per_class=-1"], "max_train_per_class"),
     (["--type", "augment"], "missing recipe: lab attack RECIPE --type ATTACK (e.g. lab attack recipes/fsdd_cnn.yaml"),
     (["recipes/nope.yaml", "--type", "augment"], "recipe not found: recipes/nope.yaml"),
@@ -108,6 +110,36 @@ def test_recipe_attack_block_and_options(tmp_path):
         attack_configs(["augment"], blocks, [])
 
 
+def test_old_filter_retrain_block_names_the_two_attacks_it_became(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text((REPO / "recipes" / "fsdd_cnn.yaml").read_text() +
+                      "attack: {type: filter-retrain, method: estimate, pairs_per_class: 3}\n")
+    _, blocks = load_attack_recipe(recipe)
+    with pytest.raises(LabError) as err:
+        attack_configs(["augment"], blocks, [])
+    said = str(err.value)
+    assert "\n" not in said and "'filter-retrain' no longer exists" in said
+    assert "filter-adversarial (was method: adversarial)" in said and "filter-estimate (was method: estimate)" in said
+
+
+def test_the_two_filter_attacks_are_plain_registered_attacks():
+    """--type all runs both filter attacks (no special case in the matrix code): each is its own attack type with its
+    own options, one per batch, one on the training set once, and each its own table column."""
+    import attacks
+    from lab.attacking import column_name
+    cfgs = {c.type: c for c in attack_configs(attacks.ATTACKS.names(), [], [])}
+    adversarial, estimate = cfgs["filter-adversarial"], cfgs["filter-estimate"]
+    assert attacks.build_attack(adversarial).per_batch and not attacks.build_attack(estimate).per_batch
+    assert {"ascent_steps", "filter_lr"} <= set(type(adversarial).model_fields) and "pairs_per_class" not in set(
+        type(adversarial).model_fields)
+    assert {"pairs_per_class", "regularisation"} <= set(type(estimate).model_fields) and "ascent_steps" not in set(
+        type(estimate).model_fields)
+    assert adversarial.filter_length == estimate.filter_length == 63
+    assert column_name(adversarial) == "filter-adversarial" and column_name(estimate) == "filter-estimate"
+    with pytest.raises(LabError, match="filter_length must be odd"):
+        attack_configs(["filter-estimate"], [], ["filter_length=62"])
+
+
 def test_lab_attack_augment_on_fsdd(fsdd_dir, tmp_path):
     recipe = REPO / "recipes" / "fsdd_cnn.yaml"  # the first argument, from anywhere
     proc = lab("attack", str(recipe), "--type", "augment", *TINY, "--out", str(tmp_path), env_root=fsdd_dir.parent)
@@ -162,10 +194,10 @@ def test_lab_attack_all_on_fsdd(fsdd_dir, tmp_path):
     (run,) = list(tmp_path.glob("fsdd_cnn/attack-all-*"))
     results = json.loads((run / "results.json").read_text())
     expected = {"no attack", "adversarial-training", "augment", "clean-finetune 1%", "clean-finetune 5%", "codec",
-                "filter-retrain (adversarial)", "filter-retrain (estimate)", "mixed-position", "partial",
+                "filter-adversarial", "filter-estimate", "mixed-position", "partial",
                 "sharpen-lowpass"}
     assert set(results["columns"]) == expected
-    estimate = results["attack_records"]["poscuda"]["filter-retrain (estimate)"][0]["measured"]
+    estimate = results["attack_records"]["poscuda"]["filter-estimate"][0]["measured"]
     assert estimate["position_hit_rate"] is not None and estimate["filter_cosine_mean"] is not None
     assert results["worst_case"]["poscuda"]["accuracy"] == max(v["mean"] for v in results["accuracy"]["poscuda"].values())
 

@@ -237,11 +237,11 @@ def test_pgd_stays_in_the_ball_and_raises_the_loss():
 
 
 def test_adversarial_filters_raise_the_loss_and_keep_unit_norm():
-    from attacks.filter_retrain import filter_rows, identity_filters
+    from attacks.filter_adversarial import filter_rows, identity_filters
     torch.manual_seed(0)
     module, x, y = tiny_module()
     assert torch.allclose(filter_rows(x, identity_filters(10, 31)[y]), x, atol=1e-6)
-    attack = build_attack({"type": "filter-retrain", "method": "adversarial", "filter_length": 31, "ascent_steps": 3})
+    attack = build_attack({"type": "filter-adversarial", "filter_length": 31, "ascent_steps": 3})
     attack.start(ctx_for(x, x, y))
     out = attack.transform_batch(x, y, module)
     module.eval()

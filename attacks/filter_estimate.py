@@ -1,12 +1,4 @@
-"""``filter-retrain``: the attacker learns the protection's filters back. Two methods:
-
-``method: adversarial`` (CUDA's own adaptive attack, deconvolution-based adversarial training, in 1-D): every class
-has a learnable filter of ``filter_length`` taps (starting as the identity, kept at unit L2 norm). For every training
-batch, ``ascent_steps`` normalised gradient-ascent steps of size ``filter_lr`` move the filters of the batch's classes
-towards a HIGHER loss of the current model; each clip, convolved with its class's filter, is then what the model
-trains on. The model must learn to classify whatever class-wise filtering it meets.
-
-``method: estimate`` (known plaintext): the attacker holds ``pairs_per_class`` clean/protected pairs per class
+"""``filter-estimate`` (known plaintext): the attacker holds ``pairs_per_class`` clean/protected pairs per class
 (drawn at random from the training set with ``seed``). For each class it
 
 1. estimates the patch: the span from the first to the last sample where any pair differs (assumes a position fixed
@@ -17,9 +9,11 @@ trains on. The model must learn to classify whatever class-wise filtering it mee
    (Tikhonov, ``regularisation`` x mean diagonal) linear deconvolution that uses the untouched samples around it
    (spans longer than ``max_exact_span`` samples, e.g. a whole-clip filter: a regularised FFT deconvolution);
 
-then trains on the result. It reports how well it recovered the protection: the position hit rate (the estimated
-start within ``hit_tolerance`` samples of the real one) and the cosine similarity of each estimated filter with the
-real one (where the protection has per-class positions and filters, e.g. PosCUDA).
+then trains on the result. It reports how well it recovered the protection, where the protection says what it did:
+the position hit rate (the estimated start within ``hit_tolerance`` samples of the real one, for a protection with
+``patch_spans``) and the cosine similarity of each estimated filter with the real one (``class_filters``).
+
+(Formerly ``filter-retrain`` with ``method: estimate``; its adversarial sibling is ``filter-adversarial``.)
 """
 from __future__ import annotations
 
@@ -27,49 +21,20 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from attacks import ATTACKS
-from attacks.base import Attack
-from lab.config import PluginConfig
+from attacks._filters import FilterConfig
+from attacks.base import ATTACKS, Attack
 
 
-class FilterRetrainConfig(PluginConfig):
-    type: Literal["filter-retrain"] = "filter-retrain"
-    method: Literal["adversarial", "estimate"] = "adversarial"
-    filter_length: int = Field(63, ge=1)
-    # adversarial
-    ascent_steps: int = Field(2, ge=1)
-    filter_lr: float = Field(0.05, gt=0)
-    # estimate
+class FilterEstimateConfig(FilterConfig):
+    type: Literal["filter-estimate"] = "filter-estimate"
     pairs_per_class: int = Field(5, ge=1)
     regularisation: float = Field(1e-3, ge=0)
     hit_tolerance: int = Field(10, ge=0)
     max_exact_span: int = Field(4096, ge=1)
     seed: int = 0
 
-    @model_validator(mode="after")
-    def _odd(self):
-        if self.filter_length % 2 == 0:
-            raise ValueError(f"filter_length must be odd (centred lags -L..L), got {self.filter_length}")
-        return self
-
-
-# --- deconvolution-based adversarial training -------------------------------------------------------------------
-
-def filter_rows(x: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
-    """Row n of ``x`` (N, T) convolved ("same", centred) with ``filters[n]`` (N, K), K odd; differentiable."""
-    k = filters.shape[1]
-    return F.conv1d(x[None], filters.flip(1)[:, None, :], padding=k // 2, groups=len(x))[0]
-
-
-def identity_filters(num_classes: int, length: int) -> torch.Tensor:
-    f = torch.zeros(num_classes, length)
-    f[:, length // 2] = 1.0
-    return f
-
-
-# --- known-plaintext estimation -----------------------------------------------------------------------------------
 
 def changed_span(clean: torch.Tensor, protected: torch.Tensor) -> tuple[int, int] | None:
     """First and last sample (inclusive) where any of the pairs (N, T) differ; None if none does."""
@@ -163,43 +128,14 @@ def pick_pairs(labels: torch.Tensor, per_class: int, seed: int) -> dict[int, tor
     return out
 
 
-@ATTACKS.register("filter-retrain")
-class FilterRetrain(Attack):
-    """Learn the class filters back: deconvolution adversarial training, or known-plaintext estimate-and-undo."""
+@ATTACKS.register("filter-estimate")
+class FilterEstimate(Attack):
+    """Known plaintext: estimate each class's patch and filter from a few clean/protected pairs, undo them."""
 
-    Config = FilterRetrainConfig
+    Config = FilterEstimateConfig
 
-    @property
-    def per_batch(self) -> bool:  # type: ignore[override]
-        return self.config.method == "adversarial"
-
-    def start(self, ctx):
-        super().start(ctx)
-        self.filters = identity_filters(ctx.num_classes, self.config.filter_length)
-
-    # adversarial ---------------------------------------------------------------------------------------------
-    def transform_batch(self, waveforms, labels, module):
-        cfg: FilterRetrainConfig = self.config
-        filters = self.filters.to(waveforms)
-        was_training = module.training
-        module.eval()
-        with torch.enable_grad():
-            for _ in range(cfg.ascent_steps):
-                filters.requires_grad_(True)
-                loss = F.cross_entropy(module(module.features(filter_rows(waveforms, filters[labels]))), labels)
-                (grad,) = torch.autograd.grad(loss, filters)
-                step = grad / grad.norm(dim=1, keepdim=True).clamp(min=1e-12)
-                filters = filters.detach() + cfg.filter_lr * step
-                filters = filters / filters.norm(dim=1, keepdim=True).clamp(min=1e-12)
-        module.train(was_training)
-        self.filters = filters.detach().cpu()
-        return filter_rows(waveforms, self.filters.to(waveforms)[labels]).detach()
-
-    # estimate ------------------------------------------------------------------------------------------------
     def training_set(self, ctx):
-        if self.config.method == "adversarial":
-            return ctx.protected, ctx.labels
-        cfg: FilterRetrainConfig = self.config
+        cfg: FilterEstimateConfig = self.config
         out = ctx.protected.clone()
         pairs = pick_pairs(ctx.labels, cfg.pairs_per_class, cfg.seed)
         per_class = []
@@ -219,18 +155,20 @@ class FilterRetrain(Attack):
         return out, ctx.labels
 
     def _truth(self, ctx, c: int, rows: torch.Tensor, span, g) -> dict:
-        """Compare with what was really applied, where the protection records per-class positions and filters."""
+        """Compare with what was really applied, where the protection says where it put its patches
+        (``patch_spans``) and which filters it convolved with (``class_filters``)."""
         prot = ctx.protection
         found = {}
-        if hasattr(prot, "starts") and hasattr(prot, "patch_len"):
-            starts = prot.starts(ctx.labels[rows], ctx.protected.shape[1], ctx.lengths[rows])[:, 0]
-            true_start = int(starts.min())
-            found.update(true_start=true_start, true_patch_samples=int(prot.patch_len),
+        if prot is None:
+            return found
+        spans = prot.patch_spans(ctx.labels[rows], ctx.protected.shape[1], ctx.lengths[rows])
+        if spans:
+            true_start = min(row[0][0] for row in spans)
+            found.update(true_start=true_start, true_patch_samples=spans[0][0][1] - spans[0][0][0],
                          position_hit=abs(span[0] - true_start) <= self.config.hit_tolerance)
-        filters = getattr(prot, "filters", None)
-        if isinstance(filters, torch.Tensor):
-            taps = filters[c, 0] if filters.dim() == 3 else filters[c]
-            found["filter_cosine"] = cosine(g, true_filter_as_lags(taps, self.config.filter_length))
+        filters = prot.class_filters()
+        if filters is not None:
+            found["filter_cosine"] = cosine(g, true_filter_as_lags(filters[c], self.config.filter_length))
         return found
 
     @staticmethod
