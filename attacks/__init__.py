@@ -5,7 +5,8 @@ from lab.registry import Registry
 ATTACKS: Registry = Registry("attack")
 
 from attacks import (  # noqa: E402,F401  (registration)
-    adversarial_training, augment, clean_finetune, codec, filter_retrain, mixed_position, partial, sharpen_lowpass,
+    adversarial_training, augment, clean_finetune, codec, early_stop, filter_retrain, mixed_position, partial,
+    sharpen_lowpass,
 )
 from attacks.base import Attack, AttackContext, build_attack  # noqa: E402
 
