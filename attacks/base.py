@@ -37,7 +37,8 @@ class AttackContext:
     fine-tuning, the unprotected part in ``partial``); ``labels`` (N,), ``lengths`` (N,) real clip lengths;
     ``protection`` what the owner applied; ``sample_rate``; ``num_classes``; ``seed`` the training seed (attacks draw
     their randomness from it); ``finetune`` a function ``(module, waveforms, labels, epochs) -> module`` that
-    continues training a model (used by procedure attacks).
+    continues training a model (used by procedure attacks); ``features`` the recipe's feature front-end over
+    waveforms (cached), for attacks that score clips during training.
     """
 
     clean: torch.Tensor
@@ -49,6 +50,7 @@ class AttackContext:
     num_classes: int
     seed: int
     finetune: Callable | None = None
+    features: Callable | None = None  # waveforms (N, T) -> the recipe's features (N, C, F), cached
 
 
 class Attack:
@@ -75,6 +77,11 @@ class Attack:
     def transform_batch(self, waveforms: torch.Tensor, labels: torch.Tensor, module) -> torch.Tensor:
         """A training batch (B, T) as the model should see it (only called when ``per_batch``)."""
         return waveforms
+
+    def callbacks(self, ctx: AttackContext) -> list:
+        """Lightning callbacks for the training run (e.g. score a held-out set after every epoch); called once
+        per training run, after ``start`` and ``training_set``."""
+        return []
 
     def after_training(self, module, ctx: AttackContext) -> dict[str, Any]:
         """Named models to evaluate ('' is the trained model itself)."""

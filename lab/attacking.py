@@ -68,7 +68,7 @@ def train_under_attack(recipe: Recipe, data: ExperimentData, attack: Attack, see
     ctx = AttackContext(clean=clean.waveforms, protected=protected.waveforms, labels=clean.labels,
                         lengths=clean.lengths, protection=data.protection, sample_rate=recipe.data.sample_rate,
                         num_classes=data.num_classes, seed=seed,
-                        finetune=lambda m, w, y, e: finetune(recipe, data, m, w, y, e))
+                        finetune=lambda m, w, y, e: finetune(recipe, data, m, w, y, e), features=data.features)
     attack.start(ctx)
     clock = time.perf_counter()
     seconds = {"data": 0.0, "train": 0.0}
@@ -79,7 +79,7 @@ def train_under_attack(recipe: Recipe, data: ExperimentData, attack: Attack, see
         seconds["data"] = time.perf_counter() - clock
         transform = attack.transform_batch if attack.per_batch else None
         fitted = fit(recipe, data.training((waves, labels), seed, batch_transform=transform), data.num_classes,
-                     seed)
+                     seed, callbacks=attack.callbacks(ctx))
         module, seconds["train"] = fitted.module, fitted.seconds
     after = time.perf_counter()
     models = attack.after_training(module, ctx)

@@ -145,7 +145,8 @@ def new_module(recipe, data: TrainingData, num_classes: int, frontend=None) -> L
 
 def fit(recipe, data: TrainingData, num_classes: int, seed: int, monitor: tuple[torch.Tensor, torch.Tensor] | None = None,
         log_dir: Path | None = None, name: str = "model", progress: bool = False, epochs: int | None = None,
-        module: LabModule | None = None, checkpoint: Path | None = None, resume: Path | None = None) -> Fitted:
+        module: LabModule | None = None, checkpoint: Path | None = None, resume: Path | None = None,
+        callbacks: list | None = None) -> Fitted:
     """THE training path: train the recipe's model on ``data`` (a :class:`TrainingData`) from seed ``seed``, or
     continue training ``module`` (fine-tuning: a fresh optimiser, its own standardisation kept).
 
@@ -153,13 +154,15 @@ def fit(recipe, data: TrainingData, num_classes: int, seed: int, monitor: tuple[
     ``log_dir``/``name``/seed<N>) and never used to choose anything: the last epoch's model is returned.
     ``checkpoint``: write Lightning's checkpoint of the last epoch to this ``.ckpt`` path. ``resume``: a checkpoint
     to continue from (with ``module``: its weights, optimiser state and epoch count; ``epochs`` is then the total).
+    ``callbacks``: more Lightning callbacks (an attack's, e.g. early-stop's held-out scoring).
     """
     cfg = recipe.train
     if module is None:
         L.seed_everything(seed, workers=True, verbose=False)
         module = new_module(recipe, data, num_classes, frontend=data.frontend)
     loggers = make_loggers(cfg, log_dir, name, seed)
-    callbacks = [CleanTestMonitor(*monitor)] if monitor is not None else []
+    monitors = [CleanTestMonitor(*monitor)] if monitor is not None else []
+    callbacks = monitors + list(callbacks or [])
     if checkpoint is not None:
         # Lightning's own checkpoint of the last epoch (weights, optimiser, epoch): evaluate or fine-tune from it
         callbacks.append(ModelCheckpoint(dirpath=str(checkpoint.parent), filename=checkpoint.stem, save_top_k=1,
@@ -168,7 +171,7 @@ def fit(recipe, data: TrainingData, num_classes: int, seed: int, monitor: tuple[
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume is not None else None)
     csv_dir = next((lg.log_dir for lg in loggers if isinstance(lg, CSVLogger)), None)
-    history = callbacks[0].history if monitor is not None else None
+    history = monitors[0].history if monitors else None
     return Fitted(module, time.perf_counter() - start, epochs or cfg.epochs, csv_dir, history)
 
 
