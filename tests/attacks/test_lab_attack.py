@@ -193,7 +193,7 @@ def test_lab_attack_all_on_fsdd(fsdd_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     (run,) = list(tmp_path.glob("fsdd_cnn/attack-all-*"))
     results = json.loads((run / "results.json").read_text())
-    expected = {"no attack", "adversarial-training", "augment", "clean-finetune 1%", "clean-finetune 5%", "codec",
+    expected = {"no attack", "adversarial-training", "augment", "clean-finetune 1%", "clean-finetune 5%", "codec", "early-stop",
                 "filter-adversarial", "filter-estimate", "mixed-position", "partial",
                 "sharpen-lowpass"}
     assert set(results["columns"]) == expected
