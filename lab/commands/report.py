@@ -105,9 +105,7 @@ def _spectrograms(run_dir: Path, path: Path) -> None:
         return
     protection = run.protection
     protected = data.protected_test.waveforms
-    if hasattr(protection, "starts"):
-        starts = protection.starts(test.labels, test.waveforms.shape[1], test.lengths)
-        spans = [[(s, s + protection.patch_len) for s in row] for row in starts.tolist()]
-    else:
+    spans = protection.patch_spans(test.labels, test.waveforms.shape[1], test.lengths)
+    if spans is None:  # a protection without patches (whole-clip filters or noise)
         spans = [[] for _ in range(len(test))]
     protected_spectrograms(test.waveforms, protected, test.labels, test.class_names, spans, test.sample_rate, path)

@@ -193,9 +193,8 @@ def test_lab_attack_all_on_fsdd(fsdd_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     (run,) = list(tmp_path.glob("fsdd_cnn/attack-all-*"))
     results = json.loads((run / "results.json").read_text())
-    expected = {"no attack", "adversarial-training", "augment", "clean-finetune 1%", "clean-finetune 5%", "codec", "early-stop",
-                "filter-adversarial", "filter-estimate", "mixed-position", "partial",
-                "sharpen-lowpass"}
+    expected = {"no attack", "adversarial-training", "augment", "clean-finetune 1%", "clean-finetune 5%", "codec",
+                "early-stop", "filter-adversarial", "filter-estimate", "mixed-position", "partial", "sharpen-lowpass"}
     assert set(results["columns"]) == expected
     estimate = results["attack_records"]["poscuda"]["filter-estimate"][0]["measured"]
     assert estimate["position_hit_rate"] is not None and estimate["filter_cosine_mean"] is not None

@@ -86,7 +86,7 @@ def test_ablation_variants_default_to_clean_and_true():
 
 def test_baselines_and_how_they_match_the_recipes_defense():
     from lab.attacking import baselines
-    assert baselines() == ["cuda", "noise-patch", "classwise-noise"]
+    assert baselines() == ["cuda", "noise-patch", "classwise-noise", "ar-noise"]
     assert [n for n in BUILT_IN if DEFENSES.get(n).takes_snr] == ["noise-patch", "classwise-noise"]
     ref = parse_plugin(DEFENSES, {"type": "poscuda", "key": KEY, "filter_length": 5, "patch_seconds": 0.2}, "defense")
     assert DEFENSES.get("none").matched_config(ref, 12.0) == {}
@@ -98,6 +98,8 @@ def test_baselines_and_how_they_match_the_recipes_defense():
                      "position_range": (0.0, 0.5), "snr_db": 12.0}
     assert DEFENSES.get("classwise-noise").matched_config(ref, None) == {"key": ref.key}
     assert DEFENSES.get("classwise-noise").matched_config(ref, 12.0) == {"key": ref.key, "snr_db": 12.0}
+    assert DEFENSES.get("ar-noise").takes_snr
+    assert DEFENSES.get("ar-noise").matched_config(ref, 12.0) == {"key": ref.key, "snr_db": 12.0}
 
 
 def test_check_fits_is_each_defenses_own():
@@ -160,7 +162,7 @@ def flip(monkeypatch):
 def test_the_core_uses_what_a_new_defense_declares(flip):
     from lab.attacking import baselines, defense_configs
     from lab.recipe import recipe_from_dict
-    assert baselines() == ["cuda", "test-flip", "noise-patch", "classwise-noise"]  # rank 1, then by name
+    assert baselines() == ["cuda", "test-flip", "noise-patch", "classwise-noise", "ar-noise"]  # rank 1, then by name
     rec = recipe_from_dict({"defense": {"type": "poscuda", "key": KEY}})
     none, flipped, cuda = defense_configs(rec, ["none", "test-flip", "cuda"], snr_db=7.126)
     assert flipped.type == "test-flip" and flipped.snr_db == 7.13 and flipped.key.get_secret_value() == KEY
