@@ -1,0 +1,24 @@
+"""``lab attack``, in four modules, one idea each: ``training`` (training under an attack), ``setup`` (the attack
+and defense configs of a matrix), ``matrix`` (the runner) and ``tables`` (tables, CSV, Markdown, the run folder).
+Everything is importable from ``lab.attacking`` as before.
+
+``lab attack``: train on protected data the way an unauthorised trainer would, and measure what survives.
+
+recipe + attack(s) ─► for each defense (none = clean reference, the recipe's, baselines at the same distortion):
+    ExperimentData (protect, features; lab.spine) ─► per seed: no-attack model, then each attack's model(s) ─► clean-test accuracy
+  ─► one table (rows: no attack, each attack, then the worst case over them; columns: defenses) as JSON, Markdown,
+     CSV
+
+Training under an attack is the lab's one training path (lab.train.fit): data attacks change the training set
+(features computed once, cached), batch attacks give a per-batch transform of the waveforms that the training data
+applies on the device before the recipe's front-end (Lightning's on_after_batch_transfer), procedure attacks get the
+model after training.
+"""
+from lab.attacking.matrix import NO_ATTACK, WORST, Matrix, matrix_data, run_matrix  # noqa: F401
+from lab.attacking.setup import (  # noqa: F401
+    attack_configs, baselines, column_name, defense_configs, load_attack_recipe, with_defense,
+)
+from lab.attacking.tables import (  # noqa: F401
+    CSV_HEADER, csv_rows, fmt_cell, new_attack_dir, table_rows, to_csv, to_markdown, write_results,
+)
+from lab.attacking.training import detached_copy, finetune, train_under_attack  # noqa: F401

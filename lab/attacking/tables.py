@@ -1,0 +1,100 @@
+"""The matrix as people and machines read it: the table (rows: attacks, the worst case last; columns: defenses),
+CSV, results.md, and the attack run folder with its results.json."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+
+import yaml
+
+from lab.attacking.matrix import WORST, Matrix
+from lab.provenance import provenance
+from lab.recipe import Recipe
+from lab.results import mean_std, new_run_dir, provenance_line
+
+
+def fmt_cell(values: list[float] | None) -> str:
+    return mean_std(values, empty="-")
+
+
+def table_rows(matrix: Matrix) -> tuple[list[str], list[list[str]]]:
+    """The table people read: one row per attack column (no attack first), one column per defense, and a last row
+    with each defense's worst case (the highest clean-test accuracy over the rows above, and which attack gave it)."""
+    header = ["attack", *matrix.defenses]
+    rows = [[c, *[fmt_cell(matrix.cells.get(d, {}).get(c)) for d in matrix.defenses]] for c in matrix.columns]
+    worst = [matrix.worst(d) for d in matrix.defenses]
+    rows.append([WORST, *[f"{w[0]:.3f} ({w[1]})" if w else "-" for w in worst]])
+    return header, rows
+
+
+CSV_HEADER = ["defense", "attack", "mean", "std", "n", "values"]
+
+
+def csv_rows(matrix: Matrix) -> list[list]:
+    """table.csv's lines below its header: one per defense and attack, then each defense's worst case."""
+    rows: list[list] = []
+    for d in matrix.defenses:
+        for c in matrix.columns:
+            values = matrix.cells.get(d, {}).get(c)
+            if values:
+                rows.append([d, c, f"{statistics.fmean(values):.4f}",
+                             f"{statistics.stdev(values) if len(values) > 1 else 0.0:.4f}", len(values),
+                             " ".join(f"{v:.4f}" for v in values)])
+        worst = matrix.worst(d)
+        if worst:
+            rows.append([d, f"{WORST} ({worst[1]})", f"{worst[0]:.4f}", "", "", ""])
+    return rows
+
+
+def to_csv(matrix: Matrix) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(CSV_HEADER)
+    w.writerows(csv_rows(matrix))
+    return buf.getvalue()
+
+
+def to_markdown(results: dict, matrix: Matrix) -> str:
+    header, rows = table_rows(matrix)
+    lines = [f"# {results['recipe_name']}: attacks ({', '.join(results['attacks']) or 'none'})", "",
+             f"Clean-test accuracy (chance {results['chance']:.3f}) of a model trained on each defense's protected "
+             f"training set under each attack; mean ± std over seeds {results['seeds']}. The last row is the "
+             f"worst case for the data owner (the highest mean accuracy over no attack and the attacks). Column "
+             f"`none` is clean data: there, an attack's row shows what the attack itself costs.", "",
+             provenance_line(results), "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", "SNR of each defense's protected training audio (dB, mean / worst 5%): " + "; ".join(
+        f"{d} {s['snr_db_mean']:.1f} / {s['snr_db_worst5']:.1f}" for d, s in matrix.snr.items()
+        if d != "none" and s['snr_db_mean'] != float('inf')), ""]
+    return "\n".join(lines)
+
+
+def new_attack_dir(recipe: Recipe, label: str) -> Path:
+    return new_run_dir(Path(recipe.output_dir) / recipe.name, f"attack-{label}")
+
+
+def write_results(recipe: Recipe, recipe_path: str, label: str, attack_cfgs: list, matrix: Matrix,
+                  wall_seconds: float) -> tuple[dict, Path]:
+    run_dir = new_attack_dir(recipe, label)
+    results = {
+        "recipe_name": recipe.name, "recipe_path": recipe_path, "recipe": recipe.public_dict(),
+        "provenance": provenance(), "seeds": list(recipe.seeds), "chance": matrix.chance,
+        "attacks": [c.type for c in attack_cfgs],
+        "attack_params": [c.model_dump(mode="json") for c in attack_cfgs],
+        "defenses": matrix.defenses, "columns": matrix.columns,
+        "accuracy": {d: {c: {"mean": statistics.fmean(v), "values": v} for c, v in cols.items()}
+                     for d, cols in matrix.cells.items()},
+        "worst_case": {d: dict(zip(("accuracy", "attack"), matrix.worst(d))) for d in matrix.defenses
+                       if matrix.worst(d)},
+        "train_seconds": matrix.seconds, "attack_records": matrix.records, "snr": matrix.snr,
+        "wall_seconds": round(wall_seconds, 1),
+    }
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (run_dir / "results.md").write_text(to_markdown(results, matrix))
+    (run_dir / "table.csv").write_text(to_csv(matrix))
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.public_dict(), sort_keys=False))
+    return results, run_dir
