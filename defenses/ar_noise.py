@@ -268,14 +268,6 @@ class ARNoise(Defense):
     matched_baseline = 4  # in lab attack --type all, after the classwise-noise baseline
     takes_snr = True
 
-    @classmethod
-    def matched_config(cls, reference, snr_db=None):
-        """The reference's key, at ``snr_db`` (the recipe defense's mean SNR: equal distortion)."""
-        out = super().matched_config(reference, snr_db)
-        if snr_db is not None:
-            out["snr_db"] = snr_db
-        return out
-
     def derive(self, num_classes: int, sample_rate: int) -> ARNoiseProtection:
         cfg: ARNoiseConfig = self.config
         key = resolve_key(cfg.key, cfg.key_file)

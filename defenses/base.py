@@ -120,9 +120,13 @@ class Defense(ABC):
     def matched_config(cls, reference: PluginConfig, snr_db: float | None = None) -> dict:
         """The fields (``type`` apart) that configure this defense like ``reference``, the recipe's defense, for a
         comparison next to it; ``snr_db``: the reference's SNR (None when it was not measured), for a defense that
-        ``takes_snr`` to set itself to. By default: the reference's ``key`` and ``key_file``, where both have them."""
-        return {k: getattr(reference, k) for k in ("key", "key_file")
-                if k in cls.Config.model_fields and getattr(reference, k, None) is not None}
+        ``takes_snr`` to set itself to. By default: the reference's ``key`` and ``key_file``, where both have them,
+        and ``snr_db`` for a defense that takes an SNR."""
+        out = {k: getattr(reference, k) for k in ("key", "key_file")
+               if k in cls.Config.model_fields and getattr(reference, k, None) is not None}
+        if cls.takes_snr and snr_db is not None:
+            out["snr_db"] = snr_db
+        return out
 
     @classmethod
     def check_fits(cls, config: PluginConfig, clip_seconds: float) -> None:

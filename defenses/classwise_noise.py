@@ -58,14 +58,6 @@ class ClasswiseNoise(Defense):
     matched_baseline = 3
     takes_snr = True
 
-    @classmethod
-    def matched_config(cls, reference, snr_db=None):
-        """The reference's key, at ``snr_db``."""
-        out = super().matched_config(reference, snr_db)
-        if snr_db is not None:
-            out["snr_db"] = snr_db
-        return out
-
     def derive(self, num_classes: int, sample_rate: int) -> ClasswiseNoiseProtection:
         cfg: ClasswiseNoiseConfig = self.config
         key = resolve_key(cfg.key, cfg.key_file)

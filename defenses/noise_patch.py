@@ -96,8 +96,6 @@ class NoisePatch(Defense):
         give PosCUDA's patches), at ``snr_db``."""
         out = super().matched_config(reference, snr_db)
         out.update({k: getattr(reference, k) for k in cls.POSITION_FIELDS if hasattr(reference, k)})
-        if snr_db is not None:
-            out["snr_db"] = snr_db
         return out
 
     @classmethod

@@ -18,7 +18,7 @@ from lab.keys import fingerprint, resolve_key
 from lab.protect import protect_collection, verify_collection
 from lab.protect.manifest import MANIFEST, locate_record, read_manifest, read_protections
 from tests.protect.conftest import BAD, GOOD, private_record, sha, tree_hashes
-from tests.protect.test_publish import FIXED_KEY, float_forms, published_hits
+from tests.protect.test_publish import FIXED_KEY, fixed_key, float_forms, published_hits  # noqa: F401 (fixture)
 
 FILE_BY_FILE = ["ar-noise", "classwise-noise", "cuda", "noise-patch", "poscuda"]
 # the fields each test run sets with --option (a non-default value, so that the option is seen to work)
@@ -30,14 +30,6 @@ SNR_DB = {"noise-patch": 20.0, "classwise-noise": 20.0, "ar-noise": 25.0}
 FILES = [f"{label}/{label}{j}{'.flac' if j % 2 else '.wav'}" for label in ("cat", "dog", "owl") for j in range(5)]
 
 
-@pytest.fixture
-def fixed_key(tmp_path):
-    """A fixed key (the publish test's): the values searched for in OUTPUT are the same on every run."""
-    path = tmp_path / "keys" / "owner.key"
-    path.parent.mkdir()
-    path.write_text(FIXED_KEY + "\n")
-    path.chmod(0o600)
-    return path
 
 
 def read(path):
