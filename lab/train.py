@@ -22,6 +22,8 @@ warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*predict_dataloader.*")
 warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+# a run's models/ folder holds every model's checkpoint: the second one to be written finds the first there
+warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
 warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed.*")
 
 
