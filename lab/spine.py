@@ -61,6 +61,7 @@ class ExperimentData:
         self.cache = cache if cache is not None else FeatureCache()
         self.log = log
         self.frontend = FrontEnd(recipe.features, recipe.data.sample_rate)
+        self._features_of: dict[int, tuple[Clips, torch.Tensor]] = {}
 
     @classmethod
     def from_run(cls, run, cache: FeatureCache | None = None, log: Callable[[str], None] = print) -> "ExperimentData":
@@ -134,9 +135,17 @@ class ExperimentData:
     # --- features -------------------------------------------------------------------------------------------------
 
     def features(self, clips: Clips | torch.Tensor) -> torch.Tensor:
-        """Features (N, C, F) of a split (or of waveforms (N, T)), computed once and cached."""
-        waveforms = clips.waveforms if isinstance(clips, Clips) else clips
-        return self.cache(self.frontend, waveforms)
+        """Features (N, C, F) of a split (or of waveforms (N, T)), computed once and cached (by content, in the
+        shared FeatureCache; a split of this object's is also remembered by identity, so asking again does not even
+        hash its audio)."""
+        if isinstance(clips, Clips):
+            known = self._features_of.get(id(clips))
+            if known is not None and known[0] is clips:
+                return known[1]
+            feats = self.cache(self.frontend, clips.waveforms)
+            self._features_of[id(clips)] = (clips, feats)
+            return feats
+        return self.cache(self.frontend, clips)
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -150,7 +159,7 @@ class ExperimentData:
         batch size and ``seed``'s shuffling. Without ``batch_transform`` it serves the cached features; with one,
         waveform batches that the transform changes on the device before the front-end makes their features."""
         waveforms, labels = (clips.waveforms, clips.labels) if isinstance(clips, Clips) else clips
-        feats = self.features(waveforms)
+        feats = self.features(clips if isinstance(clips, Clips) else waveforms)
         if batch_transform is None:
             return TrainingData(feats, labels, self.recipe.train.batch_size, seed)
         return TrainingData(waveforms, labels, self.recipe.train.batch_size, seed, frontend=self.frontend,

@@ -168,7 +168,7 @@ def fit(recipe, data: TrainingData, num_classes: int, seed: int, monitor: tuple[
     if checkpoint is not None:
         # Lightning's own checkpoint of the last epoch (weights, optimiser, epoch): evaluate or fine-tune from it
         callbacks.append(ModelCheckpoint(dirpath=str(checkpoint.parent), filename=checkpoint.stem, save_top_k=1,
-                                         enable_version_counter=False))
+                                         every_n_epochs=epochs or cfg.epochs, enable_version_counter=False))
     trainer = make_trainer(cfg, epochs or cfg.epochs, loggers or False, progress, callbacks=callbacks)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume is not None else None)
