@@ -26,7 +26,7 @@ from lab.train import fit  # noqa: E402
 
 def plain_loop(recipe, feats, labels, num_classes, epochs, seed) -> float:
     torch.manual_seed(seed)
-    model = build_model(recipe.model, tuple(feats.shape[1:]), num_classes, recipe.features.type == "raw",
+    model = build_model(recipe.model, tuple(feats.shape[1:]), num_classes, recipe.features.raw,
                         recipe.data.sample_rate)
     mean, std = standardisation(feats)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.train.lr)

@@ -1,4 +1,5 @@
-"""Feature front-ends (raw waveform, MFCC, log-mel), computed once per tensor set and cached.
+"""Feature front-ends (raw waveform, MFCC, log-mel, and any registered in lab.frontends), computed once per tensor set
+and cached.
 
 Every front-end maps waveforms (N, T) to features (N, C, F): raw gives C=1, F=T; MFCC and log-mel give C
 coefficients/bands by F frames. Features are computed in chunks over the whole set and kept in an in-memory cache keyed
@@ -9,56 +10,64 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
-
 import torch
-import torchaudio.transforms as T
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lab.config import Section
-
-FeatureType = Literal["raw", "mfcc", "logmel"]
-
+from lab.errors import LabError
 
 class FeatureConfig(Section):
-    type: FeatureType = "mfcc"
+    type: str = "mfcc"  # a registered front-end (lab.frontends; `lab list` shows them)
     n_mfcc: int = Field(40, ge=1)
     n_mels: int = Field(64, ge=1)
     win_ms: float = Field(25.0, gt=0)
     hop_ms: float = Field(10.0, gt=0)
     chunk: int = Field(512, ge=1)
 
+    @field_validator("type")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from lab.frontends import FRONTENDS
+        try:
+            FRONTENDS.get(v)
+        except LabError as e:
+            raise ValueError(str(e)) from None
+        return v
+
     @model_validator(mode="after")
-    def _enough_mels(self):
-        if self.type == "mfcc" and self.n_mfcc > self.n_mels:
-            raise ValueError(f"n_mfcc ({self.n_mfcc}) cannot exceed n_mels ({self.n_mels})")
+    def _fits_the_front_end(self):
+        from lab.frontends import FRONTENDS
+        FRONTENDS.get(self.type).check(self)
         return self
+
+    @property
+    def raw(self) -> bool:
+        """Whether the front-end hands the models the audio itself (1-D models, frames of samples)."""
+        from lab.frontends import FRONTENDS
+        return FRONTENDS.get(self.type).raw
 
 
 class FrontEnd:
+    """The recipe's front-end (lab.frontends, by ``features.type``) at a sample rate, with chunked, cached use."""
+
     def __init__(self, cfg: FeatureConfig, sample_rate: int):
+        from lab.frontends import FRONTENDS
         self.cfg = cfg
         self.sample_rate = sample_rate
-        win = round(cfg.win_ms * sample_rate / 1000)
-        hop = round(cfg.hop_ms * sample_rate / 1000)
-        mel = dict(n_fft=win, win_length=win, hop_length=hop, n_mels=cfg.n_mels)
-        if cfg.type == "mfcc":
-            self.transform = T.MFCC(sample_rate, n_mfcc=cfg.n_mfcc, melkwargs=mel)
-        elif cfg.type == "logmel":
-            self.transform = T.MelSpectrogram(sample_rate, **mel)
-        else:
-            self.transform = None
+        self.kind = FRONTENDS.get(cfg.type)(cfg, sample_rate)
+
+    @property
+    def transform(self):
+        return self.kind.transform
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         """Features (B, C, F) of a batch of waveforms (B, T) on the batch's device, differentiable (PGD and
         learnable filters get gradients through it). The one implementation of the front-end: cached feature sets
         and per-batch features during training both come from here."""
-        if self.cfg.type == "raw":
-            return x.unsqueeze(1)
-        if self.transform is not None and next(iter(self.transform.buffers())).device != x.device:
-            self.transform = self.transform.to(x.device)
-        y = self.transform(x)
-        return torch.log(y + 1e-6) if self.cfg.type == "logmel" else y
+        t = self.kind.transform
+        if t is not None and next(iter(t.buffers())).device != x.device:
+            self.kind.transform = t.to(x.device)
+        return self.kind.compute(x)
 
     @torch.no_grad()
     def __call__(self, waveforms: torch.Tensor) -> torch.Tensor:

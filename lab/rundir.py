@@ -69,7 +69,7 @@ class FinishedRun:
         path = self.checkpoint(which, seed)
         shape = self.results["data"]["feature_shape"]
         classes = len(self.results["data"]["classes"])
-        model = build_model(self.recipe.model, tuple(shape), classes, self.recipe.features.type == "raw",
+        model = build_model(self.recipe.model, tuple(shape), classes, self.recipe.features.raw,
                             self.recipe.data.sample_rate)
         module = LabModule(model, classes, self.recipe.train.lr, self.recipe.train.weight_decay,
                            torch.zeros(shape[0], 1), torch.ones(shape[0], 1))

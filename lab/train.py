@@ -139,7 +139,7 @@ class CleanTestMonitor(L.Callback):
 def new_module(recipe, data: TrainingData, num_classes: int, frontend=None) -> LabModule:
     """A freshly initialised LabModule of the recipe's model for ``data`` (call after seeding)."""
     cfg = recipe.train
-    model = build_model(recipe.model, data.feature_shape, num_classes, recipe.features.type == "raw",
+    model = build_model(recipe.model, data.feature_shape, num_classes, recipe.features.raw,
                         recipe.data.sample_rate)
     mean, std = standardisation(data.stats_features)
     return LabModule(model, num_classes, cfg.lr, cfg.weight_decay, mean, std, frontend=frontend)

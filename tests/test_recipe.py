@@ -29,7 +29,8 @@ def test_shipped_recipe_set():
     ({"model": {"type": "resnet"}}, r"model.type: unknown model 'resnet'; valid: cnn, lstm, transformer"),
     ({"model": {"type": "cnn", "head": "flat"}}, r"model.head: Input should be 'global' or 'flatten' \(got 'flat'\)"),
     ({"model": {"type": "lstm", "head": "global"}}, r"model: unknown field 'head'; allowed: type, hidden"),
-    ({"features": {"type": "mel"}}, r"features.type: Input should be 'raw', 'mfcc' or 'logmel' \(got 'mel'\)"),
+    ({"features": {"type": "mel"}}, r"features.type: unknown feature front-end 'mel' \(did you mean 'logmel'\?\); "
+                                    r"valid: logmel, mfcc, raw"),
     ({"defense": {"type": "poscud"}}, r"defense.type: unknown defense 'poscud' \(did you mean 'poscuda'\?\); valid:"),
     ({"defense": {"type": "poscuda", "blur": -1}}, r"defense.blur: Input should be greater than or equal to 0"),
     ({"train": {"epochs": "many"}}, r"train.epochs: Input should be a valid integer"),

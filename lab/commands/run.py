@@ -88,13 +88,13 @@ def list_plugins():
     import attacks
     import defenses
     from lab import models
-    from lab.features import FeatureConfig
     from lab.registry import load_plugins
     table = Table(title="what the lab knows")
     table.add_column("kind")
     table.add_column("names")
     table.add_row("models", ", ".join(models.MODELS.names()))
-    table.add_row("features", ", ".join(FeatureConfig.model_fields["type"].annotation.__args__))
+    from lab.frontends import FRONTENDS
+    table.add_row("features", ", ".join(FRONTENDS.names()))
     table.add_row("defenses", ", ".join(defenses.DEFENSES.names()))
     table.add_row("attacks", ", ".join(attacks.ATTACKS.names()) or "(none yet)")
     table.add_row("plugin modules", ", ".join(load_plugins()) or "(none)")
