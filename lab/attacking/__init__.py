@@ -14,11 +14,11 @@ Training under an attack is the lab's one training path (lab.train.fit): data at
 applies on the device before the recipe's front-end (Lightning's on_after_batch_transfer), procedure attacks get the
 model after training.
 """
-from lab.attacking.matrix import NO_ATTACK, WORST, Matrix, matrix_data, run_matrix  # noqa: F401
+from lab.attacking.matrix import NO_ATTACK, WORST, Matrix, cell_file, matrix_data, run_cell, run_matrix  # noqa: F401
 from lab.attacking.setup import (  # noqa: F401
     attack_configs, baselines, column_name, defense_configs, load_attack_recipe, with_defense,
 )
 from lab.attacking.tables import (  # noqa: F401
-    CSV_HEADER, csv_rows, fmt_cell, new_attack_dir, table_rows, to_csv, to_markdown, write_results,
+    CSV_HEADER, cell_folder, csv_rows, fmt_cell, new_attack_dir, table_rows, to_csv, to_markdown, write_results,
 )
 from lab.attacking.training import detached_copy, finetune, train_under_attack  # noqa: F401

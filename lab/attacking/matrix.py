@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -57,38 +58,106 @@ class Matrix:
         return max(means) if means else None
 
 
+def run_cell(data: ExperimentData, attack_cfgs: list, seed: int, log: Callable[[str], None] = print,
+             progress: bool = False) -> dict:
+    """One cell of the matrix: a defense (``data``) and a seed, trained with no attack and under every attack.
+    Returns a JSON-able dict: ``columns`` (in order), ``values`` and ``seconds`` per column, ``records`` per attack."""
+    rec, name = data.recipe, data.recipe.defense.type
+    clean_test = data.features(data.clean_test), data.clean_test.labels
+    cell: dict = {"defense": name, "seed": seed, "columns": [NO_ATTACK], "values": {}, "seconds": {}, "records": {}}
+    fitted = fit(rec, data.training(data.protected_train, seed), data.num_classes, seed, progress=progress)
+    acc = evaluate(fitted.module, rec.train, *clean_test)["accuracy"]
+    cell["values"][NO_ATTACK], cell["seconds"][NO_ATTACK] = acc, round(fitted.seconds, 2)
+    log(f"{name}, seed {seed}: no attack {acc:.3f} ({fitted.seconds:.0f} s)")
+    for acfg in attack_cfgs:
+        attack = build_attack(acfg)
+        models, timing = train_under_attack(rec, data, attack, seed, plain=fitted.module)
+        seconds = timing["total"]
+        for variant, module in models.items():
+            col = column_name(acfg, variant)
+            if col not in cell["columns"]:
+                cell["columns"].append(col)
+            acc = evaluate(module, rec.train, *clean_test)["accuracy"]
+            cell["values"][col], cell["seconds"][col] = acc, round(seconds, 2)
+            log(f"{name}, seed {seed}: {col} {acc:.3f} ({seconds:.0f} s)")
+        cell["records"][column_name(acfg)] = {"seed": seed, **attack.record()}
+    return cell
+
+
+def cell_file(cell_dir: Path, index: int, defense: str, seed: int) -> Path:
+    return Path(cell_dir) / f"{index:02d}-{defense}-seed{seed}.json"
+
+
+def _cell_in_worker(recipe: Recipe, attack_cfgs: list, seed: int, threads: int | None) -> dict:
+    """A cell in a worker process (``--jobs`` > 1): its own data (loaded and protected there), its own log prefix."""
+    if threads:
+        torch.set_num_threads(threads)
+    data = ExperimentData(recipe, log=lambda s: None)
+    label = f"[{recipe.defense.type}, seed {seed}]"
+    return run_cell(data, attack_cfgs, seed, log=lambda msg: print(f"{label} {msg}", flush=True))
+
+
 def run_matrix(datas: list[ExperimentData], attack_cfgs: list, log: Callable[[str], None] = print,
-               progress: bool = False) -> Matrix:
+               progress: bool = False, cell_dir: Path | None = None, jobs: int = 1) -> Matrix:
     """Train every (defense, attack, seed) and collect clean-test accuracies; ``datas`` hold one recipe with each
     defense (the table's columns), identical otherwise (share their dataset and feature cache: see
-    :func:`matrix_data`)."""
+    :func:`matrix_data`).
+
+    The work is cut into cells, one per (defense, seed). ``cell_dir``: each finished cell is written there as JSON,
+    and a cell already there is read instead of trained, so an interrupted matrix continues where it stopped.
+    ``jobs`` > 1 trains that many cells at once in spawned worker processes (threads shared out, see
+    lab.sweep.threads_per_job); each cell is the same self-contained computation either way, so the numbers are the
+    same."""
+    import json
+
+    from lab.rundir import write_atomic
+    from lab.sweep import threads_per_job
     first = datas[0].recipe
     if first.train.num_threads:
         torch.set_num_threads(first.train.num_threads)
+    plan = [(i, data, seed) for i, data in enumerate(datas) for seed in data.recipe.seeds]
+    cells: dict[tuple[int, int], dict] = {}
+    todo = []
+    for i, data, seed in plan:
+        path = cell_file(cell_dir, i, data.recipe.defense.type, seed) if cell_dir is not None else None
+        if path is not None and path.is_file():
+            cells[(i, seed)] = json.loads(path.read_text())
+            log(f"{data.recipe.defense.type}, seed {seed}: finished earlier, read from {path.name}")
+        else:
+            todo.append((i, data, seed, path))
+
+    def keep(i: int, seed: int, path: Path | None, cell: dict) -> None:
+        cells[(i, seed)] = cell
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, json.dumps(cell, indent=2))
+
+    if jobs <= 1:
+        for i, data, seed, path in todo:
+            keep(i, seed, path, run_cell(data, attack_cfgs, seed, log, progress))
+    elif todo:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        threads = threads_per_job(jobs, first.train.num_threads, log)
+        log(f"{len(todo)} of {len(plan)} cells (defense x seed) to train, {jobs} at a time")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = [(pool.submit(_cell_in_worker, data.recipe, attack_cfgs, seed, threads), i, seed, path)
+                       for i, data, seed, path in todo]
+            for future, i, seed, path in futures:
+                keep(i, seed, path, future.result())
     matrix = Matrix([d.recipe.defense.type for d in datas], [NO_ATTACK])
     for data in datas:
-        rec, name = data.recipe, data.recipe.defense.type
+        name = data.recipe.defense.type
         matrix.chance = 1.0 / data.num_classes
         matrix.snr[name] = snr_summary(data.protected_train.waveforms, data.clean_train.waveforms)
-        clean_test = data.features(data.clean_test), data.clean_test.labels
-        for seed in rec.seeds:
-            fitted = fit(rec, data.training(data.protected_train, seed), data.num_classes, seed, progress=progress)
-            acc = evaluate(fitted.module, rec.train, *clean_test)["accuracy"]
-            matrix.add(name, NO_ATTACK, acc, fitted.seconds)
-            log(f"{name}, seed {seed}: no attack {acc:.3f} ({fitted.seconds:.0f} s)")
-            for acfg in attack_cfgs:
-                attack = build_attack(acfg)
-                models, timing = train_under_attack(rec, data, attack, seed, plain=fitted.module)
-                seconds = timing["total"]
-                for variant, module in models.items():
-                    col = column_name(acfg, variant)
-                    if col not in matrix.columns:
-                        matrix.columns.append(col)
-                    acc = evaluate(module, rec.train, *clean_test)["accuracy"]
-                    matrix.add(name, col, acc, seconds)
-                    log(f"{name}, seed {seed}: {col} {acc:.3f} ({seconds:.0f} s)")
-                matrix.records.setdefault(name, {}).setdefault(column_name(acfg), []).append(
-                    {"seed": seed, **attack.record()})
+    for i, data, seed in plan:  # assembled in the same order however the cells were trained
+        cell, name = cells[(i, seed)], data.recipe.defense.type
+        for col in cell["columns"]:
+            if col not in matrix.columns:
+                matrix.columns.append(col)
+            matrix.add(name, col, cell["values"][col], cell["seconds"][col])
+        for attack_col, record in cell["records"].items():
+            matrix.records.setdefault(name, {}).setdefault(attack_col, []).append(record)
     return matrix
 
 

@@ -98,3 +98,22 @@ def write_results(recipe: Recipe, recipe_path: str, label: str, attack_cfgs: lis
     (run_dir / "table.csv").write_text(to_csv(matrix))
     (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.public_dict(), sort_keys=False))
     return results, run_dir
+
+
+def cell_folder(recipe: Recipe, recipes: list[Recipe], attack_cfgs: list) -> Path:
+    """Where a matrix keeps its finished cells: ``<output_dir>/<recipe>/attack-cells/<plan id>``, the id a hash of
+    everything the cells depend on (each column's resolved recipe with its key's fingerprint, the attacks' configs),
+    so the same command finds its cells again and another plan never reads them."""
+    import hashlib
+
+    from lab.keys import fingerprint, resolve_key
+    plan = []
+    for r in recipes:
+        d = r.defense
+        key = getattr(d, "key", None)
+        fp = fingerprint(resolve_key(key, getattr(d, "key_file", None))) if (key or getattr(d, "key_file", None)) \
+            else None
+        plan.append({"recipe": r.public_dict(), "key_fingerprint": fp})
+    plan.append({"attacks": [c.model_dump(mode="json") for c in attack_cfgs]})
+    digest = hashlib.sha1(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return Path(recipe.output_dir) / recipe.name / "attack-cells" / digest

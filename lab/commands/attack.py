@@ -55,6 +55,9 @@ def attack(
                                             "columns). Default: none and the recipe's own; with --type all also "
                                             "cuda, noise-patch, classwise-noise (at the recipe's PosCUDA SNR)."),
     out: Optional[Path] = typer.Option(None, help="Folder for runs (default: the recipe's output_dir, 'runs')."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Cells (defense x seed) trained at once, each in its own process "
+                             "with its share of the cores; the same numbers as one at a time with the same "
+                             "train.num_threads."),
     recipe_option: Optional[Path] = typer.Option(None, "--recipe", hidden=True,
                                                  help="Deprecated: give the recipe as the first argument."),
 ):
@@ -108,7 +111,11 @@ def attack(
                   f"{rec.train.epochs} epochs")
     started = time.perf_counter()
     datas = attacking.matrix_data(recipes, first=own)
-    matrix = attacking.run_matrix(datas, cfgs, log=log, progress=rec.train.progress and console.is_terminal)
+    cells = attacking.cell_folder(rec, recipes, cfgs)
+    log(f"finished cells (defense x seed) are kept in {cells}: if this run is interrupted, the same command "
+        f"continues where it stopped")
+    bars = rec.train.progress and console.is_terminal and jobs == 1
+    matrix = attacking.run_matrix(datas, cfgs, log=log, progress=bars, cell_dir=cells, jobs=jobs)
     results, run_dir = attacking.write_results(rec, str(recipe), type_, cfgs, matrix, time.perf_counter() - started)
     header, rows = attacking.table_rows(matrix)
     table = Table(title=f"{rec.name}: clean-test accuracy under attack (chance {results['chance']:.2f}; "

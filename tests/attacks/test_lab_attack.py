@@ -215,3 +215,28 @@ def test_matrix_baselines_take_the_recipes_key_positions_and_snr():
     p, n = build_defense(pos).derive(10, 8000), build_defense(noise).derive(10, 8000)
     assert (p.starts(y, 8000) == n.starts(y, 8000)).all()
     assert build_defense(cuda).derive(10, 8000).key_fingerprint == p.key_fingerprint
+
+
+def test_the_matrix_resumes_from_its_cells_and_two_jobs_give_the_same_numbers(fsdd_dir, tmp_path):
+    """Cells (defense x seed) are kept as they finish: the same command after an interruption trains only what is
+    missing; --jobs 2 trains cells in two processes and gives the same numbers (same train.num_threads)."""
+    args = [R, "--type", "codec", "--defenses", "none,poscuda", *TINY, "--seeds", "0,1",
+            "--set", "train.num_threads=1"]
+    first = lab("attack", *args, "--out", str(tmp_path / "one"), env_root=fsdd_dir.parent)
+    assert first.returncode == 0, first.stderr
+    (cells,) = list((tmp_path / "one" / "fsdd_cnn" / "attack-cells").iterdir())
+    files = sorted(cells.glob("*.json"))
+    assert [f.name for f in files] == ["00-none-seed0.json", "00-none-seed1.json", "01-poscuda-seed0.json",
+                                       "01-poscuda-seed1.json"]
+    (run1,) = list((tmp_path / "one" / "fsdd_cnn").glob("attack-codec-*"))
+    files[3].unlink()  # as if interrupted before the last cell finished
+    again = lab("attack", *args, "--out", str(tmp_path / "one"), env_root=fsdd_dir.parent)
+    assert again.returncode == 0, again.stderr
+    assert " ".join(again.stdout.split()).count("finished earlier") == 3 and files[3].is_file()
+    run2 = max((tmp_path / "one" / "fsdd_cnn").glob("attack-codec-*"))
+    two = lab("attack", *args, "--out", str(tmp_path / "two"), "--jobs", "2", env_root=fsdd_dir.parent)
+    assert two.returncode == 0, two.stderr
+    assert "4 of 4 cells (defense x seed) to train, 2 at a time" in " ".join(two.stdout.split())
+    (run3,) = list((tmp_path / "two" / "fsdd_cnn").glob("attack-codec-*"))
+    acc = [json.loads((r / "results.json").read_text())["accuracy"] for r in (run1, run2, run3)]
+    assert acc[0] == acc[1] == acc[2]
