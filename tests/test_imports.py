@@ -23,7 +23,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 ROOTS = ("lab", "defenses", "attacks")

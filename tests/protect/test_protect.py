@@ -2,7 +2,6 @@
 clipping counted, refusals, and the batch path equal to PosCUDA's own apply."""
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 

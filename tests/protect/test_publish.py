@@ -18,7 +18,7 @@ from lab.errors import LabError
 from lab.protect import protect_collection, verify_collection
 from lab.protect.manifest import LEGACY_FORMAT, MANIFEST, METADATA, PARTIAL, read_manifest
 from tests.conftest import tone
-from tests.protect.conftest import BAD, GOOD, private_record, sha, tree_hashes
+from tests.protect.conftest import GOOD, private_record, sha, tree_hashes
 
 GOOD_PATHS = {f"{label}/{name}" for label, name, *_ in GOOD}
 FIXED_KEY = "fixed-test-key-for-the-publish-test-0001"  # a fixed key: the values searched for never change
