@@ -20,7 +20,8 @@ has a default in the base classes; a plugin overrides only what it has, see docs
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
 import torch
 
@@ -36,6 +37,33 @@ def other_classes(labels: torch.Tensor, num_classes: int, seed: int) -> torch.Te
     """For each clip, a class drawn uniformly from the OTHER classes (the position ablation's mixed variants)."""
     gen = torch.Generator().manual_seed(seed)
     return (labels + torch.randint(1, num_classes, labels.shape, generator=gen)) % num_classes
+
+
+@dataclass
+class TrainingSet:
+    """What the lab hands a defense that is optimised on the data it protects (``Defense.needs_training_set``):
+    the clean training clips and a way to make surrogate models, so that the plugin never imports the code that
+    trains the lab's models.
+
+    ``waveforms`` (N, T), ``labels`` (N,), ``lengths`` (N,) real clip lengths; ``new_surrogate()`` a freshly
+    initialised classifier of WAVEFORMS (``model(waveforms) -> logits``, differentiable through the recipe's feature
+    front-end, standardised on the clean training features), built from the recipe's model and features with the
+    defense's :meth:`Defense.surrogate_overrides` applied, seeded with ``seed`` (each call draws new weights from
+    torch's generator as seeded); ``lr``, ``weight_decay`` and ``batch_size`` the surrogate recipe's training
+    settings; ``log`` progress messages; ``description`` the surrogate in words (model, features), for the record.
+    """
+
+    waveforms: torch.Tensor
+    labels: torch.Tensor
+    lengths: torch.Tensor
+    sample_rate: int
+    num_classes: int
+    new_surrogate: Callable[[], torch.nn.Module]
+    lr: float
+    weight_decay: float
+    batch_size: int
+    log: Callable[[str], None] = print
+    description: str = ""
 
 
 class Protection(ABC):
@@ -58,17 +86,25 @@ class Protection(ABC):
             Protection.types[cls.name] = cls
 
     @classmethod
-    def from_dict(cls, record: dict) -> "Protection":
-        """Rebuild a protection from its ``to_dict`` record (dispatching on ``record['defense']``)."""
+    def from_dict(cls, record: dict, arrays: dict[str, torch.Tensor] | None = None) -> "Protection":
+        """Rebuild a protection from its ``to_dict`` record (dispatching on ``record['defense']``) and, for one
+        that has them, its :meth:`arrays`."""
         if cls is Protection:
             if record.get("defense") not in Protection.types:
                 DEFENSES.discover()  # the record may come from a plugin not imported yet
             try:
-                return Protection.types[record["defense"]].from_dict(record)
+                kind = Protection.types[record["defense"]]
             except KeyError:
                 raise ValueError(f"unknown protection record {record.get('defense')!r}; "
                                  f"known: {', '.join(sorted(Protection.types))}") from None
+            return kind.from_dict(record, arrays) if arrays else kind.from_dict(record)
         raise NotImplementedError
+
+    def arrays(self) -> dict[str, torch.Tensor]:
+        """Large tensors of the record that do not belong in JSON (e.g. optimised per-clip noise), name -> tensor;
+        a run keeps them in ``protection.pt`` beside ``protection.json`` and passes them back to ``from_dict``.
+        As secret as the record. Empty by default."""
+        return {}
 
     @abstractmethod
     def apply(self, waveforms: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor | None = None,
@@ -109,6 +145,10 @@ class Defense(ABC):
     """Not None: ``lab attack --type all`` puts this defense in its table next to the recipe's own, configured by
     :meth:`matched_config`; baselines come in increasing order of this number (ties by name)."""
 
+    needs_training_set: ClassVar[bool] = False
+    """True: the protection is optimised on the data it protects (e.g. error-minimising noise): the lab calls
+    :meth:`derive_from` with the clean training set and a surrogate factory instead of :meth:`derive`."""
+
     takes_snr: ClassVar[bool] = False
     """True: the defense can be set to a target SNR (:meth:`matched_config` uses ``snr_db``): ``lab attack`` then
     measures the SNR of the recipe's defense on the training set and sets this one to it (equal distortion)."""
@@ -136,6 +176,20 @@ class Defense(ABC):
     @abstractmethod
     def derive(self, num_classes: int, sample_rate: int) -> Protection:
         """Draw the protection for ``num_classes`` classes at ``sample_rate`` (from the key, where there is one)."""
+
+    def derive_from(self, data: TrainingSet) -> Protection:
+        """The protection of a defense that ``needs_training_set``, optimised on ``data``."""
+        raise NotImplementedError(f"defense {self.config.type!r} is not optimised on data")
+
+    def surrogate_overrides(self) -> dict:
+        """Recipe sections (``model``, ``features``, ``train``) to change for the surrogate of a defense that
+        ``needs_training_set`` (default: none, the recipe's own model and features)."""
+        return {}
+
+    def surrogate_seed(self) -> int:
+        """The seed of the surrogate's weights and batch order (default 0; a keyed defense derives it from its
+        key, so that the same key always gives the same protection)."""
+        return 0
 
 
 def build_defense(config: PluginConfig) -> Defense:

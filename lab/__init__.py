@@ -70,10 +70,14 @@ def protect_clips(waveforms: "torch.Tensor", labels: "torch.Tensor", recipe: "Re
     it). Returns ``(protected, protection)``: protected copies (the input is not changed) and the derived
     protection, whose ``to_dict()`` is the record a run stores (no key; its fingerprint).
     """
-    from defenses import build_defense
+    import torch
+
+    from lab.spine import Clips, derive_protection
     if num_classes is None:
         num_classes = int(labels.max()) + 1 if len(labels) else 1
-    protection = build_defense(recipe.defense).derive(num_classes, recipe.data.sample_rate)
+    real = lengths if lengths is not None else torch.full((len(labels),), waveforms.shape[1], dtype=torch.long)
+    # an optimised defense (e.g. em-noise) is optimised on these very clips
+    protection = derive_protection(recipe, Clips(waveforms, labels, real), num_classes, log=lambda msg: None)
     return protection.apply(waveforms, labels, lengths), protection
 
 

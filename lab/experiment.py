@@ -224,6 +224,9 @@ def _run(recipe: Recipe, recipe_path: str | None, log: Callable[[str], None], pr
         f"{prep.feature_shape}")
     record = prep.protection.to_dict()
     (run_dir / "protection.json").write_text(json.dumps(record))
+    arrays = prep.protection.arrays()
+    if arrays:  # an optimised protection's large tensors, beside its record (private, like it)
+        torch.save(arrays, run_dir / "protection.pt")
     same_as_clean = recipe.defense.type == "none"
     per_seed = []
     first_clean_model = None

@@ -100,7 +100,9 @@ def load_run(path: Path) -> FinishedRun:
     # the run may have been made on another machine (e.g. with a GPU): its train section is not checked against this
     recipe = recipe_from_dict(yaml.safe_load(files["recipe.yaml"].read_text()), str(files["recipe.yaml"]),
                               machine=False)
-    protection = Protection.from_dict(json.loads(files["protection.json"].read_text()))
+    arrays_file = path / "protection.pt"  # an optimised protection's large tensors (e.g. per-clip noise)
+    arrays = torch.load(arrays_file, weights_only=True) if arrays_file.is_file() else None
+    protection = Protection.from_dict(json.loads(files["protection.json"].read_text()), arrays)
     return FinishedRun(path, recipe, protection, json.loads(files["results.json"].read_text()))
 
 

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from defenses import build_defense
-from defenses.base import Protection
+from defenses.base import Defense, Protection, TrainingSet
 from lab.ablation import variants
 from lab.data import AudioSet, load_dataset
 from lab.features import FeatureCache, FrontEnd
@@ -92,7 +92,7 @@ class ExperimentData:
     def protection(self) -> Protection:
         if self._given is not None:
             return self._given
-        return build_defense(self.recipe.defense).derive(self.num_classes, self.recipe.data.sample_rate)
+        return derive_protection(self.recipe, self.clean_train, self.num_classes, self.log)
 
     # --- typed splits ---------------------------------------------------------------------------------------------
 
@@ -164,3 +164,61 @@ class ExperimentData:
             return TrainingData(feats, labels, self.recipe.train.batch_size, seed)
         return TrainingData(waveforms, labels, self.recipe.train.batch_size, seed, frontend=self.frontend,
                             batch_transform=batch_transform, stats_features=feats)
+
+
+def derive_protection(recipe: Recipe, train: Clips, num_classes: int,
+                      log: Callable[[str], None] = print) -> Protection:
+    """The recipe's defense derived for ``num_classes`` classes: from its key alone, or, for a defense that
+    ``needs_training_set`` (optimised noise), optimised on the clean training clips ``train`` with surrogates of
+    the recipe's model and features (changed by the defense's ``surrogate_overrides``)."""
+    defense = build_defense(recipe.defense)
+    if not defense.needs_training_set:
+        return defense.derive(num_classes, recipe.data.sample_rate)
+    return defense.derive_from(training_set(recipe, defense, train, num_classes, log))
+
+
+def surrogate_recipe(recipe: Recipe, overrides: dict) -> Recipe:
+    """``recipe`` with the ``model`` / ``features`` / ``train`` sections that a defense's surrogate changes
+    (a model of another ``type`` replaces the section; otherwise the fields are merged), validated again."""
+    from lab.errors import LabError
+    from lab.recipe import recipe_from_dict
+    allowed = ("model", "features", "train")
+    data = {name: getattr(recipe, name) for name in type(recipe).model_fields}
+    for section, change in (overrides or {}).items():
+        if section not in allowed or not isinstance(change, dict):
+            raise LabError(f"defense.surrogate: {section!r} is not a section a surrogate may change; allowed: "
+                           f"{', '.join(allowed)} (each a mapping)")
+        current = getattr(recipe, section).model_dump(mode="json")
+        replaces = section == "model" and change.get("type", current["type"]) != current["type"]
+        data[section] = dict(change) if replaces else {**current, **change}
+    return recipe_from_dict(data, "defense.surrogate", machine=False)
+
+
+def training_set(recipe: Recipe, defense: Defense, train: Clips, num_classes: int,
+                 log: Callable[[str], None] = print) -> TrainingSet:
+    """What an optimised defense is given (defenses.base.TrainingSet): the clean training clips and a factory of
+    fresh surrogate classifiers of waveforms (the surrogate recipe's model and differentiable front-end, its
+    standardisation from the clean training features), seeded from the defense's ``surrogate_seed``."""
+    from lab.train import new_module
+    sur = surrogate_recipe(recipe, defense.surrogate_overrides())
+    frontend = FrontEnd(sur.features, sur.data.sample_rate)
+    stats = TrainingData(frontend(train.waveforms), train.labels, sur.train.batch_size, 0)
+
+    def new_surrogate() -> torch.nn.Module:
+        return WaveformClassifier(new_module(sur, stats, num_classes, frontend=frontend))
+
+    return TrainingSet(train.waveforms, train.labels, train.lengths, sur.data.sample_rate, num_classes,
+                       new_surrogate, sur.train.lr, sur.train.weight_decay, sur.train.batch_size, log,
+                       f"{sur.model.type} on {sur.features.type}")
+
+
+class WaveformClassifier(torch.nn.Module):
+    """A LabModule as a plain classifier of waveforms: ``forward(waveforms) = module(module.features(waveforms))``
+    (differentiable with respect to the audio), for surrogates that defenses train themselves."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        return self.module(self.module.features(waveforms))

@@ -1,0 +1,153 @@
+"""The min-min (error-minimising) optimisation shared by the optimised defenses (em-noise, robust-em, poscuda-opt).
+
+Huang et al., "Unlearnable Examples" (ICLR 2021): find a perturbation that makes the training loss as SMALL as
+possible, alternating with training a surrogate on the perturbed data, so that the perturbation becomes the easiest
+thing to learn:
+
+    repeat (a "round"):
+        train the surrogate for ``train_batches`` batches on the perturbed clips
+        for every batch of clips: ``steps`` descent steps of the perturbation on the surrogate's loss (projected
+            to the budget after each)
+        stop when the surrogate's accuracy on the perturbed training clips reaches ``stop_accuracy``
+    (at least ``min_rounds``, at most ``max_rounds`` rounds)
+
+Robust error-minimising noise (Fu et al., ICLR 2022) puts an adversarial step inside: with ``rho > 0`` every
+perturbed batch, for training and for the noise's descent steps alike, is first pushed within +-``rho``
+(L-infinity, waveform units) towards a HIGHER loss by ``rho_steps`` signed-gradient steps, so the noise must keep the
+loss low even for a trainer who trains adversarially with a radius up to ``rho``. It costs about ``rho_steps + 1``
+times as much.
+
+What is optimised is the defense's :class:`Perturbation` (per-clip noise, class noise, class filters); this module
+only runs the loop, and is the same for all of them. Everything is drawn from one seed (the defense derives it from
+its key), so the same key and data give the same protection.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from defenses.base import TrainingSet
+
+
+class Perturbation:
+    """What min-min optimises. ``x``, ``y``, ``lengths``: a batch's clean clips, labels and real lengths; ``idx``
+    their indices in the training set."""
+
+    def variable(self, idx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """A detached copy of the part of the perturbation this batch uses (optimised for ``steps`` steps)."""
+        raise NotImplementedError
+
+    def perturbed(self, var: torch.Tensor, idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                  lengths: torch.Tensor) -> torch.Tensor:
+        """The batch as protected with ``var`` (differentiable with respect to ``var``), within the budget."""
+        raise NotImplementedError
+
+    def descend(self, var: torch.Tensor, grad: torch.Tensor, idx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One descent step of ``var`` along ``-grad``, projected back to the constraints."""
+        raise NotImplementedError
+
+    def store(self, var: torch.Tensor, idx: torch.Tensor, y: torch.Tensor) -> None:
+        """Keep the optimised ``var`` as the perturbation's current state."""
+        raise NotImplementedError
+
+    def current(self, idx, x, y, lengths) -> torch.Tensor:
+        with torch.no_grad():
+            return self.perturbed(self.variable(idx, y), idx, x, y, lengths)
+
+
+def span_mask(waveforms: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """(N, T) 1.0 on each clip's real audio, 0.0 on its zero padding (right padding, or centred when a clip has
+    samples past its length)."""
+    n, t = waveforms.shape
+    if lengths is None:
+        return torch.ones_like(waveforms)
+    length = lengths.long().clamp(0, t)
+    pos = torch.arange(t)[None, :]
+    past = ((waveforms != 0) & (pos >= length[:, None])).any(dim=1)
+    start = torch.where(past, (t - length) // 2, torch.zeros_like(length))
+    return ((pos >= start[:, None]) & (pos < (start + length)[:, None])).to(waveforms.dtype)
+
+
+def adversarial(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rho: float, steps: int,
+                gen: torch.Generator) -> torch.Tensor:
+    """A change within +-rho (L-infinity) of ``x`` that raises ``model``'s loss (PGD from a random start); the
+    robust inner step. Returned detached: it is held fixed while the perturbation descends."""
+    delta = (2 * torch.rand(x.shape, generator=gen) - 1).to(x) * rho
+    step = 2.5 * rho / steps
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model(x + delta), y)
+        (g,) = torch.autograd.grad(loss, delta)
+        delta = (delta.detach() + step * g.sign()).clamp(-rho, rho)
+    return delta.detach()
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, pert: Perturbation, data: TrainingSet, batch: int = 256) -> float:
+    """The surrogate's accuracy on the whole perturbed training set (the paper's stop rule)."""
+    model.eval()
+    correct = 0
+    for idx in torch.arange(len(data.labels)).split(batch):
+        x, y, ln = data.waveforms[idx], data.labels[idx], data.lengths[idx]
+        correct += int((model(pert.current(idx, x, y, ln)).argmax(1) == y).sum())
+    return correct / len(data.labels)
+
+
+def min_min(data: TrainingSet, pert: Perturbation, seed: int, steps: int = 10, train_batches: int = 10,
+            stop_accuracy: float = 0.99, max_rounds: int = 10, min_rounds: int = 1, rho: float = 0.0,
+            rho_steps: int = 3, batch_size: int | None = None, log: Callable[[str], None] | None = None) -> dict:
+    """Run the min-min loop (module docstring) on ``pert``; returns what happened (rounds, accuracy per round,
+    seconds, whether the stop rule was met), for the protection's record."""
+    log = log or data.log
+    n = len(data.labels)
+    bs = batch_size or data.batch_size
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = data.new_surrogate()
+    opt = torch.optim.Adam(model.parameters(), lr=data.lr, weight_decay=data.weight_decay)
+    order = torch.randperm(n, generator=gen)
+    cursor = 0
+    history = []
+    started = time.perf_counter()
+    stopped = False
+    for round_ in range(1, max_rounds + 1):
+        model.train()
+        for _ in range(train_batches):  # the surrogate learns the currently perturbed data
+            if cursor + bs > n:
+                order, cursor = torch.randperm(n, generator=gen), 0
+            idx = order[cursor:cursor + bs]
+            cursor += bs
+            x, y, ln = data.waveforms[idx], data.labels[idx], data.lengths[idx]
+            xp = pert.current(idx, x, y, ln)
+            if rho > 0:
+                xp = xp + adversarial(model, xp, y, rho, rho_steps, gen)
+            loss = F.cross_entropy(model(xp), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        for idx in torch.randperm(n, generator=gen).split(bs):  # the perturbation descends on every clip
+            x, y, ln = data.waveforms[idx], data.labels[idx], data.lengths[idx]
+            var = pert.variable(idx, y)
+            for _ in range(steps):
+                v = var.detach().requires_grad_(True)
+                xp = pert.perturbed(v, idx, x, y, ln)
+                if rho > 0:
+                    xp = xp + adversarial(model, xp.detach(), y, rho, rho_steps, gen)
+                loss = F.cross_entropy(model(xp), y)
+                (g,) = torch.autograd.grad(loss, v)
+                var = pert.descend(v.detach(), g, idx, y)
+            pert.store(var, idx, y)
+        acc = accuracy(model, pert, data)
+        history.append({"round": round_, "train_accuracy": round(acc, 4),
+                        "seconds": round(time.perf_counter() - started, 1)})
+        log(f"  min-min round {round_}: surrogate accuracy on the perturbed training clips {acc:.3f} "
+            f"({time.perf_counter() - started:.0f} s)")
+        if acc >= stop_accuracy and round_ >= min_rounds:
+            stopped = True
+            break
+    return {"rounds": history, "stop_rule_met": stopped, "seconds": round(time.perf_counter() - started, 1),
+            "surrogate": data.description, "seed_source": "key"}

@@ -1,0 +1,308 @@
+"""``em-noise`` and ``robust-em``: error-minimising noise (Huang et al., "Unlearnable Examples", ICLR 2021) and its
+robust variant (Fu et al., "Robust Unlearnable Examples", ICLR 2022), on the waveform.
+
+The noise is optimised by min-min (defenses/_minmin.py) against a surrogate: the recipe's own model on its own
+features by default (``surrogate`` changes them, e.g. ``{model: {type: lstm}}``), trained by the defense itself on the
+perturbed clips while the noise is pushed to make the surrogate's loss small. The gradient reaches the waveform
+through the recipe's differentiable front-end (torchaudio MFCC / log-mel, or the raw waveform).
+
+- ``mode``: ``sample-wise`` (default: every training clip its own noise, the paper's strongest form) or
+  ``class-wise`` (one noise pattern per class, added to every clip of the class).
+- The budget, per clip, in the data owner's terms (``snr_db`` and/or ``linf``):
+
+  * ``snr_db`` (default 30): every clip's SNR (its real audio against the noise, float64) is at least ``snr_db``.
+    Sample-wise: the noise of clip n is kept inside the L2 ball of radius ``|x_n| 10^(-snr_db/20)`` (projected after
+    every step; descent steps are normalised-gradient steps of ``step_size`` times that radius). Class-wise: the
+    class pattern (unit RMS) is scaled, clip by clip, to exactly ``snr_db``, as ``classwise-noise`` does.
+  * ``linf`` (waveform units, full scale 1.0): |noise| <= ``linf`` on every sample (clipped after the SNR scaling, so
+    both hold). With ``linf`` alone the sample-wise steps are signed-gradient steps of ``step_size * linf``.
+
+  Noise goes only into each clip's real audio, never its zero padding. Silent clips get none.
+- Stop rule (the paper's): the surrogate's accuracy on the perturbed training clips reaches ``stop_accuracy``
+  (default 0.99), checked after every round; at most ``max_rounds`` rounds (the record says whether the rule was met
+  and how long it took). ``steps`` descent steps per batch per round, ``train_batches`` surrogate batches per round.
+- ``robust-em`` is the same with ``rho`` > 0 (default 0.001, L-infinity): each batch is first moved adversarially
+  within +-``rho`` (``rho_steps`` PGD steps) before the surrogate trains on it and before the noise descends on it.
+  Fu et al. keep the adversarial radius below the noise's own (their 4/255 against 8/255): ``rho`` should be smaller
+  than the noise's typical amplitude (at 30 dB on FSDD about 0.0015 RMS).
+
+Everything random (the surrogate's weights, batch order, the start of the noise) comes from a seed derived from the
+key (HMAC, "em-noise/v1/surrogate"): the same key and data give the same noise (on the same machine and thread
+count: the optimisation is floating-point arithmetic). Only the key's fingerprint is recorded.
+
+What is recorded, and where: sample-wise noise is one tensor per training clip, stored as float16 in the run's
+``protection.pt`` (:meth:`Protection.arrays`; the values applied are exactly these float16 values), with the SHA-256
+of each clip's real samples in ``protection.json`` to find its noise again. Applied to a clip it was not optimised
+for (the test set, a new file), sample-wise noise changes nothing: it exists only for the training clips, so its
+``protected_test`` equals ``clean_test``. Class-wise noise applies to any clip of a known class. Neither can be
+applied by ``lab protect`` (the noise is optimised on the whole collection, not derived from the key file by file);
+the noise is as secret as the key: it never goes into a folder meant for publishing.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field, SecretStr, model_validator
+
+from defenses._minmin import Perturbation, min_min, span_mask
+from defenses.base import DEFENSES, Defense, Protection, TrainingSet
+from lab.config import PluginConfig
+from lab.keys import derive_seed, fingerprint, resolve_key
+
+FP16_MARGIN = 0.999  # the L2 radius used in the optimisation: float16 storage then cannot push a clip below target
+
+
+class EMNoiseConfig(PluginConfig):
+    type: Literal["em-noise"] = "em-noise"
+    key: SecretStr | None = None
+    key_file: Path | None = None
+    mode: Literal["sample-wise", "class-wise"] = "sample-wise"
+    snr_db: float | None = 30.0
+    linf: float | None = Field(None, gt=0)
+    steps: int = Field(10, ge=1)
+    step_size: float = Field(0.25, gt=0)
+    train_batches: int = Field(10, ge=1)
+    stop_accuracy: float = Field(0.99, gt=0, le=1)
+    max_rounds: int = Field(10, ge=1)
+    min_rounds: int = Field(1, ge=1)
+    rho: float = Field(0.0, ge=0)
+    rho_steps: int = Field(3, ge=1)
+    surrogate: dict = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _a_budget(self):
+        if self.snr_db is None and self.linf is None:
+            raise ValueError("give a budget: snr_db, linf, or both")
+        return self
+
+
+class RobustEMConfig(EMNoiseConfig):
+    type: Literal["robust-em"] = "robust-em"  # type: ignore[assignment]
+    rho: float = Field(0.001, gt=0)
+
+
+def clip_hash(waveform: torch.Tensor, length: int) -> str:
+    """SHA-256 of a clip's real samples (float32), which finds its sample-wise noise again."""
+    return hashlib.sha256(waveform[:length].detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()
+
+
+def snr_radius(x: torch.Tensor, snr_db: float) -> torch.Tensor:
+    """(N, 1) the largest L2 norm of noise that keeps each row's SNR >= snr_db."""
+    return (x.double().pow(2).sum(1, keepdim=True).sqrt() * 10 ** (-snr_db / 20) * FP16_MARGIN).to(x.dtype)
+
+
+class SampleNoise(Perturbation):
+    """Per-clip noise (N, T) inside each clip's budget."""
+
+    def __init__(self, data: TrainingSet, snr_db, linf, step_size, gen):
+        x = data.waveforms
+        self.mask = span_mask(x, data.lengths)
+        self.snr_db, self.linf, self.step = snr_db, linf, step_size
+        self.radius = snr_radius(x, snr_db) if snr_db is not None else None
+        start = torch.randn(x.shape, generator=gen).to(x) * self.mask
+        self.noise = self.project(start * 1e-3, torch.arange(len(x)))
+
+    def project(self, d, idx):
+        d = d * self.mask[idx]
+        if self.linf is not None:
+            d = d.clamp(-self.linf, self.linf)
+        if self.radius is not None:
+            norm = d.norm(dim=1, keepdim=True).clamp(min=1e-30)
+            d = d * (self.radius[idx] / norm).clamp(max=1.0)
+        return d
+
+    def variable(self, idx, y):
+        return self.noise[idx].clone()
+
+    def perturbed(self, var, idx, x, y, lengths):
+        return x + var
+
+    def descend(self, var, grad, idx, y):
+        if self.radius is not None:
+            g = grad * self.mask[idx]
+            step = self.step * self.radius[idx] * g / g.norm(dim=1, keepdim=True).clamp(min=1e-30)
+        else:
+            step = self.step * self.linf * grad.sign()
+        return self.project(var - step, idx)
+
+    def store(self, var, idx, y):
+        self.noise[idx] = var.detach()
+
+
+class ClassNoise(Perturbation):
+    """One unit-RMS pattern per class (C, T), scaled per clip to the SNR target (then clipped to linf)."""
+
+    def __init__(self, data: TrainingSet, snr_db, linf, step_size, gen):
+        c, t = data.num_classes, data.waveforms.shape[1]
+        self.snr_db, self.linf, self.step = snr_db, linf, step_size
+        self.mask = span_mask(data.waveforms, data.lengths)
+        self.patterns = self.normalise(torch.randn(c, t, generator=gen).to(data.waveforms))
+
+    @staticmethod
+    def normalise(p):
+        return p / p.pow(2).mean(dim=1, keepdim=True).sqrt().clamp(min=1e-30)
+
+    def variable(self, idx, y):
+        return self.patterns.clone()
+
+    def perturbed(self, var, idx, x, y, lengths):
+        return add_class_noise(x, var[y], self.mask[idx], self.snr_db, self.linf)
+
+    def descend(self, var, grad, idx, y):
+        norm = grad.norm(dim=1, keepdim=True)
+        used = norm > 0  # classes in this batch
+        step = self.step * var.norm(dim=1, keepdim=True) * grad / norm.clamp(min=1e-30)
+        return self.normalise(torch.where(used, var - step, var))
+
+    def store(self, var, idx, y):
+        self.patterns = var.detach()
+
+
+def add_class_noise(x: torch.Tensor, patterns: torch.Tensor, mask: torch.Tensor, snr_db, linf) -> torch.Tensor:
+    """``x`` plus each row's class pattern on its real audio, scaled to ``snr_db`` exactly (else left at unit RMS),
+    then clipped to ``linf``."""
+    noise = patterns * mask
+    if snr_db is not None:
+        signal = x.double().pow(2).sum(1, keepdim=True)
+        power = noise.double().pow(2).sum(1, keepdim=True)
+        gain = torch.sqrt(signal / (power.clamp(min=1e-30) * 10 ** (snr_db / 10)))
+        noise = noise * torch.where((power > 0) & (signal > 0), gain, torch.zeros_like(gain)).to(x.dtype)
+    if linf is not None:
+        noise = noise.clamp(-linf, linf)
+    return x + noise
+
+
+class EMNoiseProtection(Protection):
+    """Optimised noise and how to add it again (sample-wise: by each clip's content hash)."""
+
+    name = "em-noise"
+
+    def __init__(self, params: dict, key_fingerprint: str, sample_rate: int, num_classes: int, optimisation: dict,
+                 noise: torch.Tensor | None = None, hashes: list[str] | None = None,
+                 patterns: torch.Tensor | None = None):
+        self.params = params
+        self.key_fingerprint = key_fingerprint
+        self.sample_rate = sample_rate
+        self.num_classes = num_classes
+        self.optimisation = optimisation
+        self.noise = noise  # (N, T) float16, sample-wise
+        self.hashes = hashes
+        self.patterns = patterns  # (C, T) float32, class-wise
+        self._row = {h: i for i, h in enumerate(hashes or [])}
+
+    @property
+    def mode(self) -> str:
+        return self.params["mode"]
+
+    def apply(self, waveforms, labels, lengths=None, filter_classes=None, **ablation):
+        n, t = waveforms.shape
+        lengths = lengths if lengths is not None else torch.full((n,), t, dtype=torch.long)
+        mask = span_mask(waveforms, lengths)
+        if self.mode == "class-wise":
+            cls = (labels if filter_classes is None else filter_classes).long()
+            pat = self.patterns
+            pat = pat[:, :t] if pat.shape[1] >= t else torch.nn.functional.pad(pat, (0, t - pat.shape[1]))
+            return add_class_noise(waveforms, pat[cls].to(waveforms), mask, self.params["snr_db"],
+                                   self.params["linf"])
+        out = waveforms.clone()
+        for i in range(n):
+            row = self._row.get(clip_hash(waveforms[i], int(lengths[i])))
+            if row is None:
+                continue  # not a clip the noise was optimised for: unchanged (see the module docstring)
+            d = self.noise[row].to(waveforms.dtype)
+            if self.params["linf"] is not None:  # float16 storage may round a sample just past the bound
+                d = d.clamp(-self.params["linf"], self.params["linf"])
+            d = d[:t] if len(d) >= t else torch.nn.functional.pad(d, (0, t - len(d)))
+            out[i] = waveforms[i] + d * mask[i]
+        return out
+
+    def ablation_variants(self, waveforms, labels, lengths, sample_rate, seed=0):
+        from defenses.base import other_classes
+        out = {"clean": waveforms, "true": self.apply(waveforms, labels, lengths)}
+        if self.mode == "class-wise":  # each clip with another class's pattern: is the class read from the noise?
+            out["mixed_filters"] = self.apply(waveforms, labels, lengths,
+                                              filter_classes=other_classes(labels, self.num_classes, seed + 1))
+        return out
+
+    def arrays(self):
+        if self.mode == "class-wise":
+            return {"patterns": self.patterns}
+        return {"noise": self.noise}
+
+    def to_dict(self) -> dict:
+        out = {"defense": self.name, "params": self.params, "key_fingerprint": self.key_fingerprint,
+               "sample_rate": self.sample_rate, "num_classes": self.num_classes, "optimisation": self.optimisation,
+               "arrays": "protection.pt"}
+        if self.mode == "sample-wise":
+            out["clip_sha256"] = self.hashes
+        return out
+
+    @classmethod
+    def from_dict(cls, record: dict, arrays: dict | None = None) -> "EMNoiseProtection":
+        if not arrays:
+            raise ValueError(f"a {record['defense']} record needs its arrays (protection.pt beside protection.json)")
+        return cls(record["params"], record["key_fingerprint"], record["sample_rate"], record["num_classes"],
+                   record["optimisation"], noise=arrays.get("noise"), hashes=record.get("clip_sha256"),
+                   patterns=arrays.get("patterns"))
+
+
+class RobustEMProtection(EMNoiseProtection):
+    name = "robust-em"
+
+
+@DEFENSES.register("em-noise")
+class EMNoise(Defense):
+    """Error-minimising noise (sample- or class-wise), optimised on a surrogate within a per-clip budget."""
+
+    Config = EMNoiseConfig
+    needs_training_set = True
+    takes_snr = True
+    record_type = EMNoiseProtection
+
+    def _key(self) -> str:
+        return resolve_key(self.config.key, self.config.key_file)
+
+    def surrogate_seed(self) -> int:
+        return derive_seed(self._key(), "em-noise/v1/surrogate", 0) % (2 ** 31)
+
+    def surrogate_overrides(self) -> dict:
+        return dict(self.config.surrogate)
+
+    def derive(self, num_classes, sample_rate):
+        raise ValueError(f"defense {self.config.type!r} is optimised on the training data: it is derived by the "
+                         f"lab from a recipe (lab run, lab attack), not from the key alone")
+
+    def derive_from(self, data: TrainingSet) -> EMNoiseProtection:
+        cfg: EMNoiseConfig = self.config
+        key = self._key()
+        seed = self.surrogate_seed()
+        gen = torch.Generator().manual_seed(seed)
+        kind = SampleNoise if cfg.mode == "sample-wise" else ClassNoise
+        pert = kind(data, cfg.snr_db, cfg.linf, cfg.step_size, gen)
+        data.log(f"{cfg.type}: optimising {cfg.mode} noise on {len(data.labels)} clips against a "
+                 f"{data.description} surrogate (budget: "
+                 f"{'SNR >= %g dB' % cfg.snr_db if cfg.snr_db is not None else ''}"
+                 f"{', ' if cfg.snr_db is not None and cfg.linf is not None else ''}"
+                 f"{'|noise| <= %g' % cfg.linf if cfg.linf is not None else ''})")
+        record = min_min(data, pert, seed, steps=cfg.steps, train_batches=cfg.train_batches,
+                         stop_accuracy=cfg.stop_accuracy, max_rounds=cfg.max_rounds, min_rounds=cfg.min_rounds,
+                         rho=cfg.rho, rho_steps=cfg.rho_steps)
+        params = cfg.model_dump(exclude={"key", "key_file", "type"}, mode="json")
+        if cfg.mode == "class-wise":
+            return self.record_type(params, fingerprint(key), data.sample_rate, data.num_classes, record,
+                                    patterns=pert.patterns.float())
+        hashes = [clip_hash(w, int(n)) for w, n in zip(data.waveforms, data.lengths)]
+        noise = pert.noise.to(torch.float16)
+        return self.record_type(params, fingerprint(key), data.sample_rate, data.num_classes, record,
+                                noise=noise, hashes=hashes)
+
+
+@DEFENSES.register("robust-em")
+class RobustEM(EMNoise):
+    """Robust error-minimising noise: min-min with an adversarial inner step of radius ``rho``."""
+
+    Config = RobustEMConfig
+    record_type = RobustEMProtection

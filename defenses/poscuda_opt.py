@@ -1,0 +1,164 @@
+"""``poscuda-opt``: PosCUDA with its class filters chosen by error minimisation instead of at random.
+
+Everything PosCUDA fixes stays fixed: the key-derived class positions (exactly PosCUDA's, from the same key and
+position parameters), the patch length, the filter length k, the taps' range [0, ``blur``] and, with ``one_tap``,
+the one tap PosCUDA sets to 1.0 (it stays 1.0, so the patch keeps the original sound). Only the other taps move:
+starting from PosCUDA's own random draw, they are optimised by min-min (defenses/_minmin.py) so that a surrogate
+(the recipe's model and features by default; ``surrogate`` changes them) finds the class in the blurred patch as
+easily as possible: signed-gradient steps of ``step_size * blur`` on the surrogate's loss, clamped back into
+[0, ``blur``] after every step. The question it answers: does an OPTIMISED positional blur become unlearnable at a
+quality the random blurs cannot reach?
+
+The budget (optional): ``snr_db`` and/or ``linf`` limit each clip's change as the ``budget`` defense does (the
+change is scaled down clip by clip until SNR >= ``snr_db``; clipped to +-``linf``), inside the optimisation as well,
+so the filters are optimised for what is actually applied. Without them the blur is PosCUDA's, unlimited.
+
+Limits of this first version (refused at the door): ``filter_norm`` must be ``none`` (a normalised filter would move
+the constraint set under the optimiser) and ``repeat_seconds`` off. The positions are not optimised.
+
+Everything random (the starting filters: PosCUDA's; the surrogate's weights and batches) comes from the key. The
+record is PosCUDA's (positions, optimised filters) plus the budget and the optimisation's history; it is as secret
+as the key. It is not applied by ``lab protect``: the filters are optimised on the collection, not derived from the
+key file by file.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from defenses._minmin import Perturbation, min_min
+from defenses.base import DEFENSES, Defense, TrainingSet
+from defenses.budget import limit_change
+from defenses.poscuda import PosCUDA, PosCUDAConfig, PosCUDAProtection, check_patches_fit, convolve_patches
+from lab.keys import derive_seed, fingerprint, resolve_key
+
+OPTIMISATION_FIELDS = ("steps", "step_size", "train_batches", "stop_accuracy", "max_rounds", "min_rounds", "rho",
+                       "rho_steps", "surrogate", "snr_db", "linf")
+
+
+class PosCUDAOptConfig(PosCUDAConfig):
+    type: Literal["poscuda-opt"] = "poscuda-opt"  # type: ignore[assignment]
+    snr_db: float | None = None
+    linf: float | None = Field(None, gt=0)
+    steps: int = Field(5, ge=1)
+    step_size: float = Field(0.1, gt=0)
+    train_batches: int = Field(10, ge=1)
+    stop_accuracy: float = Field(0.99, gt=0, le=1)
+    max_rounds: int = Field(10, ge=1)
+    min_rounds: int = Field(1, ge=1)
+    rho: float = Field(0.0, ge=0)
+    rho_steps: int = Field(3, ge=1)
+    surrogate: dict = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _optimisable(self):
+        if self.filter_norm != "none":
+            raise ValueError("filter_norm must be 'none' for poscuda-opt (a normalised filter moves the taps' "
+                             "range under the optimiser)")
+        if self.repeat_seconds is not None:
+            raise ValueError("repeat_seconds is not supported by poscuda-opt yet; leave it off")
+        return self
+
+
+class PosCUDAOptProtection(PosCUDAProtection):
+    """PosCUDA's positions with optimised filters, and the per-clip budget."""
+
+    name = "poscuda-opt"
+    file_by_file = False  # the filters are optimised on the data: lab protect cannot derive them from the key
+
+    def __init__(self, params, key_fingerprint, sample_rate, positions, filters, optimisation: dict | None = None):
+        super().__init__(params, key_fingerprint, sample_rate, positions, filters)
+        self.optimisation = optimisation or {}
+
+    def apply(self, waveforms, labels, lengths=None, **ablation):
+        out = super().apply(waveforms, labels, lengths, **ablation)
+        return limit_change(waveforms, out, self.params.get("snr_db"), self.params.get("linf"))
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "optimisation": self.optimisation}
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "PosCUDAOptProtection":
+        return cls(record["params"], record["key_fingerprint"], record["sample_rate"],
+                   torch.tensor(record["positions"], dtype=torch.float64),
+                   torch.tensor(record["filters"], dtype=torch.float32), record.get("optimisation"))
+
+
+class ClassFilters(Perturbation):
+    """The class filters (C, P, k) of a PosCUDA protection, within [0, blur], the one-tap fixed at 1."""
+
+    def __init__(self, start: PosCUDAProtection, cfg: PosCUDAOptConfig):
+        self.prot = start
+        self.filters = start.filters.clone()
+        self.fixed = (self.filters == 1.0) if cfg.one_tap else torch.zeros_like(self.filters, dtype=torch.bool)
+        self.blur, self.step = cfg.blur, cfg.step_size
+        self.snr_db, self.linf = cfg.snr_db, cfg.linf
+        self.clip = cfg.output == "clip"
+        self.normalize = cfg.output == "normalize"
+
+    def variable(self, idx, y):
+        return self.filters.clone()
+
+    def perturbed(self, var, idx, x, y, lengths):
+        starts = self.prot.starts(y.long(), x.shape[1], lengths)
+        out = convolve_patches(x, starts, var[y.long()], self.prot.patch_len, clip=self.clip)
+        if self.normalize:
+            peak = out.abs().amax(dim=1, keepdim=True)
+            out = torch.where(peak > 1.0, out / peak, out)
+        return limit_change(x, out, self.snr_db, self.linf)
+
+    def descend(self, var, grad, idx, y):
+        moved = (var - self.step * self.blur * grad.sign()).clamp(0.0, self.blur)
+        return torch.where(self.fixed, torch.ones_like(moved), moved)
+
+    def store(self, var, idx, y):
+        self.filters = var.detach()
+
+
+@DEFENSES.register("poscuda-opt")
+class PosCUDAOpt(Defense):
+    """PosCUDA with error-minimising class filters (positions and constraints as PosCUDA's)."""
+
+    Config = PosCUDAOptConfig
+    needs_training_set = True
+    takes_snr = True
+
+    @classmethod
+    def check_fits(cls, config, clip_seconds):
+        check_patches_fit(config, clip_seconds)
+
+    def _key(self) -> str:
+        return resolve_key(self.config.key, self.config.key_file)
+
+    def surrogate_seed(self) -> int:
+        return derive_seed(self._key(), "poscuda-opt/v1/surrogate", 0) % (2 ** 31)
+
+    def surrogate_overrides(self) -> dict:
+        return dict(self.config.surrogate)
+
+    def random_start(self, num_classes: int, sample_rate: int) -> PosCUDAProtection:
+        """PosCUDA's own protection from the same key and parameters: where the optimisation starts."""
+        cfg = self.config.model_dump(exclude={"type", *OPTIMISATION_FIELDS})
+        cfg["key"] = self.config.key.get_secret_value() if self.config.key is not None else None
+        return PosCUDA(PosCUDAConfig.model_validate(cfg)).derive(num_classes, sample_rate)
+
+    def derive(self, num_classes, sample_rate):
+        raise ValueError("defense 'poscuda-opt' is optimised on the training data: it is derived by the lab from a "
+                         "recipe (lab run, lab attack), not from the key alone")
+
+    def derive_from(self, data: TrainingSet) -> PosCUDAOptProtection:
+        cfg: PosCUDAOptConfig = self.config
+        start = self.random_start(data.num_classes, data.sample_rate)
+        pert = ClassFilters(start, cfg)
+        data.log(f"poscuda-opt: optimising {data.num_classes} class filters ({cfg.filter_length} taps in "
+                 f"[0, {cfg.blur}]) against a {data.description} surrogate"
+                 + (f", budget SNR >= {cfg.snr_db} dB" if cfg.snr_db is not None else ""))
+        seed = self.surrogate_seed()
+        record = min_min(data, pert, seed, steps=cfg.steps, train_batches=cfg.train_batches,
+                         stop_accuracy=cfg.stop_accuracy, max_rounds=cfg.max_rounds, min_rounds=cfg.min_rounds,
+                         rho=cfg.rho, rho_steps=cfg.rho_steps)
+        params = cfg.model_dump(exclude={"key", "key_file", "type"}, mode="json")
+        return PosCUDAOptProtection(params, fingerprint(self._key()), data.sample_rate, start.positions,
+                                    pert.filters.float(), record)

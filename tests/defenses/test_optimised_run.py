@@ -1,0 +1,84 @@
+"""The optimised defenses through the lab's own path on the real FSDD copy: the spine hands them the clean training
+clips and surrogates of the recipe's model (or another named one), lab run keeps the record and its arrays, and a
+finished run's protection is re-applied exactly from them (no key needed, none written)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lab.cli import app
+from lab.recipe import load_recipe
+from lab.rundir import load_run
+from lab.spine import ExperimentData, surrogate_recipe
+
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "fsdd_cnn.yaml"
+KEY = "optimised-run-key-4321"
+SMALL = ["data.max_train_per_class=12", "data.max_test_per_class=4", "train.epochs=1", "seeds=[0]",
+         "train.num_threads=1"]
+
+
+def small(fsdd_dir, defense: str, *more: str):
+    return load_recipe(RECIPE, [f"data.root={fsdd_dir}", f"defense={defense}", *SMALL, *more])
+
+
+@pytest.mark.parametrize("defense", [
+    f"{{type: em-noise, key: {KEY}, mode: sample-wise, max_rounds: 1, snr_db: 30}}",
+    f"{{type: em-noise, key: {KEY}, mode: class-wise, max_rounds: 1, snr_db: 20}}",
+    f"{{type: poscuda-opt, key: {KEY}, max_rounds: 1, snr_db: 30}}",
+    f"{{type: budget, snr_db: 30, inner: {{type: em-noise, key: {KEY}, max_rounds: 1, snr_db: 25}}}}"])
+def test_lab_run_keeps_an_optimised_protection_that_reapplies_exactly(fsdd_dir, tmp_path, defense):
+    result = CliRunner().invoke(app, ["run", str(RECIPE), "--out", str(tmp_path), "--set", f"data.root={fsdd_dir}",
+                                      "--set", f"defense={defense}", *sum((["--set", s] for s in SMALL), [])])
+    assert result.exit_code == 0, result.output
+    assert "min-min round 1" in result.output
+    (run_dir,) = (tmp_path / "fsdd_cnn").iterdir()
+    record = json.loads((run_dir / "protection.json").read_text())
+    assert record["optimisation"]["rounds"] if "optimisation" in record else record["inner"]["optimisation"]
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), f"the key is in {path}"
+    run = load_run(run_dir)
+    fresh = ExperimentData(run.recipe, log=lambda s: None)  # the recipe's data, not re-optimised: re-applied
+    again = ExperimentData.from_run(run, log=lambda s: None)
+    assert torch.equal(again.protected_train.waveforms,
+                       run.protection.apply(fresh.clean_train.waveforms, fresh.clean_train.labels,
+                                            fresh.clean_train.lengths))
+    assert not torch.equal(again.protected_train.waveforms, again.clean_train.waveforms)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["quality"]["protected_train_vs_clean"]["snr_db_worst5"] >= (20 if "20" in defense else 30) - 0.01
+
+
+def test_the_spine_optimises_once_and_sample_wise_noise_leaves_the_test_set_clean(fsdd_dir):
+    data = ExperimentData(small(fsdd_dir, f"{{type: em-noise, key: {KEY}, max_rounds: 1}}"), log=lambda s: None)
+    prot = data.protection
+    assert data.protection is prot
+    assert torch.equal(data.protected_test.waveforms, data.clean_test.waveforms)
+    assert len(prot.hashes) == len(data.train.labels)
+
+
+def test_the_surrogate_can_be_another_model_and_features(fsdd_dir):
+    said = []
+    rec = small(fsdd_dir, f"{{type: em-noise, key: {KEY}, max_rounds: 1, surrogate: {{model: {{type: lstm}}, "
+                          f"features: {{type: logmel}}}}}}")
+    data = ExperimentData(rec, log=said.append)
+    assert data.protection.optimisation["surrogate"] == "lstm on logmel"
+    assert any("lstm on logmel surrogate" in s for s in said)
+    sur = surrogate_recipe(rec, {"train": {"lr": 0.01}})
+    assert sur.train.lr == 0.01 and sur.model == rec.model
+
+
+def test_a_surrogate_section_that_is_not_allowed_is_refused(fsdd_dir):
+    from lab.errors import LabError
+    with pytest.raises(LabError, match="not a section a surrogate may change"):
+        surrogate_recipe(small(fsdd_dir, "{type: poscuda, key: abcdefghij}"), {"data": {"sample_rate": 16000}})
+
+
+def test_lab_list_shows_the_new_defenses():
+    result = CliRunner().invoke(app, ["list"])
+    assert result.exit_code == 0
+    for name in ("em-noise", "robust-em", "poscuda-opt", "budget"):
+        assert name in result.output
