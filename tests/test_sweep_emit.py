@@ -101,3 +101,32 @@ def test_an_emitted_cell_run_with_lab_run_gives_the_sweeps_numbers(fsdd_dir, tmp
     assert numbers(ran) == numbers(swept) and numbers(ran)
     other = tmp_path / "sweep" / cell_id(written[0][0], [0]) / "results.json"
     assert numbers(other) != numbers(swept)  # the cells differ, so the comparison could fail
+
+
+def test_the_array_script_runs_its_cell_and_skips_a_finished_one(tmp_path):
+    import os
+    import subprocess
+    shared = tmp_path / "shared"
+    emit_cells(RECIPE, {"defense.blur": [0.1, 0.3]}, shared / "cells", [0])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(SHARED=str(shared), LAB_DATA_DIR=str(tmp_path), LAB="echo", SLURM_CPUS_PER_TASK="3")
+
+    def task(n: int) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(REPO / "docs" / "sweep_array.sbatch"), "--set", "train.epochs=1"],
+                              env={**env, "SLURM_ARRAY_TASK_ID": str(n)}, capture_output=True, text=True, timeout=30)
+
+    ran = task(1)  # LAB=echo prints the lab run command the task would run
+    assert ran.returncode == 0, ran.stderr
+    assert (f"run {shared / 'cells' / 'cell-001.yaml'} --out {shared / 'runs'} --set train.num_threads=3 "
+            "--set train.progress=false --set train.epochs=1") in ran.stdout
+    run_dir = shared / "runs" / "fsdd_cnn-cell-001" / "20260101-000000"
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.json").write_text("{}")
+    (run_dir / "INCOMPLETE").write_text("interrupted")
+    assert "run " in task(1).stdout  # an interrupted run does not count: the cell runs again
+    (run_dir / "INCOMPLETE").unlink()
+    again = task(1)
+    assert again.returncode == 0 and "cell 1 finished earlier" in again.stdout and "run " not in again.stdout
+    assert "cell-000.yaml" in task(0).stdout  # the other cell is not taken for finished
+    missing = task(2)
+    assert missing.returncode == 1 and "no cell 2" in missing.stderr
