@@ -4,6 +4,9 @@ Each cell is a folder ``cell-<hash>`` holding ``cell.json`` (its overrides) and,
 Running the same sweep again skips finished cells (a results.json and no INCOMPLETE marker) and redoes an
 interrupted or failed one. Cells that differ only in their
 defense share each seed's clean-trained model (trained once per sweep process).
+
+:func:`emit_cells` (``lab sweep --emit DIR``) trains nothing: it writes each cell's resolved recipe as its own file,
+for running the cells elsewhere as separate ``lab run`` commands (a cluster job array: docs/cluster.md).
 """
 from __future__ import annotations
 
@@ -17,9 +20,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+from pydantic import SecretStr
 
+from lab.config import PluginConfig
 from lab.errors import LabError
-from lab.recipe import Recipe, load_recipe
+from lab.recipe import Recipe, parse_override, read_recipe_data, recipe_from_dict, set_path
 from lab.rundir import is_finished
 
 
@@ -93,6 +98,65 @@ def _run_cell(recipe: Recipe, recipe_path: str, folder: str, label: str) -> str:
     return folder
 
 
+def plan_cells(recipe_path: Path, grid: dict[str, list[Any]], seeds: list[int] | None = None,
+               overrides: list[str] | None = None, machine: bool = True) -> list[tuple[dict, Recipe]]:
+    """Every cell of the grid with its validated recipe (the base recipe, ``overrides``, ``seeds``, then the cell's
+    values), in the grid's order; a mistake in any cell fails before any work. ``machine``: also check the train
+    section against this machine (off for :func:`emit_cells`: the cells may run on other machines)."""
+    base = list(overrides or [])
+    if seeds:
+        base.append(f"seeds={json.dumps(seeds)}")
+    planned = []
+    for cell in cells(grid):
+        data = read_recipe_data(Path(recipe_path))
+        for item in base + [f"{k}={json.dumps(v)}" for k, v in cell.items()]:
+            set_path(data, *parse_override(item))
+        planned.append((cell, recipe_from_dict(data, str(recipe_path), machine=machine)))
+    return planned
+
+
+def resolved_dict(recipe: Recipe) -> dict:
+    """The whole recipe as a recipe file holds it, every default filled in and the defense's secret fields (an
+    inline key) KEPT: what ``lab run`` needs to run exactly this recipe again. (``Recipe.public_dict``, what run
+    folders get, redacts the key instead; a file from this is as private as a recipe with an inline key.)"""
+    out = recipe.model_dump(mode="json")
+    for section in ("model", "defense"):
+        cfg = getattr(recipe, section)
+        if isinstance(cfg, PluginConfig):
+            out[section] = cfg.model_dump(mode="json")
+            for name in type(cfg).model_fields:
+                value = getattr(cfg, name)
+                if isinstance(value, SecretStr):
+                    out[section][name] = value.get_secret_value()
+    return out
+
+
+def emit_cells(recipe_path: Path, grid: dict[str, list[Any]], out: Path, seeds: list[int] | None = None,
+               overrides: list[str] | None = None) -> list[tuple[dict, Path]]:
+    """Write every cell's resolved recipe to ``out/cell-NNN.yaml`` (N: the cell's index, from 000, in the grid's
+    order) and their absolute paths, one a line in that order, to ``out/cells.txt``; train nothing. Each file runs
+    as ``lab run out/cell-NNN.yaml``: the cell's recipe exactly, but named ``<recipe>-cell-NNN`` (so its run folder
+    and its rows in ``lab report`` are told apart; a name changes nothing else). Returns (cell, path) per cell."""
+    planned = plan_cells(recipe_path, grid, seeds, overrides, machine=False)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, (cell, recipe) in enumerate(planned):
+        label = ", ".join(f"{k}={json.dumps(v)}" for k, v in cell.items())
+        data = resolved_dict(recipe)
+        data["name"] = f"{recipe.name}-cell-{i:03d}"
+        data["description"] = (f"lab sweep cell {i:03d} of {recipe_path}: {label}" +
+                               (f". {recipe.description.strip()}" if recipe.description.strip() else ""))
+        path = (out / f"cell-{i:03d}.yaml").resolve()
+        header = (f"# Cell {i:03d} of {len(planned)} of a sweep of {recipe_path} ({label}); written by lab sweep "
+                  f"--emit.\n# Run: lab run {path} [--out DIR]. In a lab sweep folder this cell is "
+                  f"{cell_id(cell, list(recipe.seeds))}.\n"
+                  "# It holds the recipe's key if the recipe has an inline one: keep it as private as the key.\n")
+        path.write_text(header + yaml.safe_dump(data, sort_keys=False))
+        written.append((cell, path))
+    (out / "cells.txt").write_text("".join(f"{p}\n" for _, p in written))
+    return written
+
+
 def run_sweep(recipe_path: Path, grid: dict[str, list[Any]], out: Path, seeds: list[int] | None = None,
               overrides: list[str] | None = None, log: Callable[[str], None] = print, jobs: int = 1) -> list[dict]:
     """Run every cell not yet finished; return one summary row per cell (finished before or now).
@@ -105,14 +169,7 @@ def run_sweep(recipe_path: Path, grid: dict[str, list[Any]], out: Path, seeds: l
 
     if jobs < 1:
         raise LabError(f"--jobs {jobs}: expected a number of parallel cells >= 1")
-    base_overrides = list(overrides or [])
-    if seeds:
-        base_overrides.append(f"seeds={json.dumps(seeds)}")
-    # validate every cell before any work
-    planned: list[tuple[dict, Recipe]] = []
-    for cell in cells(grid):
-        cell_overrides = base_overrides + [f"{k}={json.dumps(v)}" for k, v in cell.items()]
-        planned.append((cell, load_recipe(recipe_path, cell_overrides)))
+    planned = plan_cells(recipe_path, grid, seeds, overrides)  # every cell validated before any work
     if jobs > 1:
         threads = threads_per_job(jobs, planned[0][1].train.num_threads, log)
         planned = [(cell, rec.model_copy(update={"train": rec.train.model_copy(update={"num_threads": threads})}))

@@ -21,14 +21,29 @@ def sweep(
                                        "command again to resume: finished cells are skipped."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Cells run at once, each in its own process with its share of "
                              "the cores (threads x jobs <= cores); the same numbers as one at a time."),
+    emit: Optional[Path] = typer.Option(None, "--emit", help="Train nothing: write each cell's resolved recipe to "
+                                        "DIR/cell-000.yaml, ... and their paths, one a line, to DIR/cells.txt, to "
+                                        "run each cell as its own `lab run` (e.g. a cluster job array, "
+                                        "docs/cluster.md). A recipe's inline key is copied into them."),
 ):
     """Run every combination of the grid values (each over the seeds) and write frontier.csv and frontier.png:
     the protected model's clean-test accuracy against the quality cost (FAD when the runs have it, else SNR), per
     architecture and feature, with the Pareto front marked."""
-    from lab.sweep import parse_grid, run_sweep
+    from lab.sweep import emit_cells, parse_grid, run_sweep
     parsed = parse_grid(grid)
-    out = out or Path("runs") / "sweeps" / recipe.stem
     seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    if emit is not None:
+        written = emit_cells(recipe, parsed, emit, seed_list, list(set_ or []))
+        table = Table(title=f"sweep {recipe}: {len(written)} cell recipes written, nothing trained")
+        for col in ["#", "recipe file", *parsed]:
+            table.add_column(col.split(".")[-1])
+        for i, (cell, path) in enumerate(written):
+            table.add_row(str(i), str(path), *(str(cell[k]) for k in parsed))
+        console.print(table)
+        console.print(f"list: {emit}/cells.txt (line N+1 is cell N; a job array: --array=0-{len(written) - 1}). "
+                      f"Run one: lab run {written[0][1]}", highlight=False, soft_wrap=True)
+        return
+    out = out or Path("runs") / "sweeps" / recipe.stem
     rows = run_sweep(recipe, parsed, out, seed_list, list(set_ or []), log=log, jobs=jobs)
     table = Table(title=f"sweep {recipe} ({len(rows)} cells)")
     for col in [*parsed, "prot→clean acc", "clean→clean acc", "SNR dB", "FAD", "Pareto"]:
