@@ -131,6 +131,10 @@ def resolved_dict(recipe: Recipe) -> dict:
     return out
 
 
+def has_inline_key(recipe: Recipe) -> bool:
+    return any(isinstance(getattr(recipe.defense, n, None), SecretStr) for n in type(recipe.defense).model_fields)
+
+
 def emit_cells(recipe_path: Path, grid: dict[str, list[Any]], out: Path, seeds: list[int] | None = None,
                overrides: list[str] | None = None) -> list[tuple[dict, Path]]:
     """Write every cell's resolved recipe to ``out/cell-NNN.yaml`` (N: the cell's index, from 000, in the grid's
@@ -151,7 +155,13 @@ def emit_cells(recipe_path: Path, grid: dict[str, list[Any]], out: Path, seeds: 
                   f"--emit.\n# Run: lab run {path} [--out DIR]. In a lab sweep folder this cell is "
                   f"{cell_id(cell, list(recipe.seeds))}.\n"
                   "# It holds the recipe's key if the recipe has an inline one: keep it as private as the key.\n")
-        path.write_text(header + yaml.safe_dump(data, sort_keys=False))
+        text = header + yaml.safe_dump(data, sort_keys=False)
+        if path.exists():
+            path.unlink()
+        # a file holding an inline key is made readable by its owner only, from its first byte
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if has_inline_key(recipe) else 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
         written.append((cell, path))
     (out / "cells.txt").write_text("".join(f"{p}\n" for _, p in written))
     return written

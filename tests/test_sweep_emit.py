@@ -48,6 +48,7 @@ def test_emit_writes_each_cells_resolved_recipe_and_trains_nothing(tmp_path, mon
         assert (got.defense.blur, got.defense.patch_seconds) == (cell["defense.blur"], cell["defense.patch_seconds"])
         assert got.seeds == [3, 4] and got.train.epochs == 2 and got.data.max_train_per_class == 7
         assert got.defense.key.get_secret_value() == "lab-demo-key-not-secret"  # runnable: the key is not redacted
+        assert Path(path).stat().st_mode & 0o777 == 0o600, "a file with an inline key is its owner's only"
         assert got.name == f"fsdd_cnn-cell-{i:03d}"
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["cell-000.yaml", "cell-001.yaml", "cell-002.yaml",
                                                             "cell-003.yaml", "cells", "cells.txt"]
@@ -62,6 +63,7 @@ def test_emit_keeps_a_key_file_and_leaves_the_machine_check_to_the_run(tmp_path)
     [(_, path)] = emit_cells(recipe, {"defense.blur": [0.2]}, tmp_path / "cells", None, gpu)
     text = path.read_text()
     assert f"key_file: {key}" in text and "a-private-key" not in text and "key: null" in text
+    assert path.stat().st_mode & 0o777 == 0o644  # no key in it: an ordinary file
     if gpu:
         with pytest.raises(LabError, match="not available on this machine"):
             load_recipe(path)  # `lab run` on a machine without the GPU refuses it, at the door
