@@ -104,8 +104,12 @@ def attack(
         log(f"noise baselines at the recipe's {rec.defense.type} SNR: {snr:.2f} dB")
     dcfgs = attacking.defense_configs(rec, defense_names, snr)
     recipes = [attacking.with_defense(rec, d) for d in dcfgs]  # each must fit the recipe, before any training
-    for d in dcfgs:
-        build_defense(d).derive(2, rec.data.sample_rate)  # a missing key or key file fails here, not mid-matrix
+    for d in dcfgs:  # a missing key or key file fails here, not mid-matrix
+        built = build_defense(d)
+        if built.needs_training_set:
+            built.surrogate_seed()  # derived from the key (an optimised defense is derived on the data later)
+        else:
+            built.derive(2, rec.data.sample_rate)
     console.print(f"[bold]lab attack[/bold] {type_} on {recipe}: {rec.model.type} on {rec.features.type}, "
                   f"defenses {', '.join(defense_names)}, attacks {', '.join(names)}, seeds {rec.seeds}, "
                   f"{rec.train.epochs} epochs")

@@ -240,3 +240,20 @@ def test_the_matrix_resumes_from_its_cells_and_two_jobs_give_the_same_numbers(fs
     (run3,) = list((tmp_path / "two" / "fsdd_cnn").glob("attack-codec-*"))
     acc = [json.loads((r / "results.json").read_text())["accuracy"] for r in (run1, run2, run3)]
     assert acc[0] == acc[1] == acc[2]
+
+
+def test_lab_attack_takes_an_optimised_defense_as_a_column(fsdd_dir, tmp_path):
+    """em-noise is derived on the data (not from the key alone): lab attack checks its key at the door and
+    optimises it when its column is built; noise at the recipe's SNR like the other noise baselines."""
+    recipe = REPO / "recipes" / "fsdd_cnn.yaml"
+    proc = lab("attack", str(recipe), "--type", "augment", "--defenses", "none,em-noise", *TINY,
+               "--set", "train.num_threads=1", "--out", str(tmp_path), env_root=fsdd_dir.parent)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = list(tmp_path.glob("fsdd_cnn/attack-augment-*"))
+    results = json.loads((run / "results.json").read_text())
+    assert results["defenses"] == ["none", "em-noise"]
+    assert len(results["accuracy"]["em-noise"]["augment"]["values"]) == 1
+    bad = lab("attack", str(recipe), "--type", "augment", "--defenses", "em-noise", *TINY, "--set",
+              "defense.key=short", "--out", str(tmp_path / "bad"), env_root=fsdd_dir.parent)
+    assert bad.returncode != 0 and "too short" in (bad.stdout + bad.stderr)
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").rglob("results.json"))
