@@ -119,6 +119,7 @@ class Budget(Defense):
         super().__init__(config)
         self.inner = DEFENSES.get(config.inner.type)(config.inner)
         self.needs_training_set = self.inner.needs_training_set  # as the inner defense
+        self.cache_sources = (type(self.inner),)  # an optimised inner defense's code versions a cached protection
 
     @classmethod
     def check_fits(cls, config, clip_seconds):

@@ -124,6 +124,7 @@ class PosCUDAOpt(Defense):
     Config = PosCUDAOptConfig
     needs_training_set = True
     takes_snr = True
+    cache_sources = (convolve_patches, limit_change)  # code whose change makes a cached protection outdated
 
     @classmethod
     def check_fits(cls, config, clip_seconds):

@@ -13,8 +13,10 @@ protects the training split, one that needs only the training split (``lab requa
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -174,7 +176,75 @@ def derive_protection(recipe: Recipe, train: Clips, num_classes: int,
     defense = build_defense(recipe.defense)
     if not defense.needs_training_set:
         return defense.derive(num_classes, recipe.data.sample_rate)
-    return defense.derive_from(training_set(recipe, defense, train, num_classes, log))
+    path = optimised_cache_path(recipe, defense, train, num_classes)
+    if path is not None and path.is_file():
+        try:
+            saved = torch.load(path, weights_only=True)
+            prot = Protection.from_dict(json.loads(saved["record"]), saved["arrays"] or None)
+            log(f"{recipe.defense.type}: the protection optimised earlier on these clips with this configuration "
+                f"and surrogate, reused from {path.parent}")
+            return prot
+        except Exception as e:  # a damaged or outdated cache file is optimised again
+            log(f"{recipe.defense.type}: could not reuse {path} ({type(e).__name__}); optimising again")
+    prot = defense.derive_from(training_set(recipe, defense, train, num_classes, log))
+    if path is not None:
+        save_private(path, {"record": json.dumps(prot.to_dict()), "arrays": prot.arrays()})
+    return prot
+
+
+def optimised_cache_path(recipe: Recipe, defense: Defense, train: Clips, num_classes: int) -> Path | None:
+    """Where an optimised protection is kept for reuse (``$LAB_CACHE_DIR``/protections, default
+    ~/.cache/lab/protections; ``LAB_PROTECTION_CACHE=off`` turns it off): a file named by a hash of everything the
+    optimisation depends on: the defense's configuration and a seed derived from its key (never the key), the
+    surrogate recipe, the training clips' content, and the source code of the defense and of the min-min loop (a
+    changed optimiser never reuses an old result). Sweep cells, attack-matrix columns and transfer runs that differ
+    only in the model being trained then share one optimisation. The files are as secret as the key (mode 0600)."""
+    import hashlib
+    import inspect
+    import os
+    if os.environ.get("LAB_PROTECTION_CACHE", "").lower() in ("off", "0", "no", "false"):
+        return None
+    from lab.data.fsdd import cache_dir
+    from lab.features import tensor_hash
+    sur = surrogate_recipe(recipe, defense.surrogate_overrides()).public_dict()
+    for field in ("defense", "name", "description", "output_dir", "seeds", "evaluation"):
+        sur.pop(field, None)
+    sur.get("train", {}).pop("num_threads", None)
+    sur.get("train", {}).pop("progress", None)
+    sur.get("train", {}).pop("epochs", None)
+    sources = []
+    for obj in (type(defense), *getattr(defense, "cache_sources", ())):
+        try:
+            sources.append(inspect.getsource(inspect.getmodule(obj)))
+        except (OSError, TypeError):
+            return None  # no source to tell versions apart: do not cache
+    from defenses import _minmin
+    sources.append(inspect.getsource(_minmin))
+    config = recipe.defense.model_dump(mode="json", exclude={"key", "key_file"})
+    for block in (config, config.get("inner") if isinstance(config.get("inner"), dict) else {}):
+        for field in ("key", "key_file", "surrogate"):  # the resolved surrogate recipe is hashed below
+            block.pop(field, None)
+    described = {"defense": config,
+                 "key_seed": defense.surrogate_seed(), "surrogate": sur, "classes": num_classes,
+                 "clips": [tensor_hash(train.waveforms), tensor_hash(train.labels), tensor_hash(train.lengths)],
+                 "code": hashlib.sha256("\n".join(sources).encode()).hexdigest()}
+    name = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return cache_dir() / "protections" / f"{recipe.defense.type}-{name}.pt"
+
+
+def save_private(path: Path, obj) -> None:
+    """``torch.save`` to ``path`` atomically, readable by its owner only from the first byte (folder 0700)."""
+    import os
+    import tempfile
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")  # mkstemp: mode 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def surrogate_recipe(recipe: Recipe, overrides: dict) -> Recipe:

@@ -11,6 +11,9 @@ import soundfile as sf
 
 REPO = Path(__file__).resolve().parent.parent
 
+# optimised protections are not cached across tests (a test that checks the cache turns it on in a temporary folder)
+os.environ.setdefault("LAB_PROTECTION_CACHE", "off")
+
 
 def fsdd_root() -> Path:
     return Path(os.environ.get("LAB_TEST_FSDD", REPO.parent / "shared" / "data" / "fsdd"))

@@ -82,3 +82,28 @@ def test_lab_list_shows_the_new_defenses():
     assert result.exit_code == 0
     for name in ("em-noise", "robust-em", "poscuda-opt", "budget"):
         assert name in result.output
+
+
+def test_an_optimised_protection_is_cached_privately_and_reused(fsdd_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_PROTECTION_CACHE", "on")
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "cache"))
+    spec = f"{{type: em-noise, key: {KEY}, mode: class-wise, max_rounds: 1}}"
+    said = []
+    first = ExperimentData(small(fsdd_dir, spec), log=said.append).protection
+    (cached,) = (tmp_path / "cache" / "protections").glob("em-noise-*.pt")
+    assert cached.stat().st_mode & 0o777 == 0o600 and (cached.parent.stat().st_mode & 0o777) == 0o700
+    assert KEY.encode() not in cached.read_bytes()
+    said.clear()
+    # another model trained on the same protection (the transfer setting) reuses it: nothing optimised again
+    again = ExperimentData(small(fsdd_dir, spec, "model={type: lstm}", "defense.surrogate={model: {type: cnn, "
+                                 "head: flatten, channels: [8, 16, 32]}}"), log=said.append).protection
+    assert not any("min-min round" in s for s in said)
+    # (the surrogate named explicitly as the recipe's own CNN: the same optimisation, the same cache file)
+    assert any("reused" in s for s in said) and torch.equal(again.patterns, first.patterns)
+    other = ExperimentData(small(fsdd_dir, spec.replace("max_rounds: 1", "max_rounds: 1, snr_db: 20")),
+                           log=said.append).protection
+    assert len(list(cached.parent.glob("*.pt"))) == 2 and not torch.equal(other.patterns, first.patterns)
+    cached.write_bytes(b"damaged")
+    said.clear()
+    ExperimentData(small(fsdd_dir, spec), log=said.append).protection
+    assert any("optimising again" in s for s in said) and any("min-min round" in s for s in said)
