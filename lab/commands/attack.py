@@ -44,8 +44,8 @@ def attack(
     recipe: Optional[Path] = typer.Argument(None, metavar="RECIPE", help="Recipe YAML, e.g. recipes/fsdd_cnn.yaml; "
                                             "its optional `attack:` block (one mapping or a list) gives attack "
                                             "options."),
-    type_: str = typer.Option(..., "--type", "-t", help=f"Attack to run: one of {ATTACK_NAMES}; or 'all' for every "
-                              "attack (the whole matrix)."),
+    type_: str = typer.Option(..., "--type", "-t", help=f"Attack to run: one of {ATTACK_NAMES}; several, "
+                              "comma-separated (e.g. augment,codec); or 'all' for every attack (the whole matrix)."),
     option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Attack option FIELD=VALUE (YAML value), "
                                                "e.g. -o eps=0.01; with --type all: ATTACK.FIELD=VALUE. Repeatable."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a recipe field: --set train.epochs=5 "
@@ -89,7 +89,11 @@ def attack(
     if out:
         overrides.append(f"output_dir={out}")
     rec, blocks = attacking.load_attack_recipe(recipe, overrides)
-    names = attacks.ATTACKS.names() if type_ == "all" else [type_]
+    names = attacks.ATTACKS.names() if type_ == "all" else list(dict.fromkeys(
+        t.strip() for t in type_.split(",") if t.strip()))
+    if not names:
+        raise LabError(f"--type {type_!r}: name an attack ({', '.join(attacks.ATTACKS.names())}) or 'all'")
+    label = type_ if type_ == "all" else "+".join(names)
     cfgs = attacking.attack_configs(names, blocks, list(option or []))
     if defenses_:
         defense_names = [d.strip() for d in defenses_.split(",") if d.strip()]
@@ -120,7 +124,7 @@ def attack(
         f"continues where it stopped")
     bars = rec.train.progress and console.is_terminal and jobs == 1
     matrix = attacking.run_matrix(datas, cfgs, log=log, progress=bars, cell_dir=cells, jobs=jobs)
-    results, run_dir = attacking.write_results(rec, str(recipe), type_, cfgs, matrix, time.perf_counter() - started)
+    results, run_dir = attacking.write_results(rec, str(recipe), label, cfgs, matrix, time.perf_counter() - started)
     header, rows = attacking.table_rows(matrix)
     table = Table(title=f"{rec.name}: clean-test accuracy under attack (chance {results['chance']:.2f}; "
                         f"seeds {rec.seeds})")

@@ -257,3 +257,15 @@ def test_lab_attack_takes_an_optimised_defense_as_a_column(fsdd_dir, tmp_path):
               "defense.key=short", "--out", str(tmp_path / "bad"), env_root=fsdd_dir.parent)
     assert bad.returncode != 0 and "too short" in (bad.stdout + bad.stderr)
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").rglob("results.json"))
+
+
+def test_type_takes_several_attacks(fsdd_dir, tmp_path):
+    recipe = REPO / "recipes" / "fsdd_cnn.yaml"
+    proc = lab("attack", str(recipe), "--type", "codec,augment", "--defenses", "none", *TINY,
+               "--set", "train.num_threads=1", "--out", str(tmp_path), env_root=fsdd_dir.parent)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = list(tmp_path.glob("fsdd_cnn/attack-codec+augment-*"))
+    results = json.loads((run / "results.json").read_text())
+    assert results["attacks"] == ["codec", "augment"] and results["columns"] == ["no attack", "codec", "augment"]
+    bad = lab("attack", str(recipe), "--type", "codec,nosuch", *TINY, env_root=fsdd_dir.parent)
+    assert bad.returncode != 0 and "nosuch" in (bad.stdout + bad.stderr)
