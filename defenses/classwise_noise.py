@@ -1,5 +1,10 @@
 """``classwise-noise``: the classic synthetic baseline: one fixed random noise pattern per class (drawn from the
-key, as long as the clips) added to the whole clip, scaled per clip to ``snr_db`` (clip against added noise)."""
+key, as long as the clips) added to the whole clip, scaled per clip to ``snr_db`` (clip against added noise).
+
+``span``: where the noise goes. ``clip`` (default, as before): the whole row, the zero padding of a short clip
+included (in an experiment on padded clips, the padding then holds pure noise: a shortcut no real recording of
+that length has); ``audio``: only each clip's real audio (its ``lengths``), as ar-noise and em-noise do, and as
+``lab protect`` protects a file (its real length)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,6 +24,7 @@ class ClasswiseNoiseConfig(PluginConfig):
     key: SecretStr | None = None
     key_file: Path | None = None
     snr_db: float = 24.0
+    span: Literal["clip", "audio"] = "clip"
 
 
 class ClasswiseNoiseProtection(Protection):
@@ -43,6 +49,9 @@ class ClasswiseNoiseProtection(Protection):
     def apply(self, waveforms, labels, lengths=None, filter_classes=None, **ablation):
         cls = (labels if filter_classes is None else filter_classes).long()
         noise = self.patterns(waveforms.shape[1])[cls].to(waveforms)
+        if self.params.get("span", "clip") == "audio" and lengths is not None:
+            from defenses._minmin import span_mask
+            noise = noise * span_mask(waveforms, lengths)
         return waveforms + scale_to_snr(waveforms, noise, self.params["snr_db"])
 
     def to_dict(self) -> dict:
@@ -62,4 +71,6 @@ class ClasswiseNoise(Defense):
         cfg: ClasswiseNoiseConfig = self.config
         key = resolve_key(cfg.key, cfg.key_file)
         params = cfg.model_dump(exclude={"key", "key_file", "type"}, mode="json")
+        if params["span"] == "clip":
+            del params["span"]  # records made before span existed stay byte-identical (lab verify compares them)
         return ClasswiseNoiseProtection(params, fingerprint(key), sample_rate, key, num_classes)

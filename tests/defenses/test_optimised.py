@@ -271,3 +271,16 @@ def test_a_custom_perturbation_only_needs_the_four_methods():
     pert = Gain()
     out = min_min(data, pert, seed=0, steps=2, max_rounds=2)
     assert len(out["rounds"]) >= 1 and pert.g.abs().sum() > 0
+
+
+def test_classwise_noise_span_audio_keeps_the_padding_silent_and_the_default_record_unchanged():
+    x = torch.zeros(4, 100)
+    x[:, :60] = 0.1 * torch.randn(4, 60, generator=torch.Generator().manual_seed(2))
+    y, lengths = torch.arange(4), torch.full((4,), 60)
+    base = {"type": "classwise-noise", "key": KEY, "snr_db": 20}
+    inside = build_defense(parse_plugin(DEFENSES, {**base, "span": "audio"}, "defense")).derive(4, SR)
+    whole = build_defense(parse_plugin(DEFENSES, base, "defense")).derive(4, SR)
+    a, w = inside.apply(x, y, lengths), whole.apply(x, y, lengths)
+    assert torch.all(a[:, 60:] == 0) and torch.any(w[:, 60:] != 0)
+    assert torch.allclose(clip_snr(x, a), torch.full((4,), 20.0, dtype=torch.float64), atol=1e-3)
+    assert "span" not in whole.to_dict()["params"] and inside.to_dict()["params"]["span"] == "audio"
