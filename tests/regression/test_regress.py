@@ -79,3 +79,32 @@ def test_weakened_protection_fails_the_regression(fsdd_dir, tmp_path, monkeypatc
     checks = json.loads(next(tmp_path.rglob("regress.json")).read_text())["checks"]
     failed = {c["name"] for c in checks if not c["ok"]}
     assert "protected_model/clean_test" in failed
+
+
+def test_shipped_positive_control_baseline_sees_a_large_effect():
+    """The positive control is only worth its CI minutes if its protection's effect is many tolerances wide."""
+    data = json.loads((REPO / "tests" / "regression" / "positive_control.json").read_text())
+    check_baseline_file(data, "positive_control.json")
+    assert data["recipe"] == "recipes/ci_positive_control.yaml"
+    m = data["metrics"]
+    effect = m["clean_model/clean_test"]["value"] - m["protected_model/clean_test"]["value"]
+    assert effect > 5 * m["protected_model/clean_test"]["tolerance"], (effect, m["protected_model/clean_test"])
+
+
+@pytest.mark.slow
+def test_clean_audio_leaking_into_protected_training_fails_the_positive_control(fsdd_dir, tmp_path, monkeypatch):
+    """A bug that trains the 'protected' model on clean audio (here: the spine serving the clean training split as
+    the protected one) must fail CI's positive-control check. (The protection itself is still optimised, for the
+    test variants: the cache is on, so CI's own positive-control run after the tests reuses it.)"""
+    import lab.spine
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("LAB_PROTECTION_CACHE", "on")
+    monkeypatch.setattr(lab.spine.ExperimentData, "protected_train",
+                        property(lambda self: self.clean_train))
+    result = CliRunner().invoke(app, ["regress", "recipes/ci_positive_control.yaml", "--baseline",
+                                      "tests/regression/positive_control.json", "--out", str(tmp_path),
+                                      "--set", f"data.root={fsdd_dir}"])
+    assert result.exit_code == 1, result.output
+    checks = json.loads(next(tmp_path.rglob("regress.json")).read_text())["checks"]
+    failed = {c["name"] for c in checks if not c["ok"]}
+    assert "protected_model/clean_test" in failed
