@@ -28,8 +28,30 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from defenses.base import TrainingSet
+from lab.config import Section
+
+
+class MinMinSettings(Section):
+    """The min-min loop's settings, shared by the optimised defenses' configs (each may change a default)."""
+
+    steps: int = Field(10, ge=1)
+    step_size: float = Field(0.25, gt=0)
+    train_batches: int = Field(10, ge=1)
+    stop_accuracy: float = Field(0.99, gt=0, le=1)
+    max_rounds: int = Field(10, ge=1)
+    min_rounds: int = Field(1, ge=1)
+    rho: float = Field(0.0, ge=0)
+    rho_steps: int = Field(3, ge=1)
+    surrogate: dict = Field(default_factory=dict)
+
+    def run(self, data: TrainingSet, pert: "Perturbation", seed: int) -> dict:
+        """:func:`min_min` on ``pert`` with these settings."""
+        return min_min(data, pert, seed, steps=self.steps, train_batches=self.train_batches,
+                       stop_accuracy=self.stop_accuracy, max_rounds=self.max_rounds, min_rounds=self.min_rounds,
+                       rho=self.rho, rho_steps=self.rho_steps)
 
 
 class Perturbation:

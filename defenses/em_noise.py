@@ -47,7 +47,7 @@ from typing import Literal
 import torch
 from pydantic import Field, SecretStr, model_validator
 
-from defenses._minmin import Perturbation, min_min, span_mask
+from defenses._minmin import MinMinSettings, Perturbation, span_mask
 from defenses.base import DEFENSES, Defense, Protection, TrainingSet
 from lab.config import PluginConfig
 from lab.keys import derive_seed, fingerprint, resolve_key
@@ -55,22 +55,13 @@ from lab.keys import derive_seed, fingerprint, resolve_key
 FP16_MARGIN = 0.999  # the L2 radius used in the optimisation: float16 storage then cannot push a clip below target
 
 
-class EMNoiseConfig(PluginConfig):
+class EMNoiseConfig(PluginConfig, MinMinSettings):
     type: Literal["em-noise"] = "em-noise"
     key: SecretStr | None = None
     key_file: Path | None = None
     mode: Literal["sample-wise", "class-wise"] = "sample-wise"
     snr_db: float | None = 30.0
     linf: float | None = Field(None, gt=0)
-    steps: int = Field(10, ge=1)
-    step_size: float = Field(0.25, gt=0)
-    train_batches: int = Field(10, ge=1)
-    stop_accuracy: float = Field(0.99, gt=0, le=1)
-    max_rounds: int = Field(10, ge=1)
-    min_rounds: int = Field(1, ge=1)
-    rho: float = Field(0.0, ge=0)
-    rho_steps: int = Field(3, ge=1)
-    surrogate: dict = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _a_budget(self):
@@ -287,9 +278,7 @@ class EMNoise(Defense):
                  f"{'SNR >= %g dB' % cfg.snr_db if cfg.snr_db is not None else ''}"
                  f"{', ' if cfg.snr_db is not None and cfg.linf is not None else ''}"
                  f"{'|noise| <= %g' % cfg.linf if cfg.linf is not None else ''})")
-        record = min_min(data, pert, seed, steps=cfg.steps, train_batches=cfg.train_batches,
-                         stop_accuracy=cfg.stop_accuracy, max_rounds=cfg.max_rounds, min_rounds=cfg.min_rounds,
-                         rho=cfg.rho, rho_steps=cfg.rho_steps)
+        record = cfg.run(data, pert, seed)
         params = cfg.model_dump(exclude={"key", "key_file", "type"}, mode="json")
         if cfg.mode == "class-wise":
             return self.record_type(params, fingerprint(key), data.sample_rate, data.num_classes, record,

@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from defenses._minmin import Perturbation, min_min
+from defenses._minmin import MinMinSettings, Perturbation
 from defenses.base import DEFENSES, Defense, TrainingSet
 from defenses.budget import limit_change
 from defenses.poscuda import PosCUDA, PosCUDAConfig, PosCUDAProtection, check_patches_fit, convolve_patches
@@ -38,19 +38,12 @@ OPTIMISATION_FIELDS = ("steps", "step_size", "train_batches", "stop_accuracy", "
                        "rho_steps", "surrogate", "snr_db", "linf")
 
 
-class PosCUDAOptConfig(PosCUDAConfig):
+class PosCUDAOptConfig(PosCUDAConfig, MinMinSettings):
     type: Literal["poscuda-opt"] = "poscuda-opt"  # type: ignore[assignment]
     snr_db: float | None = None
     linf: float | None = Field(None, gt=0)
     steps: int = Field(5, ge=1)
     step_size: float = Field(0.1, gt=0)
-    train_batches: int = Field(10, ge=1)
-    stop_accuracy: float = Field(0.99, gt=0, le=1)
-    max_rounds: int = Field(10, ge=1)
-    min_rounds: int = Field(1, ge=1)
-    rho: float = Field(0.0, ge=0)
-    rho_steps: int = Field(3, ge=1)
-    surrogate: dict = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _optimisable(self):
@@ -157,9 +150,7 @@ class PosCUDAOpt(Defense):
                  f"[0, {cfg.blur}]) against a {data.description} surrogate"
                  + (f", budget SNR >= {cfg.snr_db} dB" if cfg.snr_db is not None else ""))
         seed = self.surrogate_seed()
-        record = min_min(data, pert, seed, steps=cfg.steps, train_batches=cfg.train_batches,
-                         stop_accuracy=cfg.stop_accuracy, max_rounds=cfg.max_rounds, min_rounds=cfg.min_rounds,
-                         rho=cfg.rho, rho_steps=cfg.rho_steps)
+        record = cfg.run(data, pert, seed)
         params = cfg.model_dump(exclude={"key", "key_file", "type"}, mode="json")
         return PosCUDAOptProtection(params, fingerprint(self._key()), data.sample_rate, start.positions,
                                     pert.filters.float(), record)

@@ -242,15 +242,20 @@ def test_the_matrix_resumes_from_its_cells_and_two_jobs_give_the_same_numbers(fs
     assert acc[0] == acc[1] == acc[2]
 
 
+def tiny_attack(fsdd_dir, out: Path, types: str, defenses: str) -> dict:
+    """results.json of a tiny one-thread ``lab attack`` of fsdd_cnn.yaml (which must succeed)."""
+    proc = lab("attack", str(REPO / "recipes" / "fsdd_cnn.yaml"), "--type", types, "--defenses", defenses, *TINY,
+               "--set", "train.num_threads=1", "--out", str(out), env_root=fsdd_dir.parent)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = list(out.glob(f"fsdd_cnn/attack-{types.replace(',', '+')}-*"))
+    return json.loads((run / "results.json").read_text())
+
+
 def test_lab_attack_takes_an_optimised_defense_as_a_column(fsdd_dir, tmp_path):
     """em-noise is derived on the data (not from the key alone): lab attack checks its key at the door and
     optimises it when its column is built; noise at the recipe's SNR like the other noise baselines."""
     recipe = REPO / "recipes" / "fsdd_cnn.yaml"
-    proc = lab("attack", str(recipe), "--type", "augment", "--defenses", "none,em-noise", *TINY,
-               "--set", "train.num_threads=1", "--out", str(tmp_path), env_root=fsdd_dir.parent)
-    assert proc.returncode == 0, proc.stderr
-    (run,) = list(tmp_path.glob("fsdd_cnn/attack-augment-*"))
-    results = json.loads((run / "results.json").read_text())
+    results = tiny_attack(fsdd_dir, tmp_path, "augment", "none,em-noise")
     assert results["defenses"] == ["none", "em-noise"]
     assert len(results["accuracy"]["em-noise"]["augment"]["values"]) == 1
     bad = lab("attack", str(recipe), "--type", "augment", "--defenses", "em-noise", *TINY, "--set",
@@ -261,11 +266,7 @@ def test_lab_attack_takes_an_optimised_defense_as_a_column(fsdd_dir, tmp_path):
 
 def test_type_takes_several_attacks(fsdd_dir, tmp_path):
     recipe = REPO / "recipes" / "fsdd_cnn.yaml"
-    proc = lab("attack", str(recipe), "--type", "codec,augment", "--defenses", "none", *TINY,
-               "--set", "train.num_threads=1", "--out", str(tmp_path), env_root=fsdd_dir.parent)
-    assert proc.returncode == 0, proc.stderr
-    (run,) = list(tmp_path.glob("fsdd_cnn/attack-codec+augment-*"))
-    results = json.loads((run / "results.json").read_text())
+    results = tiny_attack(fsdd_dir, tmp_path, "codec,augment", "none")
     assert results["attacks"] == ["codec", "augment"] and results["columns"] == ["no attack", "codec", "augment"]
     bad = lab("attack", str(recipe), "--type", "codec,nosuch", *TINY, env_root=fsdd_dir.parent)
     assert bad.returncode != 0 and "nosuch" in (bad.stdout + bad.stderr)
