@@ -27,8 +27,10 @@ through the recipe's differentiable front-end (torchaudio MFCC / log-mel, or the
   than the noise's typical amplitude (at 30 dB on FSDD about 0.0015 RMS).
 
 Everything random (the surrogate's weights, batch order, the start of the noise) comes from a seed derived from the
-key (HMAC, "em-noise/v1/surrogate"): the same key and data give the same noise (on the same machine and thread
-count: the optimisation is floating-point arithmetic). Only the key's fingerprint is recorded.
+key (HMAC, "em-noise/v1/surrogate"): the same key and data give the same noise in one process (tested). Across
+processes it is floating-point arithmetic and not guaranteed bit-identical: two 2-thread runs of the CI positive
+control differed from round 1 (surrogate accuracy 0.792 vs 0.799). Reproduce a run from its RECORD, which is exact.
+Only the key's fingerprint is recorded.
 
 What is recorded, and where: sample-wise noise is one tensor per training clip, stored as float16 in the run's
 ``protection.pt`` (:meth:`Protection.arrays`; the values applied are exactly these float16 values), with the SHA-256

@@ -209,6 +209,7 @@ def optimised_cache_path(recipe: Recipe, defense: Defense, train: Clips, num_cla
     sur = surrogate_recipe(recipe, defense.surrogate_overrides()).public_dict()
     for field in ("defense", "name", "description", "output_dir", "seeds", "evaluation"):
         sur.pop(field, None)
+    sur.get("data", {}).pop("root", None)  # where the clips were read from: their content is hashed below
     sur.get("train", {}).pop("num_threads", None)
     sur.get("train", {}).pop("progress", None)
     sur.get("train", {}).pop("epochs", None)

@@ -100,6 +100,13 @@ def test_an_optimised_protection_is_cached_privately_and_reused(fsdd_dir, tmp_pa
     assert not any("min-min round" in s for s in said)
     # (the surrogate named explicitly as the recipe's own CNN: the same optimisation, the same cache file)
     assert any("reused" in s for s in said) and torch.equal(again.patterns, first.patterns)
+    # the same clips read from another place (a copy of the dataset) are the same clips: reused
+    copy = tmp_path / "copy" / "fsdd"
+    copy.mkdir(parents=True)
+    (copy / "recordings").symlink_to(fsdd_dir / "recordings")
+    said.clear()
+    ExperimentData(load_recipe(RECIPE, [f"data.root={copy}", f"defense={spec}", *SMALL]), log=said.append).protection
+    assert any("reused" in s for s in said)
     other = ExperimentData(small(fsdd_dir, spec.replace("max_rounds: 1", "max_rounds: 1, snr_db: 20")),
                            log=said.append).protection
     assert len(list(cached.parent.glob("*.pt"))) == 2 and not torch.equal(other.patterns, first.patterns)
