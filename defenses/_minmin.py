@@ -30,8 +30,32 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from defenses.base import TrainingSet
+from defenses.base import Defense, TrainingSet
 from lab.config import Section
+from lab.keys import derive_seed, resolve_key
+
+
+class OptimisedDefense(Defense):
+    """What every defense optimised by min-min shares: it needs the training set, its surrogate's seed comes from
+    its key (HMAC under ``seed_label``), its config's ``surrogate`` changes the surrogate, and it cannot be derived
+    from the key alone."""
+
+    needs_training_set = True
+    takes_snr = True
+    seed_label = ""  # e.g. "em-noise/v1/surrogate"
+
+    def _key(self) -> str:
+        return resolve_key(self.config.key, self.config.key_file)
+
+    def surrogate_seed(self) -> int:
+        return derive_seed(self._key(), self.seed_label, 0) % (2 ** 31)
+
+    def surrogate_overrides(self) -> dict:
+        return dict(self.config.surrogate)
+
+    def derive(self, num_classes, sample_rate):
+        raise ValueError(f"defense {self.config.type!r} is optimised on the training data: it is derived by the "
+                         f"lab from a recipe (lab run, lab attack), not from the key alone")
 
 
 class MinMinSettings(Section):

@@ -49,10 +49,10 @@ from typing import Literal
 import torch
 from pydantic import Field, SecretStr, model_validator
 
-from defenses._minmin import MinMinSettings, Perturbation, span_mask
-from defenses.base import DEFENSES, Defense, Protection, TrainingSet
+from defenses._minmin import MinMinSettings, OptimisedDefense, Perturbation, span_mask
+from defenses.base import DEFENSES, Protection, TrainingSet
 from lab.config import PluginConfig
-from lab.keys import derive_seed, fingerprint, resolve_key
+from lab.keys import fingerprint
 
 FP16_MARGIN = 0.999  # the L2 radius used in the optimisation: float16 storage then cannot push a clip below target
 
@@ -247,26 +247,12 @@ class RobustEMProtection(EMNoiseProtection):
 
 
 @DEFENSES.register("em-noise")
-class EMNoise(Defense):
+class EMNoise(OptimisedDefense):
     """Error-minimising noise (sample- or class-wise), optimised on a surrogate within a per-clip budget."""
 
     Config = EMNoiseConfig
-    needs_training_set = True
-    takes_snr = True
     record_type = EMNoiseProtection
-
-    def _key(self) -> str:
-        return resolve_key(self.config.key, self.config.key_file)
-
-    def surrogate_seed(self) -> int:
-        return derive_seed(self._key(), "em-noise/v1/surrogate", 0) % (2 ** 31)
-
-    def surrogate_overrides(self) -> dict:
-        return dict(self.config.surrogate)
-
-    def derive(self, num_classes, sample_rate):
-        raise ValueError(f"defense {self.config.type!r} is optimised on the training data: it is derived by the "
-                         f"lab from a recipe (lab run, lab attack), not from the key alone")
+    seed_label = "em-noise/v1/surrogate"
 
     def derive_from(self, data: TrainingSet) -> EMNoiseProtection:
         cfg: EMNoiseConfig = self.config

@@ -28,11 +28,11 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from defenses._minmin import MinMinSettings, Perturbation
-from defenses.base import DEFENSES, Defense, TrainingSet
+from defenses._minmin import MinMinSettings, OptimisedDefense, Perturbation
+from defenses.base import DEFENSES, TrainingSet
 from defenses.budget import limit_change
 from defenses.poscuda import PosCUDA, PosCUDAConfig, PosCUDAProtection, check_patches_fit, convolve_patches
-from lab.keys import derive_seed, fingerprint, resolve_key
+from lab.keys import fingerprint
 
 OPTIMISATION_FIELDS = ("steps", "step_size", "train_batches", "stop_accuracy", "max_rounds", "min_rounds", "rho",
                        "rho_steps", "surrogate", "snr_db", "linf")
@@ -111,36 +111,22 @@ class ClassFilters(Perturbation):
 
 
 @DEFENSES.register("poscuda-opt")
-class PosCUDAOpt(Defense):
+class PosCUDAOpt(OptimisedDefense):
     """PosCUDA with error-minimising class filters (positions and constraints as PosCUDA's)."""
 
     Config = PosCUDAOptConfig
-    needs_training_set = True
-    takes_snr = True
+    seed_label = "poscuda-opt/v1/surrogate"
     cache_sources = (convolve_patches, limit_change)  # code whose change makes a cached protection outdated
 
     @classmethod
     def check_fits(cls, config, clip_seconds):
         check_patches_fit(config, clip_seconds)
 
-    def _key(self) -> str:
-        return resolve_key(self.config.key, self.config.key_file)
-
-    def surrogate_seed(self) -> int:
-        return derive_seed(self._key(), "poscuda-opt/v1/surrogate", 0) % (2 ** 31)
-
-    def surrogate_overrides(self) -> dict:
-        return dict(self.config.surrogate)
-
     def random_start(self, num_classes: int, sample_rate: int) -> PosCUDAProtection:
         """PosCUDA's own protection from the same key and parameters: where the optimisation starts."""
         cfg = self.config.model_dump(exclude={"type", *OPTIMISATION_FIELDS})
         cfg["key"] = self.config.key.get_secret_value() if self.config.key is not None else None
         return PosCUDA(PosCUDAConfig.model_validate(cfg)).derive(num_classes, sample_rate)
-
-    def derive(self, num_classes, sample_rate):
-        raise ValueError("defense 'poscuda-opt' is optimised on the training data: it is derived by the lab from a "
-                         "recipe (lab run, lab attack), not from the key alone")
 
     def derive_from(self, data: TrainingSet) -> PosCUDAOptProtection:
         cfg: PosCUDAOptConfig = self.config
