@@ -79,10 +79,23 @@ def _parse_run(results: dict) -> list[tuple[int, dict[str, float], dict[str, dic
         accuracy = {f"{m}/{t}": float(entry[m][t]["accuracy"]) for m, t in EVALUATIONS}
         ablation = {which: {name: float(acc) for name, acc in entry[which].get("ablation", {}).items()}
                     for which in ("protected_model", "clean_model")}
-        convergence = {which: {k: float(entry[which]["convergence"][k]) for k in ("final", "peak", "peak_epoch")}
+        convergence = {which: _convergence(entry[which]["convergence"])
                        for which in ("clean_model", "protected_model") if entry[which].get("convergence")}
         parsed.append((entry["seed"], accuracy, ablation, convergence))
     return parsed
+
+
+def _convergence(record: dict) -> dict[str, float]:
+    """A model's convergence numbers; the settled epoch computed from the per-epoch accuracies for runs recorded
+    before it was (the same rule, lab.train.settled_epoch)."""
+    from lab.train import settled_epoch
+    out = {k: float(record[k]) for k in ("final", "peak", "peak_epoch")}
+    settled = record.get("settled_epoch")
+    if settled is None and record.get("per_epoch"):
+        settled = settled_epoch([float(v) for v in record["per_epoch"]])
+    if settled is not None:
+        out["settled_epoch"] = float(settled)
+    return out
 
 
 def _commit(results: dict) -> str | None:
@@ -201,9 +214,12 @@ def tables(groups: list[Group]) -> dict[str, tuple[list[str], list[list[str]]]]:
     q_keys = sorted({k for c in q_cells for k in c}, key=lambda k: ["SNR dB (mean)", "FAD", "FAD (same size as floor)",
                                                                      "FAD clean floor", "FAD backend"].index(k))
     q_rows = [[g.label, *(c.get(k, "–") for k in q_keys)] for g, c in zip(groups, q_cells)]
-    conv_head = ["run", "model", "last epoch", "peak over epochs", "epoch of the peak", "seeds"]
+    conv_head = ["run", "model", "last epoch", "peak over epochs", "epoch of the peak",
+                 "settled from epoch (±0.02 of the last 10)", "seeds"]
     conv_rows = [[g.label, CONVERGENCE_NAMES[which], fmt(c["final"]), fmt(c["peak"]),
-                  ", ".join(str(int(e)) for e in c["peak_epoch"]), str(len(c["final"]))]
+                  ", ".join(str(int(e)) for e in c["peak_epoch"]),
+                  ", ".join(str(int(e)) for e in c["settled_epoch"]) if c.get("settled_epoch") else "–",
+                  str(len(c["final"]))]
                  for g in groups for which, c in g.convergence.items()]
     out = {"accuracy": (acc_head, acc_rows), "ablation": (abl_head, abl_rows), "quality": (["run", *q_keys], q_rows)}
     if conv_rows:

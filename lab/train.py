@@ -43,7 +43,28 @@ class Fitted:
             return None
         peak = max(range(len(self.monitored)), key=lambda i: self.monitored[i])  # first epoch reaching the peak
         return {"final": self.monitored[-1], "peak": self.monitored[peak], "peak_epoch": peak + 1,
-                "epochs": len(self.monitored), "per_epoch": list(self.monitored)}
+                "settled_epoch": settled_epoch(self.monitored), "epochs": len(self.monitored),
+                "per_epoch": list(self.monitored)}
+
+
+SETTLED_TOLERANCE, SETTLED_WINDOW = 0.02, 10
+
+
+def settled_epoch(history: list[float], tol: float = SETTLED_TOLERANCE, window: int = SETTLED_WINDOW) -> int:
+    """The first epoch (1-based) from which every later value of ``history`` stays within ``tol`` of the mean of
+    its last ``window`` values (all of them when there are fewer): when the curve stopped moving. Equal to the
+    number of epochs when even the last value is that far off (never the case: it is in the mean's window) or the
+    curve is still moving at the end; a settled epoch close to the last epoch means: train longer to be sure."""
+    if not history:
+        raise ValueError("settled_epoch: empty history")
+    tail = history[-window:]
+    level = sum(tail) / len(tail)
+    epoch = len(history)
+    for i in range(len(history) - 1, -1, -1):
+        if abs(history[i] - level) > tol:
+            break
+        epoch = i + 1
+    return epoch
 
 
 def _several_devices(devices) -> bool:

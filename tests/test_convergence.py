@@ -32,6 +32,8 @@ def test_run_and_report_give_the_peak_over_epochs_beside_the_last(fsdd_dir, tmp_
             logged = c["per_epoch"]
             assert c["peak"] == max(logged) and logged[c["peak_epoch"] - 1] == c["peak"]
             assert logged.index(c["peak"]) == c["peak_epoch"] - 1  # the first epoch that reached it
+            from lab.train import settled_epoch
+            assert c["settled_epoch"] == settled_epoch(logged) and 1 <= c["settled_epoch"] <= 3
     summary = results["convergence"]["protected_model"]
     assert summary["peak"]["n"] == 2 and summary["peak"]["mean"] >= summary["final"]["mean"]
     assert "peak over epochs" in (run_dir / "results.md").read_text()
@@ -43,4 +45,20 @@ def test_run_and_report_give_the_peak_over_epochs_beside_the_last(fsdd_dir, tmp_
     assert [r["model"] for r in rows] == ["clean-trained", "protected-trained"]
     assert rows[1]["epoch of the peak"] == ", ".join(str(e["protected_model"]["convergence"]["peak_epoch"])
                                                      for e in results["per_seed"])
+    assert rows[1]["settled from epoch (±0.02 of the last 10)"] == ", ".join(
+        str(e["protected_model"]["convergence"]["settled_epoch"]) for e in results["per_seed"])
     assert "## Convergence" in (out / "report.md").read_text()
+
+
+def test_settled_epoch_is_where_the_curve_stops_moving():
+    from lab.train import settled_epoch
+    rising = [0.1, 0.5, 0.8, 0.9] + [0.95] * 10
+    assert settled_epoch(rising) == 5  # from epoch 5 every value is the last-10 mean
+    assert settled_epoch([0.1, 0.5, 0.8, 0.94, 0.96] + [0.95] * 10) == 4  # 0.94 is within 0.02 of 0.95
+    # a curve still climbing at the end settles only at its last epochs
+    assert settled_epoch([i / 20 for i in range(20)]) == 20
+    # a late fall is movement: the settled epoch comes after it
+    assert settled_epoch([0.9] * 10 + [0.5] * 10) == 11
+    assert settled_epoch([0.7]) == 1
+    with pytest.raises(ValueError):
+        settled_epoch([])
