@@ -117,6 +117,14 @@ def span_mask(waveforms: torch.Tensor, lengths: torch.Tensor | None) -> torch.Te
     return ((pos >= start[:, None]) & (pos < (start + length)[:, None])).to(waveforms.dtype)
 
 
+def _on(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` on the device of ``model`` (differentiable: gradients flow back to ``x``'s device). The perturbation
+    and the clips stay where they are (the CPU); only the surrogate's forward and backward pass run on the
+    recipe's device."""
+    device = next(model.parameters()).device
+    return x if x.device == device else x.to(device)
+
+
 def adversarial(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rho: float, steps: int,
                 gen: torch.Generator) -> torch.Tensor:
     """A change within +-rho (L-infinity) of ``x`` that raises ``model``'s loss (PGD from a random start); the
@@ -125,7 +133,7 @@ def adversarial(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rho: f
     step = 2.5 * rho / steps
     for _ in range(steps):
         delta.requires_grad_(True)
-        loss = F.cross_entropy(model(x + delta), y)
+        loss = F.cross_entropy(model(_on(model, x + delta)), _on(model, y))
         (g,) = torch.autograd.grad(loss, delta)
         delta = (delta.detach() + step * g.sign()).clamp(-rho, rho)
     return delta.detach()
@@ -138,7 +146,7 @@ def accuracy(model: torch.nn.Module, pert: Perturbation, data: TrainingSet, batc
     correct = 0
     for idx in torch.arange(len(data.labels)).split(batch):
         x, y, ln = data.waveforms[idx], data.labels[idx], data.lengths[idx]
-        correct += int((model(pert.current(idx, x, y, ln)).argmax(1) == y).sum())
+        correct += int((model(_on(model, pert.current(idx, x, y, ln))).argmax(1).cpu() == y).sum())
     return correct / len(data.labels)
 
 
@@ -152,7 +160,7 @@ def min_min(data: TrainingSet, pert: Perturbation, seed: int, steps: int = 10, t
     bs = batch_size or data.batch_size
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = data.new_surrogate()
+    model = data.new_surrogate().to(data.device)
     opt = torch.optim.Adam(model.parameters(), lr=data.lr, weight_decay=data.weight_decay)
     order = torch.randperm(n, generator=gen)
     cursor = 0
@@ -170,7 +178,7 @@ def min_min(data: TrainingSet, pert: Perturbation, seed: int, steps: int = 10, t
             xp = pert.current(idx, x, y, ln)
             if rho > 0:
                 xp = xp + adversarial(model, xp, y, rho, rho_steps, gen)
-            loss = F.cross_entropy(model(xp), y)
+            loss = F.cross_entropy(model(_on(model, xp)), _on(model, y))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -183,7 +191,7 @@ def min_min(data: TrainingSet, pert: Perturbation, seed: int, steps: int = 10, t
                 xp = pert.perturbed(v, idx, x, y, ln)
                 if rho > 0:
                     xp = xp + adversarial(model, xp.detach(), y, rho, rho_steps, gen)
-                loss = F.cross_entropy(model(xp), y)
+                loss = F.cross_entropy(model(_on(model, xp)), _on(model, y))
                 (g,) = torch.autograd.grad(loss, v)
                 var = pert.descend(v.detach(), g, idx, y)
             pert.store(var, idx, y)
@@ -196,4 +204,4 @@ def min_min(data: TrainingSet, pert: Perturbation, seed: int, steps: int = 10, t
             stopped = True
             break
     return {"rounds": history, "stop_rule_met": stopped, "seconds": round(time.perf_counter() - started, 1),
-            "surrogate": data.description, "seed_source": "key"}
+            "surrogate": data.description, "seed_source": "key", "device": str(data.device)}

@@ -50,7 +50,9 @@ class TrainingSet:
     front-end, standardised on the clean training features), built from the recipe's model and features with the
     defense's :meth:`Defense.surrogate_overrides` applied, seeded with ``seed`` (each call draws new weights from
     torch's generator as seeded); ``lr``, ``weight_decay`` and ``batch_size`` the surrogate recipe's training
-    settings; ``log`` progress messages; ``description`` the surrogate in words (model, features), for the record.
+    settings; ``log`` progress messages; ``description`` the surrogate in words (model, features), for the record;
+    ``device`` where the surrogate trains (``cuda`` when the recipe's accelerator is a GPU and one is here, else
+    ``cpu``; the clips and the perturbation stay on the CPU).
     """
 
     waveforms: torch.Tensor
@@ -64,6 +66,7 @@ class TrainingSet:
     batch_size: int
     log: Callable[[str], None] = print
     description: str = ""
+    device: str = "cpu"
 
 
 class Protection(ABC):

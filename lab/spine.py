@@ -206,7 +206,8 @@ def optimised_cache_path(recipe: Recipe, defense: Defense, train: Clips, num_cla
         return None
     from lab.data.fsdd import cache_dir
     from lab.features import tensor_hash
-    sur = surrogate_recipe(recipe, defense.surrogate_overrides()).public_dict()
+    sur_recipe = surrogate_recipe(recipe, defense.surrogate_overrides())
+    sur = sur_recipe.public_dict()
     for field in ("defense", "name", "description", "output_dir", "seeds", "evaluation"):
         sur.pop(field, None)
     sur.get("data", {}).pop("root", None)  # where the clips were read from: their content is hashed below
@@ -225,7 +226,7 @@ def optimised_cache_path(recipe: Recipe, defense: Defense, train: Clips, num_cla
     for block in (config, config.get("inner") if isinstance(config.get("inner"), dict) else {}):
         for field in ("key", "key_file", "surrogate"):  # the resolved surrogate recipe is hashed below
             block.pop(field, None)
-    described = {"defense": config,
+    described = {"defense": config, "device": surrogate_device(sur_recipe.train.accelerator),
                  "key_seed": defense.surrogate_seed(), "surrogate": sur, "classes": num_classes,
                  "clips": [tensor_hash(train.waveforms), tensor_hash(train.labels), tensor_hash(train.lengths)],
                  "code": hashlib.sha256("\n".join(sources).encode()).hexdigest()}
@@ -280,7 +281,14 @@ def training_set(recipe: Recipe, defense: Defense, train: Clips, num_classes: in
 
     return TrainingSet(train.waveforms, train.labels, train.lengths, sur.data.sample_rate, num_classes,
                        new_surrogate, sur.train.lr, sur.train.weight_decay, sur.train.batch_size, log,
-                       f"{sur.model.type} on {sur.features.type}")
+                       f"{sur.model.type} on {sur.features.type}", surrogate_device(sur.train.accelerator))
+
+
+def surrogate_device(accelerator: str) -> str:
+    """Where an optimised defense's surrogate trains: ``cuda`` when ``accelerator`` (the recipe's
+    ``train.accelerator``) means a GPU and one is here, else ``cpu``."""
+    from lab.recipe import _device_kind
+    return "cuda" if _device_kind(accelerator) == "cuda" and torch.cuda.is_available() else "cpu"
 
 
 class WaveformClassifier(torch.nn.Module):

@@ -284,3 +284,12 @@ def test_classwise_noise_span_audio_keeps_the_padding_silent_and_the_default_rec
     assert torch.all(a[:, 60:] == 0) and torch.any(w[:, 60:] != 0)
     assert torch.allclose(clip_snr(x, a), torch.full((4,), 20.0, dtype=torch.float64), atol=1e-3)
     assert "span" not in whole.to_dict()["params"] and inside.to_dict()["params"]["span"] == "audio"
+
+
+def test_the_surrogate_trains_on_the_recipes_gpu_only_where_there_is_one():
+    from lab.spine import surrogate_device
+    assert surrogate_device("cpu") == "cpu"
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert surrogate_device("auto") == expected and surrogate_device("gpu") == expected
+    # the record says where the surrogate trained (the min-min loop moves it there; the clips stay on the CPU)
+    assert em(toy_set(), mode="class-wise", snr_db=20, max_rounds=1).optimisation["device"] == "cpu"
