@@ -158,6 +158,19 @@ def pooled_snr_db(clean: torch.Tensor, other: torch.Tensor) -> float:
     return 10 * math.log10(float((clean.double() ** 2).sum()) / noise)
 
 
+def clip_snr_db(clean: torch.Tensor, other: torch.Tensor, lengths: torch.Tensor) -> float:
+    """Mean per-clip SNR (dB) of ``other`` against ``clean`` over each clip's real audio, over the clips that
+    differ at all (an identical clip has no finite SNR); inf when none differs. The lab's usual SNR figure."""
+    values = []
+    for i in range(len(clean)):
+        n = int(lengths[i])
+        c, o = clean[i, :n].double(), other[i, :n].double()
+        noise = float(((o - c) ** 2).sum())
+        if noise > 0:
+            values.append(10 * math.log10(float((c ** 2).sum()) / noise))
+    return statistics.fmean(values) if values else float("inf")
+
+
 def differencing_stats(clean: Clips, a: torch.Tensor, b: torch.Tensor, rebuilt: torch.Tensor,
                        differ: torch.Tensor, prot_a, prot_b) -> dict:
     """How well differencing finds and removes the protection (scored against the truth the attacker lacks)."""
@@ -168,6 +181,8 @@ def differencing_stats(clean: Clips, a: torch.Tensor, b: torch.Tensor, rebuilt: 
         "clips_rebuilt_exactly": float((rebuilt == clean.waveforms).all(dim=1).double().mean()),
         "pooled_snr_db_key_a": pooled_snr_db(clean.waveforms, a),
         "pooled_snr_db_rebuilt": pooled_snr_db(clean.waveforms, rebuilt),
+        "clip_snr_db_key_a": clip_snr_db(clean.waveforms, a, clean.lengths),
+        "clip_snr_db_rebuilt_not_exact": clip_snr_db(clean.waveforms, rebuilt, clean.lengths),
     }
     ma = _patch_mask(prot_a, clean.labels, total, clean.lengths)
     mb = _patch_mask(prot_b, clean.labels, total, clean.lengths)

@@ -62,6 +62,7 @@ def test_differencing_rebuilds_clips_whose_patches_do_not_overlap_exactly():
     assert stats["patched_samples_flagged"] == 1.0 and stats["flagged_samples_in_patches"] == 1.0
     assert stats["clips_rebuilt_exactly"] == pytest.approx(float((~overlap).double().mean()))
     assert stats["pooled_snr_db_rebuilt"] > stats["pooled_snr_db_key_a"]
+    assert stats["clip_snr_db_rebuilt_not_exact"] > stats["clip_snr_db_key_a"]
 
 
 def test_rebuild_keeps_the_rougher_version_of_each_window():
