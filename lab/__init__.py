@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from lab import provenance as _provenance  # noqa: F401  (the commit of the code is read now, at the start)
 from lab.errors import LabError
 
 if TYPE_CHECKING:  # for readers and type checkers only; nothing heavy is imported at run time

@@ -36,10 +36,15 @@ def git_commit() -> dict[str, str | bool | None]:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
+# The commit of the code this process runs: read when the lab is first imported (a long run or sweep imports its
+# code at the start; a commit made while it trains must not be recorded as the code that produced its numbers).
+CODE_GIT = git_commit()
+
+
 def provenance() -> dict:
     import torch
     return {
-        "git": git_commit(),
+        "git": dict(CODE_GIT),
         "versions": versions(),
         "time_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "platform": platform.platform(),

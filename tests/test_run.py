@@ -220,3 +220,12 @@ def test_tiny_run_warns_about_its_few_clips(fsdd_dir, tmp_path):
            "clips, fewer than 2 x 64 = 128 per set" in text
     assert "warning: FAD backend classifier skipped: the first set has 100 embeddings for 100 dimensions" in text
     assert "few clips for 64-d embeddings" in (run_dir / "results.md").read_text()
+
+
+def test_provenance_records_the_commit_of_the_code_at_the_start(monkeypatch):
+    """A commit made while a long run trains is not the code that produced its numbers: the recorded commit is the
+    one read when the lab was imported."""
+    from lab import provenance as prov
+    at_start = dict(prov.CODE_GIT)
+    monkeypatch.setattr(prov, "git_commit", lambda: {"commit": "0" * 40, "dirty": False})  # "a later commit"
+    assert prov.provenance()["git"] == at_start

@@ -56,13 +56,14 @@ def rotate(
     second = resolve_key(None, second_key_file, where="--second-key-file") if second_key_file else None
     run_dir = results_writer.new_run_dir(Path(rec.output_dir) / rec.name, "rotation")
     mark_incomplete(run_dir, "in progress")
+    started = provenance()  # the code that runs is the code at the start (a commit made meanwhile is not it)
     try:
         results = run_rotation(rec, second, log=log, scenarios=chosen)
     except BaseException as e:
         mark_incomplete(run_dir, f"failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
         raise
     results = {"recipe_name": rec.name, "recipe_path": str(recipe), "recipe": rec.public_dict(),
-               "seeds": rec.seeds, "provenance": provenance(), **results}
+               "seeds": rec.seeds, "provenance": started, **results}
     write_atomic(run_dir / "results.md", markdown(results))
     write_atomic(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
     (run_dir / INCOMPLETE).unlink()
