@@ -354,6 +354,17 @@ def read_recipe_data(path: Path) -> dict:
     return data
 
 
+def command_overrides(set_: list[str] | None, seeds: str | None = None, out: Path | str | None = None) -> list[str]:
+    """A command's ``--set`` overrides with its ``--seeds 0,1,2`` and ``--out DIR`` options added as overrides of
+    ``seeds`` and ``output_dir`` (what ``lab run``, ``lab attack`` and ``lab rotate`` share)."""
+    overrides = list(set_ or [])
+    if seeds:
+        overrides.append(f"seeds=[{seeds}]")
+    if out:
+        overrides.append(f"output_dir={out}")
+    return overrides
+
+
 def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
     """Read and validate a recipe file, with ``--set``-style overrides (``["train.epochs=1", ...]``).
 

@@ -80,14 +80,11 @@ def attack(
     from lab import attacking
     from defenses import DEFENSES, build_defense
     from lab.quality import snr_summary
+    from lab.recipe import command_overrides
     from lab.spine import ExperimentData
 
     recipe = _recipe_path(recipe, recipe_option)
-    overrides = list(set_ or [])
-    if seeds:
-        overrides.append(f"seeds=[{seeds}]")
-    if out:
-        overrides.append(f"output_dir={out}")
+    overrides = command_overrides(set_, seeds, out)
     rec, blocks = attacking.load_attack_recipe(recipe, overrides)
     names = attacks.ATTACKS.names() if type_ == "all" else list(dict.fromkeys(
         t.strip() for t in type_.split(",") if t.strip()))

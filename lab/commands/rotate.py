@@ -39,15 +39,11 @@ def rotate(
     from lab import results as results_writer
     from lab.keys import resolve_key
     from lab.provenance import provenance
-    from lab.recipe import load_recipe
+    from lab.recipe import command_overrides, load_recipe
     from lab.rotation import SCENARIOS, TEST_SETS, markdown, rotate as run_rotation
     from lab.rundir import INCOMPLETE, mark_incomplete, write_atomic
 
-    overrides = list(set_ or [])
-    if seeds:
-        overrides.append(f"seeds=[{seeds}]")
-    if out:
-        overrides.append(f"output_dir={out}")
+    overrides = command_overrides(set_, seeds, out)
     rec = load_recipe(recipe, overrides)
     chosen = tuple(s.strip() for s in scenarios.split(",") if s.strip()) if scenarios else SCENARIOS
     bad = [s for s in chosen if s not in SCENARIOS]

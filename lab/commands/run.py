@@ -27,12 +27,8 @@ def run(
     (Ctrl-C: exit code 130) keeps its folder marked by an INCOMPLETE file saying why, or removes it when nothing
     was trained yet.
     """
-    from lab.recipe import load_recipe
-    overrides = list(set_ or [])
-    if seeds:
-        overrides.append(f"seeds=[{seeds}]")
-    if out:
-        overrides.append(f"output_dir={out}")
+    from lab.recipe import command_overrides, load_recipe
+    overrides = command_overrides(set_, seeds, out)
     rec = load_recipe(recipe, overrides)
     from lab.experiment import EVALUATIONS, LABELS, fmt, run as run_experiment
     console.print(f"[bold]lab run[/bold] {recipe}: {rec.model.type} on {rec.features.type}, defense "
