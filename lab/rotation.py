@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-import statistics
 import time
 from pathlib import Path
 from typing import Callable
@@ -36,7 +35,9 @@ from pydantic import SecretStr
 
 from defenses import build_defense
 from lab.errors import LabError
+from lab.experiment import summarise
 from lab.keys import fingerprint, resolve_key
+from lab.quality import snr_summary
 from lab.recipe import Recipe
 from lab.spine import Clips, ExperimentData
 from lab.train import evaluate, fit
@@ -158,19 +159,6 @@ def pooled_snr_db(clean: torch.Tensor, other: torch.Tensor) -> float:
     return 10 * math.log10(float((clean.double() ** 2).sum()) / noise)
 
 
-def clip_snr_db(clean: torch.Tensor, other: torch.Tensor, lengths: torch.Tensor) -> float:
-    """Mean per-clip SNR (dB) of ``other`` against ``clean`` over each clip's real audio, over the clips that
-    differ at all (an identical clip has no finite SNR); inf when none differs. The lab's usual SNR figure."""
-    values = []
-    for i in range(len(clean)):
-        n = int(lengths[i])
-        c, o = clean[i, :n].double(), other[i, :n].double()
-        noise = float(((o - c) ** 2).sum())
-        if noise > 0:
-            values.append(10 * math.log10(float((c ** 2).sum()) / noise))
-    return statistics.fmean(values) if values else float("inf")
-
-
 def differencing_stats(clean: Clips, a: torch.Tensor, b: torch.Tensor, rebuilt: torch.Tensor,
                        differ: torch.Tensor, prot_a, prot_b) -> dict:
     """How well differencing finds and removes the protection (scored against the truth the attacker lacks)."""
@@ -181,8 +169,9 @@ def differencing_stats(clean: Clips, a: torch.Tensor, b: torch.Tensor, rebuilt: 
         "clips_rebuilt_exactly": float((rebuilt == clean.waveforms).all(dim=1).double().mean()),
         "pooled_snr_db_key_a": pooled_snr_db(clean.waveforms, a),
         "pooled_snr_db_rebuilt": pooled_snr_db(clean.waveforms, rebuilt),
-        "clip_snr_db_key_a": clip_snr_db(clean.waveforms, a, clean.lengths),
-        "clip_snr_db_rebuilt_not_exact": clip_snr_db(clean.waveforms, rebuilt, clean.lengths),
+        # the lab's usual figure: mean per-clip SNR over the clips that differ at all (lab.quality, torchmetrics)
+        "clip_snr_db_key_a": snr_summary(a, clean.waveforms)["snr_db_mean"],
+        "clip_snr_db_rebuilt_not_exact": snr_summary(rebuilt, clean.waveforms)["snr_db_mean"],
     }
     ma = _patch_mask(prot_a, clean.labels, total, clean.lengths)
     mb = _patch_mask(prot_b, clean.labels, total, clean.lengths)
@@ -245,17 +234,12 @@ def rotate(recipe: Recipe, second_key: str | None = None, log: Callable[[str], N
                 per_seed[scenario][t].append(
                     evaluate(fitted.module, recipe.train, feats[t], tests[t].labels)["accuracy"])
             log(f"seed {seed}: {scenario} -> clean test {per_seed[scenario]['clean_test'][-1]:.3f}")
-    summary = {s: {t: _summary(per_seed[s][t]) for t in TEST_SETS} for s in scenarios}
+    summary = {s: {t: summarise(per_seed[s][t]) for t in TEST_SETS} for s in scenarios}
     return {"scenarios": list(scenarios), "labels": {s: LABELS[s] for s in scenarios},
             "key_fingerprints": {"a": fingerprint(first), "b": fingerprint(second)},
             "second_key": "given" if second_key is not None else "derived from the first (HMAC)",
             "halves_seed": 0, "differencing": stats, "accuracy": summary, "per_seed": per_seed,
             "clean_test_history": histories, "wall_seconds": round(time.perf_counter() - start, 1)}
-
-
-def _summary(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
 
 
 def markdown(results: dict) -> str:
