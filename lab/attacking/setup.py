@@ -64,12 +64,26 @@ def baselines() -> list[str]:
     return sorted((name for name, rank in ranks.items() if rank is not None), key=lambda name: (ranks[name], name))
 
 
-def defense_configs(recipe: Recipe, names: list[str], snr_db: float | None) -> list:
+def defense_configs(recipe: Recipe, names: list[str], snr_db: float | None,
+                    options: list[str] | None = None) -> list:
     """Defense configs for ``names``: the recipe's own defense as it is; every other one configured like it by its
     own ``Defense.matched_config`` (the recipe's key, and what else it shares with it) at ``snr_db`` (rounded to
-    0.01 dB; equal distortion, for the defenses that take an SNR), when given."""
+    0.01 dB; equal distortion, for the defenses that take an SNR), when given. ``options``
+    (``DEFENSE.FIELD=VALUE``, ``lab attack --defense-option``) then set a field of one column's defense, e.g.
+    ``em-noise.mode=class-wise``; they do not change the recipe's own defense (``--set defense.FIELD=...`` does)."""
     own = recipe.defense
     snr = None if snr_db is None else round(snr_db, 2)
+    extra: dict[str, list[tuple[str, Any]]] = {}
+    for item in options or []:
+        field_, value = parse_override(item)
+        target, _, rest = field_.partition(".")
+        if not rest or target not in names:
+            raise LabError(f"--defense-option {item!r}: expected DEFENSE.FIELD=VALUE with DEFENSE one of the "
+                           f"columns ({', '.join(names)})")
+        if target == own.type:
+            raise LabError(f"--defense-option {item!r}: {target} is the recipe's own defense; change it with "
+                           f"--set defense.{rest}=...")
+        extra.setdefault(target, []).append((rest, value))
     out = []
     for name in names:
         defense = DEFENSES.get(name)
@@ -77,6 +91,8 @@ def defense_configs(recipe: Recipe, names: list[str], snr_db: float | None) -> l
             out.append(own)
             continue
         data: dict[str, Any] = {"type": name, **defense.matched_config(own, snr)}
+        for field_, value in extra.get(name, []):
+            set_path(data, field_, value)
         out.append(parse_plugin(DEFENSES, data, f"defense ({name})"))
     return out
 

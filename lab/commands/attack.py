@@ -54,6 +54,9 @@ def attack(
     defenses_: Optional[str] = typer.Option(None, "--defenses", help="Comma-separated defenses (the table's "
                                             "columns). Default: none and the recipe's own; with --type all also "
                                             "cuda, noise-patch, classwise-noise (at the recipe's PosCUDA SNR)."),
+    defense_option: Optional[list[str]] = typer.Option(None, "--defense-option", help="Set a field of one "
+                                                       "column's defense: DEFENSE.FIELD=VALUE (YAML value), e.g. "
+                                                       "em-noise.mode=class-wise. Repeatable."),
     out: Optional[Path] = typer.Option(None, help="Folder for runs (default: the recipe's output_dir, 'runs')."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Cells (defense x seed) trained at once, each in its own process "
                              "with its share of the cores; the same numbers as one at a time with the same "
@@ -103,7 +106,7 @@ def attack(
     if rec.defense.type != "none" and any(DEFENSES.get(d).takes_snr for d in defense_names):
         snr = snr_summary(own.protected_train.waveforms, own.clean_train.waveforms)["snr_db_mean"]
         log(f"noise baselines at the recipe's {rec.defense.type} SNR: {snr:.2f} dB")
-    dcfgs = attacking.defense_configs(rec, defense_names, snr)
+    dcfgs = attacking.defense_configs(rec, defense_names, snr, list(defense_option or []))
     recipes = [attacking.with_defense(rec, d) for d in dcfgs]  # each must fit the recipe, before any training
     for d in dcfgs:  # a missing key or key file fails here, not mid-matrix
         built = build_defense(d)

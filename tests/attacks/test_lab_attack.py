@@ -217,6 +217,23 @@ def test_matrix_baselines_take_the_recipes_key_positions_and_snr():
     assert build_defense(cuda).derive(10, 8000).key_fingerprint == p.key_fingerprint
 
 
+def test_defense_options_set_one_columns_field_and_bad_ones_fail_in_one_line():
+    from lab.attacking import defense_configs
+    from lab.errors import LabError
+    from lab.recipe import load_recipe
+    rec = load_recipe(REPO / "recipes" / "fsdd_cnn.yaml")
+    names = ["none", "poscuda", "em-noise", "classwise-noise"]
+    _, pos, em, classwise = defense_configs(rec, names, 6.731, ["em-noise.mode=class-wise", "em-noise.max_rounds=2"])
+    assert pos is rec.defense
+    assert (em.mode, em.max_rounds, em.snr_db) == ("class-wise", 2, 6.73)  # the matched SNR is kept
+    assert classwise.snr_db == 6.73 and em.key.get_secret_value() == rec.defense.key.get_secret_value()
+    assert defense_configs(rec, names, 6.731)[2].mode == "sample-wise"  # the default without the option
+    for bad, says in [("cuda.blur=0.5", "one of the columns"), ("em-noise=3", "DEFENSE.FIELD=VALUE"),
+                      ("poscuda.blur=0.5", "--set defense.blur"), ("em-noise.mode=both", "mode")]:
+        with pytest.raises(LabError, match=says):
+            defense_configs(rec, names, 6.731, [bad])
+
+
 def test_the_matrix_resumes_from_its_cells_and_two_jobs_give_the_same_numbers(fsdd_dir, tmp_path):
     """Cells (defense x seed) are kept as they finish: the same command after an interruption trains only what is
     missing; --jobs 2 trains cells in two processes and gives the same numbers (same train.num_threads)."""
