@@ -70,6 +70,10 @@ def to_markdown(results: dict, matrix: Matrix) -> str:
     lines += ["", "SNR of each defense's protected training audio (dB, mean / worst 5%): " + "; ".join(
         f"{d} {s['snr_db_mean']:.1f} / {s['snr_db_worst5']:.1f}" for d, s in matrix.snr.items()
         if d != "none" and s['snr_db_mean'] != float('inf')), ""]
+    params = {d: p for d, p in results.get("defense_params", {}).items() if d != "none"}
+    if params:
+        lines += ["Defenses (key redacted): " + "; ".join(
+            f"{d} " + ", ".join(f"{k}={v}" for k, v in p.items() if k != "type") for d, p in params.items()), ""]
     return "\n".join(lines)
 
 
@@ -78,7 +82,9 @@ def new_attack_dir(recipe: Recipe, label: str) -> Path:
 
 
 def write_results(recipe: Recipe, recipe_path: str, label: str, attack_cfgs: list, matrix: Matrix,
-                  wall_seconds: float) -> tuple[dict, Path]:
+                  wall_seconds: float, column_recipes: list[Recipe] | None = None) -> tuple[dict, Path]:
+    """``column_recipes``: the recipe of each column (its defense as configured for the matrix, matched SNR and
+    --defense-option included); their defenses are recorded, key redacted, as ``defense_params``."""
     run_dir = new_attack_dir(recipe, label)
     results = {
         "recipe_name": recipe.name, "recipe_path": recipe_path, "recipe": recipe.public_dict(),
@@ -86,6 +92,7 @@ def write_results(recipe: Recipe, recipe_path: str, label: str, attack_cfgs: lis
         "attacks": [c.type for c in attack_cfgs],
         "attack_params": [c.model_dump(mode="json") for c in attack_cfgs],
         "defenses": matrix.defenses, "columns": matrix.columns,
+        "defense_params": {r.defense.type: r.public_dict()["defense"] for r in column_recipes or []},
         "accuracy": {d: {c: {"mean": statistics.fmean(v), "values": v} for c, v in cols.items()}
                      for d, cols in matrix.cells.items()},
         "worst_case": {d: dict(zip(("accuracy", "attack"), matrix.worst(d))) for d in matrix.defenses

@@ -124,7 +124,8 @@ def attack(
         f"continues where it stopped")
     bars = rec.train.progress and console.is_terminal and jobs == 1
     matrix = attacking.run_matrix(datas, cfgs, log=log, progress=bars, cell_dir=cells, jobs=jobs)
-    results, run_dir = attacking.write_results(rec, str(recipe), label, cfgs, matrix, time.perf_counter() - started)
+    results, run_dir = attacking.write_results(rec, str(recipe), label, cfgs, matrix, time.perf_counter() - started,
+                                                 column_recipes=recipes)
     header, rows = attacking.table_rows(matrix)
     table = Table(title=f"{rec.name}: clean-test accuracy under attack (chance {results['chance']:.2f}; "
                         f"seeds {rec.seeds})")

@@ -159,6 +159,8 @@ def test_lab_attack_augment_on_fsdd(fsdd_dir, tmp_path):
     assert rows[0] == ["defense", "attack", "mean", "std", "n", "values"] and len(rows) == 1 + 2 * 3
     md = (run / "results.md").read_text()
     assert "| worst case |" in md and "lab-demo-key" not in md and "lab-demo-key" not in json.dumps(results)
+    pos = results["defense_params"]["poscuda"]  # each column's defense as it ran, key redacted
+    assert pos["key"] == "<redacted>" and pos["blur"] == 0.3 and results["defense_params"]["none"]["type"] == "none"
     assert "worst case" in proc.stdout
     assert "validation_step" not in proc.stdout + proc.stderr  # Lightning's warning about a validation step
 
@@ -232,6 +234,19 @@ def test_defense_options_set_one_columns_field_and_bad_ones_fail_in_one_line():
                       ("poscuda.blur=0.5", "--set defense.blur"), ("em-noise.mode=both", "mode")]:
         with pytest.raises(LabError, match=says):
             defense_configs(rec, names, 6.731, [bad])
+
+
+def test_a_defense_option_reaches_the_run_and_its_record(fsdd_dir, tmp_path):
+    proc = lab("attack", R, "--type", "codec", "--defenses", "none,poscuda,classwise-noise", "--defense-option",
+               "classwise-noise.span=audio", *TINY, "--out", str(tmp_path), env_root=fsdd_dir.parent)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = list(tmp_path.glob("fsdd_cnn/attack-codec-*"))
+    params = json.loads((run / "results.json").read_text())["defense_params"]["classwise-noise"]
+    assert params["span"] == "audio" and params["key"] == "<redacted>" and params["snr_db"] > 0  # matched SNR kept
+    assert "span=audio" in (run / "results.md").read_text()
+    bad = lab("attack", R, "--type", "codec", "--defense-option", "cuda.blur=0.5", *TINY, "--out",
+              str(tmp_path / "bad"), env_root=fsdd_dir.parent)
+    assert bad.returncode != 0 and "one of the columns" in bad.stderr and not (tmp_path / "bad").exists()
 
 
 def test_the_matrix_resumes_from_its_cells_and_two_jobs_give_the_same_numbers(fsdd_dir, tmp_path):
