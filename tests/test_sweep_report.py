@@ -272,3 +272,19 @@ def test_one_results_writer_for_runs_attacks_and_reports(tmp_path):
     assert line == ("Seeds [0, 1] · recipe `r.yaml` · commit `abc123` (dirty) · key fingerprint `fp` · "
                     "torch 2.13.0, lightning 2.6.6 · 2026-12-01T00:00:00Z · 3.0 s")
     assert "fingerprint" not in provenance_line({"seeds": [0], "provenance": prov})
+
+
+def test_spectrograms_skip_a_protection_that_cannot_be_rebuilt(tmp_path, monkeypatch):
+    """lab report over an optimised protection's runs (em-noise: not rebuilt from its record) used to end in a
+    traceback after writing the tables; the spectrogram plot is now skipped, named in one line."""
+    import lab.rundir
+    from lab.commands import report as report_cmd
+
+    def not_rebuilt(run_dir):
+        raise NotImplementedError
+    said = []
+    monkeypatch.setattr(lab.rundir, "load_run", not_rebuilt)
+    monkeypatch.setattr(report_cmd, "log", said.append)
+    report_cmd._spectrograms(tmp_path / "run", tmp_path / "s.png")
+    assert not (tmp_path / "s.png").exists()
+    assert len(said) == 1 and "cannot be re-applied from its record" in said[0]
