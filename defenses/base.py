@@ -26,6 +26,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from lab.config import PluginConfig
+from lab.errors import LabError
 from lab.registry import Registry
 
 DEFENSES: Registry = Registry("defense", package="defenses")
@@ -101,7 +102,8 @@ class Protection(ABC):
                 raise ValueError(f"unknown protection record {record.get('defense')!r}; "
                                  f"known: {', '.join(sorted(Protection.types))}") from None
             return kind.from_dict(record, arrays) if arrays else kind.from_dict(record)
-        raise NotImplementedError
+        raise LabError(f"a {cls.name} protection cannot be rebuilt from its record: the record keeps the key's "
+                       f"fingerprint, not what was drawn from the key; derive it again from the recipe with its key")
 
     def arrays(self) -> dict[str, torch.Tensor]:
         """Large tensors of the record that do not belong in JSON (e.g. optimised per-clip noise), name -> tensor;

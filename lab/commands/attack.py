@@ -14,6 +14,13 @@ from lab.cli import app, console, err_console, log
 from lab.errors import LabError
 
 ATTACK_NAMES = "<the registered attacks>"  # replaced by the registry's names when the help is shown
+BASELINE_NAMES = "<the matched baselines>"  # replaced by the defenses that declare themselves matched baselines
+
+
+def _fill(text: str, fill: dict[str, str]) -> str:
+    for placeholder, value in fill.items():
+        text = text.replace(placeholder, value)
+    return text
 
 
 class AttackHelp(TyperCommand):
@@ -23,13 +30,15 @@ class AttackHelp(TyperCommand):
 
     def format_help(self, ctx, formatter):
         import attacks
+        from lab.attacking import baselines
         names = ", ".join(attacks.ATTACKS.names())
+        fill = {ATTACK_NAMES: names, BASELINE_NAMES: ", ".join(baselines())}
         saved = self.help, [getattr(p, "help", None) for p in self.params]
         paragraphs = inspect.cleandoc(self.help or "").split("\n\n")
-        self.help = "\n\n".join(" ".join(p.split()) for p in paragraphs).replace(ATTACK_NAMES, names)
+        self.help = _fill("\n\n".join(" ".join(p.split()) for p in paragraphs), fill)
         for param, text in zip(self.params, saved[1]):
             if text:
-                param.help = text.replace(ATTACK_NAMES, names)
+                param.help = _fill(text, fill)
         try:
             return super().format_help(ctx, formatter)
         finally:  # the template stays, for the next help in the same process
@@ -53,7 +62,8 @@ def attack(
     seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds, replacing the recipe's (e.g. 0,1)."),
     defenses_: Optional[str] = typer.Option(None, "--defenses", help="Comma-separated defenses (the table's "
                                             "columns). Default: none and the recipe's own; with --type all also "
-                                            "cuda, noise-patch, classwise-noise (at the recipe's PosCUDA SNR)."),
+                                            "the matched baselines (<the matched baselines>; at the "
+                                            "SNR the recipe's defense measures)."),
     defense_option: Optional[list[str]] = typer.Option(None, "--defense-option", help="Set a field of one "
                                                        "column's defense: DEFENSE.FIELD=VALUE (YAML value), e.g. "
                                                        "em-noise.mode=class-wise. Repeatable."),

@@ -103,9 +103,6 @@ def _spectrograms(run_dir: Path, path: Path) -> None:
     except LabError as e:
         log(f"spectrogram plot skipped: {e}")
         return
-    except NotImplementedError:  # an optimised protection (em-noise, ...) is not rebuilt from its record alone
-        log(f"spectrogram plot skipped: the protection of {run_dir} cannot be re-applied from its record")
-        return
     protection = run.protection
     protected = data.protected_test.waveforms
     spans = protection.patch_spans(test.labels, test.waveforms.shape[1], test.lengths)

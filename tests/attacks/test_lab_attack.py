@@ -94,6 +94,21 @@ def test_help_names_come_from_the_registry(monkeypatch):
     assert "zz-test-only" not in again.output and "sharpen-lowpass" in again.output
 
 
+def test_help_lists_the_matched_baselines_from_the_defenses():
+    """--defenses' help names every defense that declares itself a matched baseline (it once omitted ar-noise)."""
+    from typer.testing import CliRunner
+
+    from lab.attacking import baselines
+    from lab.cli import app
+    result = CliRunner().invoke(app, ["attack", "--help"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    (line,) = [line for line in result.output.splitlines() if "--defenses" in line]
+    assert "<the matched baselines>" not in line
+    assert "ar-noise" in baselines()
+    for name in baselines():
+        assert name in line, (name, line)
+
+
 def test_recipe_attack_block_and_options(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text((REPO / "recipes" / "fsdd_cnn.yaml").read_text() +
