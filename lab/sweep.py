@@ -87,6 +87,31 @@ def threads_per_job(jobs: int, recipe_threads: int | None, log: Callable[[str], 
     return max(1, cores // jobs)
 
 
+def exit_with_parent(parent_pid: int, every_s: float = 2.0) -> None:
+    """Worker-process initializer (``--jobs`` > 1): end this worker when the process that started it is gone.
+    A sweep or matrix killed by its PID (``kill``, a job scheduler) took only the parent with it: its workers kept
+    training for minutes, on the cores of whatever ran next, and wrote into the same cell folders as a resumed run.
+    A daemon thread checks the parent every ``every_s`` seconds; the worker's unfinished cell stays INCOMPLETE."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(3)
+            time.sleep(every_s)
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def worker_pool(jobs: int):
+    """The ``jobs`` worker processes of a sweep or matrix: spawned (a fresh interpreter each, no forked torch
+    state), each ending with its parent (:func:`exit_with_parent`)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=exit_with_parent,
+                               initargs=(os.getpid(),))
+
+
 def _run_cell(recipe: Recipe, recipe_path: str, folder: str, label: str) -> str:
     """One cell in a worker process (``--jobs`` > 1): its run, its own log lines prefixed with the cell."""
     import torch
@@ -219,12 +244,11 @@ def run_sweep(recipe_path: Path, grid: dict[str, list[Any]], out: Path, seeds: l
 def _run_parallel(todo: list, total: int, recipe_path: str, jobs: int, log: Callable[[str], None]) -> None:
     """The cells of ``todo`` in ``jobs`` worker processes (spawned: a fresh interpreter each, no forked torch
     state). A failed cell fails the sweep after the running ones end; an interrupted sweep resumes."""
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_EXCEPTION, wait
 
     from lab.experiment import RunInterrupted
     log(f"{len(todo)} of {total} cells to run, {jobs} at a time")
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+    pool = worker_pool(jobs)
     futures = {}
     try:
         for i, label, recipe, folder in todo:

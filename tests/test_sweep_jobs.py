@@ -42,3 +42,50 @@ def test_threads_are_shared_out_and_oversubscription_is_named(monkeypatch):
     assert threads_per_job(2, 2, said.append) == 2 and "oversubscribed" in said[0]
     with pytest.raises(LabError, match="--jobs 0"):
         run_sweep(REPO / "recipes" / "fsdd_cnn.yaml", {"defense.blur": [0.1]}, Path("/nonexistent"), jobs=0)
+
+
+def test_workers_end_with_a_killed_parent(tmp_path):
+    """A sweep or matrix killed by its PID used to leave its --jobs workers training on as orphans (found when a
+    study was stopped with pkill: they went on for minutes at half speed, writing into the cells the resumed run
+    was writing). Each worker now ends soon after its parent."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    pids = tmp_path / "worker.pid"
+    script = f"""
+import os, time
+from pathlib import Path
+from lab.sweep import worker_pool
+pool = worker_pool(1)
+pool.submit(time.sleep, 120)
+time.sleep(1.0)
+Path({str(pids)!r}).write_text(" ".join(str(p) for p in pool._processes))
+time.sleep(120)
+"""
+    repo = Path(__file__).resolve().parents[1]
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=repo)
+    try:
+        deadline = time.monotonic() + 60
+        while not (pids.exists() and pids.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        (worker,) = map(int, pids.read_text().split())
+        os.kill(worker, 0)  # alive while the parent is
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        alive = True
+        while alive and time.monotonic() < deadline:
+            try:  # gone, or a zombie no init has reaped yet (state Z): it no longer runs
+                alive = Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            except (FileNotFoundError, ProcessLookupError):
+                alive = False
+            time.sleep(0.2)
+        if alive:
+            os.kill(worker, signal.SIGKILL)
+        assert not alive, "the worker outlived its killed parent by 15 s"
+    finally:
+        if parent.poll() is None:
+            parent.kill()

@@ -111,7 +111,7 @@ def run_matrix(datas: list[ExperimentData], attack_cfgs: list, log: Callable[[st
     import json
 
     from lab.rundir import write_atomic
-    from lab.sweep import threads_per_job
+    from lab.sweep import threads_per_job, worker_pool
     first = datas[0].recipe
     if first.train.num_threads:
         torch.set_num_threads(first.train.num_threads)
@@ -136,11 +136,9 @@ def run_matrix(datas: list[ExperimentData], attack_cfgs: list, log: Callable[[st
         for i, data, seed, path in todo:
             keep(i, seed, path, run_cell(data, attack_cfgs, seed, log, progress))
     elif todo:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
         threads = threads_per_job(jobs, first.train.num_threads, log)
         log(f"{len(todo)} of {len(plan)} cells (defense x seed) to train, {jobs} at a time")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        with worker_pool(jobs) as pool:
             futures = [(pool.submit(_cell_in_worker, data.recipe, attack_cfgs, seed, threads), i, seed, path)
                        for i, data, seed, path in todo]
             for future, i, seed, path in futures:
