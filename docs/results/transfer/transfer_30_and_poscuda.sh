@@ -11,7 +11,7 @@ export LAB_DATA_DIR="${LAB_DATA_DIR:-../shared/data}"
 LAB="${LAB:-lab}"
 K=lab-demo-key-not-secret
 SUR="{model: {type: cnn, head: flatten, channels: [8, 16, 32]}, features: {type: mfcc, n_mfcc: 40, n_mels: 64, win_ms: 25, hop_ms: 10}}"
-for DB in 30 20; do
+for DB in ${DBS:-30 20}; do  # DBS="30": the 30 dB part only
   EMF="{type: em-noise, key: $K, snr_db: $DB, mode: class-wise, max_rounds: 5, surrogate: $SUR}"
   PC="{type: budget, snr_db: $DB, inner: {type: poscuda, key: $K}}"
   DEF="defense=$EMF,$PC" OUT="runs/sweeps/transfer_${DB}"
