@@ -53,10 +53,9 @@ def test_workers_end_with_a_killed_parent(tmp_path):
     import subprocess
     import sys
     import time
-    from pathlib import Path
     pids = tmp_path / "worker.pid"
     script = f"""
-import os, time
+import time
 from pathlib import Path
 from lab.sweep import worker_pool
 pool = worker_pool(1)
@@ -65,8 +64,7 @@ time.sleep(1.0)
 Path({str(pids)!r}).write_text(" ".join(str(p) for p in pool._processes))
 time.sleep(120)
 """
-    repo = Path(__file__).resolve().parents[1]
-    parent = subprocess.Popen([sys.executable, "-c", script], cwd=repo)
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
     try:
         deadline = time.monotonic() + 60
         while not (pids.exists() and pids.read_text().strip()) and time.monotonic() < deadline:

@@ -10,11 +10,15 @@ def acc(r, name):
     return f"{a['mean']:.3f} ± {a['std']:.3f}"
 
 
-def describe(d):
+def describe(rec):
+    d = rec["defense"]
     if d["type"] == "budget":
         return f"{d['inner']['type']} (budget wrapper)"
-    if d["type"] == "em-noise":
-        return f"em-noise ({d.get('mode', 'sample-wise')}, made on cnn / mfcc)"
+    if d["type"] in ("em-noise", "robust-em"):  # the surrogate: its own model / features, else the recipe's
+        sur = d.get("surrogate") or {}
+        model = (sur.get("model") or rec["model"])["type"]
+        features = (sur.get("features") or rec["features"])["type"]
+        return f"{d['type']} ({d.get('mode', 'sample-wise')}, made on {model} / {features})"
     return d["type"]
 
 
@@ -26,7 +30,7 @@ for folder in sys.argv[1:]:
         fad = r["quality"].get("fad", {}).get("backends", {}).get("logmel", {})
         same = fad.get("protected_half_vs_clean_half", {})
         same = same.get("fad") if isinstance(same, dict) else same
-        print(f"| {describe(rec['defense'])} | {rec['model']['type']} / {rec['features']['type']} | "
+        print(f"| {describe(rec)} | {rec['model']['type']} / {rec['features']['type']} | "
               f"{q['snr_db_mean']:.1f} / {q['snr_db_worst5']:.1f} | {same:.1f} | {acc(r, 'clean_model/clean_test')} | "
               f"**{acc(r, 'protected_model/clean_test')}** | {acc(r, 'protected_model/protected_test')} | "
               f"{r['provenance']['git']['commit'][:7]} | {r['seeds']} | {f.parent} |")
