@@ -32,6 +32,9 @@ from lab.registry import Registry
 DEFENSES: Registry = Registry("defense", package="defenses")
 
 SHIFTS_MS = (-100, -50, -10, 10, 50, 100)  # the position ablation's shifts of a patch (milliseconds)
+# the most taps a filter may have (0.5 s at 8 kHz): the tap-by-tap convolution's memory and time grow with it, and
+# a larger value (a typo, or an edited private record) would exhaust the machine instead of protecting anything
+MAX_TAPS = 4096
 
 
 def other_classes(labels: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:

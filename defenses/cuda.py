@@ -19,7 +19,7 @@ import torch
 import torchaudio.functional as AF
 from pydantic import Field, SecretStr
 
-from defenses.base import DEFENSES, Defense, Protection
+from defenses.base import DEFENSES, MAX_TAPS, Defense, Protection
 from lab.config import PluginConfig
 from lab.keys import derive_seed, fingerprint, resolve_key
 
@@ -28,7 +28,7 @@ class CUDAConfig(PluginConfig):
     type: Literal["cuda"] = "cuda"
     key: SecretStr | None = None
     key_file: Path | None = None
-    filter_length: int = Field(9, ge=1)
+    filter_length: int = Field(9, ge=1, le=MAX_TAPS)
     blur: float = Field(0.3, ge=0)
     one_tap: bool = True
     output: Literal["peak", "match_peak", "none"] = "peak"

@@ -28,8 +28,8 @@ class NoisePatchConfig(PluginConfig):
     key: SecretStr | None = None
     key_file: Path | None = None
     snr_db: float = 24.0
-    patch_seconds: float = Field(0.1, gt=0)
-    patches_per_class: int = Field(1, ge=1)
+    patch_seconds: float = Field(0.1, gt=0, le=60)
+    patches_per_class: int = Field(1, ge=1, le=64)
     position_mode: Literal["absolute", "relative"] = "absolute"
     position_range: tuple[float, float] = (0.0, 0.5)
 

@@ -39,7 +39,7 @@ from typing import Literal
 import torch
 from pydantic import Field, SecretStr, model_serializer, model_validator
 
-from defenses.base import DEFENSES, SHIFTS_MS, Defense, Protection, other_classes
+from defenses.base import DEFENSES, MAX_TAPS, SHIFTS_MS, Defense, Protection, other_classes
 from lab.config import PluginConfig
 from lab.keys import derive_seed, fingerprint, resolve_key
 
@@ -48,12 +48,12 @@ class PosCUDAConfig(PluginConfig):
     type: Literal["poscuda"] = "poscuda"
     key: SecretStr | None = None
     key_file: Path | None = None
-    patch_seconds: float = Field(0.1, gt=0)
-    filter_length: int = Field(31, ge=1)
+    patch_seconds: float = Field(0.1, gt=0, le=60)
+    filter_length: int = Field(31, ge=1, le=MAX_TAPS)
     blur: float = Field(0.3, ge=0)
     one_tap: bool = True
     filter_norm: Literal["none", "sum", "peak"] = "none"
-    patches_per_class: int = Field(1, ge=1)
+    patches_per_class: int = Field(1, ge=1, le=64)
     position_mode: Literal["absolute", "relative"] = "absolute"
     position_range: tuple[float, float] = (0.0, 0.5)
     output: Literal["none", "clip", "normalize"] = "none"

@@ -170,6 +170,9 @@ def protect(
     console.print(f"ignored: {s['non_audio_ignored']} non-audio files, {s['symlinks_not_followed']} symbolic links "
                   f"not followed; past full scale: {s['samples_past_full_scale']} samples in "
                   f"{s['files_past_full_scale']} files ({s['past_full_scale_handling']})")
+    for rel in s["not_regular_skipped"]:
+        console.print(f"[yellow]skipped[/yellow] {rel}: named like audio but not a regular file (a FIFO, device or "
+                      f"socket)", highlight=False)
     console.print(f"public (safe to publish): {output_dir}, with manifest {s['manifest']}"
                   + (f" and {s['metadata']}" if s["metadata"] else ""), highlight=False)
     console.print(f"private (keep it with the key, never publish it): record {s['record']}", highlight=False)

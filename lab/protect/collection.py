@@ -97,7 +97,9 @@ def read_label_csv(path: Path, input_root: Path) -> dict[str, str]:
 @dataclass
 class Entry:
     """One thing found under INPUT: ``rel`` (POSIX path relative to INPUT), ``path`` (absolute), ``kind``:
-    ``audio``, ``other`` (not audio: ignored), or ``link`` (a symbolic link not followed), and ``size`` in bytes."""
+    ``audio``, ``other`` (not audio: ignored), ``link`` (a symbolic link not followed) or ``special`` (named like
+    audio but not a regular file: a FIFO, which would block a reader forever, a device, a socket; skipped), and
+    ``size`` in bytes."""
 
     rel: str
     path: str
@@ -125,6 +127,8 @@ def walk(input_root: Path) -> Iterator[Entry]:
                     continue
                 st = os.stat(target)
             kind = "audio" if os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS else "other"
+            if kind == "audio" and not stat.S_ISREG(st.st_mode):
+                kind = "special"
             yield Entry(prefix + name, path, kind, st.st_size)
 
 
@@ -142,17 +146,21 @@ class Survey:
     audio_files: int
     other_files: int
     links_skipped: int
+    special_skipped: list[str] = field(default_factory=list)  # named like audio, not regular files (all of them)
 
 
 def survey(input_root: Path, rule: LabelRule) -> Survey:
     """First pass: count files and collect the labels (memory grows with the number of labels, not of files).
     Every audio file must get a label: a file without one is an error naming it, before any work is done."""
     labels: set[str] = set()
-    counts = {"audio": 0, "other": 0, "link": 0}
+    counts = {"audio": 0, "other": 0, "link": 0, "special": 0}
+    special: list[str] = []
     unlabelled: list[str] = []
     n_unlabelled = 0
     for e in walk(input_root):
         counts[e.kind] += 1
+        if e.kind == "special":
+            special.append(e.rel)
         if e.kind != "audio":
             continue
         label = rule.label(e.rel)
@@ -170,4 +178,4 @@ def survey(input_root: Path, rule: LabelRule) -> Survey:
                        f"{', '.join(unlabelled)}; fix the rule or use --labels none (one key-wide setting)")
     if counts["audio"] == 0:
         raise LabError(f"no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) under INPUT {input_root}")
-    return Survey(sorted(labels, key=natural_key), counts["audio"], counts["other"], counts["link"])
+    return Survey(sorted(labels, key=natural_key), counts["audio"], counts["other"], counts["link"], special)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Iterator
 
 from lab.errors import LabError
+from lab.protect.schema import check_line
 from lab.protect.worker import DISK_FULL, PARTIAL_SUFFIX
 
 MANIFEST = "manifest.jsonl"
@@ -76,16 +77,26 @@ def public_file(rec: dict) -> dict:
     return {"kind": "file", **{k: rec[k] for k in PUBLIC_FIELDS}}
 
 
-def read_lines(path: Path) -> Iterator[dict]:
-    """The objects of a JSON-lines file, one by one (a last line cut short by an interruption is ignored)."""
-    with open(path) as f:
-        for line in f:
-            if not line.endswith("\n"):
-                return  # a line cut short by an interruption
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                raise LabError(f"{path}: not a lab protect manifest or record (bad line: {line[:60]!r})") from None
+def read_lines(path: Path, schema: str | None = None) -> Iterator[dict]:
+    """The objects of a JSON-lines file, one by one (a last line cut short by an interruption is ignored), each
+    checked against ``schema`` (``public``: a manifest; ``record``: a private record; see
+    :mod:`lab.protect.schema`): a damaged line is a one-line :class:`LabError` naming the file and the line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, start=1):
+                if not line.endswith("\n"):
+                    return  # a line cut short by an interruption
+                try:
+                    obj = json.loads(line)
+                except (json.JSONDecodeError, RecursionError):
+                    raise LabError(f"{path}: line {n}: not JSON (bad line: {line[:60]!r}); not a lab protect "
+                                   f"manifest or record, or a damaged one") from None
+                yield check_line(obj, schema, f"{path}: line {n}") if schema else obj
+    except UnicodeDecodeError:
+        raise LabError(f"{path}: not text (not UTF-8): not a lab protect manifest or record, or a damaged one") \
+            from None
+    except OSError as e:
+        raise LabError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def first_line(path: Path) -> dict | None:
@@ -102,14 +113,21 @@ def first_line(path: Path) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
-def read_all(path: Path) -> tuple[dict | None, list[dict], dict | None]:
-    """Header, file lines and summary of a manifest or record file."""
+def read_all(path: Path, schema: str | None = None) -> tuple[dict | None, list[dict], dict | None]:
+    """Header, file lines and summary of a manifest or record file (lines checked against ``schema``, see
+    :func:`read_lines`). A second header, or (when checked) a file listed twice, is a one-line error."""
     header, records, summary = None, [], None
-    for obj in read_lines(path):
+    seen: set[str] = set()
+    for obj in read_lines(path, schema):
         kind = obj.get("kind")
         if kind == "header":
+            if header is not None:
+                raise LabError(f"{path}: two header lines; the file was damaged or edited")
             header = obj
         elif kind == "file":
+            if schema and obj["path"] in seen:
+                raise LabError(f"{path}: {obj['path']} is listed twice; the file was damaged or edited")
+            seen.add(obj.get("path"))
             records.append(obj)
         elif kind == "summary":
             summary = obj
@@ -131,7 +149,7 @@ def output_header(output: Path) -> dict | None:
             if header is None or header.get("kind") != "header" or \
                     header.get("format") not in (PUBLIC_FORMAT, LEGACY_FORMAT):
                 raise LabError(f"{path}: not a lab protect manifest; choose another OUTPUT (nothing is overwritten)")
-            return header
+            return header if header["format"] == LEGACY_FORMAT else check_line(header, "public", f"{path}: line 1")
     return None
 
 
@@ -147,11 +165,12 @@ def read_manifest(output: Path) -> tuple[dict, list[dict], dict | None]:
     if not path.is_file():
         hint = " (an interrupted run: run lab protect again to finish it)" if (output / PARTIAL).is_file() else ""
         raise LabError(f"no {MANIFEST} in {output}: not a lab protect OUTPUT folder{hint}")
-    header, records, summary = read_all(path)
+    header = first_line(path)
     if header is not None and header.get("format") == LEGACY_FORMAT:
         raise LabError(legacy_warning(path))
-    if header is None or header.get("format") != PUBLIC_FORMAT:
+    if header is None or header.get("kind") != "header" or header.get("format") != PUBLIC_FORMAT:
         raise LabError(f"{path}: not a {PUBLIC_FORMAT} manifest (no header line)")
+    header, records, summary = read_all(path, "public")
     return header, records, summary
 
 
@@ -218,7 +237,8 @@ def check_record_path(path: Path, output: Path, input_root: Path | None = None,
 
 def read_protections(path: Path) -> dict[int, dict]:
     """The ``protection`` lines of a private record: the protection derived at each sample rate the run met."""
-    return {obj["sample_rate"]: obj["protection"] for obj in read_lines(path) if obj.get("kind") == "protection"}
+    return {obj["sample_rate"]: obj["protection"] for obj in read_lines(path, "record")
+            if obj.get("kind") == "protection"}
 
 
 def read_record(path: Path) -> tuple[dict, list[dict], dict | None]:
@@ -227,10 +247,10 @@ def read_record(path: Path) -> tuple[dict, list[dict], dict | None]:
         hint = " (only an interrupted run's partial record: run lab protect again to finish it)" \
             if partial_of(path).is_file() else ""
         raise LabError(f"private record {path} not found{hint}; pass --record PATH")
-    header, records, summary = read_all(path)
-    if header is None or header.get("format") != RECORD_FORMAT:
+    header = first_line(path)
+    if header is None or header.get("kind") != "header" or header.get("format") != RECORD_FORMAT:
         raise LabError(f"{path}: not a {RECORD_FORMAT} file (no header line)")
-    return header, records, summary
+    return read_all(path, "record")
 
 
 def previous_records(paths: list[Path], header: dict, where: Path) -> dict[str, dict]:
@@ -240,10 +260,16 @@ def previous_records(paths: list[Path], header: dict, where: Path) -> dict[str, 
     for path in paths:
         if not path.is_file():
             continue
-        for obj in read_lines(path):
+        schema = None if (first_line(path) or {}).get("format") == LEGACY_FORMAT else "record"
+        seen: set[str] = set()
+        for obj in read_lines(path, schema):
             if obj.get("kind") == "header":
                 check_compatible(obj, header, where)
             elif obj.get("kind") == "file":
+                if schema and obj["path"] in seen:
+                    raise LabError(f"{path}: {obj['path']} is listed twice; the file was damaged or edited (restore "
+                                   f"it from a backup)")
+                seen.add(obj["path"])
                 found[obj["path"]] = obj
     return found
 
@@ -317,12 +343,18 @@ class LinesWriter:
             raise WriteFailed.of(self.final, e) from None
         return self.final
 
-    def abandon(self) -> None:
-        """Leave the partial file where it is (an interrupted run): the next run resumes from it."""
+    def abandon(self, remove: bool = False) -> None:
+        """Leave the partial file where it is (an interrupted run): the next run resumes from it. ``remove``: the
+        run wrote nothing worth resuming from, so the partial file goes too (no orphan is left)."""
         try:
             self.file.close()
         except OSError:
             pass  # a disk still full: the last line stays cut short, and reading ignores it
+        if remove:
+            try:
+                self.partial.unlink(missing_ok=True)
+            except OSError:
+                pass
 
 
 def write_metadata(output: Path, public_lines: Path) -> str:
@@ -337,7 +369,7 @@ def write_metadata(output: Path, public_lines: Path) -> str:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             rows = csv.writer(f, lineterminator="\n")
             rows.writerow(["file_name", "label"])
-            for obj in read_lines(public_lines):
+            for obj in read_lines(public_lines, "public"):
                 if obj.get("kind") == "file":
                     rows.writerow([obj["path"], obj["label"]])
         digest = file_sha256(tmp)

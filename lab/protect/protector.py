@@ -23,6 +23,8 @@ import os
 import pickle
 import time
 from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, get_type_hints
 
@@ -33,12 +35,13 @@ from defenses.base import Defense, Protection, build_defense
 from lab.config import PluginConfig, parse_plugin
 from lab.errors import LabError
 from lab.keys import fingerprint, resolve_key
-from lab.protect.collection import LabelRule, survey, walk
+from lab.protect.collection import LabelRule, Survey, survey, walk
 from lab.protect.manifest import (LEGACY_FORMAT, MANIFEST, METADATA, PARTIAL, PUBLIC_FORMAT, RECORD_FORMAT,
                                   LinesWriter, WriteFailed, check_record_path, file_sha256, legacy_files,
                                   legacy_warning, locate_record, new_collection_id, output_header, partial_of,
                                   previous_records, public_file, public_label_rule, public_note, read_all,
                                   write_metadata)
+from lab.protect.safefs import OutputLock, refuse_links
 from lab.protect.worker import PARTIAL_SUFFIX, protect_files, start_worker
 
 REFERENCE_RATE = 8000  # the record's header holds the protection derived at this rate; each file gets the one
@@ -169,8 +172,10 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
     label) for Hugging Face ``datasets``' audiofolder loader. ``log``: receives progress messages. ``progress``:
     called with (files handled, files total).
 
-    A full disk stops the run with a :class:`LabError` naming the file and how much was done; no temporary file is
-    left, and running again resumes.
+    Safety: OUTPUT is locked for the run (a second run on it is refused in one line); a symbolic link inside OUTPUT
+    is refused, and nothing is ever written through one (see :mod:`lab.protect.safefs`); OUTPUT and the record's
+    folder must be writable before anything is written. A full disk stops the run with a :class:`LabError` naming
+    the file and how much was done; no temporary file is left, and running again resumes.
     """
     started = time.perf_counter()
     inp, out = check_folders(input_root, output_root)
@@ -178,16 +183,83 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
     if key_path.resolve().is_relative_to(out):
         raise LabError(f"--key-file {key_path} is inside OUTPUT {out}, the folder that is published; move the key "
                        f"out of it")
-    key = resolve_key(None, key_path, where="--key-file")
+    key_fp = fingerprint(resolve_key(None, key_path, where="--key-file"))
     cfg = defense_config(key_path, defense)
     rule = LabelRule.parse(labels, inp)
     found = survey(inp, rule)
-    classes = {c: i for i, c in enumerate(found.classes)}
-    key_fp = fingerprint(key)
-    del key
+    with claimed(out):
+        plan = plan_run(inp, out, key_path, key_fp, cfg, rule, found, record, metadata)
+        stale = remove_partials(out)
+        mode = key_path.stat().st_mode & 0o777
+        if mode & 0o077:
+            log(f"warning: key file {key_path} can be read by others (mode {mode:o}); `chmod 600 {key_path}`")
+        if plan.legacy:
+            log(f"warning: {legacy_warning(out / MANIFEST)}; this run does it: the private record goes to "
+                f"{plan.record_path}")
+        log(f"{found.audio_files} audio files in {len(found.classes)} classes; key fingerprint {key_fp}"
+            + (f"; resuming ({len(plan.previous)} earlier records)" if plan.previous else "")
+            + (f"; removed {stale} temporary files of an interrupted run" if stale else ""))
+        return run_files(plan, workers, fsync, started, progress)
+
+
+@dataclass
+class Plan:
+    """Everything a run decided before its first file: folders, key fingerprint, defense, labels, headers, the
+    earlier records it resumes from, and where the private record goes."""
+
+    inp: Path
+    out: Path
+    key_fp: str
+    defense: Defense
+    rule: LabelRule
+    found: Survey
+    record_path: Path
+    private_header: dict
+    public_header: dict
+    previous: dict[str, dict]
+    write_meta: bool
+    legacy: bool
+
+    @property
+    def classes(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.found.classes)}
+
+
+@contextmanager
+def claimed(out: Path) -> Iterator[None]:
+    """OUTPUT made (if new), checked writable, locked against a second run and free of symbolic links, for the
+    length of the run. If it was made here and the run fails before writing anything in it, it is removed again."""
+    try:
+        out.mkdir(parents=True)
+        created = True
+    except FileExistsError:
+        created = False  # (a run started beside this one may have made it a moment ago: never removed here)
+    except OSError as e:
+        raise LabError(f"cannot create OUTPUT {out}: {e.strerror or e}; choose a folder you can write to") from None
+    try:
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise LabError(f"OUTPUT {out} is not writable (read-only file system or no permission); choose a folder "
+                           f"you can write to")
+        with OutputLock(out):
+            refuse_links(out)
+            yield
+    except BaseException:
+        if created:
+            try:
+                out.rmdir()  # only when still empty: nothing of a run that wrote something is removed
+            except OSError:
+                pass
+        raise
+
+
+def plan_run(inp: Path, out: Path, key_path: Path, key_fp: str, cfg: PluginConfig, rule: LabelRule,
+             found: Survey, record: Path | None, metadata: bool) -> Plan:
+    """The run's :class:`Plan`: derive the protection at the reference rate, read OUTPUT's earlier manifest (a
+    resumed run must use the same key, defense and classes), place the private record (its folder must be
+    writable), and read the earlier records."""
     chosen = build_defense(cfg)
     derived = derive_at(chosen, len(found.classes), REFERENCE_RATE, key_fp).to_dict()
-    earlier = output_header(out) if out.is_dir() else None
+    earlier = output_header(out)
     legacy = earlier is not None and earlier["format"] == LEGACY_FORMAT
     if earlier is not None and earlier.get("key_fingerprint") != key_fp:
         raise LabError(f"{out} was protected with another key (fingerprint {earlier.get('key_fingerprint')}, this "
@@ -195,6 +267,9 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
     collection_id = earlier["collection_id"] if earlier is not None and not legacy else new_collection_id()
     record_path = locate_record(out, key_path, collection_id, record, earlier=earlier is not None and not legacy)
     check_record_path(record_path, out, inp, collection_id)
+    if not os.access(record_path.parent, os.W_OK | os.X_OK):
+        raise LabError(f"the private record's folder {record_path.parent} is not writable (read-only file system or "
+                       f"no permission); choose another place with --record PATH")
     from lab.provenance import provenance
     private_header = {"kind": "header", "format": RECORD_FORMAT, "collection_id": collection_id, "output": str(out),
                       "input": str(inp), "labels": rule.spec, "classes": found.classes, "key_fingerprint": key_fp,
@@ -208,120 +283,145 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
                      "classes": found.classes, "note": public_note(cfg.type)}
     sources = legacy_files(out) if legacy else [record_path, partial_of(record_path)]
     previous = previous_records(sources, private_header, out)
-    write_meta = own_metadata(out, metadata)
-    out.mkdir(parents=True, exist_ok=True)
-    stale = remove_partials(out)
-    mode = key_path.stat().st_mode & 0o777
-    if mode & 0o077:
-        log(f"warning: key file {key_path} can be read by others (mode {mode:o}); `chmod 600 {key_path}`")
-    if legacy:
-        log(f"warning: {legacy_warning(out / MANIFEST)}; this run does it: the private record goes to {record_path}")
-    log(f"{found.audio_files} audio files in {len(found.classes)} classes; key fingerprint {key_fp}"
-        + (f"; resuming ({len(previous)} earlier records)" if previous else "")
-        + (f"; removed {stale} temporary files of an interrupted run" if stale else ""))
+    return Plan(inp, out, key_fp, chosen, rule, found, record_path, private_header, public_header, previous,
+                own_metadata(out, metadata), legacy)
 
+
+def file_jobs(plan: Plan, fsync: bool, at_rate: Callable[[int], bytes]) -> Iterator[tuple[list[tuple], dict]]:
+    """The jobs, in walk order, a chunk at a time, with the protections of the chunk's sample rates."""
+    classes = plan.classes
+    chunk, size, rates = [], 0, {}
+    for e in walk(plan.inp):
+        if e.kind == "audio":
+            label = plan.rule.label(e.rel)
+            chunk.append((e.path, str(plan.out), e.rel, label, classes.get(label), plan.previous.get(e.rel), fsync))
+            rate = header_rate(e.path)
+            if rate is not None and rate not in rates:
+                rates[rate] = at_rate(rate)
+            size += e.size
+            if len(chunk) >= CHUNK_FILES or size >= CHUNK_BYTES:
+                yield chunk, rates
+                chunk, size, rates = [], 0, {}
+    if chunk:
+        yield chunk, rates
+
+
+@dataclass
+class Tally:
+    """What the run has done so far."""
+
+    counts: dict = field(default_factory=lambda: {"protected": 0, "done": 0, "failed": 0})
+    failed: list = field(default_factory=list)
+    seconds: float = 0.0
+    new_seconds: float = 0.0
+    past_full_scale: int = 0
+    files_past: int = 0
+    handled: int = 0
+
+    def add(self, outcome: str, rec: dict) -> None:
+        self.handled += 1
+        self.counts[outcome] += 1
+        if outcome == "failed":
+            self.failed.append({"path": rec["path"], "error": rec["error"]})  # named in the summary
+            return
+        self.seconds += rec["seconds"]
+        self.new_seconds += rec["seconds"] if outcome == "protected" else 0
+        self.past_full_scale += rec["past_full_scale"]
+        self.files_past += rec["past_full_scale"] > 0
+
+
+def run_files(plan: Plan, workers: int | None, fsync: bool, started: float,
+              progress: Callable[[int, int], None] | None) -> dict:
+    """Protect every file of the plan through the workers, writing the record and the manifest line by line, then
+    finish both; on any failure, keep what resumes and remove what does not."""
     pickled: dict[int, bytes] = {}  # the protection derived at each sample rate met so far
+    writers: list[LinesWriter] = []
+    tally, pool = Tally(), None
+    n_workers = os.cpu_count() if workers is None else workers
 
     def at_rate(rate: int) -> bytes:
         if rate not in pickled:
-            prot = derive_at(chosen, len(found.classes), rate, key_fp)
+            prot = derive_at(plan.defense, len(plan.found.classes), rate, plan.key_fp)
             writers[0].write({"kind": "protection", "sample_rate": rate, "protection": prot.to_dict()})
             pickled[rate] = pickle.dumps(prot)
         return pickled[rate]
 
-    def chunks() -> Iterator[tuple[list[tuple], dict[int, bytes]]]:
-        """The jobs, in walk order, a chunk at a time, with the protections of the chunk's sample rates."""
-        chunk, size, rates = [], 0, {}
-        for e in walk(inp):
-            if e.kind == "audio":
-                label = rule.label(e.rel)
-                chunk.append((e.path, os.path.join(out, e.rel), e.rel, label, classes.get(label),
-                              previous.get(e.rel), fsync))
-                rate = header_rate(e.path)
-                if rate is not None and rate not in rates:
-                    rates[rate] = at_rate(rate)
-                size += e.size
-                if len(chunk) >= CHUNK_FILES or size >= CHUNK_BYTES:
-                    yield chunk, rates
-                    chunk, size, rates = [], 0, {}
-        if chunk:
-            yield chunk, rates
-
-    counts = {"protected": 0, "done": 0, "failed": 0}
-    failed: list[dict] = []
-    seconds = new_seconds = past_full_scale = files_past = 0
-    n_workers = os.cpu_count() if workers is None else workers
-    pool = None
-    writers: list[LinesWriter] = []
-    handled = 0
     try:
-        writers.append(LinesWriter(record_path, private_header, private=True))
-        writers.append(LinesWriter(out / MANIFEST, public_header, partial=out / PARTIAL))
+        writers.append(LinesWriter(plan.record_path, plan.private_header, private=True))
+        writers.append(LinesWriter(plan.out / MANIFEST, plan.public_header, partial=plan.out / PARTIAL))
         private, public = writers
+        jobs = file_jobs(plan, fsync, at_rate)
         if n_workers > 0:
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             pool = ctx.Pool(n_workers, initializer=start_worker)
-            results = (r for done in in_order(pool, protect_files, chunks(), ahead=2 * n_workers + 2) for r in done)
+            results = (r for done in in_order(pool, protect_files, jobs, ahead=2 * n_workers + 2) for r in done)
         else:
             start_worker()
-            results = (r for chunk in chunks() for r in protect_files(chunk))
+            results = (r for chunk in jobs for r in protect_files(chunk))
         for outcome, rec in results:
             if outcome == "stopped":
                 raise WriteFailed(rec["output"], rec["error"], disk_full=True)
             private.write({"kind": "file", **rec})
             if outcome != "failed":
                 public.write(public_file(rec))
-            handled += 1
-            counts[outcome] += 1
-            if outcome == "failed":
-                failed.append({"path": rec["path"], "error": rec["error"]})  # named in the summary
-            else:
-                seconds += rec["seconds"]
-                new_seconds += rec["seconds"] if outcome == "protected" else 0
-                past_full_scale += rec["past_full_scale"]
-                files_past += rec["past_full_scale"] > 0
+            tally.add(outcome, rec)
             if progress:
-                progress(handled, found.audio_files)
+                progress(tally.handled, plan.found.audio_files)
         if pool is not None:
             pool.close()
             pool.join()
             pool = None
-        wall = time.perf_counter() - started
-        summary = {"kind": "summary", "audio_files": found.audio_files, "protected": counts["protected"],
-                   "already_done": counts["done"], "failed": failed, "non_audio_ignored": found.other_files,
-                   "symlinks_not_followed": found.links_skipped, "audio_seconds": round(seconds, 3),
-                   "samples_past_full_scale": past_full_scale, "files_past_full_scale": files_past,
-                   "past_full_scale_handling": "integer and lossy formats: clipped to full scale; float formats: kept",
-                   "workers": n_workers, "wall_seconds": round(wall, 3),
-                   "x_realtime": round(new_seconds / wall, 1) if wall > 0 else None}  # newly protected audio only
-        meta_sha = write_metadata(out, public.partial) if write_meta else None
-        summary["record"] = str(private.finish(summary))
-        public_summary = {"kind": "summary", "files": counts["protected"] + counts["done"],
-                          "metadata": METADATA if write_meta else None, "metadata_sha256": meta_sha}
-        summary["manifest"] = str(public.finish(public_summary))
-        summary["metadata"] = str(out / METADATA) if write_meta else None
-        return summary
+        return finish(plan, writers, tally, n_workers, started)
     except WriteFailed as e:
-        stop(writers, pool, out)
-        kept = record_path if record_path.is_file() and not partial_of(record_path).exists() else \
-            partial_of(record_path)
-        what = f"disk full ({e.reason})" if e.disk_full else e.reason
-        fix = "free some space" if e.disk_full else "fix that"
-        done = f"and recorded in {kept}" if kept.is_file() else "(nothing recorded)"
-        earlier_runs = f" (earlier runs recorded {len(previous)})" if previous else ""
-        raise LabError(f"stopped: cannot write {e.path}: {what}; {handled} of {found.audio_files} files were done "
-                       f"{done}{earlier_runs}, no temporary file is left; {fix} and run the same command again to "
-                       f"resume") from None
+        stop(writers, pool, plan.out, keep=tally.handled > 0 or bool(plan.previous))
+        raise stopped_error(plan, e, tally.handled) from None
     except BaseException:
-        stop(writers, pool, out)
+        stop(writers, pool, plan.out, keep=tally.handled > 0 or bool(plan.previous))
         raise
 
 
-def stop(writers: list[LinesWriter], pool, out: Path) -> None:
-    """An interrupted run: keep the partial manifest and record (the next run resumes from them), stop the workers,
+def finish(plan: Plan, writers: list[LinesWriter], tally: Tally, n_workers: int, started: float) -> dict:
+    """The summary line of the record and the manifest, both renamed into place, and the summary returned."""
+    private, public = writers
+    wall = time.perf_counter() - started
+    found = plan.found
+    summary = {"kind": "summary", "audio_files": found.audio_files, "protected": tally.counts["protected"],
+               "already_done": tally.counts["done"], "failed": tally.failed, "non_audio_ignored": found.other_files,
+               "symlinks_not_followed": found.links_skipped, "not_regular_skipped": found.special_skipped,
+               "audio_seconds": round(tally.seconds, 3), "samples_past_full_scale": tally.past_full_scale,
+               "files_past_full_scale": tally.files_past,
+               "past_full_scale_handling": "integer and lossy formats: clipped to full scale; float formats: kept",
+               "workers": n_workers, "wall_seconds": round(wall, 3),
+               "x_realtime": round(tally.new_seconds / wall, 1) if wall > 0 else None}  # newly protected audio only
+    meta_sha = write_metadata(plan.out, public.partial) if plan.write_meta else None
+    summary["record"] = str(private.finish(summary))
+    public_summary = {"kind": "summary", "files": tally.counts["protected"] + tally.counts["done"],
+                      "metadata": METADATA if plan.write_meta else None, "metadata_sha256": meta_sha}
+    summary["manifest"] = str(public.finish(public_summary))
+    summary["metadata"] = str(plan.out / METADATA) if plan.write_meta else None
+    return summary
+
+
+def stopped_error(plan: Plan, e: WriteFailed, handled: int) -> LabError:
+    """The one line a run stopped by a write that failed ends with: what, how far it got, and how to resume."""
+    record_path = plan.record_path
+    kept = record_path if record_path.is_file() and not partial_of(record_path).exists() else \
+        partial_of(record_path)
+    what = f"disk full ({e.reason})" if e.disk_full else e.reason
+    fix = "free some space" if e.disk_full else "fix that"
+    done = f"and recorded in {kept}" if kept.is_file() else "(nothing recorded)"
+    earlier_runs = f" (earlier runs recorded {len(plan.previous)})" if plan.previous else ""
+    return LabError(f"stopped: cannot write {e.path}: {what}; {handled} of {plan.found.audio_files} files were done "
+                    f"{done}{earlier_runs}, no temporary file is left; {fix} and run the same command again to "
+                    f"resume")
+
+
+def stop(writers: list[LinesWriter], pool, out: Path, keep: bool = True) -> None:
+    """An interrupted run: keep the partial manifest and record (the next run resumes from them; ``keep=False``:
+    the run handled no file and had no earlier record, so they hold nothing and are removed), stop the workers,
     and delete the temporary files they were writing."""
     for w in writers:
-        w.abandon()
+        w.abandon(remove=not keep)
     if pool is not None:
         pool.terminate()
         pool.join()
@@ -334,7 +434,7 @@ def own_metadata(out: Path, requested: bool) -> bool:
     meta = out / METADATA
     if not meta.exists():
         return requested
-    summary = read_all(out / MANIFEST)[2] if (out / MANIFEST).is_file() else None
+    summary = read_all(out / MANIFEST, "public")[2] if (out / MANIFEST).is_file() else None
     if summary and summary.get("metadata_sha256") and summary["metadata_sha256"] == file_sha256(meta):
         return True
     if requested:

@@ -14,8 +14,9 @@ from defenses.base import build_defense
 from lab.errors import LabError
 from lab.keys import fingerprint, resolve_key
 from lab.protect.collection import AUDIO_EXTENSIONS, walk
-from lab.protect.manifest import (LEGACY_FORMAT, MANIFEST, METADATA, RECORD_FORMAT, check_record_path,
-                                  locate_record, read_manifest, read_protections, read_record)
+from lab.protect.manifest import (LEGACY_FORMAT, MANIFEST, METADATA, PUBLIC_FIELDS, RECORD_FORMAT,
+                                  check_record_path, locate_record, read_manifest, read_protections, read_record)
+from lab.protect.safefs import OutputLock, links_under
 from lab.protect.protector import REFERENCE_RATE, defense_config, derive_at
 from lab.protect.worker import PARTIAL_SUFFIX, check_file, start_worker
 
@@ -45,33 +46,68 @@ def verify_collection(output_root: Path, key_file: Path, source: Path | None = N
     out = Path(output_root).expanduser().resolve()
     if not out.is_dir():
         raise LabError(f"OUTPUT {output_root} is not a folder")
-    header, public_files, _ = read_manifest(out)
     key_path = Path(key_file).expanduser()
-    key = resolve_key(None, key_path, where="--key-file")
-    key_fp = fingerprint(key)
-    del key
+    with OutputLock(out, shared=True):
+        header, public_files, key_fp, record_path, rec_header, records = checked_record(out, key_path, record)
+        src_root = Path(source).expanduser().resolve() if source else Path(rec_header["input"])
+        done = [r for r in records if r["status"] == "protected"]
+        protections = derived_protections(record_path, rec_header, key_path, key_fp, done)
+        jobs = [(str(src_root / r["path"]), str(out), r) for r in done]
+        results = check_files(jobs, protections, workers, progress)
+        counts = Counter(r["status"] for r in results)
+        problems = [r for r in results if r["status"] not in ("ok", "unchecked")]  # unchecked: source gone, hash ok
+        problems += manifest_problems(public_files, done) + metadata_problems(out, done)
+        problems += label_problems(records, rec_header["classes"]) + header_problems(header, rec_header)
+        extra, partial, unsafe = scan_output(out, {r["path"] for r in records}, key_path)
+        problems += unsafe
+        not_protected, source_found = unprotected_sources(records, src_root)
+    complete = not not_protected
+    return {"output": str(out), "source": str(src_root), "record": str(record_path),
+            "key_fingerprint": rec_header["key_fingerprint"], "files": len(results), "counts": dict(counts),
+            "problems": problems, "extra": sorted(extra), "partial": sorted(partial),
+            "failed_at_protection": [r["path"] for r in records if r["status"] == "failed"],
+            "not_protected": not_protected, "source_found": source_found, "complete": complete,
+            "passed": not problems and not extra and not partial and complete}
+
+
+def checked_record(out: Path, key_path: Path, record: Path | None) -> tuple:
+    """The public manifest and the private record of ``out``, each line checked (:mod:`lab.protect.schema`), and
+    checked against each other and the key: (manifest header, manifest files, key fingerprint, record path, record
+    header, record files). Any disagreement is a one-line error."""
+    header, public_files, _ = read_manifest(out)
+    key_fp = fingerprint(resolve_key(None, key_path, where="--key-file"))
     if key_fp != header["key_fingerprint"]:
         raise LabError(f"--key-file {key_path}: this key (fingerprint {key_fp}) is not the one OUTPUT was "
                        f"protected with (fingerprint {header['key_fingerprint']})")
     record_path = locate_record(out, key_path, header["collection_id"], record, earlier=True)
     check_record_path(record_path, out)
     rec_header, records, _ = read_record(record_path)
-    if rec_header.get("collection_id") != header["collection_id"]:
+    if rec_header["collection_id"] != header["collection_id"]:
         raise LabError(f"--record {record_path} is the record of another OUTPUT (collection "
-                       f"{rec_header.get('collection_id')}, {out} is {header['collection_id']}); give this OUTPUT's")
+                       f"{rec_header['collection_id']}, {out} is {header['collection_id']}); give this OUTPUT's")
     if key_fp != rec_header["key_fingerprint"]:
         raise LabError(f"{record_path}: made with another key (fingerprint {rec_header['key_fingerprint']}) than "
                        f"OUTPUT's manifest names (the record was edited)")
+    return header, public_files, key_fp, record_path, rec_header, records
+
+
+def derived_protections(record_path: Path, rec_header: dict, key_path: Path, key_fp: str,
+                        done: list[dict]) -> dict[int, bytes]:
+    """The protection at each sample rate of the record's files, derived again from the key, pickled; each must
+    equal the record's (at the reference rate and in its ``protection`` lines). The record's parameters are
+    validated first, like a command line's: an edited record cannot make the derivation allocate without bound."""
     recorded = rec_header["protection"]
     kind = recorded.get("defense", "poscuda")
-    defense = build_defense(defense_config(key_path, {**recorded["params"], "type": kind}))
+    try:
+        cfg = defense_config(key_path, {**recorded["params"], "type": kind})
+    except LabError as e:
+        raise LabError(f"{record_path}: the recorded protection's parameters are not valid ({e}); the record was "
+                       f"damaged or edited") from None
+    defense = build_defense(cfg)
     classes = len(rec_header["classes"])
     if derive_at(defense, classes, REFERENCE_RATE, key_fp).to_dict() != recorded:
         raise LabError(f"{record_path}: the recorded protection ({kind}: its positions, filters or other derived "
                        f"values) is not what the key gives (the record was edited)")
-    src_root = Path(source).expanduser().resolve() if source else Path(rec_header["input"])
-    done = [r for r in records if r["status"] == "protected"]
-    # the protection at each sample rate of the record, derived again from the key (and equal to the record's line)
     recorded_at = read_protections(record_path)
     protections = {}
     for rate in sorted({r["sample_rate"] for r in done}):
@@ -80,7 +116,12 @@ def verify_collection(output_root: Path, key_file: Path, source: Path | None = N
             raise LabError(f"{record_path}: the protection recorded at {rate} Hz is not what the key gives (the "
                            f"record was edited)")
         protections[rate] = pickle.dumps(prot)
-    jobs = [(str(src_root / r["path"]), str(out / r["path"]), r) for r in done]
+    return protections
+
+
+def check_files(jobs: list[tuple], protections: dict[int, bytes], workers: int | None,
+                progress: Callable[[int, int], None] | None) -> list[dict]:
+    """:func:`lab.protect.worker.check_file` for every job, on ``workers`` processes (default the CPU count)."""
     n_workers = os.cpu_count() if workers is None else workers
     results = []
     if n_workers > 0 and len(jobs) > 1:
@@ -96,11 +137,14 @@ def verify_collection(output_root: Path, key_file: Path, source: Path | None = N
             results.append(check_file(job))
             if progress:
                 progress(i, len(jobs))
-    counts = Counter(r["status"] for r in results)
-    problems = [r for r in results if r["status"] not in ("ok", "unchecked")]  # unchecked: source gone, hash ok
-    problems += manifest_problems(public_files, done) + metadata_problems(out, done)
-    listed = {r["path"] for r in records}
-    extra, partial = [], []
+    return results
+
+
+def scan_output(out: Path, listed: set[str], key_path: Path) -> tuple[list[str], list[str], list[dict]]:
+    """What lies in OUTPUT besides the listed files: (audio files the record does not list, temporary files of an
+    interrupted write, problems that make OUTPUT unsafe to publish: a private record or the key inside it, a
+    symbolic link)."""
+    extra, partial, unsafe = [], [], []
     for dirpath, _, filenames in os.walk(out):
         for name in sorted(filenames):
             rel = str(PurePosixPath(Path(dirpath, name).relative_to(out).as_posix()))
@@ -109,12 +153,21 @@ def verify_collection(output_root: Path, key_file: Path, source: Path | None = N
             elif Path(name).suffix.lower() in AUDIO_EXTENSIONS:
                 if rel not in listed:
                     extra.append(rel)
-            elif holds_a_record(Path(dirpath, name)):
-                problems.append({"path": rel, "status": "unsafe", "detail": "holds a private lab protect record "
-                                 "(positions, filters, patch starts): move it out, OUTPUT is what is published"})
+            elif not os.path.islink(os.path.join(dirpath, name)) and holds_a_record(Path(dirpath, name)):
+                unsafe.append({"path": rel, "status": "unsafe", "detail": "holds a private lab protect record "
+                               "(positions, filters, patch starts): move it out, OUTPUT is what is published"})
+    unsafe += [{"path": rel, "status": "unsafe", "detail": "a symbolic link inside OUTPUT (a downloader gets "
+                "whatever it points to, or nothing): replace it with the file or remove it"}
+               for rel in links_under(out, limit=1000)]
     if key_path.resolve().is_relative_to(out):
-        problems.append({"path": str(key_path.resolve().relative_to(out)), "status": "unsafe",
-                         "detail": "the key file is inside OUTPUT: move it out, OUTPUT is what is published"})
+        unsafe.append({"path": str(key_path.resolve().relative_to(out)), "status": "unsafe",
+                       "detail": "the key file is inside OUTPUT: move it out, OUTPUT is what is published"})
+    return extra, partial, unsafe
+
+
+def unprotected_sources(records: list[dict], src_root: Path) -> tuple[list[dict], bool]:
+    """Every source audio file with no protected copy (failed, or not in the record at all), each with why, and
+    whether the source folder could be walked."""
     not_protected = [{"path": r["path"], "why": f"failed when protected: {r['error']}"}
                      for r in records if r["status"] == "failed"]
     source_found = src_root.is_dir()
@@ -123,18 +176,13 @@ def verify_collection(output_root: Path, key_file: Path, source: Path | None = N
         not_protected += [{"path": e.rel, "why": "no protected copy: not in the record (added after the run?)"}
                           for e in walk(src_root) if e.kind == "audio" and e.rel not in known]
     not_protected.sort(key=lambda p: p["path"])
-    complete = not not_protected
-    return {"output": str(out), "source": str(src_root), "record": str(record_path),
-            "key_fingerprint": rec_header["key_fingerprint"], "files": len(results), "counts": dict(counts),
-            "problems": problems, "extra": sorted(extra), "partial": sorted(partial),
-            "failed_at_protection": [r["path"] for r in records if r["status"] == "failed"],
-            "not_protected": not_protected, "source_found": source_found, "complete": complete,
-            "passed": not problems and not extra and not partial and complete}
+    return not_protected, source_found
 
 
 def manifest_problems(public_files: list[dict], done: list[dict]) -> list[dict]:
     """Where the public manifest disagrees with the record: a protected file missing from it, listed with another
-    output hash, or listed though the record has no protected copy of it."""
+    output hash or other facts (label, format, sample rate, channels, frames, seconds), or listed though the record
+    has no protected copy of it. (A file listed twice is refused when the manifest is read.)"""
     public = {f["path"]: f for f in public_files}
     problems = []
     for r in done:
@@ -143,9 +191,33 @@ def manifest_problems(public_files: list[dict], done: list[dict]) -> list[dict]:
             problems.append({"path": r["path"], "status": "manifest", "detail": f"not listed in {MANIFEST}"})
         elif f.get("output_sha256") != r["output_sha256"]:
             problems.append({"path": r["path"], "status": "manifest", "detail": f"{MANIFEST} gives another hash"})
+        else:
+            other = [k for k in PUBLIC_FIELDS if f.get(k) != r.get(k)]
+            if other:
+                problems.append({"path": r["path"], "status": "manifest",
+                                 "detail": f"{MANIFEST} gives another {', '.join(other)} than the record"})
     problems += [{"path": p, "status": "manifest", "detail": f"listed in {MANIFEST} but not protected in the record"}
                  for p in sorted(public)]
     return problems
+
+
+def label_problems(records: list[dict], classes: list[str]) -> list[dict]:
+    """Record lines whose class index and label disagree with the record's class list."""
+    problems = []
+    for r in records:
+        if r["status"] != "protected":
+            continue
+        if r["class"] >= len(classes) or classes[r["class"]] != r["label"]:
+            problems.append({"path": r["path"], "status": "record", "detail": f"label {r['label']!r} and class "
+                             f"{r['class']} do not match the record's classes (the record was edited)"})
+    return problems
+
+
+def header_problems(public: dict, private: dict) -> list[dict]:
+    """The public manifest's header must name the record's classes (the downloader's label list)."""
+    if public["classes"] != private["classes"]:
+        return [{"path": MANIFEST, "status": "manifest", "detail": "its classes differ from the record's"}]
+    return []
 
 
 def metadata_problems(out: Path, done: list[dict]) -> list[dict]:

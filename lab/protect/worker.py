@@ -19,18 +19,17 @@ import hashlib
 import os
 import pickle
 import re
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from defenses.base import Protection
 from lab.protect.audiofile import as_stored, decode, encode
+from lab.protect.safefs import LinkInOutput, NotRegular, read_regular, read_under, write_under
 
 PARTIAL_SUFFIX = ".lab-partial"  # temporary names: ".<name>.<pid>.lab-partial" beside the final file
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})  # no space (or quota) left: no later file could be written
 
-_made: set[str] = set()  # output folders this worker has already created
 _protections: dict[int, bytes] = {}  # checking: the pickled protection at each sample rate of the record
 
 
@@ -135,21 +134,21 @@ def _failed(rel: str, label: str, why: str) -> tuple[str, dict]:
 def _read(job: tuple):
     """First half of protecting a file: read, hash, check whether it is already done, decode. Returns a final
     (outcome, record) or (source hash, decoded audio)."""
-    src, dst, rel, label, cls, previous, fsync = job
+    src, out, rel, label, cls, previous, fsync = job
     if cls is None:
         return _failed(rel, label, "no label (the file appeared while the run was going; run again)")
     try:
-        with open(src, "rb") as f:
-            blob = f.read()
+        blob = read_regular(src)
+    except NotRegular as e:
+        return _failed(rel, label, f"skipped: {e.strerror}")
     except OSError as e:
         return _failed(rel, label, f"unreadable: {e.strerror or e}")
     src_hash = sha256(blob)
     if previous and previous.get("status") == "protected" and previous["source_sha256"] == src_hash \
             and previous["class"] == cls:
         try:
-            with open(dst, "rb") as f:
-                if sha256(f.read()) == previous["output_sha256"]:
-                    return "done", previous
+            if sha256(read_under(out, rel)) == previous["output_sha256"]:
+                return "done", previous
         except OSError:
             pass
     if not blob:
@@ -160,21 +159,28 @@ def _read(job: tuple):
         return _failed(rel, label, f"cannot decode: {_reason(e)}")
     if dec.data.shape[0] == 0:
         return _failed(rel, label, "empty audio (0 samples)")
+    bad = dec.data.size - int(np.count_nonzero(np.isfinite(dec.data)))
+    if bad:
+        return _failed(rel, label, f"{bad} of {dec.data.size} samples are NaN or infinite: such audio cannot be "
+                                   f"protected (nor verified); repair or remove the file")
     return src_hash, dec
 
 
 def _write(job: tuple, src_hash: str, dec, out: np.ndarray, applied: list[dict] | None) -> tuple[str, dict]:
-    """Second half: encode in the source's own format and write atomically; the file's record."""
-    src, dst, rel, label, cls, previous, fsync = job
+    """Second half: encode in the source's own format and write atomically under OUTPUT (never through a link);
+    the file's record."""
+    src, root, rel, label, cls, previous, fsync = job
     try:
         out_blob, over = encode(out, dec)
     except Exception as e:
         return _failed(rel, label, f"cannot write {dec.format}/{dec.subtype}: {_reason(e)}")
     try:
-        write_atomically(Path(dst), out_blob, fsync)
+        write_under(root, rel, out_blob, PARTIAL_SUFFIX, fsync)
+    except LinkInOutput as e:
+        return _failed(rel, label, f"not written: {e.strerror}")
     except OSError as e:
         if e.errno in DISK_FULL:  # every later file would fail too: the run stops (and can be resumed)
-            return "stopped", {"path": rel, "output": dst, "error": e.strerror or str(e)}
+            return "stopped", {"path": rel, "output": os.path.join(root, rel), "error": e.strerror or str(e)}
         return _failed(rel, label, f"cannot write the output: {e.strerror or e}")  # e.g. no permission: this file
     frames, channels = dec.data.shape
     rec = {"path": rel, "label": label, "class": cls, "status": "protected", "source_sha256": src_hash,
@@ -189,8 +195,8 @@ def _write(job: tuple, src_hash: str, dec, out: np.ndarray, applied: list[dict] 
 
 def protect_files(task: tuple[list[tuple], dict[int, bytes]]) -> list[tuple[str, dict]]:
     """Protect a chunk of files. ``task`` = (jobs, {sample rate: pickled protection} for the rates of the chunk's
-    files). Each job = (source path, output path, relative path, label, class index, previous record or None,
-    fsync). A file already done (its previous record's source and output hashes both still match) is not redone.
+    files). Each job = (source path, OUTPUT folder, path relative to INPUT and OUTPUT, label, class index, previous
+    record or None, fsync). A file already done (its previous record's source and output hashes both still match) is not redone.
     Returns, per job in order, what happened (``protected``, ``done``, ``failed``, or ``stopped``: the disk is full,
     the output was not written and the run must stop) and the file's record. The files of one sample rate and
     precision are protected together (:func:`protect_batch`)."""
@@ -231,43 +237,27 @@ def protect_files(task: tuple[list[tuple], dict[int, bytes]]) -> list[tuple[str,
     return results
 
 
-def write_atomically(path: Path, blob: bytes, fsync: bool = False) -> None:
-    """Write ``blob`` to a temporary name beside ``path`` and rename it into place only once complete: an
-    interrupted write never leaves a half file under the final name. ``fsync`` also forces the bytes to disk
-    before the rename (survives a power cut; slower)."""
-    if str(path.parent) not in _made:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _made.add(str(path.parent))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def check_file(job: tuple) -> dict:
-    """Check one output file against its private record and its source. ``job`` = (source path, output path,
+    """Check one output file against its private record and its source. ``job`` = (source path, OUTPUT folder,
     record). Returns {"path", "status", "detail"} with status ``ok``, ``missing``, ``changed`` (output bytes differ
     from the record), ``unprotected`` (output holds the source's audio), ``mismatch`` (output is not what the key
     gives for this source), ``source-changed``, or ``unchecked`` (source gone: only the hash was checked)."""
-    src, dst, rec = job
+    src, out, rec = job
     rel = rec["path"]
     try:
-        out_blob = Path(dst).read_bytes()
+        out_blob = read_under(out, rel)
     except FileNotFoundError:
         return {"path": rel, "status": "missing", "detail": "output file is missing"}
+    except (LinkInOutput, NotRegular) as e:
+        return {"path": rel, "status": "unsafe", "detail": f"output is {e.strerror}"}
     except OSError as e:
         return {"path": rel, "status": "missing", "detail": f"output unreadable: {e.strerror}"}
     if sha256(out_blob) != rec["output_sha256"]:
         return {"path": rel, "status": "changed", "detail": "output bytes differ from the record's hash"}
     try:
-        src_blob = Path(src).read_bytes()
+        src_blob = read_regular(src)
+    except NotRegular as e:
+        return {"path": rel, "status": "source-changed", "detail": f"source is {e.strerror}"}
     except OSError:
         return {"path": rel, "status": "unchecked", "detail": "source not found: output hash checked only"}
     if sha256(src_blob) != rec["source_sha256"]:
@@ -285,6 +275,10 @@ def check_file(job: tuple) -> dict:
         return {"path": rel, "status": "mismatch", "detail": "recorded patches differ from those the key gives"}
     if output.data.shape != source.data.shape or output.sample_rate != source.sample_rate:
         return {"path": rel, "status": "mismatch", "detail": "shape or sample rate differs from the source"}
+    facts = (output.data.shape[0], output.data.shape[1], output.sample_rate, output.format, output.subtype)
+    if facts != tuple(rec[k] for k in ("frames", "channels", "sample_rate", "format", "subtype")):
+        return {"path": rel, "status": "mismatch", "detail": "frames, channels, sample rate, format or subtype "
+                                                             "differ from the record's"}
     if source.exact:
         if np.array_equal(output.data, source.data):
             return {"path": rel, "status": "unprotected", "detail": "output equals the source"}

@@ -238,10 +238,10 @@ def test_an_unwritable_output_fails_that_file_only(collection, key_file, tmp_pat
     import errno
     real_replace = worker.os.replace
 
-    def no_permission(src, dst):
+    def no_permission(src, dst, **kw):
         if str(dst).endswith("d.wav"):
             raise OSError(errno.EACCES, "Permission denied")
-        real_replace(src, dst)
+        real_replace(src, dst, **kw)
 
     monkeypatch.setattr(worker.os, "replace", no_permission)
     out = tmp_path / "out"
@@ -252,43 +252,22 @@ def test_an_unwritable_output_fails_that_file_only(collection, key_file, tmp_pat
     assert not list(out.rglob("*.lab-partial")) and not (out / "dog" / "d.wav").exists()
 
 
-class FullDisk:
-    """A file whose disk fills up: the first write puts half the bytes down, then fails with ENOSPC."""
-
-    def __init__(self, f):
-        self.f = f
-
-    def write(self, blob):
-        import errno
-        self.f.write(blob[:len(blob) // 2])
-        self.f.flush()
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-
 def fill_the_disk_after(monkeypatch, n: int) -> list:
     """From the (n+1)-th output file on, writing fails as on a full disk (the worker's temporary file is created and
     half written first). Returns the temporary paths the worker opened."""
-    import builtins
+    import errno
+    from lab.protect import safefs
+    real = safefs.write_temp
     opened = []
 
-    def open_(path, mode="r", *args, **kwargs):
-        f = builtins.open(path, mode, *args, **kwargs)
-        if "w" in mode and str(path).endswith(".lab-partial"):
-            opened.append(str(path))
-            if len(opened) > n:
-                return FullDisk(f)
-        return f
+    def write_temp(fd, blob, fsync, where):
+        opened.append(where)
+        if len(opened) > n:
+            real(fd, blob[:len(blob) // 2], fsync, where)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, blob, fsync, where)
 
-    monkeypatch.setattr(worker, "open", open_, raising=False)
+    monkeypatch.setattr(safefs, "write_temp", write_temp)
     return opened
 
 
