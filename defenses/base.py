@@ -145,6 +145,23 @@ class Protection(ABC):
         patch's), for attacks that measure how well they recovered them; None when it convolves with none."""
         return None
 
+    # --- lab protect's hooks (for a protection that is ``file_by_file``) ----------------------------------------
+
+    def apply_files(self, files: list[tuple[torch.Tensor, int]]) -> list[torch.Tensor]:
+        """Several whole files, each ``(samples (channels, frames), class)``, protected exactly as :meth:`apply`
+        protects that file alone (rows = its channels, all of its class, lengths = its frames), bit for bit.
+        Default: one :meth:`apply` per file. A protection that can take several files in one padded batch overrides
+        it (PosCUDA: one batched convolution for a chunk of files); the contract tests check the equality."""
+        return [self.apply(x, torch.full((x.shape[0],), c, dtype=torch.long),
+                           torch.full((x.shape[0],), x.shape[1], dtype=torch.long)) for x, c in files]
+
+    def file_patches(self, files: list[tuple[int, int]]) -> list[list[dict] | None]:
+        """For files ``(class, frames)``: where the protection puts its patches in each, as the private record
+        writes them (per patch: its pattern ``class/patch``, first start sample, spacing and count of repeats,
+        length in samples); ``lab verify`` re-derives and compares them. None per file for a protection that
+        changes the whole file (the default)."""
+        return [None] * len(files)
+
 
 class Defense(ABC):
     Config: ClassVar[type[PluginConfig]]

@@ -75,6 +75,9 @@ class NoisePatchProtection(Protection):
     def patch_spans(self, labels, total, lengths=None):
         return self.places.patch_spans(labels, total, lengths)
 
+    def file_patches(self, files):
+        return self.places.describe_patches(files, "noise")
+
     def to_dict(self) -> dict:
         return {"defense": self.name, "params": self.params, "key_fingerprint": self.key_fingerprint,
                 "sample_rate": self.sample_rate, "patch_samples": self.patch_len,

@@ -81,13 +81,14 @@ class PosCUDAConfig(PluginConfig):
 
 
 def convolve_patches(x: torch.Tensor, starts: torch.Tensor, filters: torch.Tensor, patch_len: int,
-                     clip: bool = False) -> torch.Tensor:
+                     clip: bool = False, ends: torch.Tensor | None = None) -> torch.Tensor:
     """Convolve, in every row of ``x`` (N, T), the patches ``[starts[n, j], starts[n, j] + patch_len)`` with
     ``filters[n, j]`` (N, P, k); patches are applied in order j = 0..P-1. Batched: no Python loop over clips.
 
     Only patch samples change. The convolution reads the real neighbours around each patch (zeros only beyond the
     clip's ends) and is computed tap by tap with element-wise operations, so a clip's result does not depend on
-    which other clips share its batch.
+    which other clips share its batch. ``ends`` (N,): where each row's clip ends (a padded batch of whole files):
+    a patch is cut there, so the padding stays zero and a later patch reads the same zeros the file alone has.
     """
     n, t = x.shape
     k = filters.shape[-1]
@@ -107,10 +108,11 @@ def convolve_patches(x: torch.Tensor, starts: torch.Tensor, filters: torch.Tenso
         if clip:
             y.clamp_(-1.0, 1.0)
         where = starts[:, j:j + 1] + patch
-        if bool((where < t).all()):
+        end = t if ends is None else ends[:, None].clamp(max=t)
+        if bool((where < end).all()):
             out.scatter_(1, where, y)
         else:  # a patch longer than what is left of the clip is cut at the clip's end
-            keep = where < t
+            keep = where < end
             rows = torch.arange(n, device=x.device)[:, None].expand(n, patch_len)
             out[rows[keep], where[keep]] = y[keep]
     return out
@@ -125,6 +127,33 @@ def check_patches_fit(cfg, clip_seconds: float) -> None:
     if cfg.position_mode == "absolute" and cfg.position_range[1] + cfg.patch_seconds > clip_seconds:
         raise ValueError(f"defense.position_range ends at {cfg.position_range[1]} s: a patch of "
                          f"{cfg.patch_seconds} s there passes the clip's end ({clip_seconds} s)")
+
+
+def padded(files: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Files ``(samples (channels, frames), class)`` as one zero-padded batch: (rows, labels, lengths), a row per
+    channel."""
+    rows = sum(x.shape[0] for x, _ in files)
+    x = torch.zeros(rows, max(x.shape[1] for x, _ in files), dtype=files[0][0].dtype)
+    labels = torch.empty(rows, dtype=torch.long)
+    lengths = torch.empty(rows, dtype=torch.long)
+    r = 0
+    for data, c in files:
+        ch, n = data.shape
+        x[r:r + ch, :n] = data
+        labels[r:r + ch] = c
+        lengths[r:r + ch] = n
+        r += ch
+    return x, labels, lengths
+
+
+def unpadded(out: torch.Tensor, files: list[tuple[torch.Tensor, int]]) -> list[torch.Tensor]:
+    """The rows of a :func:`padded` batch back as one tensor per file, each cut to its own length."""
+    results, r = [], 0
+    for data, _ in files:
+        ch, n = data.shape
+        results.append(out[r:r + ch, :n])
+        r += ch
+    return results
 
 
 class PosCUDAProtection(Protection):
@@ -147,14 +176,16 @@ class PosCUDAProtection(Protection):
         return self.positions.shape[0]
 
     def starts(self, position_classes: torch.Tensor, total: int, lengths: torch.Tensor | None = None,
-               shift_samples: int = 0) -> torch.Tensor:
+               shift_samples: int = 0, ends: torch.Tensor | None = None) -> torch.Tensor:
         """Patch start samples (N, P) for clips of length ``total`` that take the positions of ``position_classes``."""
-        return self.starts_at(self.positions[position_classes], total, lengths, shift_samples)
+        return self.starts_at(self.positions[position_classes], total, lengths, shift_samples, ends)
 
     def starts_at(self, pos: torch.Tensor, total: int, lengths: torch.Tensor | None = None,
-                  shift_samples: int = 0) -> torch.Tensor:
+                  shift_samples: int = 0, ends: torch.Tensor | None = None) -> torch.Tensor:
         """Patch start samples (N, P) for per-clip positions ``pos`` (seconds, or fractions in relative mode),
-        moved by ``shift_samples`` and kept inside the clip (see the edge rules in the module docstring)."""
+        moved by ``shift_samples`` and kept inside the clip (see the edge rules in the module docstring).
+        ``ends`` (N,): each row is a whole file padded to ``total`` and ends there (its patches are kept inside
+        it, as in the file alone); by default every clip is ``total`` long (the recipe's padded clips)."""
         n = pos.shape[0]
         if self.params["position_mode"] == "relative":
             span = (lengths if lengths is not None else torch.full((n,), total)).to(pos.dtype)
@@ -162,25 +193,27 @@ class PosCUDAProtection(Protection):
             limit = span.long()[:, None]
         else:
             starts = torch.round(pos * self.sample_rate).long()
-            limit = torch.full_like(starts, total)
+            limit = torch.full_like(starts, total) if ends is None else ends.long()[:, None].expand_as(starts)
         starts = starts + shift_samples
         return torch.minimum(starts.clamp(min=0), (limit.clamp(max=total) - self.patch_len).clamp(min=0))
 
     def apply(self, waveforms: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor | None = None,
               position_classes: torch.Tensor | None = None, filter_classes: torch.Tensor | None = None,
               shift_samples: int = 0, positions: torch.Tensor | None = None,
-              whole_clip: bool = False) -> torch.Tensor:
+              whole_clip: bool = False, ends: torch.Tensor | None = None) -> torch.Tensor:
         """Protect ``waveforms`` (N, T) of classes ``labels`` (N,).
 
         ``lengths`` (N,) are the clips' real lengths before padding (used by relative positions). The ablation
         arguments let a clip take the position of another class (``position_classes``), the filter of another class
         (``filter_classes``), a position moved by ``shift_samples``, explicit per-clip ``positions`` (N, P), or the
-        filter over the whole clip with no position at all (``whole_clip``).
+        filter over the whole clip with no position at all (``whole_clip``). ``ends``: rows are whole files padded
+        to one length, each ending there (see :meth:`starts_at`; :meth:`apply_files`).
         """
         if waveforms.dim() != 2:
             raise ValueError(f"expected waveforms of shape (N, T), got {tuple(waveforms.shape)}")
         if self.repeat_samples is not None and positions is None and not whole_clip:
-            return self._apply_repeated(waveforms, labels, lengths, position_classes, filter_classes, shift_samples)
+            return self._apply_repeated(waveforms, labels, lengths, position_classes, filter_classes, shift_samples,
+                                        ends)
         labels = labels.long()
         pos_cls = labels if position_classes is None else position_classes.long()
         filt_cls = labels if filter_classes is None else filter_classes.long()
@@ -190,9 +223,10 @@ class PosCUDAProtection(Protection):
             filters = filters[:, :1]
         else:
             pos = self.positions[pos_cls] if positions is None else positions
-            starts, patch_len = self.starts_at(pos, waveforms.shape[1], lengths, shift_samples), self.patch_len
+            starts, patch_len = self.starts_at(pos, waveforms.shape[1], lengths, shift_samples, ends), self.patch_len
         out = convolve_patches(waveforms, starts.to(waveforms.device), filters, patch_len,
-                               clip=self.params["output"] == "clip")
+                               clip=self.params["output"] == "clip",
+                               ends=None if ends is None else ends.to(waveforms.device))
         if self.params["output"] == "normalize":
             peak = out.abs().amax(dim=1, keepdim=True)
             out = torch.where(peak > 1.0, out / peak, out)
@@ -226,6 +260,39 @@ class PosCUDAProtection(Protection):
     def class_filters(self):
         return self.filters[:, 0]
 
+    def apply_files(self, files):
+        """A chunk of whole files in one padded batch (one batched convolution), each row's patches kept inside its
+        own file (``ends``): bit-identical to :meth:`apply` on each file alone (the convolution is element-wise,
+        and beyond a file's end it reads zeros either way)."""
+        if len(files) <= 1:
+            return super().apply_files(files)
+        x, labels, lengths = padded(files)
+        out = self.apply(x, labels, lengths, ends=lengths)
+        return unpadded(out, files)
+
+    def file_patches(self, files):
+        return self.describe_patches(files, "filter")
+
+    def describe_patches(self, files: list[tuple[int, int]], word: str) -> list[list[dict]]:
+        """:meth:`file_patches` for files ``(class, frames)``, all in one call; ``word`` names the pattern
+        (``filter`` here, ``noise`` for noise-patch, which takes these positions)."""
+        if not files:
+            return []
+        labels = torch.tensor([c for c, _ in files], dtype=torch.long)
+        frames = torch.tensor([n for _, n in files], dtype=torch.long)
+        total = int(frames.max())
+        starts = self.repeat_starts(self.starts(labels, total, frames, ends=frames), total, frames, ends=frames)
+        every = self.repeat_samples
+        described = []
+        for (c, n), rows in zip(files, starts.tolist()):
+            patches = []
+            for j, row in enumerate(rows):
+                s = [v for v in row if v >= 0]
+                patches.append({word: f"{c}/{j}", "start": s[0], "every": every if len(s) > 1 else None,
+                                "count": len(s), "length": min(self.patch_len, n)})
+            described.append(patches)
+        return described
+
     def to_dict(self) -> dict:
         return {
             "defense": self.name,
@@ -249,7 +316,8 @@ class PosCUDAProtection(Protection):
         repeat = self.params.get("repeat_seconds")
         return None if repeat is None else max(self.patch_len + 1, round(repeat * self.sample_rate))
 
-    def repeat_starts(self, starts: torch.Tensor, total: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def repeat_starts(self, starts: torch.Tensor, total: int, lengths: torch.Tensor | None = None,
+                      ends: torch.Tensor | None = None) -> torch.Tensor:
         """All start samples (N, P, M) of the repeated patches, -1 where a row has fewer than M repeats.
 
         ``starts`` (N, P) are the patch starts from :meth:`starts`; ``total`` is the clips' padded length and
@@ -261,6 +329,8 @@ class PosCUDAProtection(Protection):
             return starts[:, :, None]
         if self.params["position_mode"] == "relative" and lengths is not None:
             limit = lengths.long().clamp(max=total)
+        elif ends is not None:
+            limit = ends.long().clamp(max=total)
         else:
             limit = torch.full((starts.shape[0],), total, dtype=torch.long)
         first = starts % spacing
@@ -274,7 +344,8 @@ class PosCUDAProtection(Protection):
         used = int(fits.any(0).any(0).nonzero().max()) + 1
         return cand[:, :, :used]
 
-    def _convolve_repeated(self, x: torch.Tensor, all_starts: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+    def _convolve_repeated(self, x: torch.Tensor, all_starts: torch.Tensor, filters: torch.Tensor,
+                           ends: torch.Tensor | None = None) -> torch.Tensor:
         """Apply every repeated patch of ``all_starts`` (N, P, M), one (patch, repeat) at a time on a small
         window around it, so that a long clip is never copied once per repeat."""
         k = filters.shape[-1]
@@ -292,22 +363,23 @@ class PosCUDAProtection(Protection):
                 b = min(t, int(s[rows].max()) + self.patch_len + right)
                 window = out[rows, a:b]
                 done = convolve_patches(window, (s[rows] - a)[:, None].to(x.device),
-                                        filters[rows, j:j + 1].to(x.device), self.patch_len, clip=clip)
+                                        filters[rows, j:j + 1].to(x.device), self.patch_len, clip=clip,
+                                        ends=None if ends is None else (ends[rows] - a).to(x.device))
                 out[rows, a:b] = done
         return out
 
     def _apply_repeated(self, waveforms: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor | None = None,
                         position_classes: torch.Tensor | None = None, filter_classes: torch.Tensor | None = None,
-                        shift_samples: int = 0) -> torch.Tensor:
+                        shift_samples: int = 0, ends: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`apply` with ``repeat_seconds`` on: the same arguments and edge rules, with every patch repeated
         along the clip (see :meth:`repeat_starts`). Explicit ``positions`` and ``whole_clip`` ablations are applied
         without repeats."""
         labels = labels.long()
         pos_cls = labels if position_classes is None else position_classes.long()
         filt_cls = labels if filter_classes is None else filter_classes.long()
-        starts = self.starts(pos_cls, waveforms.shape[1], lengths, shift_samples)
-        out = self._convolve_repeated(waveforms, self.repeat_starts(starts, waveforms.shape[1], lengths),
-                                      self.filters[filt_cls])
+        starts = self.starts(pos_cls, waveforms.shape[1], lengths, shift_samples, ends)
+        out = self._convolve_repeated(waveforms, self.repeat_starts(starts, waveforms.shape[1], lengths, ends),
+                                      self.filters[filt_cls], ends)
         if self.params["output"] == "normalize":
             peak = out.abs().amax(dim=1, keepdim=True)
             out = torch.where(peak > 1.0, out / peak, out)

@@ -36,11 +36,10 @@ def _progress(label: str):
 def defense_fields(kind: str) -> list[str]:
     """The fields of defense ``kind`` that lab protect lets the command line set (all but the key); a defense lab
     protect cannot apply is refused here, in one line naming those it can."""
-    import defenses
-    from lab.protect.protector import cannot_apply, file_by_file_defenses
+    from lab.protect.protector import cannot_apply, defense_fields_of, file_by_file_defenses
     if kind not in file_by_file_defenses():
         raise cannot_apply(kind)
-    return [f for f in defenses.DEFENSES.get(kind).Config.model_fields if f not in ("type", "key", "key_file")]
+    return defense_fields_of(kind)
 
 
 def parse_options(items: list[str]) -> dict:

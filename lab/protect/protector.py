@@ -86,6 +86,11 @@ def file_by_file_defenses() -> list[str]:
     return [n for n in defenses.DEFENSES.names() if getattr(protection_class(n), "file_by_file", False)]
 
 
+def defense_fields_of(kind: str) -> list[str]:
+    """The configurable fields of the registered defense ``kind`` (all but its type and key)."""
+    return [f for f in defenses.DEFENSES.get(kind).Config.model_fields if f not in ("type", "key", "key_file")]
+
+
 def cannot_apply(kind: str) -> LabError:
     able = file_by_file_defenses()
     if kind not in defenses.DEFENSES:

@@ -7,9 +7,9 @@ pickled, one per sample rate; the parent derives them, see :mod:`lab.protect.pro
 class sequences) lasts one chunk and never grows with the collection.
 
 A file is protected by the protection's own ``apply``, the one experiments use: rows = the file's channels, every
-row the file's class, lengths = its frames (:func:`protect_samples`). A protection that offers ``apply_files`` (PosCUDA)
-protects a chunk's files of one sample rate in one padded batch, bit-identical to ``apply`` file by file
-(:func:`protect_batch`). Results are small dicts (the private record's lines, see :mod:`lab.protect.manifest`); audio
+row the file's class, lengths = its frames (:func:`protect_samples`). A chunk's files of one sample rate go through
+the protection's declared hook ``apply_files`` (PosCUDA: one padded batch, bit-identical to ``apply`` file by file;
+the others: file by file) (:func:`protect_batch`). Results are small dicts (the private record's lines, see :mod:`lab.protect.manifest`); audio
 never travels between processes.
 """
 from __future__ import annotations
@@ -56,69 +56,24 @@ def protect_samples(prot: Protection, data: np.ndarray, cls: int) -> np.ndarray:
 
 
 def protect_batch(prot: Protection, items: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
-    """Protect several files of one sample rate and precision: ``items`` are (samples (frames, channels), class).
-    With the protection's ``apply_files`` (several whole files in one padded batch, each row as ``apply`` protects
-    that file alone: PosCUDA's single batched convolution) they go together, else one by one through ``apply``; the
-    result of each file is :func:`protect_samples`'s, bit for bit (tested)."""
-    batched = getattr(prot, "apply_files", None)
-    if batched is None or len(items) <= 1:
-        return [protect_samples(prot, d, c) for d, c in items]
-    rows = sum(d.shape[1] for d, _ in items)
-    total = max(d.shape[0] for d, _ in items)
-    x = torch.zeros(rows, total, dtype=torch.from_numpy(items[0][0][:0]).dtype)  # the files' own precision
-    labels = torch.empty(rows, dtype=torch.long)
-    lengths = torch.empty(rows, dtype=torch.long)
-    r = 0
-    for d, c in items:
-        n, ch = d.shape
-        x[r:r + ch, :n] = torch.from_numpy(d.T)
-        labels[r:r + ch] = c
-        lengths[r:r + ch] = n
-        r += ch
-    out = batched(x, labels, lengths)
-    results, r = [], 0
-    for d, _ in items:
-        n, ch = d.shape
-        results.append(out[r:r + ch, :n].numpy().T)
-        r += ch
-    return results
+    """Protect several files of one sample rate and precision, ``items`` = (samples (frames, channels), class),
+    through the protection's declared hook :meth:`~defenses.base.Protection.apply_files` (PosCUDA: the chunk in one
+    padded batch; others: file by file); each result equals :func:`protect_samples` of that file, bit for bit
+    (the contract tests check every file-by-file defense)."""
+    files = [(torch.from_numpy(np.ascontiguousarray(d.T)), c) for d, c in items]
+    return [out.numpy().T for out in prot.apply_files(files)]
 
 
 def patches_of(prot: Protection, cls: int, frames: int) -> list[dict] | None:
-    """Where a protection with key-derived positions (one with a ``starts`` method: PosCUDA, noise-patch) puts its
-    patches in a file of class ``cls`` and ``frames`` samples, per patch: its pattern (``filter`` ``class/patch`` for
-    PosCUDA, ``noise`` for noise-patch), first start sample, spacing and count of repeats, and length in samples.
-    None for protections that cover the whole file (cuda, classwise-noise, ar-noise). Private: never in OUTPUT."""
-    starts_of = getattr(prot, "starts", None)
-    if starts_of is None:
-        return None
-    labels, lengths = torch.tensor([cls]), torch.tensor([frames])
-    starts = starts_of(labels, frames, lengths)
-    repeat = getattr(prot, "repeat_starts", None)
-    starts = repeat(starts, frames, lengths)[0] if repeat is not None else starts[0][:, None]
-    return _described(prot, cls, frames, starts.tolist())
+    """Where the protection puts its patches in a file of class ``cls`` and ``frames`` samples (its declared
+    :meth:`~defenses.base.Protection.file_patches`), or None for a protection that changes the whole file.
+    Private: never in OUTPUT."""
+    return prot.file_patches([(cls, frames)])[0]
 
 
 def patches_of_files(prot: Protection, files: list[tuple[int, int]]) -> list[list[dict] | None]:
-    """:func:`patches_of` for several files (class, frames) at once: in one call of the protection's
-    ``file_starts`` where it has one (PosCUDA; the same starts, tested through verify) and repeats are off."""
-    file_starts = getattr(prot, "file_starts", None)
-    if file_starts is None or getattr(prot, "repeat_samples", None) is not None or not files:
-        return [patches_of(prot, c, n) for c, n in files]
-    starts = file_starts(torch.tensor([c for c, _ in files]), torch.tensor([n for _, n in files])).tolist()
-    return [_described(prot, c, n, [[s] for s in row]) for (c, n), row in zip(files, starts)]
-
-
-def _described(prot: Protection, cls: int, frames: int, starts: list[list[int]]) -> list[dict]:
-    """The record of the patches of one file from their starts (P lists of repeats, -1 where there is none)."""
-    what = "filter" if hasattr(prot, "filters") else "noise"
-    every = getattr(prot, "repeat_samples", None)
-    applied = []
-    for j, row in enumerate(starts):
-        s = [v for v in row if v >= 0]
-        applied.append({what: f"{cls}/{j}", "start": s[0], "every": every if len(s) > 1 else None, "count": len(s),
-                        "length": min(prot.patch_len, frames)})
-    return applied
+    """:func:`patches_of` for several files (class, frames) in one call."""
+    return prot.file_patches(files)
 
 
 def _reason(e: Exception) -> str:

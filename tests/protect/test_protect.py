@@ -193,7 +193,7 @@ def test_full_scale_is_clipped_and_counted_for_integers_kept_for_float(tmp_path,
                                     {"output": "clip", "blur": 1.0}, {"output": "normalize", "blur": 1.0},
                                     {"patches_per_class": 2}, {"repeat_seconds": 0.25}])
 def test_batched_files_equal_poscuda_apply_one_by_one(params, key_file):
-    """PosCUDA's fast path (PosCUDAProtection.apply_files: a chunk's files in one padded batch) gives every file
+    """PosCUDA's batched hook (PosCUDAProtection.apply_files: a chunk's files in one padded batch) gives every file
     exactly what its own apply gives, whatever the files' lengths (shorter than a patch, or than its position)."""
     from defenses.poscuda import PosCUDA, PosCUDAConfig
     prot = PosCUDA(PosCUDAConfig(key_file=key_file, **params)).derive(3, 16000)
@@ -211,7 +211,7 @@ def test_batched_files_equal_poscuda_apply_one_by_one(params, key_file):
     long_ones = [it for it in items if it[0].shape[0] >= prot.patch_len]  # no row to set aside: the plain path
     assert len(long_ones) == 4 and all(np.array_equal(a, b) for a, b in zip(
         worker.protect_batch(prot, long_ones), (worker.protect_samples(prot, d, c) for d, c in long_ones)))
-    # and the patches recorded for a chunk (PosCUDAProtection.file_starts) are those of each file alone
+    # and the patches recorded for a chunk (PosCUDAProtection.file_patches, one call) are those of each file alone
     files = [(c, data.shape[0]) for data, c in items]
     assert worker.patches_of_files(prot, files) == [worker.patches_of(prot, c, n) for c, n in files]
 
