@@ -213,6 +213,7 @@ def plan_audit(published: Path, test: Path, reference: Path | None = None, model
     models = list(dict.fromkeys(models or MODELS))
     for m in models:
         model_registry.MODELS.get(m)  # an unknown name: one line listing the valid ones
+    seeds = list(dict.fromkeys(seeds or []))
     if not seeds:
         raise LabError("--seeds: give at least one seed, e.g. 0,1,2")
     attack_cfgs = attack_plan(list(dict.fromkeys(attacks if attacks is not None else DEFAULT_ATTACKS)), options)

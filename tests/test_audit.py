@@ -247,3 +247,33 @@ def test_bad_input_is_one_line_and_leaves_nothing(case, pattern, tmp_path, capsy
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     assert pattern.format(tmp=tmp_path) in " ".join(stderr.split())
     assert not out.exists()
+
+
+def test_ctrl_c_before_a_cell_finishes_exits_130_and_leaves_no_folder(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    pub, test = label_tree(tmp_path / "pub", DIGITS, files=8), label_tree(tmp_path / "test", DIGITS, start=50)
+    out = tmp_path / "runs"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lab", "audit", str(pub), "--test", str(test), "--out", str(out), "--models", "cnn",
+         "--seeds", "0", "--epochs", "2000", "--attacks", "none", "--set", "train.num_threads=1",
+         "--set", "train.progress=false"],
+        cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not list(out.glob("audit/*/INCOMPLETE")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the audit ended before it could be interrupted"
+    time.sleep(1.0)  # inside training (2000 epochs)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (stdout, stderr)
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert " ".join(stderr.split()).startswith(
+        "interrupted: nothing kept (0 of 1 cells (model x folder x seed) trained, stopped while training cnn on the "
+        "published folder, seed 0;")
+    assert not out.exists()  # the run folder and the folders made for it are gone

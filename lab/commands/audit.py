@@ -53,11 +53,12 @@ def audit(
                                                 "clean copy); the test clips are always used whole."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Any other recipe field, e.g. --set "
                                              "data.sample_rate=16000 --set train.num_threads=1 (repeatable)."),
-    out: Path = typer.Option(Path("runs"), "--out", help="Folder for runs: writes OUT/audit/<PUBLISHED>-<time>/."),
+    out: Path = typer.Option(Path("runs"), "--out", metavar="DIR", help="Folder for runs: writes "
+                             "DIR/audit/<PUBLISHED>-<time>/."),
 ):
     """Train the lab's models on a published folder as an outsider would, and test them on clean held-out clips.
 
-    Example: lab audit OUT --test clean_test/ --reference clean_train/
+    Example: lab audit published/ --test clean_test/ --reference clean_train/
 
     Prints one table (rows: model x attack, no attack first; columns: clean-test accuracy, mean ± std over the seeds,
     and n) and a verdict. The verdict rule: let c = 1/K be chance for K labels, n the number of clean test clips, and
@@ -66,9 +67,9 @@ def audit(
     accuracy the clean copy gives; unlearnable otherwise; inconclusive when the clean copy itself is not above
     c + margin (too little training).
 
-    Writes OUT/audit/<PUBLISHED>-<time>/ with results.json (every accuracy per seed, the verdict, versions, git
-    commit), results.md and cells/; results.json is written last, and an audit that fails keeps the folder marked
-    INCOMPLETE (or removes it when nothing was trained).
+    Writes DIR/audit/<PUBLISHED>-<time>/ (--out DIR, default runs) with results.json (every accuracy per seed, the
+    verdict, versions, git commit), results.md and cells/; results.json is written last, and an audit that fails
+    keeps the folder marked INCOMPLETE (or removes it when nothing was trained).
     """
     from lab import audit as lab_audit
     plan = lab_audit.plan_audit(published, test, reference, _names(models, "--models"),
