@@ -65,6 +65,7 @@ class Folders:
     clips: dict[str, int]  # folder role (published, test, reference) -> audio files
     ignored: dict[str, int] = field(default_factory=dict)  # folder role -> files the loader does not read
     manifest: dict | None = None
+    unchanged: int = 0  # published clips byte-identical to a clip of the clean copy (not protected)
 
 
 OPTIONS = {"published": "PUBLISHED", "test": "--test", "reference": "--reference"}  # how the command names each
@@ -112,17 +113,19 @@ def check_folders(published: Path, test: Path, reference: Path | None = None) ->
                                   f"{OPTIONS[role]} {roles[role]}")
         if differ:
             raise LabError(differ)
-    test_digests = _digests(found["test"][0])
+    digests = {role: _digests(f[0]) for role, f in found.items()}
     for role in roles.keys() - {"test"}:
-        train = dict(_digests(found[role][0]))
-        same = [(p, train[d]) for d, p in test_digests if d in train]
+        train = dict(digests[role])
+        same = [(p, train[d]) for d, p in digests["test"] if d in train]
         if same:
             raise LabError(f"{len(same)} --test clip(s) are byte-identical to clips in {OPTIONS[role]} (e.g. "
                            f"{same[0][0]} and {same[0][1]}): the test clips must be held out")
+    clean = {d for d, _ in digests.get("reference", [])}
     where = {role: path.resolve() for role, path in roles.items()}
     return Folders(where["published"], where["test"], where.get("reference"), classes,
                    {role: sum(map(len, f[0].values())) for role, f in found.items()},
-                   {role: f[1] for role, f in found.items()}, manifest_summary(where["published"]))
+                   {role: f[1] for role, f in found.items()}, manifest_summary(where["published"]),
+                   sum(d in clean for d, _ in digests["published"]))
 
 
 def manifest_summary(published: Path) -> dict | None:
@@ -149,8 +152,8 @@ def outsider_attacks() -> list[str]:
 
 def attack_plan(names: list[str], options: list[str] | None = None) -> list:
     """Validated configs of the attacks ``names`` (``["all"]``: every outsider attack; ``["none"]``: none, plain
-    training only) with ``--option`` items
-    (``ATTACK.FIELD=VALUE``; ``FIELD=VALUE`` with one attack). An attack that needs clean clips is refused."""
+    training only) with ``--option`` items (``ATTACK.FIELD=VALUE``; ``FIELD=VALUE`` with one attack). An attack
+    that needs clean clips is refused."""
     import attacks
     from lab.attacking import attack_configs
     if names == ["all"]:
@@ -410,6 +413,7 @@ def assemble(plan: Plan, datas: dict, cells: list[dict], run_dir: Path, wall_sec
         "data": {"published_clips": len(train), "test_clips": len(test),
                  "reference_clips": len(datas[(model, "reference")].train) if plan.reference else None,
                  "audio_files": folders.clips, "ignored_files": folders.ignored,
+                 "published_identical_to_clean_copy": folders.unchanged if plan.reference else None,
                  "max_per_class": rec.data.max_train_per_class, "sample_rate": rec.data.sample_rate,
                  "clip_seconds": rec.data.clip_seconds, "features": rec.features.type},
         "models": plan.models, "attacks": [c.type for c in plan.attacks],

@@ -78,6 +78,7 @@ def test_quick_real_audit_prints_the_table_and_verdict_and_writes_the_rows(folde
     assert results["seeds"] == [0] and results["attacks"] == ["augment", "codec"] and results["epochs"] == 1
     assert results["data"]["published_clips"] == 60 and results["data"]["test_clips"] == 12
     assert results["data"]["ignored_files"]["published"] == 1  # manifest.jsonl
+    assert results["data"]["published_identical_to_clean_copy"] == 0 and "warning" not in stderr
     assert results["manifest"]["key_fingerprint"] and results["manifest"]["files"] == 60
     assert results["provenance"]["git"]["commit"] and results["provenance"]["versions"]["torch"]
     assert results["verdict"] == lab_rule(results["rows"], 1 / 3, 12)  # the documented rule, computed here
@@ -180,6 +181,21 @@ def test_attacks_that_read_clean_clips_say_so_and_an_outsider_cannot_run_them():
     with pytest.raises(LabError, match="attack 'partial' needs clean copies of the training clips, which an "
                                        "outsider does not have; attacks an audit can run: "):
         attack_plan(["augment", "partial"])
+
+
+def test_published_clips_identical_to_the_clean_copy_are_counted(tmp_path, capsys, monkeypatch):
+    from lab.audit import check_folders
+    pub, test = label_tree(tmp_path / "pub", DIGITS, files=2), label_tree(tmp_path / "test", DIGITS, start=50)
+    ref = label_tree(tmp_path / "ref", DIGITS, files=2, start=100)
+    shutil.copy(pub / "1" / "1-0.wav", ref / "1" / "1-0.wav")  # one clip was published unprotected
+    folders = check_folders(pub, test, ref)
+    assert folders.unchanged == 1 and folders.clips == {"published": 6, "test": 3, "reference": 6}
+    assert folders.classes == list(DIGITS) and folders.manifest is None and folders.published == pub.resolve()
+    code, stdout, stderr = run_lab(capsys, monkeypatch, "audit", str(pub), "--test", str(test), "--reference",
+                                   str(ref), "--out", str(tmp_path / "runs"), "--attacks", "none", *QUICK)
+    assert code == 0, stdout + stderr
+    assert " ".join(stderr.split()) == ("warning: 1 of 6 published clips are byte-identical to clips of the clean "
+                                        "copy: they carry no protection")
 
 
 def label_tree(root: Path, labels, files: int = 1, start: int = 0) -> Path:

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lab.cli import app, console, log
+from lab.commands.fad import warn
 from lab.errors import LabError
 
 
@@ -85,6 +86,9 @@ def audit(
     if ignored:
         log(f"left out: {ignored} files that are not ROOT/<label>/*{'|*'.join(lab_audit.AUDIO_EXTENSIONS)} "
             f"(manifest, metadata, other formats, deeper folders)")
+    if folders.unchanged:
+        warn(f"{folders.unchanged} of {folders.clips['published']} published clips are byte-identical to clips of "
+             f"the clean copy: they carry no protection")
     if folders.manifest is None:
         log(f"{folders.published} has no manifest.jsonl (not written by lab protect): audited as it is")
     started = time.perf_counter()
