@@ -10,7 +10,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from lab.cli import app, console, log
-from lab.commands.fad import warn
 from lab.errors import LabError
 
 
@@ -73,6 +72,7 @@ def audit(
     keeps the folder marked INCOMPLETE (or removes it when nothing was trained).
     """
     from lab import audit as lab_audit
+    from lab.commands.fad import warn
     plan = lab_audit.plan_audit(published, test, reference, _names(models, "--models"),
                                 _names(attacks_, "--attacks"), _seeds(seeds), epochs, max_per_class,
                                 list(option or []), list(set_ or []))
