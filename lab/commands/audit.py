@@ -29,6 +29,26 @@ def _seeds(text: str) -> list[int]:
         raise LabError(f"--seeds {text!r}: expected comma-separated whole numbers, e.g. 0,1,2") from None
 
 
+def _announce(plan) -> None:
+    """What the audit will train, and what it found in the folders that a person should know."""
+    from lab.audit import AUDIO_EXTENSIONS
+    from lab.commands.fad import warn
+    folders, first = plan.folders, plan.published[plan.models[0]]
+    console.print(f"[bold]lab audit[/bold] {escape(str(folders.published))}: {', '.join(plan.models)} on "
+                  f"{first.features.type}, attacks {', '.join(c.type for c in plan.attacks) or 'none'}, seeds "
+                  f"{plan.seeds}, {first.train.epochs} epochs; {len(plan.cells())} cells (model x folder x seed)",
+                  highlight=False)
+    ignored = sum(folders.ignored.values())
+    if ignored:
+        log(f"left out: {ignored} files that are not ROOT/<label>/*{'|*'.join(AUDIO_EXTENSIONS)} (manifest, "
+            f"metadata, other formats, deeper folders)")
+    if folders.unchanged:
+        warn(f"{folders.unchanged} of {folders.clips['published']} published clips are byte-identical to clips of "
+             f"the clean copy: they carry no protection")
+    if folders.manifest is None:
+        log(f"{folders.published} has no manifest.jsonl (not written by lab protect): audited as it is")
+
+
 @app.command()
 def audit(
     published: Path = typer.Argument(..., metavar="PUBLISHED", help="The published folder (what lab protect wrote): "
@@ -72,30 +92,15 @@ def audit(
     keeps the folder marked INCOMPLETE (or removes it when nothing was trained).
     """
     from lab import audit as lab_audit
-    from lab.commands.fad import warn
     plan = lab_audit.plan_audit(published, test, reference, _names(models, "--models"),
                                 _names(attacks_, "--attacks"), _seeds(seeds), epochs, max_per_class,
                                 list(option or []), list(set_ or []))
-    folders = plan.folders
-    ignored = sum(folders.ignored.values())
-    console.print(f"[bold]lab audit[/bold] {escape(str(folders.published))}: {', '.join(plan.models)} on "
-                  f"{plan.published[plan.models[0]].features.type}, attacks "
-                  f"{', '.join(c.type for c in plan.attacks) or 'none'}, seeds {plan.seeds}, "
-                  f"{plan.published[plan.models[0]].train.epochs} epochs; {len(plan.cells())} cells (model x folder x "
-                  f"seed)", highlight=False)
-    if ignored:
-        log(f"left out: {ignored} files that are not ROOT/<label>/*{'|*'.join(lab_audit.AUDIO_EXTENSIONS)} "
-            f"(manifest, metadata, other formats, deeper folders)")
-    if folders.unchanged:
-        warn(f"{folders.unchanged} of {folders.clips['published']} published clips are byte-identical to clips of "
-             f"the clean copy: they carry no protection")
-    if folders.manifest is None:
-        log(f"{folders.published} has no manifest.jsonl (not written by lab protect): audited as it is")
+    _announce(plan)
     started = time.perf_counter()
     rec = plan.published[plan.models[0]]
     results, run_dir = lab_audit.run_audit(plan, out, log=log, progress=rec.train.progress and console.is_terminal)
     header, rows = lab_audit.table(results)
-    table = Table(title=f"clean-test accuracy of models trained on {escape(folders.published.name)} (chance "
+    table = Table(title=f"clean-test accuracy of models trained on {escape(plan.folders.published.name)} (chance "
                         f"{results['chance']:.2f}; {results['data']['test_clips']} clean test clips)")
     for i, h in enumerate(header):
         table.add_column(h, justify="left" if i < 2 else "right")
