@@ -34,14 +34,17 @@ class AttackContext:
 
     ``clean`` and ``protected`` are the training waveforms (N, T) before and after the data owner's protection (an
     attack may only use ``clean`` where its threat model says so: known-plaintext pairs, a clean fraction for
-    fine-tuning, the unprotected part in ``partial``); ``labels`` (N,), ``lengths`` (N,) real clip lengths;
-    ``protection`` what the owner applied; ``sample_rate``; ``num_classes``; ``seed`` the training seed (attacks draw
+    fine-tuning, the unprotected part in ``partial``, and must then declare ``needs_clean``); ``labels`` (N,),
+    ``lengths`` (N,) real clip lengths; ``protection`` what the owner applied (for measuring what an attack
+    recovered, never for the attack itself); ``sample_rate``; ``num_classes``; ``seed`` the training seed (attacks draw
     their randomness from it); ``finetune`` a function ``(module, waveforms, labels, epochs) -> module`` that
     continues training a model (used by procedure attacks); ``features`` the recipe's feature front-end over
     waveforms (cached), for attacks that score clips during training.
+
+    For an outsider (``lab audit``: only the published clips, no key) ``clean`` and ``protection`` are None.
     """
 
-    clean: torch.Tensor
+    clean: torch.Tensor | None
     protected: torch.Tensor
     labels: torch.Tensor
     lengths: torch.Tensor
@@ -59,6 +62,9 @@ class Attack:
     Config: ClassVar[type[PluginConfig]]
     per_batch: ClassVar[bool] = False  # True: transform_batch runs on every training batch
     trains_plain: ClassVar[bool] = False  # True: trains exactly like no attack first (that model may be reused)
+    # True: the attack uses clean copies of (some of) the training clips (ctx.clean: known plaintext, clean
+    # fine-tuning, an unprotected part). A trainer holding only the published data cannot run it: lab audit refuses it
+    needs_clean: ClassVar[bool] = False
 
     def __init__(self, config: PluginConfig):
         self.config = config

@@ -42,6 +42,7 @@ class CleanFinetune(Attack):
 
     Config = CleanFinetuneConfig
     trains_plain = True  # the first stage is plain training on the protected data (a shared model can be reused)
+    needs_clean = True  # fine-tunes on clean clips
 
     def after_training(self, module, ctx):
         out = {}

@@ -75,6 +75,7 @@ class EarlyStop(Attack):
     """Hold out a small clean labelled set; keep the epoch that scores best on it."""
 
     Config = EarlyStopConfig
+    needs_clean = True  # scores clean held-out training clips after every epoch
 
     def start(self, ctx) -> None:
         super().start(ctx)

@@ -133,6 +133,7 @@ class FilterEstimate(Attack):
     """Known plaintext: estimate each class's patch and filter from a few clean/protected pairs, undo them."""
 
     Config = FilterEstimateConfig
+    needs_clean = True  # known plaintext: clean/protected pairs
 
     def training_set(self, ctx):
         cfg: FilterEstimateConfig = self.config

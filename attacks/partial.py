@@ -33,6 +33,7 @@ class Partial(Attack):
     """Train on a set where only a fraction of the clips is protected."""
 
     Config = PartialConfig
+    needs_clean = True  # the unprotected part is clean audio
 
     def training_set(self, ctx):
         mask = protected_rows(len(ctx.labels), self.config.fraction, self.config.seed)

@@ -23,6 +23,7 @@ from lab.features import FeatureConfig
 class DataConfig(Section):
     dataset: Literal["fsdd", "speechcommands", "folder"] = "fsdd"
     root: Path | None = None  # else $LAB_DATA_DIR, else (FSDD) the cache / a download
+    test_root: Path | None = None  # folder datasets: test clips from TEST_ROOT/<label>/, training from ROOT/<label>/
     split: Literal["official", "speaker", "random"] = "official"
     test_speaker: str | None = None  # FSDD speaker-held-out split
     test_fraction: float = Field(0.2, gt=0, lt=1)  # folder datasets without train/ and test/
@@ -47,6 +48,9 @@ class DataConfig(Section):
                              "the test set); use split 'official'")
         if self.words is not None and self.dataset != "speechcommands":
             raise ValueError("words is only used by dataset 'speechcommands'")
+        if self.test_root is not None and self.dataset != "folder":
+            raise ValueError("test_root is only used by dataset 'folder' (test clips from TEST_ROOT/<label>/, "
+                             "training clips from ROOT/<label>/)")
         return self
 
 

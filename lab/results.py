@@ -34,12 +34,15 @@ def mean_std(values, empty: str = "–") -> str:
 
 
 def provenance_line(results: dict) -> str:
-    """What every number in a results file rests on, in one Markdown line: seeds, recipe, git commit (dirty or
-    not), key fingerprint (never the key), torch and lightning versions, time, and wall time where known."""
+    """What every number in a results file rests on, in one Markdown line: seeds, recipe (where there is one), git
+    commit (dirty or not), key fingerprint (never the key), torch and lightning versions, time, and wall time where
+    known."""
     prov = results.get("provenance", {})
     git, versions = prov.get("git", {}), prov.get("versions", {})
-    parts = [f"Seeds {results['seeds']}", f"recipe `{results.get('recipe_path')}`",
-             f"commit `{git.get('commit')}`{' (dirty)' if git.get('dirty') else ''}"]
+    parts = [f"Seeds {results['seeds']}"]
+    if "recipe_path" in results:  # results made without a recipe file (lab audit) have none to name
+        parts.append(f"recipe `{results['recipe_path']}`")
+    parts.append(f"commit `{git.get('commit')}`{' (dirty)' if git.get('dirty') else ''}")
     if results.get("key_fingerprint"):
         parts.append(f"key fingerprint `{results['key_fingerprint']}`")
     parts += [f"torch {versions.get('torch')}, lightning {versions.get('lightning')}", str(prov.get("time_utc"))]

@@ -272,6 +272,7 @@ def test_one_results_writer_for_runs_attacks_and_reports(tmp_path):
     assert line == ("Seeds [0, 1] · recipe `r.yaml` · commit `abc123` (dirty) · key fingerprint `fp` · "
                     "torch 2.13.0, lightning 2.6.6 · 2026-12-01T00:00:00Z · 3.0 s")
     assert "fingerprint" not in provenance_line({"seeds": [0], "provenance": prov})
+    assert "recipe" not in provenance_line({"seeds": [0], "provenance": prov})  # lab audit: made without a recipe
 
 
 def test_spectrograms_skip_a_protection_that_cannot_be_rebuilt(tmp_path, monkeypatch):

@@ -59,9 +59,11 @@ class Matrix:
 
 
 def run_cell(data: ExperimentData, attack_cfgs: list, seed: int, log: Callable[[str], None] = print,
-             progress: bool = False) -> dict:
+             progress: bool = False, outsider: bool = False) -> dict:
     """One cell of the matrix: a defense (``data``) and a seed, trained with no attack and under every attack.
-    Returns a JSON-able dict: ``columns`` (in order), ``values`` and ``seconds`` per column, ``records`` per attack."""
+    Returns a JSON-able dict: ``columns`` (in order), ``values`` and ``seconds`` per column, ``records`` per attack.
+    ``outsider``: the attacks get only the training clips as given (no clean copies, no protection: ``lab audit``,
+    where ``data``'s training clips are a published folder)."""
     rec, name = data.recipe, data.recipe.defense.type
     clean_test = data.features(data.clean_test), data.clean_test.labels
     cell: dict = {"defense": name, "seed": seed, "columns": [NO_ATTACK], "values": {}, "seconds": {}, "records": {}}
@@ -71,7 +73,7 @@ def run_cell(data: ExperimentData, attack_cfgs: list, seed: int, log: Callable[[
     log(f"{name}, seed {seed}: no attack {acc:.3f} ({fitted.seconds:.0f} s)")
     for acfg in attack_cfgs:
         attack = build_attack(acfg)
-        models, timing = train_under_attack(rec, data, attack, seed, plain=fitted.module)
+        models, timing = train_under_attack(rec, data, attack, seed, plain=fitted.module, outsider=outsider)
         seconds = timing["total"]
         for variant, module in models.items():
             col = column_name(acfg, variant)

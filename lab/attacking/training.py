@@ -26,14 +26,18 @@ def finetune(recipe: Recipe, data: ExperimentData, module: LabModule, waveforms:
 
 
 def train_under_attack(recipe: Recipe, data: ExperimentData, attack: Attack, seed: int,
-                       plain: LabModule | None = None) -> tuple[dict[str, LabModule], dict]:
+                       plain: LabModule | None = None, outsider: bool = False) -> tuple[dict[str, LabModule], dict]:
     """Named models trained on ``data``'s protected training set under ``attack`` (``plain``: the no-attack model
     of the same seed, reused by attacks whose first stage is plain training), and the seconds spent: ``data`` (the
     attack's one-off work on the training set), ``train`` (training, with any per-batch work), ``after`` (e.g.
-    fine-tuning), ``total``."""
+    fine-tuning), ``total``. ``outsider``: the attacker holds only the published clips (``lab audit``): the
+    context has no clean clips and no protection, and an attack that ``needs_clean`` is refused."""
+    if outsider and attack.needs_clean:
+        raise ValueError(f"attack {attack.config.type!r} needs clean training clips, which an outsider does not have")
     clean, protected = data.clean_train, data.protected_train
-    ctx = AttackContext(clean=clean.waveforms, protected=protected.waveforms, labels=clean.labels,
-                        lengths=clean.lengths, protection=data.protection, sample_rate=recipe.data.sample_rate,
+    ctx = AttackContext(clean=None if outsider else clean.waveforms, protected=protected.waveforms,
+                        labels=clean.labels, lengths=clean.lengths, protection=None if outsider else data.protection,
+                        sample_rate=recipe.data.sample_rate,
                         num_classes=data.num_classes, seed=seed,
                         finetune=lambda m, w, y, e: finetune(recipe, data, m, w, y, e), features=data.features)
     attack.start(ctx)

@@ -10,7 +10,7 @@ from lab.data import fsdd, speechcommands
 from lab.data.audio import AUDIO_EXTENSIONS, AudioSet, limit_per_class, load_clips
 from lab.errors import LabError
 
-__all__ = ["AudioSet", "load_dataset", "folder_files"]
+__all__ = ["AudioSet", "load_dataset", "folder_files", "label_difference"]
 
 
 def _build(items: list[tuple[Path, int]], class_names: list[str], cfg, limit: int | None) -> AudioSet:
@@ -24,15 +24,16 @@ def _build(items: list[tuple[Path, int]], class_names: list[str], cfg, limit: in
     return AudioSet(waves, labels, lengths, cfg.sample_rate, class_names, [p.name for p, _ in items])
 
 
-def folder_files(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    """Class names (sub-folder names, sorted) and (path, class index) pairs of ``root/<label>/*.wav|flac|ogg``."""
+def folder_files(root: Path, field: str = "data.root") -> tuple[list[str], list[tuple[Path, int]]]:
+    """Class names (sub-folder names, sorted) and (path, class index) pairs of ``root/<label>/*.wav|flac|ogg``;
+    ``field`` names the folder in errors."""
     if not root.is_dir():
-        raise LabError(f"data.root: no such folder: {root} (expected ROOT/<label>/*.wav)")
+        raise LabError(f"{field}: no such folder: {root} (expected ROOT/<label>/*.wav)")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     items = [(p, i) for i, c in enumerate(classes) for p in sorted((root / c).iterdir())
              if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()]
     if len(classes) < 2 or not items:
-        raise LabError(f"data.root: {root} needs at least two label folders with audio files "
+        raise LabError(f"{field}: {root} needs at least two label folders with audio files "
                        f"({', '.join(AUDIO_EXTENSIONS)}); found {len(classes)} folders, {len(items)} files")
     return classes, items
 
@@ -52,11 +53,38 @@ def stratified_split(items: list[tuple[Path, int]], num_classes: int, test_fract
     return train, test
 
 
+def label_difference(a: list[str], b: list[str], name_a: str, name_b: str) -> str | None:
+    """None when the label lists ``a`` and ``b`` are the same; else one line naming the labels only one has."""
+    only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    if not only_a and not only_b:
+        return None
+    parts = [f"only in {name}: {', '.join(labels)}" for name, labels in ((name_a, only_a), (name_b, only_b))
+             if labels]
+    return f"{name_a} and {name_b} have different label folders ({'; '.join(parts)})"
+
+
+def _two_roots(root: Path, test_root: Path) -> tuple[list[str], list, list]:
+    """Classes, training items from ``root/<label>`` and test items from ``test_root/<label>`` (data.test_root)."""
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        raise LabError(f"data.test_root: {root} holds train/ and test/; with test_root, data.root is the training "
+                       f"folder itself (ROOT/<label>/*.wav)")
+    if test_root.expanduser().resolve() == root.resolve():
+        raise LabError(f"data.test_root: {test_root} is data.root itself; the test clips must be held out")
+    classes, train = folder_files(root)
+    test_classes, test = folder_files(test_root.expanduser(), "data.test_root")
+    differ = label_difference(classes, test_classes, f"data.root {root}", f"data.test_root {test_root}")
+    if differ:
+        raise LabError(differ)
+    return classes, train, test
+
+
 def _folder(cfg) -> tuple[AudioSet, AudioSet]:
     if cfg.root is None:
         raise LabError("data.root is required for dataset 'folder' (a folder of ROOT/<label>/*.wav)")
     root = Path(cfg.root).expanduser()
-    if (root / "train").is_dir() and (root / "test").is_dir():
+    if cfg.test_root is not None:
+        classes, train, test = _two_roots(root, Path(cfg.test_root))
+    elif (root / "train").is_dir() and (root / "test").is_dir():
         classes, train = folder_files(root / "train")
         test_classes, test = folder_files(root / "test")
         if test_classes != classes:

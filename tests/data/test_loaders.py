@@ -180,6 +180,34 @@ def test_folder_with_train_test_dirs(tmp_path):
     assert len(train) == 2 and len(test) == 2
 
 
+def test_folder_with_a_separate_test_root(tmp_path):
+    for label, n in (("a", 3), ("b", 2)):
+        for j in range(n):
+            write(tmp_path / "train" / label / f"{label}{j}.wav", tone(0.2, 8000, 200 + 50 * j), 8000)
+        write(tmp_path / "held" / label / "t.wav", tone(0.2, 8000, 900), 8000)
+    (tmp_path / "held" / "a" / "notes.txt").write_text("not audio")
+    cfg = DataConfig(dataset="folder", root=tmp_path / "train", test_root=tmp_path / "held", clip_seconds=0.2,
+                     max_train_per_class=2)
+    train, test = load_dataset(cfg)
+    assert train.class_names == test.class_names == ["a", "b"]
+    assert (len(train), len(test)) == (4, 2)  # every clip of the test root; the training limit applies to root
+    assert test.ids == ["t.wav", "t.wav"] and torch.bincount(train.labels).tolist() == [2, 2]
+
+
+def test_test_root_refusals(tmp_path):
+    for root, label in (("train", "a"), ("train", "b"), ("held", "a"), ("held", "c")):
+        write(tmp_path / root / label / "x.wav", tone(0.2, 8000), 8000)
+    with pytest.raises(LabError, match=r"different label folders \(only in data.root .*train: b; only in "
+                                       r"data.test_root .*held: c\)"):
+        load_dataset(DataConfig(dataset="folder", root=tmp_path / "train", test_root=tmp_path / "held"))
+    with pytest.raises(LabError, match="data.test_root: no such folder"):
+        load_dataset(DataConfig(dataset="folder", root=tmp_path / "train", test_root=tmp_path / "nope"))
+    with pytest.raises(LabError, match="is data.root itself; the test clips must be held out"):
+        load_dataset(DataConfig(dataset="folder", root=tmp_path / "train", test_root=tmp_path / "train"))
+    with pytest.raises(ValueError, match="test_root is only used by dataset 'folder'"):
+        DataConfig(dataset="fsdd", test_root=tmp_path / "held")
+
+
 def test_corrupt_and_empty_files_are_named(labelled_folder):
     bad = labelled_folder / "dog" / "broken.wav"
     bad.write_bytes(b"RIFF not really a wav file")
