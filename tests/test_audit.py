@@ -13,6 +13,7 @@ import pytest
 
 import lab
 from lab.errors import LabError
+from lab.formats import AUDIO_EXTENSIONS
 from tests.conftest import tone, write
 
 DIGITS = ("0", "1", "2")
@@ -209,7 +210,7 @@ def label_tree(root: Path, labels, files: int = 1, start: int = 0) -> Path:
 
 @pytest.mark.parametrize("case, pattern", [
     ("missing", "PUBLISHED: no such folder: {tmp}/nope (expected a folder of <label>/*.wav, one folder per label)"),
-    ("no_audio", "PUBLISHED: no audio files (.wav, .flac, .ogg) in label folders of {tmp}/pub (expected "
+    ("no_audio", "PUBLISHED: no audio files (" + ", ".join(AUDIO_EXTENSIONS) + ") in label folders of {tmp}/pub (expected "
                  "{tmp}/pub/<label>/*.wav)"),
     ("flat", "its 2 audio files lie directly in it, with no label folders"),
     ("one_class", "PUBLISHED: {tmp}/pub holds one label folder (0); an audit needs at least two classes"),

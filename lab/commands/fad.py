@@ -134,7 +134,7 @@ def fad_command(
 ):
     """FAD between the audio in DIR_A and DIR_B, with a bootstrap confidence interval.
 
-    Every audio file (wav, flac, ogg) under each folder is read, mixed to mono and resampled to the backend's rate;
+    Every audio file (any extension of lab.formats.AUDIO_EXTENSIONS) under each folder is read, mixed to mono and resampled to the backend's rate;
     the backend turns each clip into embeddings, each folder's embeddings are summarised by a Gaussian, and the
     Fréchet distance between the two is printed in float64 with its interval. Neither folder is modified. A
     warning says when a folder holds too few clips for the embedding's dimension (fewer than 2 x dim) to trust

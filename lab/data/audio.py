@@ -1,6 +1,6 @@
 """Reading audio files into fixed-length mono tensors at one sample rate.
 
-Files are decoded with soundfile (wav, flac, ogg; no system FFmpeg needed), mixed to mono by averaging channels,
+Files are decoded with soundfile (every extension of :data:`lab.formats.AUDIO_EXTENSIONS`; no system FFmpeg needed), mixed to mono by averaging channels,
 resampled with torchaudio, then cropped or zero-padded to the recipe's clip length:
 
 - ``crop``: ``left`` keeps the start of a long clip, ``center`` keeps its middle;
@@ -21,8 +21,7 @@ import torch
 import torchaudio.functional as AF
 
 from lab.errors import LabError
-
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+from lab.formats import AUDIO_EXTENSIONS  # noqa: F401  (re-exported: the one list, see lab/formats.py)
 
 
 @dataclass

@@ -15,9 +15,8 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from lab.errors import LabError
+from lab.formats import AUDIO_EXTENSIONS  # the lab's one list of audio extensions
 
-AUDIO_EXTENSIONS = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc", ".au",
-                              ".snd", ".caf", ".w64", ".rf64", ".mp3"})
 UNLABELLED = "all"  # the single class every file takes with --labels none
 LABEL_FORMS = "folder, none, regex:PATTERN (group 1 of the file name), or a CSV file (path,label)"
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.formats import AUDIO_EXTENSIONS
 from tests.conftest import tone, write
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,7 +87,7 @@ def test_missing_or_empty_folders_are_named(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no audio")
     proc = lab("fad", str(tmp_path / "empty"), str(tmp_path / "nope"))
-    assert proc.returncode == 2 and f"no audio files (.wav, .flac, .ogg) under {tmp_path / 'empty'}" in \
+    assert proc.returncode == 2 and f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {tmp_path / 'empty'}" in \
         " ".join(proc.stderr.split())
     write(tmp_path / "a" / "x.wav", tone(0.3, 8000), 8000)
     proc = lab("fad", str(tmp_path / "a"), str(tmp_path / "nope"))
