@@ -80,28 +80,14 @@ def protect(
                                           "(the default, or the recipe's), or another that can be applied file by "
                                           "file, e.g. cuda, noise-patch, classwise-noise, ar-noise (one that cannot "
                                           "is refused, naming those that can). Its fields: --option, or --recipe."),
-    option: Optional[List[str]] = typer.Option(None, "--option", metavar="FIELD=VALUE", help="Set a field of the "
-                                               "defense, the value read as YAML (e.g. --option snr_db=20, --option "
-                                               "position_range=[0,0.3]); repeatable. The key comes from --key-file "
-                                               "only."),
+    option: Optional[List[str]] = typer.Option(None, "--option", "-o", metavar="FIELD=VALUE", help="Set a field of "
+                                               "the defense, the value read as YAML (e.g. -o blur=0.5, -o "
+                                               "filter_length=63, -o position_range=[0,0.3], -o repeat_seconds=2, "
+                                               "-o snr_db=20); repeatable; an unknown field is refused naming the "
+                                               "defense's fields (`lab list` shows them). The key comes from "
+                                               "--key-file only."),
     recipe: Optional[Path] = typer.Option(None, help="Take the defense (type and parameters) from this recipe's "
                                           "defense section (options given here override them)."),
-    patch_seconds: Optional[float] = typer.Option(None, help="Length of each protected patch in seconds."),
-    filter_length: Optional[int] = typer.Option(None, help="Taps of each class filter."),
-    blur: Optional[float] = typer.Option(None, help="Blur factor: taps drawn from U(0, blur)."),
-    patches_per_class: Optional[int] = typer.Option(None, help="Patches per clip."),
-    filter_norm: Optional[str] = typer.Option(None, help="'none' (CUDA's choice: the patch gets louder), 'sum' (no "
-                                              "gain change at low frequencies) or 'peak'."),
-    one_tap: Optional[bool] = typer.Option(None, "--one-tap/--no-one-tap", help="Set one tap of each filter to 1.0 "
-                                           "(as in CUDA; the default)."),
-    position_mode: Optional[str] = typer.Option(None, help="'absolute' (seconds) or 'relative' (fractions of each "
-                                                "file's length)."),
-    position_range: Optional[str] = typer.Option(None, help="Where patches may start, 'START,END' (seconds or "
-                                                 "fractions)."),
-    output_mode: Optional[str] = typer.Option(None, "--output-mode", help="Samples pushed past full scale: 'none' (clipped "
-                                         "when written to an integer format, and counted), 'clip' or 'normalize'."),
-    repeat_seconds: Optional[float] = typer.Option(None, help="Long recordings: repeat every patch at this spacing "
-                                                   "(every window of repeat+patch seconds carries it)."),
     workers: Optional[int] = typer.Option(None, help="Worker processes (default: CPU count; 0: none)."),
     fsync: bool = typer.Option(False, help="Force each file to disk before renaming it into place (slower; "
                                "survives power cuts, not just interruptions)."),
@@ -134,34 +120,19 @@ def protect(
                            f"--defense or --recipe, or a recipe whose defense is {defense}")
     kind = defense or options.get("type") or "poscuda"
     options["type"] = kind
-    given = {"patch_seconds": patch_seconds, "filter_length": filter_length, "blur": blur,
-             "patches_per_class": patches_per_class, "position_mode": position_mode, "output": output_mode,
-             "repeat_seconds": repeat_seconds, "filter_norm": filter_norm, "one_tap": one_tap}
-    if position_range is not None:
-        try:
-            lo, hi = (float(v) for v in position_range.split(","))
-        except ValueError:
-            raise LabError(f"--position-range {position_range!r}: expected START,END, e.g. 0,0.5") from None
-        given["position_range"] = (lo, hi)
-    given = {k: v for k, v in given.items() if v is not None}
-    fields = defense_fields(kind)
-    for field in given:
-        if field not in fields:
-            flag = "--output-mode" if field == "output" else "--" + field.replace("_", "-")
-            raise LabError(f"{flag} is a PosCUDA option and the {kind} defense has no field {field!r}; its fields: "
-                           f"{', '.join(fields) or 'none'} (set them with --option FIELD=VALUE)")
-    extra = parse_options(option or [])
-    for field in given.keys() & extra.keys():
-        raise LabError(f"--option {field}=... and its own option both set {field!r}; give it once")
-    options.update(given)
-    options.update(extra)
+    defense_fields(kind)  # a defense lab protect cannot apply is refused here, naming those it can
+    options.update(parse_options(option or []))  # fields are validated with the defense's config (did you mean)
     console.print(f"[bold]lab protect[/bold] {input_dir} -> {output_dir} (defense: {kind}, labels: {labels})")
     callback, bar = _progress("protecting")
     with bar:
         summary = protect_collection(input_dir, output_dir, key_file, labels=labels, defense=options,
                                      workers=workers, fsync=fsync, record=record, metadata=metadata, log=log,
                                      progress=callback)
-    s = summary
+    print_summary(summary, output_dir)
+
+
+def print_summary(s: dict, output_dir: Path) -> None:
+    """What a lab protect run did, for people; exit code 1 when some files could not be protected."""
     speed = f"{s['x_realtime']}x real-time for the newly protected audio" if s["protected"] else "nothing new"
     console.print(f"protected {s['protected']} files, {s['already_done']} already done (verified and kept), "
                   f"{len(s['failed'])} failed; {s['audio_seconds']:.1f} s of audio in {s['wall_seconds']:.2f} s "

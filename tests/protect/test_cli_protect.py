@@ -88,7 +88,7 @@ def test_recipe_parameters_and_cli_overrides(collection, key_file, tmp_path, cli
                       "  blur: 0.6\n")
     out = tmp_path / "out"
     code, _, err = cli("protect", str(collection), str(out), "--key-file", str(key_file), "--recipe", str(recipe),
-                       "--blur", "0.2", "--workers", "0")
+                       "--option", "blur=0.2", "--workers", "0")
     assert code == 1, err  # 1: the corrupt files; the rest is done
     params = private_record(out, key_file)[0]["protection"]["params"]
     assert params["patch_seconds"] == 0.05 and params["blur"] == 0.2

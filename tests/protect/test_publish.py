@@ -70,7 +70,7 @@ def secrets_of(record_header: dict, records: list[dict]) -> tuple[set[float], se
 def test_nothing_under_output_reveals_the_protection_or_the_owners_paths(collection, fixed_key, tmp_path, cli):
     out = tmp_path / "out"
     code, stdout, stderr = cli("protect", str(collection), str(out), "--key-file", str(fixed_key), "--workers", "0",
-                               "--patches-per-class", "2", "--metadata")
+                               "-o", "patches_per_class=2", "--metadata")
     assert code == 1, stderr  # 1: the corrupt files of the collection; the rest is done
     header, records, _ = private_record(out, fixed_key)
     floats, starts = secrets_of(header, records)
@@ -101,7 +101,7 @@ def test_nothing_under_output_reveals_the_protection_or_the_owners_paths(collect
     assert not re.search(r"^(changed|missing|mismatch|unprotected|extra|partial|manifest|metadata|unsafe) ",
                          stdout, re.M)
     code, stdout, _ = cli("protect", str(collection), str(out), "--key-file", str(fixed_key), "--workers", "0",
-                          "--patches-per-class", "2", "--metadata")
+                          "-o", "patches_per_class=2", "--metadata")
     assert f"protected 0 files, {len(GOOD)} already done" in " ".join(stdout.split())
 
 

@@ -134,9 +134,9 @@ def test_reading_a_fifo_or_device_fails_at_once(tmp_path):
     assert time.perf_counter() - started < 5
 
 
-@pytest.mark.parametrize("flag, value, field", [("--filter-length", "100000000", "filter_length"),
-                                                ("--patches-per-class", "100000", "patches_per_class"),
-                                                ("--patch-seconds", "1e9", "patch_seconds")])
+@pytest.mark.parametrize("flag, value, field", [("-o", "filter_length=100000000", "filter_length"),
+                                                ("-o", "patches_per_class=100000", "patches_per_class"),
+                                                ("--option", "patch_seconds=1e9", "patch_seconds")])
 def test_an_absurd_size_on_the_command_line_is_one_line(clean, key_file, tmp_path, cli, flag, value, field):
     code, _, err = cli("protect", str(clean), str(tmp_path / "out"), "--key-file", str(key_file), flag, value)
     assert code == 2 and field in one_line(err) and "less than or equal" in err
