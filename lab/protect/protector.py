@@ -34,11 +34,11 @@ from lab.config import PluginConfig, parse_plugin
 from lab.errors import LabError
 from lab.keys import fingerprint, resolve_key
 from lab.protect.collection import LabelRule, survey, walk
-from lab.protect.manifest import (LEGACY_FORMAT, MANIFEST, METADATA, PARTIAL, PUBLIC_FORMAT, RECORD_FORMAT,
-                                  LinesWriter, WriteFailed, check_record_path, file_sha256, legacy_files,
-                                  legacy_warning, locate_record, new_collection_id, output_header, partial_of,
-                                  previous_records, public_file, public_label_rule, public_note, read_all,
-                                  write_metadata)
+from lab.protect.manifest import (CARD, LEGACY_FORMAT, MANIFEST, METADATA, PARTIAL, PUBLIC_FORMAT, RECORD_FORMAT,
+                                  LinesWriter, WriteFailed, card_problem, check_record_path, file_sha256,
+                                  labels_read_as_missing, legacy_files, legacy_warning, locate_record,
+                                  new_collection_id, output_header, partial_of, previous_records, public_file,
+                                  public_label_rule, public_note, read_all, write_card, write_metadata)
 from lab.protect.worker import PARTIAL_SUFFIX, protect_files, start_worker
 
 REFERENCE_RATE = 8000  # the record's header holds the protection derived at this rate; each file gets the one
@@ -166,7 +166,8 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
     processes (default: the CPU count; 0 runs everything in this process). ``fsync``: force every file to disk
     before its rename. ``record``: where the private record goes (outside OUTPUT; default next to the key file, see
     :func:`lab.protect.manifest.default_record`). ``metadata``: also write ``OUTPUT/metadata.csv`` (file_name,
-    label) for Hugging Face ``datasets``' audiofolder loader. ``log``: receives progress messages. ``progress``:
+    label) for Hugging Face ``datasets``' audiofolder loader, and the dataset card ``OUTPUT/README.md`` that makes
+    ``datasets.load_dataset(OUTPUT)`` load ``label`` as a ClassLabel of the classes (see :func:`own_card`). ``log``: receives progress messages. ``progress``:
     called with (files handled, files total).
 
     A full disk stops the run with a :class:`LabError` naming the file and how much was done; no temporary file is
@@ -209,6 +210,10 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
     sources = legacy_files(out) if legacy else [record_path, partial_of(record_path)]
     previous = previous_records(sources, private_header, out)
     write_meta = own_metadata(out, metadata)
+    lost = labels_read_as_missing(found.classes) if write_meta else None
+    if lost and metadata:
+        raise LabError(f"--metadata: {lost} (or leave out --metadata)")
+    write_card_too = write_meta and own_card(out, metadata, found.classes, log)
     out.mkdir(parents=True, exist_ok=True)
     stale = remove_partials(out)
     mode = key_path.stat().st_mode & 0o777
@@ -216,6 +221,8 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
         log(f"warning: key file {key_path} can be read by others (mode {mode:o}); `chmod 600 {key_path}`")
     if legacy:
         log(f"warning: {legacy_warning(out / MANIFEST)}; this run does it: the private record goes to {record_path}")
+    if lost:
+        log(f"warning: {METADATA}: {lost}")
     log(f"{found.audio_files} audio files in {len(found.classes)} classes; key fingerprint {key_fp}"
         + (f"; resuming ({len(previous)} earlier records)" if previous else "")
         + (f"; removed {stale} temporary files of an interrupted run" if stale else ""))
@@ -295,11 +302,14 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
                    "workers": n_workers, "wall_seconds": round(wall, 3),
                    "x_realtime": round(new_seconds / wall, 1) if wall > 0 else None}  # newly protected audio only
         meta_sha = write_metadata(out, public.partial) if write_meta else None
+        card_sha = write_card(out, found.classes) if write_card_too else None
         summary["record"] = str(private.finish(summary))
         public_summary = {"kind": "summary", "files": counts["protected"] + counts["done"],
-                          "metadata": METADATA if write_meta else None, "metadata_sha256": meta_sha}
+                          "metadata": METADATA if write_meta else None, "metadata_sha256": meta_sha,
+                          "card": CARD if write_card_too else None, "card_sha256": card_sha}
         summary["manifest"] = str(public.finish(public_summary))
         summary["metadata"] = str(out / METADATA) if write_meta else None
+        summary["card"] = str(out / CARD) if write_card_too else None
         return summary
     except WriteFailed as e:
         stop(writers, pool, out)
@@ -328,16 +338,43 @@ def stop(writers: list[LinesWriter], pool, out: Path) -> None:
     remove_partials(out)
 
 
+def earlier_wrote(out: Path, name: str, field: str) -> bool:
+    """Whether the file ``name`` in OUTPUT is the one an earlier run wrote: the SHA-256 the finished manifest's
+    summary gives in ``field`` is its hash."""
+    summary = read_all(out / MANIFEST)[2] if (out / MANIFEST).is_file() else None
+    return bool(summary and summary.get(field) and summary[field] == file_sha256(out / name))
+
+
 def own_metadata(out: Path, requested: bool) -> bool:
     """Whether to write ``OUTPUT/metadata.csv``: when ``requested``, or when an earlier run wrote it and it has not
     changed since (it is then kept up to date). A ``metadata.csv`` that is not the run's own is never replaced."""
     meta = out / METADATA
     if not meta.exists():
         return requested
-    summary = read_all(out / MANIFEST)[2] if (out / MANIFEST).is_file() else None
-    if summary and summary.get("metadata_sha256") and summary["metadata_sha256"] == file_sha256(meta):
+    if earlier_wrote(out, METADATA, "metadata_sha256"):
         return True
     if requested:
         raise LabError(f"--metadata: {meta} exists and was not written by lab protect (or was edited since); move "
                        f"it away (nothing is overwritten)")
+    return False
+
+
+def own_card(out: Path, requested: bool, classes: list[str], log: Callable[[str], None]) -> bool:
+    """Whether to write the dataset card ``OUTPUT/README.md`` beside the ``metadata.csv`` this run writes: when there
+    is none, or when an earlier run wrote it and it has not changed since. A ``README.md`` that is not the run's own
+    is never replaced: it is kept when it already declares ``label`` a class label of ``classes`` (in order);
+    otherwise ``--metadata`` (``requested``) stops in one line, and a run that only keeps its metadata up to date
+    warns."""
+    card = out / CARD
+    if not card.exists() or earlier_wrote(out, CARD, "card_sha256"):
+        return True
+    problem = card_problem(card, classes)
+    if problem is None:
+        return False  # the owner's own card, and it declares the labels right
+    what = (f"{card} exists and was not written by lab protect (or was edited since), and {problem}: Hugging Face "
+            f"datasets would load the labels as plain strings")
+    if requested:
+        raise LabError(f"--metadata: {what}; move it away or declare the labels in it (see docs/protect.md; nothing "
+                       f"is overwritten)")
+    log(f"warning: {what}")
     return False
