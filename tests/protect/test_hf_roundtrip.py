@@ -3,10 +3,12 @@
 manifest's order) with each row's own label, and audio that decodes (torchcodec, FFmpeg) to the file's samples.
 
 Needs the `hf` extra (`pip install -e '.[hf]'`: datasets, torchcodec) and FFmpeg's shared libraries (Debian:
-`apt-get install ffmpeg`); skipped without them. CI installs both (.ci/run)."""
+`apt-get install ffmpeg`); skipped without them, except where LAB_EXTRAS names hf (CI: .ci/run installs both), where
+their absence fails."""
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import numpy as np
 import pytest
@@ -14,16 +16,25 @@ import soundfile as sf
 
 from lab.protect.manifest import CARD, METADATA, read_manifest
 
-datasets = pytest.importorskip("datasets", reason="Hugging Face datasets is not installed (the hf extra: pip "
-                                                  "install -e '.[hf]')")
+
+def missing(reason: str) -> None:
+    """Skip the module, saying why; but where the environment was set up with the hf extra (``LAB_EXTRAS=hf bash
+    setup.sh``, as CI does), fail: the round trip must run there, not skip unseen."""
+    if "hf" in os.environ.get("LAB_EXTRAS", "").split(","):
+        pytest.fail(f"LAB_EXTRAS names hf, but {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+if importlib.util.find_spec("datasets") is None:
+    missing("Hugging Face datasets is not installed (the hf extra: pip install -e '.[hf]')")
 if importlib.util.find_spec("torchcodec") is None:
-    pytest.skip("torchcodec is not installed (the hf extra: pip install -e '.[hf]'); datasets decodes audio with it",
-                allow_module_level=True)
+    missing("torchcodec is not installed (the hf extra: pip install -e '.[hf]'); datasets decodes audio with it")
 try:
     import torchcodec  # noqa: F401  (it loads FFmpeg's shared libraries when imported)
 except (RuntimeError, OSError):
-    pytest.skip("FFmpeg's shared libraries (4 to 8) are not installed, so torchcodec cannot decode audio (Debian: "
-                "apt-get install ffmpeg)", allow_module_level=True)
+    missing("FFmpeg's shared libraries (4 to 8) are not installed, so torchcodec cannot decode audio (Debian: "
+            "apt-get install ffmpeg)")
+import datasets  # noqa: E402
 
 # the folder's files are 16-bit PCM (WAV and FLAC); the decoder gives float32 samples, and a 16-bit sample is exact
 # in float32: anything off by half a step of 16 bits or more is a decoding error, not rounding
