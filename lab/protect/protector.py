@@ -167,8 +167,8 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
     before its rename. ``record``: where the private record goes (outside OUTPUT; default next to the key file, see
     :func:`lab.protect.manifest.default_record`). ``metadata``: also write ``OUTPUT/metadata.csv`` (file_name,
     label) for Hugging Face ``datasets``' audiofolder loader, and the dataset card ``OUTPUT/README.md`` that makes
-    ``datasets.load_dataset(OUTPUT)`` load ``label`` as a ClassLabel of the classes (see :func:`own_card`). ``log``: receives progress messages. ``progress``:
-    called with (files handled, files total).
+    ``datasets.load_dataset(OUTPUT)`` load ``label`` as a ClassLabel of the classes (see :func:`own_card`).
+    ``log``: receives progress messages. ``progress``: called with (files handled, files total).
 
     A full disk stops the run with a :class:`LabError` naming the file and how much was done; no temporary file is
     left, and running again resumes.
@@ -372,7 +372,7 @@ def own_card(out: Path, requested: bool, classes: list[str], log: Callable[[str]
     if problem is None:
         return False  # the owner's own card, and it declares the labels right
     what = (f"{card} exists and was not written by lab protect (or was edited since), and {problem}: Hugging Face "
-            f"datasets would load the labels as plain strings")
+            f"datasets would not load label as a class label of the collection's classes")
     if requested:
         raise LabError(f"--metadata: {what}; move it away or declare the labels in it (see docs/protect.md; nothing "
                        f"is overwritten)")
