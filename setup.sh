@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Set up the lab in ./.venv on a fresh machine: Python packages pinned in pyproject.toml, then torchaudio made to
 # work on a CPU-only torch, then a check that everything imports. Safe to run again (it only installs what is missing).
+# LAB_EXTRAS: optional extras of pyproject.toml to install too, comma-separated (CI sets hf: Hugging Face datasets
+# and torchcodec, which also need FFmpeg's shared libraries: Debian's ffmpeg package; with hf named here, the
+# round-trip test fails instead of skipping when they cannot load).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -8,7 +11,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 # (pip here warns about local index folders that do not exist; those lines are noise and are filtered out)
-.venv/bin/python -m pip install --quiet -e ".[test]" 2> >(grep -v "^WARNING: Location .* is ignored" >&2)
+.venv/bin/python -m pip install --quiet -e ".[test${LAB_EXTRAS:+,$LAB_EXTRAS}]" \
+  2> >(grep -v "^WARNING: Location .* is ignored" >&2)
 
 # The torchaudio wheel on PyPI is built for CUDA; on a CPU-only torch its compiled extension cannot load
 # (libc10_cuda.so missing). torchaudio runs in pure-Python mode without it, which covers everything the lab uses.

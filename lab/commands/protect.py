@@ -94,8 +94,9 @@ def protect(
     record: Optional[Path] = typer.Option(None, help="Where the PRIVATE record goes (what verify and a resume need; "
                                           "it reveals the protection, so it must stay outside OUTPUT, mode 0600). "
                                           "Default: next to the key file, OUTPUTNAME.ID.protect-record.jsonl."),
-    metadata: bool = typer.Option(False, "--metadata", help="Also write OUTPUT/metadata.csv (file_name, label) so "
-                                  "that Hugging Face datasets' audiofolder loader reads the published collection."),
+    metadata: bool = typer.Option(False, "--metadata", help="Also write OUTPUT/metadata.csv (file_name, label) and "
+                                  "a dataset card OUTPUT/README.md, so that Hugging Face datasets' load_dataset("
+                                  "OUTPUT) reads the published collection with label a ClassLabel of the classes."),
 ):
     """Write a protected copy of every audio file under INPUT into OUTPUT, with a public manifest, and a private
     record outside OUTPUT.
@@ -103,7 +104,8 @@ def protect(
     The defense is PosCUDA unless --defense (or --recipe) names another that can be applied file by file (cuda,
     noise-patch, classwise-noise, ar-noise); each file gets the defense's own protection derived from the key at the
     file's sample rate, its channels as rows of the file's class. OUTPUT is safe to publish: it holds the copies,
-    manifest.jsonl (file list, hashes, key fingerprint) and, with --metadata, metadata.csv. The record (see
+    manifest.jsonl (file list, hashes, key fingerprint) and, with --metadata, metadata.csv and README.md (a
+    dataset card naming the classes). The record (see
     --record) reveals the protection: keep it private, like the key. Each file keeps its format, sample rate,
     channel count and subtype; with PosCUDA every channel gets the same patch. Files
     are written under a temporary name and renamed when complete; running the same command again resumes,
@@ -144,7 +146,8 @@ def print_summary(s: dict, output_dir: Path) -> None:
         console.print(f"[yellow]skipped[/yellow] {rel}: named like audio but not a regular file (a FIFO, device or "
                       f"socket)", highlight=False)
     console.print(f"public (safe to publish): {output_dir}, with manifest {s['manifest']}"
-                  + (f" and {s['metadata']}" if s["metadata"] else ""), highlight=False)
+                  + (f" and {s['metadata']}" if s["metadata"] else "")
+                  + (f" and dataset card {s['card']}" if s["card"] else ""), highlight=False)
     console.print(f"private (keep it with the key, never publish it): record {s['record']}", highlight=False)
     if s["failed"]:
         for f in s["failed"]:
@@ -166,9 +169,9 @@ def verify(
     """Re-derive the protection from the key and check every OUTPUT file against the private record and its source.
 
     Reports missing, changed, unprotected or mismatching files, audio files the record does not list, leftovers of
-    an interrupted write, a manifest.jsonl or metadata.csv that disagrees with the record, private files inside
-    OUTPUT, and source files that have no protected copy (the collection is incomplete). Exit code 0 when everything
-    checks and the collection is complete, 1 otherwise.
+    an interrupted write, a manifest.jsonl, metadata.csv or dataset card README.md that disagrees with the record,
+    private files inside OUTPUT, and source files that have no protected copy (the collection is incomplete). Exit
+    code 0 when everything checks and the collection is complete, 1 otherwise.
     """
     from lab.protect import verify_collection
     callback, bar = _progress("verifying")

@@ -40,6 +40,7 @@ from lab.protect.worker import DISK_FULL, PARTIAL_SUFFIX
 MANIFEST = "manifest.jsonl"
 PARTIAL = f".{MANIFEST}{PARTIAL_SUFFIX}"
 METADATA = "metadata.csv"  # Hugging Face `datasets` audiofolder metadata (file_name, label), written on request
+CARD = "README.md"  # with it, a dataset card whose YAML header makes `datasets` load `label` as a ClassLabel
 PUBLIC_FORMAT = "lab-protect-manifest/v2"
 LEGACY_FORMAT = "lab-protect-manifest/v1"  # everything in OUTPUT: not safe to publish
 RECORD_FORMAT = "lab-protect-record/v1"
@@ -357,27 +358,152 @@ class LinesWriter:
                 pass
 
 
-def write_metadata(output: Path, public_lines: Path) -> str:
-    """Write ``OUTPUT/metadata.csv`` for Hugging Face ``datasets``' audiofolder loader: a ``file_name`` column (each
-    protected file's path relative to OUTPUT, where the metadata file lies) and a ``label`` column, one row per file
-    of the public manifest ``public_lines``, atomically. Returns its SHA-256 (recorded in the manifest's summary, so
-    that a later run knows the file is its own)."""
-    import csv
-    final = output / METADATA
-    tmp = final.with_name(f".{METADATA}.{os.getpid()}{PARTIAL_SUFFIX}")
+def write_atomic(final: Path, text: str) -> str:
+    """Write ``text`` (UTF-8) to ``final`` through a temporary file renamed into place; return its SHA-256 (recorded
+    in the manifest's summary, so that a later run knows the file is its own)."""
+    tmp = final.with_name(f".{final.name}.{os.getpid()}{PARTIAL_SUFFIX}")
     try:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
-            rows = csv.writer(f, lineterminator="\n")
-            rows.writerow(["file_name", "label"])
-            for obj in read_lines(public_lines, "public"):
-                if obj.get("kind") == "file":
-                    rows.writerow([obj["path"], obj["label"]])
+            f.write(text)
         digest = file_sha256(tmp)
         os.replace(tmp, final)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise WriteFailed.of(final, e) from None
     return digest
+
+
+def write_metadata(output: Path, public_lines: Path) -> str:
+    """Write ``OUTPUT/metadata.csv`` for Hugging Face ``datasets``' audiofolder loader: a ``file_name`` column (each
+    protected file's path relative to OUTPUT, where the metadata file lies) and a ``label`` column, one row per file
+    of the public manifest ``public_lines``, atomically. Returns its SHA-256."""
+    import csv
+    import io
+    text = io.StringIO()
+    rows = csv.writer(text, lineterminator="\n")
+    rows.writerow(["file_name", "label"])
+    for obj in read_lines(public_lines, "public"):
+        if obj.get("kind") == "file":
+            rows.writerow([obj["path"], obj["label"]])
+    return write_atomic(output / METADATA, text.getvalue())
+
+
+# the texts pandas (which datasets reads metadata.csv with) takes for a missing value, quoted or not: a class of one
+# of these names would load with label None
+CSV_MISSING = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                         "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
+
+
+def labels_read_as_missing(classes: list[str]) -> str | None:
+    """Why some of ``classes`` would not load from ``metadata.csv`` (pandas reads them as missing values), or None."""
+    lost = [c for c in classes if c in CSV_MISSING]
+    if not lost:
+        return None
+    return (f"class{'es' if len(lost) > 1 else ''} {', '.join(repr(c) for c in lost)} would load with no label: "
+            f"Hugging Face datasets reads {METADATA} with pandas, which takes {'them' if len(lost) > 1 else 'it'} "
+            f"for a missing value; rename {'them' if len(lost) > 1 else 'it'}")
+
+
+def card_features(classes: list[str]) -> list[dict]:
+    """The columns the dataset card declares, in ``datasets``' YAML form: ``audio``, and ``label`` a class label whose
+    names are the collection's classes in the manifest's order (index i is ``classes[i]``)."""
+    return [{"name": "audio", "dtype": "audio"},
+            {"name": "label", "dtype": {"class_label": {"names": {str(i): c for i, c in enumerate(classes)}}}}]
+
+
+def card_text(classes: list[str]) -> str:
+    """``OUTPUT/README.md``: a dataset card whose YAML header gives ``datasets`` the columns' types (only the class
+    names: nothing the manifest does not already say)."""
+    import yaml
+    header = yaml.safe_dump({"configs": [{"config_name": "default", "features": card_features(classes)}]},
+                            sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return (f"---\n{header}---\n\n"
+            f"# Protected audio collection\n\n"
+            f"Protected copies written by `lab protect` (the unlearnable audio lab), {len(classes)} classes. "
+            f"`{METADATA}` gives each file's label; the YAML header above declares `label` a class label with the "
+            f"collection's classes (in the order of `{MANIFEST}`), so that Hugging Face `datasets` loads it as one:\n\n"
+            f"```python\n"
+            f"from datasets import load_dataset\n"
+            f"ds = load_dataset(\"path/to/this/folder\", split=\"train\")   # audio, label (ClassLabel)\n"
+            f"```\n\n"
+            f"`{MANIFEST}` lists every file with its SHA-256 and audio facts.\n")
+
+
+def write_card(output: Path, classes: list[str]) -> str:
+    """Write the dataset card ``OUTPUT/README.md`` (:func:`card_text`) atomically; returns its SHA-256."""
+    return write_atomic(output / CARD, card_text(classes))
+
+
+def class_label_names(dtype) -> list | None:
+    """The names of a class label as ``datasets`` writes it in YAML (``class_label: names:`` a mapping from index to
+    name, or a list), in index order; None when ``dtype`` is not a class label."""
+    names = dtype.get("class_label", {}).get("names") if isinstance(dtype, dict) and \
+        isinstance(dtype.get("class_label"), dict) else None
+    if isinstance(names, dict):
+        try:
+            by_index = {int(k): v for k, v in names.items()}
+        except (TypeError, ValueError):
+            return None
+        return [by_index.get(i) for i in range(len(by_index))]
+    return list(names) if isinstance(names, list) else None
+
+
+def card_features_declared(path: Path) -> tuple[list | None, str | None]:
+    """The ``features`` the dataset card at ``path`` declares for the config ``datasets`` loads by default (the one
+    marked ``default``, else the one named ``default``, else the only one), and why they cannot be read: (features,
+    None); (None, None) when its YAML header declares none; (None, why) when it cannot be read or parsed."""
+    import yaml
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        return None, f"unreadable: {e}"
+    lines = text.splitlines()
+    ends = [i for i in range(1, len(lines)) if lines[i].strip() == "---"]
+    if not lines or lines[0].strip() != "---" or not ends:
+        return None, None  # no YAML header: a plain card
+    try:
+        header = yaml.safe_load("\n".join(lines[1:ends[0]])) or {}
+    except yaml.YAMLError as e:
+        return None, f"its YAML header does not parse ({str(e).splitlines()[0]})"
+    configs = header.get("configs") if isinstance(header, dict) else None
+    configs = [c for c in configs if isinstance(c, dict)] if isinstance(configs, list) else []
+    chosen = [c for c in configs if c.get("default")] or \
+        [c for c in configs if c.get("config_name") == "default"] or configs[:1]
+    if not chosen or "features" not in chosen[0]:
+        return None, None
+    features = chosen[0]["features"]
+    return (features, None) if isinstance(features, list) else (None, "its features are not a list of columns")
+
+
+def features_problem(features: list, classes: list[str]) -> str | None:
+    """Why the card's ``features`` would not load ``label`` as a class label of ``classes`` (in that order) beside
+    ``audio``, or None when they do."""
+    declared = {f.get("name"): f.get("dtype") for f in features if isinstance(f, dict)}
+    if set(declared) != {"audio", "label"}:
+        return (f"the features it declares are {', '.join(map(str, declared)) or 'none'}, not audio and label (the "
+                f"columns of {METADATA})")
+    audio = declared["audio"]
+    if audio != "audio" and not (isinstance(audio, dict) and set(audio) == {"audio"}):
+        return f"it declares audio as {audio!r}, not an audio column"
+    names = class_label_names(declared["label"])
+    if names is None:
+        return "it does not declare label a class label (dtype: class_label: names: ...)"
+    if names != list(classes):
+        return (f"its class label names ({', '.join(map(str, names[:5]))}{' ...' if len(names) > 5 else ''}) are not "
+                f"the collection's {len(classes)} classes in order ({', '.join(classes[:5])}"
+                f"{' ...' if len(classes) > 5 else ''})")
+    return None
+
+
+def card_problem(path: Path, classes: list[str]) -> str | None:
+    """Why the dataset card at ``path`` would not make ``datasets`` load ``label`` as a class label of ``classes``
+    (in that order), or None when it does."""
+    features, why = card_features_declared(path)
+    if why is not None:
+        return why
+    if features is None:
+        return "its YAML header declares no features (configs: - config_name: default, features: ...)"
+    return features_problem(features, classes)
 
 
 def file_sha256(path: Path) -> str:

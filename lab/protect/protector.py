@@ -36,11 +36,11 @@ from lab.config import PluginConfig, parse_plugin
 from lab.errors import LabError
 from lab.keys import fingerprint, resolve_key
 from lab.protect.collection import LabelRule, Survey, survey, walk
-from lab.protect.manifest import (LEGACY_FORMAT, MANIFEST, METADATA, PARTIAL, PUBLIC_FORMAT, RECORD_FORMAT,
-                                  LinesWriter, WriteFailed, check_record_path, file_sha256, legacy_files,
-                                  legacy_warning, locate_record, new_collection_id, output_header, partial_of,
-                                  previous_records, public_file, public_label_rule, public_note, read_all,
-                                  write_metadata)
+from lab.protect.manifest import (CARD, LEGACY_FORMAT, MANIFEST, METADATA, PARTIAL, PUBLIC_FORMAT, RECORD_FORMAT,
+                                  LinesWriter, WriteFailed, card_problem, check_record_path, file_sha256,
+                                  labels_read_as_missing, legacy_files, legacy_warning, locate_record,
+                                  new_collection_id, output_header, partial_of, previous_records, public_file,
+                                  public_label_rule, public_note, read_all, write_card, write_metadata)
 from lab.protect.safefs import OutputLock, refuse_links
 from lab.protect.worker import PARTIAL_SUFFIX, protect_files, start_worker
 
@@ -174,8 +174,9 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
     processes (default: the CPU count; 0 runs everything in this process). ``fsync``: force every file to disk
     before its rename. ``record``: where the private record goes (outside OUTPUT; default next to the key file, see
     :func:`lab.protect.manifest.default_record`). ``metadata``: also write ``OUTPUT/metadata.csv`` (file_name,
-    label) for Hugging Face ``datasets``' audiofolder loader. ``log``: receives progress messages. ``progress``:
-    called with (files handled, files total).
+    label) for Hugging Face ``datasets``' audiofolder loader, and the dataset card ``OUTPUT/README.md`` that makes
+    ``datasets.load_dataset(OUTPUT)`` load ``label`` as a ClassLabel of the classes (see :func:`own_card`).
+    ``log``: receives progress messages. ``progress``: called with (files handled, files total).
 
     Safety: OUTPUT is locked for the run (a second run on it is refused in one line); a symbolic link inside OUTPUT
     is refused, and nothing is ever written through one (see :mod:`lab.protect.safefs`); OUTPUT and the record's
@@ -193,7 +194,7 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
     rule = LabelRule.parse(labels, inp)
     found = survey(inp, rule)
     with claimed(out):
-        plan = plan_run(inp, out, key_path, key_fp, cfg, rule, found, record, metadata)
+        plan = plan_run(inp, out, key_path, key_fp, cfg, rule, found, record, metadata, log)
         stale = remove_partials(out)
         mode = key_path.stat().st_mode & 0o777
         if mode & 0o077:
@@ -201,6 +202,8 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
         if plan.legacy:
             log(f"warning: {legacy_warning(out / MANIFEST)}; this run does it: the private record goes to "
                 f"{plan.record_path}")
+        if plan.lost:
+            log(f"warning: {METADATA}: {plan.lost}")
         log(f"{found.audio_files} audio files in {len(found.classes)} classes; key fingerprint {key_fp}"
             + (f"; resuming ({len(plan.previous)} earlier records)" if plan.previous else "")
             + (f"; removed {stale} temporary files of an interrupted run" if stale else ""))
@@ -223,6 +226,8 @@ class Plan:
     public_header: dict
     previous: dict[str, dict]
     write_meta: bool
+    write_card: bool  # the dataset card OUTPUT/README.md (beside metadata.csv; see own_card)
+    lost: str | None  # labels pandas would read as missing (NA, null, ...): said, metadata written anyway
     legacy: bool
 
     @property
@@ -258,7 +263,7 @@ def claimed(out: Path) -> Iterator[None]:
 
 
 def plan_run(inp: Path, out: Path, key_path: Path, key_fp: str, cfg: PluginConfig, rule: LabelRule,
-             found: Survey, record: Path | None, metadata: bool) -> Plan:
+             found: Survey, record: Path | None, metadata: bool, log: Callable[[str], None]) -> Plan:
     """The run's :class:`Plan`: derive the protection at the reference rate, read OUTPUT's earlier manifest (a
     resumed run must use the same key, defense and classes), place the private record (its folder must be
     writable), and read the earlier records."""
@@ -288,8 +293,13 @@ def plan_run(inp: Path, out: Path, key_path: Path, key_fp: str, cfg: PluginConfi
                      "classes": found.classes, "note": public_note(cfg.type)}
     sources = legacy_files(out) if legacy else [record_path, partial_of(record_path)]
     previous = previous_records(sources, private_header, out)
+    write_meta = own_metadata(out, metadata)
+    lost = labels_read_as_missing(found.classes) if write_meta else None
+    if lost and metadata:
+        raise LabError(f"--metadata: {lost} (or leave out --metadata)")
+    write_card = write_meta and own_card(out, metadata, found.classes, log)
     return Plan(inp, out, key_fp, chosen, rule, found, record_path, private_header, public_header, previous,
-                own_metadata(out, metadata), legacy)
+                write_meta, write_card, lost, legacy)
 
 
 def file_jobs(plan: Plan, fsync: bool, at_rate: Callable[[int], bytes]) -> Iterator[tuple[list[tuple], dict]]:
@@ -399,11 +409,14 @@ def finish(plan: Plan, writers: list[LinesWriter], tally: Tally, n_workers: int,
                "workers": n_workers, "wall_seconds": round(wall, 3),
                "x_realtime": round(tally.new_seconds / wall, 1) if wall > 0 else None}  # newly protected audio only
     meta_sha = write_metadata(plan.out, public.partial) if plan.write_meta else None
+    card_sha = write_card(plan.out, found.classes) if plan.write_card else None
     summary["record"] = str(private.finish(summary))
     public_summary = {"kind": "summary", "files": tally.counts["protected"] + tally.counts["done"],
-                      "metadata": METADATA if plan.write_meta else None, "metadata_sha256": meta_sha}
+                      "metadata": METADATA if plan.write_meta else None, "metadata_sha256": meta_sha,
+                      "card": CARD if plan.write_card else None, "card_sha256": card_sha}
     summary["manifest"] = str(public.finish(public_summary))
     summary["metadata"] = str(plan.out / METADATA) if plan.write_meta else None
+    summary["card"] = str(plan.out / CARD) if plan.write_card else None
     return summary
 
 
@@ -433,16 +446,43 @@ def stop(writers: list[LinesWriter], pool, out: Path, keep: bool = True) -> None
     remove_partials(out)
 
 
+def earlier_wrote(out: Path, name: str, field: str) -> bool:
+    """Whether the file ``name`` in OUTPUT is the one an earlier run wrote: the SHA-256 the finished manifest's
+    summary gives in ``field`` is its hash."""
+    summary = read_all(out / MANIFEST, "public")[2] if (out / MANIFEST).is_file() else None
+    return bool(summary and summary.get(field) and summary[field] == file_sha256(out / name))
+
+
 def own_metadata(out: Path, requested: bool) -> bool:
     """Whether to write ``OUTPUT/metadata.csv``: when ``requested``, or when an earlier run wrote it and it has not
     changed since (it is then kept up to date). A ``metadata.csv`` that is not the run's own is never replaced."""
     meta = out / METADATA
     if not meta.exists():
         return requested
-    summary = read_all(out / MANIFEST, "public")[2] if (out / MANIFEST).is_file() else None
-    if summary and summary.get("metadata_sha256") and summary["metadata_sha256"] == file_sha256(meta):
+    if earlier_wrote(out, METADATA, "metadata_sha256"):
         return True
     if requested:
         raise LabError(f"--metadata: {meta} exists and was not written by lab protect (or was edited since); move "
                        f"it away (nothing is overwritten)")
+    return False
+
+
+def own_card(out: Path, requested: bool, classes: list[str], log: Callable[[str], None]) -> bool:
+    """Whether to write the dataset card ``OUTPUT/README.md`` beside the ``metadata.csv`` this run writes: when there
+    is none, or when an earlier run wrote it and it has not changed since. A ``README.md`` that is not the run's own
+    is never replaced: it is kept when it already declares ``label`` a class label of ``classes`` (in order);
+    otherwise ``--metadata`` (``requested``) stops in one line, and a run that only keeps its metadata up to date
+    warns."""
+    card = out / CARD
+    if not card.exists() or earlier_wrote(out, CARD, "card_sha256"):
+        return True
+    problem = card_problem(card, classes)
+    if problem is None:
+        return False  # the owner's own card, and it declares the labels right
+    what = (f"{card} exists and was not written by lab protect (or was edited since), and {problem}: Hugging Face "
+            f"datasets would not load label as a class label of the collection's classes")
+    if requested:
+        raise LabError(f"--metadata: {what}; move it away or declare the labels in it (see docs/protect.md; nothing "
+                       f"is overwritten)")
+    log(f"warning: {what}")
     return False

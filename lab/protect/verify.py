@@ -14,8 +14,9 @@ from defenses.base import build_defense
 from lab.errors import LabError
 from lab.keys import fingerprint, resolve_key
 from lab.protect.collection import AUDIO_EXTENSIONS, walk
-from lab.protect.manifest import (LEGACY_FORMAT, MANIFEST, METADATA, PUBLIC_FIELDS, RECORD_FORMAT,
-                                  check_record_path, locate_record, read_manifest, read_protections, read_record)
+from lab.protect.manifest import (CARD, LEGACY_FORMAT, MANIFEST, METADATA, PUBLIC_FIELDS, RECORD_FORMAT,
+                                  card_features_declared, check_record_path, features_problem, locate_record,
+                                  read_manifest, read_protections, read_record)
 from lab.protect.safefs import OutputLock, links_under
 from lab.protect.protector import REFERENCE_RATE, defense_config, derive_at
 from lab.protect.worker import PARTIAL_SUFFIX, check_file, start_worker
@@ -36,7 +37,8 @@ def verify_collection(output_root: Path, key_file: Path, source: Path | None = N
 
     The report has ``counts`` per status (see :func:`lab.protect.worker.check_file`), the ``problems`` (every file
     whose status is not ``ok`` or ``unchecked`` (source no longer there, output hash still right), plus ``manifest``
-    (the public manifest disagrees with the record), ``metadata`` (``metadata.csv`` does not list the protected files)
+    (the public manifest disagrees with the record), ``metadata`` (``metadata.csv`` does not list the protected files),
+    ``card`` (the dataset card ``README.md`` would not load the labels as a class label of the collection's classes)
     and ``unsafe`` (a file in OUTPUT holds a private record: the folder is not safe to publish)), ``extra`` (audio
     files in OUTPUT the record does not list), ``partial`` (temporary files of an interrupted write),
     ``failed_at_protection`` (files the run could not protect) and ``not_protected``: every source audio file with
@@ -57,6 +59,7 @@ def verify_collection(output_root: Path, key_file: Path, source: Path | None = N
         counts = Counter(r["status"] for r in results)
         problems = [r for r in results if r["status"] not in ("ok", "unchecked")]  # unchecked: source gone, hash ok
         problems += manifest_problems(public_files, done) + metadata_problems(out, done)
+        problems += card_problems(out, rec_header["classes"])
         problems += label_problems(records, rec_header["classes"]) + header_problems(header, rec_header)
         extra, partial, unsafe = scan_output(out, {r["path"] for r in records}, key_path)
         problems += unsafe
@@ -243,6 +246,23 @@ def metadata_problems(out: Path, done: list[dict]) -> list[dict]:
                        for what, paths in (("protected files not listed", missing), ("not protected files", unknown),
                                            ("other labels", wrong)) if paths) or "a file is listed twice"
     return [{"path": METADATA, "status": "metadata", "detail": detail}]
+
+
+def card_problems(out: Path, classes: list[str]) -> list[dict]:
+    """The dataset card ``README.md``, when there is one, must not declare other features than ``audio`` and
+    ``label`` as a class label of the collection's ``classes`` in order; beside a ``metadata.csv`` it must declare
+    them (without, ``datasets`` loads the labels as plain strings)."""
+    path = out / CARD
+    if not path.is_file():
+        return []
+    features, why = card_features_declared(path)
+    if why is None and features is None:
+        why = None if not (out / METADATA).is_file() else \
+            (f"declares no features beside {METADATA} (configs: - config_name: default, features: ...): Hugging "
+             f"Face datasets loads the labels as plain strings")
+    elif why is None:
+        why = features_problem(features, classes)
+    return [] if why is None else [{"path": CARD, "status": "card", "detail": why}]
 
 
 def holds_a_record(path: Path) -> bool:

@@ -94,7 +94,8 @@ def test_record_is_complete_and_manifest_holds_only_public_facts(collection, key
         assert set(f) == {"kind", "path", "label", "output_sha256", "format", "subtype", "sample_rate", "channels",
                           "frames", "seconds"}
         assert all(f[k] == by_path[f["path"]][k] for k in f if k != "kind")
-    assert public_summary == {"kind": "summary", "files": len(GOOD), "metadata": None, "metadata_sha256": None}
+    assert public_summary == {"kind": "summary", "files": len(GOOD), "metadata": None, "metadata_sha256": None,
+                              "card": None, "card_sha256": None}
 
 
 def test_corrupt_and_empty_files_are_reported_and_skipped(collection, key_file, tmp_path):

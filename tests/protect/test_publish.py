@@ -1,6 +1,7 @@
 """OUTPUT is what a data owner publishes: nothing in it may reveal the protection (positions, filter taps, patch
 starts) or the owner's paths; the private record lives outside it (mode 0600) and verify and resume still work; the
-metadata file lets Hugging Face `datasets` load the published folder."""
+metadata file and the dataset card let Hugging Face `datasets` load the published folder (the real load is in
+test_hf_roundtrip.py)."""
 from __future__ import annotations
 
 import csv
@@ -16,7 +17,7 @@ import soundfile as sf
 
 from lab.errors import LabError
 from lab.protect import protect_collection, verify_collection
-from lab.protect.manifest import LEGACY_FORMAT, MANIFEST, METADATA, PARTIAL, read_manifest
+from lab.protect.manifest import CARD, LEGACY_FORMAT, MANIFEST, METADATA, PARTIAL, read_manifest
 from tests.conftest import tone
 from tests.protect.conftest import GOOD, private_record, sha, tree_hashes
 
@@ -83,7 +84,7 @@ def test_nothing_under_output_reveals_the_protection_or_the_owners_paths(collect
     owner_paths = {str(tmp_path), str(collection.resolve()), str(fixed_key.parent), fixed_key.name}
     source_hashes = {r["source_sha256"] for r in records if r["status"] == "protected"}
     published = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
-    assert published == GOOD_PATHS | {MANIFEST, METADATA}
+    assert published == GOOD_PATHS | {MANIFEST, METADATA, CARD}
     # starts as whole numbers, in any text (json, repr, csv)
     assert published_hits(out, floats, distinctive, owner_paths | source_hashes) == []
     # the same search does find them in the private record (the forms searched are the ones a file would hold)
@@ -98,7 +99,7 @@ def test_nothing_under_output_reveals_the_protection_or_the_owners_paths(collect
     code, stdout, _ = cli("verify", str(out), "--key-file", str(fixed_key), "--workers", "0")
     text = " ".join(stdout.split())
     assert f"{len(GOOD)} ok" in text and code == 1 and "incomplete: 3 source file(s)" in text  # the corrupt three
-    assert not re.search(r"^(changed|missing|mismatch|unprotected|extra|partial|manifest|metadata|unsafe) ",
+    assert not re.search(r"^(changed|missing|mismatch|unprotected|extra|partial|manifest|metadata|card|unsafe) ",
                          stdout, re.M)
     code, stdout, _ = cli("protect", str(collection), str(out), "--key-file", str(fixed_key), "--workers", "0",
                           "-o", "patches_per_class=2", "--metadata")
@@ -275,21 +276,96 @@ def test_an_interrupted_run_leaves_no_metadata_or_manifest_under_their_names(col
     assert (out / PARTIAL).is_file() and not (out / MANIFEST).exists() and not (out / METADATA).exists()
 
 
-def test_metadata_loads_with_hugging_face_datasets(tmp_path, key_file):
-    datasets = pytest.importorskip("datasets")
-    # datasets 5.x's audiofolder encodes the audio column through torchcodec (and FFmpeg) even with decode=False;
-    # neither is on the lab's machines (checked: datasets 5.2.0 installs here, then fails without torchcodec)
-    pytest.importorskip("torchcodec")
-    root = tmp_path / "input"
-    for label in ("cat", "dog"):
-        for j in range(3):
-            (root / label).mkdir(parents=True, exist_ok=True)
-            sf.write(str(root / label / f"{j}.wav"), tone(0.3, 8000, 300 + 50 * j), 8000)
+def card_header(out):
+    """The YAML header of OUTPUT's dataset card."""
+    import yaml
+    text = (out / CARD).read_text()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def test_the_dataset_card_declares_the_classes_in_the_manifests_order(collection, key_file, tmp_path, cli):
     out = tmp_path / "out"
-    protect_collection(root, out, key_file, workers=0, metadata=True)
-    ds = datasets.load_dataset("audiofolder", data_dir=str(out), split="train")
-    ds = ds.cast_column("audio", datasets.Audio(decode=False))
-    assert len(ds) == 6 and "label" in ds.column_names
-    got = {(row["audio"]["path"].split("/")[-2] + "/" + row["audio"]["path"].split("/")[-1], str(row["label"]))
-           for row in ds}
-    assert got == {(f"{label}/{j}.wav", label) for label in ("cat", "dog") for j in range(3)}
+    code, stdout, _ = cli("protect", str(collection), str(out), "--key-file", str(key_file), "--workers", "0",
+                          "--metadata")
+    assert f"datasetcard{out / CARD}" in "".join(stdout.split())  # (rich wraps long lines)
+    classes = read_manifest(out)[0]["classes"]
+    assert classes == ["cat", "dog", "owl"]
+    # the config datasets loads by default declares the columns: audio, and label a ClassLabel of the classes
+    assert card_header(out) == {"configs": [{"config_name": "default", "features": [
+        {"name": "audio", "dtype": "audio"},
+        {"name": "label", "dtype": {"class_label": {"names": {"0": "cat", "1": "dog", "2": "owl"}}}}]}]}
+    assert read_manifest(out)[2]["card"] == CARD and read_manifest(out)[2]["card_sha256"] == sha(out / CARD)
+    # nothing but the class names, the public file names and how to load it: no key, paths or protection
+    text = (out / CARD).read_text()
+    assert str(tmp_path) not in text and "fingerprint" not in text and "position" not in text
+    assert verify_collection(out, key_file, workers=0)["problems"] == []
+    # without --metadata there is no card
+    protect_collection(collection, tmp_path / "plain", key_file, workers=0)
+    assert not (tmp_path / "plain" / CARD).exists()
+
+
+def test_verify_flags_a_card_that_disagrees_and_no_run_overwrites_the_owners_card(collection, key_file, tmp_path,
+                                                                                cli):
+    out = tmp_path / "out"
+    protect_collection(collection, out, key_file, workers=0, metadata=True)
+    ours = (out / CARD).read_text()
+    # the classes in another order: verify flags it, and neither a plain run nor --metadata overwrites it
+    swapped = ours.replace("'0': cat", "'0': TMP").replace("'1': dog", "'1': cat").replace("'0': TMP", "'0': dog")
+    assert swapped != ours
+    (out / CARD).write_text(swapped)
+    problems = verify_collection(out, key_file, workers=0)["problems"]
+    assert [(p["path"], p["status"]) for p in problems] == [(CARD, "card")]
+    assert "dog, cat, owl" in problems[0]["detail"] and "cat, dog, owl" in problems[0]["detail"]
+    messages = []
+    protect_collection(collection, out, key_file, workers=0, log=messages.append)
+    assert (out / CARD).read_text() == swapped
+    assert any(m.startswith("warning:") and "was not written by lab protect" in m for m in messages)
+    code, _, err = cli("protect", str(collection), str(out), "--key-file", str(key_file), "--metadata")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "was not written by lab protect" in err, err
+    assert (out / CARD).read_text() == swapped
+    # a card of the owner's own that declares the labels right is kept as it is, and passes verify
+    mine = ours.replace("# Protected audio collection", "# My birds and pets\n\nRecorded in my garden.")
+    (out / CARD).write_text(mine)
+    code, _, err = cli("protect", str(collection), str(out), "--key-file", str(key_file), "--metadata")
+    assert code == 1 and (out / CARD).read_text() == mine, err  # 1: the corrupt files of the collection
+    assert verify_collection(out, key_file, workers=0)["problems"] == []
+    # a plain card beside metadata.csv (labels would load as strings) is flagged; with no metadata.csv it is not
+    (out / CARD).write_text("# My collection\n")
+    problems = verify_collection(out, key_file, workers=0)["problems"]
+    assert [(p["path"], p["status"]) for p in problems] == [(CARD, "card")]
+    assert "plain strings" in problems[0]["detail"]
+    (out / METADATA).unlink()
+    assert verify_collection(out, key_file, workers=0)["problems"] == []
+    # a card that does not parse, or that declares other columns, is flagged
+    for text, says in (("---\nconfigs: [\n---\n", "does not parse"),
+                       ("---\nconfigs:\n- config_name: default\n  features:\n  - name: label\n    dtype: string\n"
+                        "---\n", "not audio and label")):
+        (out / CARD).write_text(text)
+        problems = verify_collection(out, key_file, workers=0)["problems"]
+        assert [p["status"] for p in problems] == ["card"] and says in problems[0]["detail"], problems
+
+
+def test_our_card_is_kept_up_to_date_and_written_beside_an_earlier_runs_metadata(collection, key_file, tmp_path):
+    out = tmp_path / "out"
+    protect_collection(collection, out, key_file, workers=0, metadata=True)
+    # a card lab protect wrote and nobody edited is the run's own: a plain re-run writes it again (and records it)
+    (out / CARD).unlink()
+    protect_collection(collection, out, key_file, workers=0)
+    assert (out / CARD).is_file() and read_manifest(out)[2]["card_sha256"] == sha(out / CARD)
+    before = (out / CARD).read_bytes()
+    protect_collection(collection, out, key_file, workers=0)
+    assert (out / CARD).read_bytes() == before and verify_collection(out, key_file, workers=0)["problems"] == []
+
+
+def test_a_class_that_csv_readers_take_for_missing_stops_metadata_in_one_line(tmp_path, key_file, cli):
+    root = tmp_path / "input"
+    for label in ("NA", "cat"):
+        (root / label).mkdir(parents=True)
+        sf.write(str(root / label / "a.wav"), tone(0.3, 8000), 8000)
+    out = tmp_path / "out"
+    code, _, err = cli("protect", str(root), str(out), "--key-file", str(key_file), "--metadata")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "'NA' would load with no label" in err, err
+    assert not out.exists()
+    # without --metadata the collection is protected as usual
+    assert protect_collection(root, out, key_file, workers=0)["protected"] == 2
