@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -18,6 +18,10 @@ from lab import models
 from lab.config import PluginConfig, Section, format_validation_error, parse_plugin
 from lab.errors import LabError
 from lab.features import FeatureConfig
+
+# the largest seed Lightning's seed_everything (numpy) accepts; a larger or a negative one failed with a traceback
+# after the data had loaded
+MAX_SEED = 2 ** 32 - 1
 
 
 class DataConfig(Section):
@@ -284,7 +288,7 @@ class Recipe(Section):
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     model: Any = Field(default_factory=lambda: {"type": "cnn"})
     train: TrainConfig = Field(default_factory=TrainConfig)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(default_factory=lambda: [0], min_length=1)
     defense: Any = Field(default_factory=lambda: {"type": "poscuda"})
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     output_dir: Path = Path("runs")
@@ -354,12 +358,43 @@ def read_recipe_data(path: Path) -> dict:
     return data
 
 
-def command_overrides(set_: list[str] | None, seeds: str | None = None, out: Path | str | None = None) -> list[str]:
+def parse_seeds(text: str | None, option: str = "--seeds") -> list[int] | None:
+    """``--seeds 0,1,2`` as ``[0, 1, 2]`` (None when the option was not given). Anything else (an empty list, a
+    word, a negative or repeated seed) is a one-line error naming the option, the value and what is allowed, before
+    any work: an empty ``--seeds ""`` used to fall back on the recipe's seeds silently."""
+    if text is None:
+        return None
+    allowed = f"expected comma-separated whole-number seeds from 0 to {MAX_SEED}, each once, e.g. {option} 0,1,2"
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or not all(p.isascii() and p.isdigit() for p in parts):
+        raise LabError(f"{option} {text!r}: {allowed}")
+    seeds = [int(p) for p in parts]
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated or max(seeds) > MAX_SEED:
+        raise LabError(f"{option} {text!r}: {allowed}")
+    return seeds
+
+
+def check_jobs(jobs: int | None, option: str = "--jobs") -> int | None:
+    """``--jobs N``: N >= 1 (how many cells train at once), else a one-line error before any work (``--jobs 0``
+    and ``--jobs -1`` used to train one cell at a time as if nothing were wrong)."""
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise LabError(f"{option} {jobs}: expected a whole number of cells to train at once, 1 or more "
+                       f"(e.g. {option} 2)")
+    return jobs
+
+
+def command_overrides(set_: list[str] | None, seeds: str | None = None, out: Path | str | None = None,
+                      jobs: int | None = None) -> list[str]:
     """A command's ``--set`` overrides with its ``--seeds 0,1,2`` and ``--out DIR`` options added as overrides of
-    ``seeds`` and ``output_dir`` (what ``lab run``, ``lab attack`` and ``lab rotate`` share)."""
+    ``seeds`` and ``output_dir`` (what ``lab run``, ``lab attack`` and ``lab rotate`` share). ``--seeds`` and
+    ``--jobs`` (where the command has it) are checked here, before any work (:func:`parse_seeds`,
+    :func:`check_jobs`)."""
     overrides = list(set_ or [])
-    if seeds:
-        overrides.append(f"seeds=[{seeds}]")
+    check_jobs(jobs)
+    seed_list = parse_seeds(seeds)
+    if seed_list is not None:
+        overrides.append(f"seeds={seed_list}")
     if out:
         overrides.append(f"output_dir={out}")
     return overrides

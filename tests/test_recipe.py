@@ -1,6 +1,7 @@
 """Recipes are validated at the door: each mistake is one line naming the field and what is allowed."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,7 @@ def test_shipped_recipe_set():
     ({"defense": {"type": "poscuda", "position_range": [0.5, 0.2]}}, r"position_range must satisfy"),
     ({"defense": {"type": "poscuda", "position_range": [0.0, 0.95]}}, r"passes the clip's end"),
     ({"seeds": []}, r"seeds: List should have at least 1 item"),
+    ({"seeds": [0, -1]}, r"seeds.1: Input should be greater than or equal to 0 \(got -1\)"),
     ({"features": {"n_mfcc": 80, "n_mels": 64}}, r"features: n_mfcc \(80\) cannot exceed n_mels \(64\)"),
     ({"data": {"sample_rate": -8000}}, r"data.sample_rate: Input should be greater than 0 \(got -8000\)"),
     ({"data": {"sample_rate": "8kHz"}}, r"data.sample_rate: Input should be a valid integer"),
@@ -48,6 +50,25 @@ def test_bad_recipes_fail_with_one_line(data, pattern):
     with pytest.raises(LabError, match=pattern) as info:
         recipe_from_dict(data)
     assert "\n" not in str(info.value)
+
+
+def test_seeds_and_jobs_options_are_checked_once():
+    """The helper every command's --seeds / --jobs goes through: the seeds as a list, or one line naming the option,
+    the value and what is allowed."""
+    from lab.recipe import check_jobs, command_overrides, parse_seeds
+    assert parse_seeds("0, 1,2") == [0, 1, 2] and parse_seeds(None) is None
+    assert command_overrides(["train.epochs=1"], "3,4", "out", jobs=2) == ["train.epochs=1", "seeds=[3, 4]",
+                                                                           "output_dir=out"]
+    for bad in ["", " ", "0,", "a", "-1", "1.5", "0,0", "²", str(2 ** 32)]:
+        said = f"--seeds {bad!r}: expected comma-separated whole-number seeds from 0 to 4294967295, each once, " \
+               "e.g. --seeds 0,1,2"
+        with pytest.raises(LabError, match=f"^{re.escape(said)}$"):
+            parse_seeds(bad)
+    assert check_jobs(1) == 1 and check_jobs(None) is None
+    for bad in (0, -1):
+        with pytest.raises(LabError, match=f"^--jobs {bad}: expected a whole number of cells to train at once, 1 or "
+                                           "more"):
+            command_overrides(None, jobs=bad)
 
 
 def test_yaml_and_file_errors(tmp_path):

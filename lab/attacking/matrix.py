@@ -110,8 +110,10 @@ def run_matrix(datas: list[ExperimentData], attack_cfgs: list, log: Callable[[st
     same."""
     import json
 
+    from lab.recipe import check_jobs
     from lab.rundir import write_atomic
     from lab.sweep import threads_per_job, worker_pool
+    check_jobs(jobs)
     first = datas[0].recipe
     if first.train.num_threads:
         torch.set_num_threads(first.train.num_threads)

@@ -97,7 +97,7 @@ def attack(
     from lab.spine import ExperimentData
 
     recipe = _recipe_path(recipe, recipe_option)
-    overrides = command_overrides(set_, seeds, out)
+    overrides = command_overrides(set_, seeds, out, jobs)  # --seeds and --jobs checked here, before any work
     rec, blocks = attacking.load_attack_recipe(recipe, overrides)
     names = attacks.ATTACKS.names() if type_ == "all" else list(dict.fromkeys(
         t.strip() for t in type_.split(",") if t.strip()))

@@ -29,9 +29,10 @@ def sweep(
     """Run every combination of the grid values (each over the seeds) and write frontier.csv and frontier.png:
     the protected model's clean-test accuracy against the quality cost (FAD when the runs have it, else SNR), per
     architecture and feature, with the Pareto front marked."""
+    from lab.recipe import check_jobs, parse_seeds
     from lab.sweep import emit_cells, parse_grid, run_sweep
+    seed_list, _ = parse_seeds(seeds), check_jobs(jobs)  # one-line errors before any work
     parsed = parse_grid(grid)
-    seed_list = [int(s) for s in seeds.split(",")] if seeds else None
     if emit is not None:
         written = emit_cells(recipe, parsed, emit, seed_list, list(set_ or []))
         table = Table(title=f"sweep {recipe}: {len(written)} cell recipes written, nothing trained")

@@ -46,6 +46,12 @@ R = "recipes/fsdd_cnn.yaml"
     (["--type", "augment"], "missing recipe: lab attack RECIPE --type ATTACK (e.g. lab attack recipes/fsdd_cnn.yaml"),
     (["recipes/nope.yaml", "--type", "augment"], "recipe not found: recipes/nope.yaml"),
     ([R, "--recipe", "recipes/other.yaml", "--type", "augment"], "two recipes given"),
+    # --jobs and --seeds that used to train anyway (one cell at a time; the recipe's seeds)
+    ([R, "--type", "augment", "--jobs", "0"], "--jobs 0: expected a whole number of cells to train at once, 1 or more"),
+    ([R, "--type", "augment", "--jobs", "-1"], "--jobs -1: expected a whole number of cells to train at once, 1 or "
+                                               "more"),
+    ([R, "--type", "augment", "--seeds", ""], "--seeds '': expected comma-separated whole-number seeds from 0 to "
+                                             "4294967295, each once, e.g. --seeds 0,1,2"),
 ])
 def test_bad_input_fails_in_one_line_before_training(args, pattern, tmp_path):
     proc = lab("attack", *args, "--out", str(tmp_path), env_root=tmp_path)  # no data there: nothing could train
