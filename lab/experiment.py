@@ -25,7 +25,7 @@ from lab import results as results_writer
 from lab.provenance import provenance
 from lab.quality import assess, markdown_lines
 from lab.recipe import Recipe
-from lab.spine import ExperimentData
+from lab.spine import ExperimentData, check_defense
 from lab.rundir import INCOMPLETE, mark_incomplete, write_atomic
 from lab.train import evaluate, fit
 
@@ -186,6 +186,7 @@ def run(recipe: Recipe, recipe_path: str | None = None, log: Callable[[str], Non
     ``results.json`` is written last. If the run fails or is interrupted, a folder with trained models or logs is
     kept and ``INCOMPLETE`` says why (a new folder with nothing in it yet is removed), and the error is raised again;
     Ctrl-C raises :class:`RunInterrupted` saying what was kept."""
+    check_defense(recipe.defense, recipe.data.sample_rate)  # a missing key fails before any folder or data
     if recipe.train.num_threads:
         torch.set_num_threads(recipe.train.num_threads)
     created: list[Path] = []

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator, model_validator
 
 import defenses
 from lab import models
@@ -286,10 +286,12 @@ class Recipe(Section):
     description: str = ""
     data: DataConfig = Field(default_factory=DataConfig)
     features: FeatureConfig = Field(default_factory=FeatureConfig)
-    model: Any = Field(default_factory=lambda: {"type": "cnn"})
+    # a registered model's / defense's config (validated by the plugin's own Config, the default too); SerializeAsAny:
+    # dumped with all the fields of that Config, not only PluginConfig's ``type``
+    model: SerializeAsAny[PluginConfig] = Field(default_factory=lambda: {"type": "cnn"})
     train: TrainConfig = Field(default_factory=TrainConfig)
     seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(default_factory=lambda: [0], min_length=1)
-    defense: Any = Field(default_factory=lambda: {"type": "poscuda"})
+    defense: SerializeAsAny[PluginConfig] = Field(default_factory=lambda: {"type": "poscuda"})
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     output_dir: Path = Path("runs")
 
@@ -304,11 +306,15 @@ class Recipe(Section):
         return parse_plugin(defenses.DEFENSES, v, "defense", default="poscuda")
 
     @model_validator(mode="after")
-    def _fits(self):
-        """Each defense says whether its configuration fits the recipe's clips (``Defense.check_fits``). A recipe
-        without a defense section keeps its default as an unvalidated mapping, as before: nothing to check."""
-        if isinstance(self.defense, PluginConfig):
-            defenses.DEFENSES.get(self.defense.type).check_fits(self.defense, self.data.clip_seconds)
+    def _fits(self, info: ValidationInfo):
+        """Each defense says whether its configuration fits the recipe's clips (``Defense.check_fits``), and the
+        surrogate recipe of a defense that trains one (``Defense.surrogate_overrides``) is validated here too, so a
+        typo in ``defense.surrogate`` fails at the door, not after the data has loaded."""
+        defenses.DEFENSES.get(self.defense.type).check_fits(self.defense, self.data.clip_seconds)
+        if not (info.context or {}).get("surrogate"):  # (a surrogate recipe does not check its own surrogate)
+            overrides = defenses.build_defense(self.defense).surrogate_overrides()
+            if overrides:
+                surrogate_recipe(self, overrides)
         return self
 
     def public_dict(self) -> dict:
@@ -320,6 +326,29 @@ class Recipe(Section):
         if getattr(self.defense, "key", None) is not None:
             out["defense"]["key"] = "<redacted>"
         return out
+
+
+SURROGATE_SECTIONS = ("model", "features", "train")
+
+
+def surrogate_recipe(recipe: Recipe, overrides: dict) -> Recipe:
+    """``recipe`` with the ``model`` / ``features`` / ``train`` sections that a defense's surrogate changes
+    (a model of another ``type`` replaces the section; otherwise the fields are merged), validated again (not
+    against this machine's hardware). A mistake is one line under ``defense.surrogate``."""
+    data = {name: getattr(recipe, name) for name in type(recipe).model_fields}
+    for section, change in (overrides or {}).items():
+        if section not in SURROGATE_SECTIONS or not isinstance(change, dict):
+            raise LabError(f"defense.surrogate: {section!r} is not a section a surrogate may change; allowed: "
+                           f"{', '.join(SURROGATE_SECTIONS)} (each a mapping)")
+        current = getattr(recipe, section).model_dump(mode="json")
+        replaces = section == "model" and change.get("type", current["type"]) != current["type"]
+        data[section] = dict(change) if replaces else {**current, **change}
+    try:
+        return Recipe.model_validate(data, context={"machine": False, "surrogate": True})
+    except ValidationError as e:
+        raise LabError(format_validation_error(e, "defense.surrogate")) from None
+    except LabError as e:  # a plugin's message starts with its field (model.type: unknown model ...)
+        raise LabError(f"defense.surrogate.{e}") from None
 
 
 def set_path(data: dict, dotted: str, value: Any) -> None:

@@ -208,6 +208,26 @@ def test_sweep_redoes_a_cell_marked_incomplete(tmp_path, monkeypatch):
     assert any("blur=0.1: finished earlier, skipped" in s for s in said)
 
 
+def test_a_recipe_with_only_data_runs(fsdd_dir, tmp_path):
+    """A recipe with only a data section used to end in AttributeError: 'dict' object has no attribute 'type'. Its
+    defaults (CNN on MFCC, PosCUDA) are validated configs: without a key it stops in one line before the data is
+    loaded; with one it trains (a 20-clip subset, one epoch: a few seconds)."""
+    from lab.errors import LabError
+    recipe = tmp_path / "only_data.yaml"
+    recipe.write_text(f"data:\n  root: {fsdd_dir}\n  max_train_per_class: 2\n  max_test_per_class: 1\n")
+    args = ["run", str(recipe), "--set", "train.epochs=1", "--seeds", "0", "--out", str(tmp_path / "runs"),
+            "--set", "train.progress=false", "--set", "train.num_threads=1"]
+    said = CliRunner().invoke(app, args)
+    assert isinstance(said.exception, LabError) and "defense: a key is required" in str(said.exception)
+    assert "cnn on mfcc, defense poscuda" in said.output and "data:" not in said.output  # stopped before loading
+    assert not (tmp_path / "runs").exists()
+    result = CliRunner().invoke(app, args + ["--set", f"defense.key={KEY}"])
+    assert result.exit_code == 0, result.output
+    results = json.loads(next((tmp_path / "runs").rglob("results.json")).read_text())
+    assert results["recipe"]["model"]["type"] == "cnn" and results["recipe"]["defense"]["type"] == "poscuda"
+    assert results["data"]["train_clips"] == 20
+
+
 def test_tiny_run_warns_about_its_few_clips(fsdd_dir, tmp_path):
     recipe = Path(__file__).resolve().parent.parent / "recipes" / "fsdd_cnn.yaml"
     result = CliRunner().invoke(app, ["run", str(recipe), "--out", str(tmp_path), *TINY, "--set",

@@ -91,10 +91,10 @@ def attack(
     """
     import attacks
     from lab import attacking
-    from defenses import DEFENSES, build_defense
+    from defenses import DEFENSES
     from lab.quality import snr_summary
     from lab.recipe import command_overrides
-    from lab.spine import ExperimentData
+    from lab.spine import ExperimentData, check_defense
 
     recipe = _recipe_path(recipe, recipe_option)
     overrides = command_overrides(set_, seeds, out, jobs)  # --seeds and --jobs checked here, before any work
@@ -119,11 +119,7 @@ def attack(
     dcfgs = attacking.defense_configs(rec, defense_names, snr, list(defense_option or []))
     recipes = [attacking.with_defense(rec, d) for d in dcfgs]  # each must fit the recipe, before any training
     for d in dcfgs:  # a missing key or key file fails here, not mid-matrix
-        built = build_defense(d)
-        if built.needs_training_set:
-            built.surrogate_seed()  # derived from the key (an optimised defense is derived on the data later)
-        else:
-            built.derive(2, rec.data.sample_rate)
+        check_defense(d, rec.data.sample_rate)
     console.print(f"[bold]lab attack[/bold] {type_} on {recipe}: {rec.model.type} on {rec.features.type}, "
                   f"defenses {', '.join(defense_names)}, attacks {', '.join(names)}, seeds {rec.seeds}, "
                   f"{rec.train.epochs} epochs")
