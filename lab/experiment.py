@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import statistics
 import threading
 import time
 from contextlib import contextmanager
@@ -119,9 +118,7 @@ def _stopped(run_dir: Path, created: list[Path], state: RunState, why: str) -> s
             "says why)")
 
 
-def summarise(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values), "values": values}
+summarise = results_writer.summarise  # (kept under its old name for callers)
 
 
 CONVERGENCE_NAMES = {"clean_model": "clean-trained", "protected_model": "protected-trained"}

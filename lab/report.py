@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.experiment import CONVERGENCE_NAMES, EVALUATIONS
-from lab.results import mean_std
+from lab.results import mean_std, stat as results_stat
 
 ACC_COLUMNS = {f"{m}/{t}": short for (m, t), short in zip(EVALUATIONS, [
     "clean→clean", "clean→protected", "protected→clean", "protected→protected", "protected→mixed"])}
@@ -180,12 +180,8 @@ def collect(paths: list[Path]) -> list[Group]:
     return read(paths).groups
 
 
-def stat(values: list[float]) -> tuple[float, float, int]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0), len(values)
-
-
-def fmt(values: list[float] | None) -> str:
-    return mean_std(values)
+stat = results_stat  # (kept under their old names for callers: the one computation and format are lab.results')
+fmt = mean_std
 
 
 def _quality_cells(g: Group) -> dict[str, str]:

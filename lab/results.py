@@ -1,6 +1,7 @@
 """The one results writer's pieces, shared by ``lab run``, ``lab attack``, ``lab sweep`` and ``lab report``: a new
-run folder that never overwrites another, the mean ± std cell, and the provenance line under every results.md
-title (seeds, recipe, commit, key fingerprint, versions, time)."""
+run folder that never overwrites another, the statistics over seeds and how they are written (:func:`stat`,
+:func:`summarise`, :func:`mean_std`: the one place mean ± std is computed and formatted), and the provenance line
+under every results.md title (seeds, recipe, commit, key fingerprint, versions, time)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -20,17 +21,40 @@ def new_run_dir(base: Path, label: str = "") -> Path:
     return run_dir
 
 
-def mean_std(values, empty: str = "–") -> str:
-    """``mean ± std`` over seeds to 3 decimals (just the mean for one value; ``empty`` for none). ``values``: a
-    list of numbers, or a summary ``{"mean", "std", "n"}`` as results.json stores it."""
+def summarise(values) -> dict:
+    """The summary over seeds that results files store: ``{"mean", "std", "n", "values"}`` (std 0.0 for one value,
+    as results.json has always held it; :func:`mean_std` then prints no std)."""
+    values = list(values)
+    mean, std, n = stat(values)
+    return {"mean": mean, "std": std, "n": n, "values": values}
+
+
+def stat(values) -> tuple[float, float, int]:
+    """``(mean, std, n)`` over seeds: THE computation (sample standard deviation; 0.0 for one value). ``values``: a
+    list of numbers, or a summary ``{"mean", "std", "n"}`` as results.json stores it (read as stored)."""
     if isinstance(values, dict):
-        mean, std, n = values["mean"], values.get("std", 0.0), values.get("n", 1)
-    else:
-        if not values:
-            return empty
-        mean, n = statistics.fmean(values), len(values)
-        std = statistics.stdev(values) if n > 1 else 0.0
-    return f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
+        return values["mean"], values.get("std", 0.0), values.get("n", 1)
+    values = list(values)
+    if not values:
+        raise ValueError("no values to summarise")
+    n = len(values)
+    return statistics.fmean(values), (statistics.stdev(values) if n > 1 else 0.0), n
+
+
+def mean_std(values, empty: str = "–", digits: int = 3) -> str:
+    """THE cell people read: ``mean ± std`` over seeds (``0.600 ± 0.141``), and for a single seed the mean alone
+    with ``(n=1)``: one seed has no spread, and ``± 0.000`` would claim one. ``empty`` for no values. ``values``: as
+    for :func:`stat`."""
+    if values is None or (not isinstance(values, dict) and not len(values)):
+        return empty
+    mean, std, n = stat(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f} (n={n})"
+
+
+def stat_columns(values) -> list:
+    """``[mean, std, n]`` as numbers for a CSV (the same :func:`stat`); std left empty for a single seed."""
+    mean, std, n = stat(values)
+    return [mean, std if n > 1 else "", n]
 
 
 def provenance_line(results: dict) -> str:

@@ -91,7 +91,7 @@ def test_report_pools_seeds_and_computes_mean_std(tmp_path):
     col = head.index("protected→clean")
     expected = f"{statistics.fmean([0.2, 0.4, 0.9]):.3f} ± {statistics.stdev([0.2, 0.4, 0.9]):.3f}"
     assert rows[0][col] == expected and rows[0][1] == "3"
-    assert rows[1][col] == "0.700" and rows[1][1] == "1"
+    assert rows[1][col] == "0.700 (n=1)" and rows[1][1] == "1"  # one seed: no "± 0.000"
     written = write(groups, tmp_path / "report")
     assert expected in written["report"].read_text()
     assert (tmp_path / "report" / "ablation.csv").read_text().count("\n") == 3
@@ -262,7 +262,11 @@ def test_one_results_writer_for_runs_attacks_and_reports(tmp_path):
     stat = experiment.summarise(values)
     assert experiment.fmt(stat) == attacking.fmt_cell(values) == report.fmt(values) == mean_std(values) \
         == "0.600 ± 0.141"
-    assert mean_std([0.25]) == "0.250" and mean_std([]) == "–" and attacking.fmt_cell([]) == "-"
+    assert mean_std([]) == "–" and attacking.fmt_cell([]) == "-" and mean_std(None) == "–"
+    # one seed has no spread: the mean alone and n=1, never "± 0.000" (also from a stored summary, a sweep row)
+    one = experiment.summarise([0.25])
+    assert mean_std([0.25]) == mean_std(one) == attacking.fmt_cell([0.25]) == report.fmt([0.25]) == "0.250 (n=1)"
+    assert one == {"mean": 0.25, "std": 0.0, "n": 1, "values": [0.25]}  # results.json keeps its form
     first, second = new_run_dir(tmp_path, "attack-x"), new_run_dir(tmp_path, "attack-x")
     assert first != second and first.is_dir() and second.name.startswith(first.name)
     prov = {"git": {"commit": "abc123", "dirty": True}, "versions": {"torch": "2.13.0", "lightning": "2.6.6"},
@@ -272,6 +276,27 @@ def test_one_results_writer_for_runs_attacks_and_reports(tmp_path):
     assert line == ("Seeds [0, 1] · recipe `r.yaml` · commit `abc123` (dirty) · key fingerprint `fp` · "
                     "torch 2.13.0, lightning 2.6.6 · 2026-12-01T00:00:00Z · 3.0 s")
     assert "fingerprint" not in provenance_line({"seeds": [0], "provenance": prov})
+
+
+def test_mean_and_std_are_computed_in_one_place(monkeypatch):
+    """run, attack, report and sweep summaries all go through lab.results.stat (they computed it in five places)."""
+    import lab.results
+    from lab import attacking, experiment, report
+    from lab.attacking import Matrix
+    calls = []
+    real = lab.results.stat
+
+    def counted(values):
+        calls.append(values)
+        return real(values)
+    monkeypatch.setattr(lab.results, "stat", counted)
+    for use in (lambda: experiment.summarise([0.5, 0.7]), lambda: lab.results.mean_std([0.5, 0.7]),
+                lambda: attacking.csv_rows(Matrix(["none"], ["no attack"], {"none": {"no attack": [0.5, 0.7]}})),
+                lambda: lab.results.stat_columns([0.5, 0.7])):
+        calls.clear()
+        use()
+        assert calls, use
+    assert report.stat is real and report.fmt is lab.results.mean_std and experiment.fmt is lab.results.mean_std
 
 
 def test_spectrograms_skip_a_protection_that_cannot_be_rebuilt(tmp_path, monkeypatch):

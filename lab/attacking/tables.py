@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import statistics
 from pathlib import Path
 
 import yaml
@@ -13,7 +12,7 @@ import yaml
 from lab.attacking.matrix import WORST, Matrix
 from lab.provenance import provenance
 from lab.recipe import Recipe
-from lab.results import mean_std, new_run_dir, provenance_line
+from lab.results import mean_std, new_run_dir, provenance_line, stat_columns, summarise
 
 
 def fmt_cell(values: list[float] | None) -> str:
@@ -40,8 +39,8 @@ def csv_rows(matrix: Matrix) -> list[list]:
         for c in matrix.columns:
             values = matrix.cells.get(d, {}).get(c)
             if values:
-                rows.append([d, c, f"{statistics.fmean(values):.4f}",
-                             f"{statistics.stdev(values) if len(values) > 1 else 0.0:.4f}", len(values),
+                mean, std, n = stat_columns(values)
+                rows.append([d, c, f"{mean:.4f}", f"{std:.4f}" if n > 1 else "", n,
                              " ".join(f"{v:.4f}" for v in values)])
         worst = matrix.worst(d)
         if worst:
@@ -93,8 +92,7 @@ def write_results(recipe: Recipe, recipe_path: str, label: str, attack_cfgs: lis
         "attack_params": [c.model_dump(mode="json") for c in attack_cfgs],
         "defenses": matrix.defenses, "columns": matrix.columns,
         "defense_params": {r.defense.type: r.public_dict()["defense"] for r in column_recipes or []},
-        "accuracy": {d: {c: {"mean": statistics.fmean(v), "values": v} for c, v in cols.items()}
-                     for d, cols in matrix.cells.items()},
+        "accuracy": {d: {c: summarise(v) for c, v in cols.items()} for d, cols in matrix.cells.items()},
         "worst_case": {d: dict(zip(("accuracy", "attack"), matrix.worst(d))) for d in matrix.defenses
                        if matrix.worst(d)},
         "train_seconds": matrix.seconds, "attack_records": matrix.records, "snr": matrix.snr,
