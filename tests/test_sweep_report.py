@@ -323,3 +323,34 @@ def test_spectrograms_skip_a_protection_that_cannot_be_rebuilt(tmp_path, monkeyp
     report_cmd._spectrograms(tmp_path / "run", tmp_path / "s.png")
     assert not (tmp_path / "s.png").exists()
     assert len(said) == 1 and said[0].startswith("spectrogram plot skipped") and "classwise-noise" in said[0]
+
+
+def test_tables_are_not_cut_to_80_columns_when_stdout_is_not_a_terminal(tmp_path):
+    """A log file or a notebook cell got Rich's 80 columns: wide tables were wrapped, their cells folded over
+    several lines. With stdout captured (and no $COLUMNS), every row of the table is one whole line."""
+    import os
+    import subprocess
+    import sys
+    results = fake_results(tmp_path / "run", [0, 1], {0: 0.2, 1: 0.4})
+    data = json.loads(results.read_text())
+    data["recipe_name"] = "a-recipe-name-long-enough-to-push-the-accuracy-table-past-eighty-columns"
+    results.write_text(json.dumps(data))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.run([sys.executable, "-m", "lab", "report", str(results), "--out", str(tmp_path / "r"),
+                           "--no-spectrograms"], cwd=REPO, capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = [line for line in proc.stdout.splitlines() if data["recipe_name"] in line and "0.300 ± 0.141" in line]
+    assert len(row) > 150 and row.count("0.990 ± 0.000") == 2  # the whole row: label, seeds and the five cells
+    assert "0.905 ± 0.007" in row and "0.500 ± 0.000" in row
+    assert "…" not in proc.stdout
+    from lab.cli import LabConsole
+    assert LabConsole(file=open(os.devnull, "w")).width == LabConsole.UNCUT  # not a terminal: uncut
+
+
+def test_columns_still_sets_the_width(monkeypatch):
+    import io
+
+    from lab.cli import LabConsole
+    monkeypatch.setenv("COLUMNS", "100")
+    assert LabConsole(file=io.StringIO()).width == 100
