@@ -319,6 +319,15 @@ def quality_warnings(quality: dict) -> list[str]:
 fmt = results_writer.mean_std  # (kept under its old name for callers)
 
 
+def conclusions(results: dict) -> tuple[str | None, str]:
+    """What a reader of a run may conclude: the too-small warning (None when the clean model learned the task) and
+    the one-line verdict on the protection (lab.results.verdict: the rule is in README, "The verdict")."""
+    acc, chance = results["accuracy"], results["chance"]
+    clean = acc["clean_model/clean_test"]
+    return (results_writer.too_small_warning(clean, chance),
+            results_writer.verdict(results["defense"], acc["protected_model/clean_test"], clean, chance))
+
+
 def markdown(results: dict) -> str:
     lines = [
         f"# {results['recipe_name']}: {results['defense']}",
@@ -333,13 +342,16 @@ def markdown(results: dict) -> str:
     ]
     for m, t in EVALUATIONS:
         lines.append(f"| {LABELS[(m, t)]} | {fmt(results['accuracy'][f'{m}/{t}'])} |")
+    too_small, said = conclusions(results)
+    lines += ["", f"**Verdict**: {said}"]
     lines += ["", "Position ablation (test clips protected in each way; see lab/ablation.py):", "",
               "| test variant | protected-trained | clean-trained (control) |", "|---|---|---|"]
     for name, row in results.get("ablation", {}).items():
         lines.append(f"| {name} | {fmt(row['protected_model'])} | {fmt(row['clean_model'])} |")
     lines += convergence_lines(results)
     lines += [""] + markdown_lines(results["quality"])
-    warnings = quality_warnings(results["quality"])
+    warnings = [too_small] if too_small else []
+    warnings += quality_warnings(results["quality"])
     if warnings:
         lines += ["Warnings:", ""] + [f"- {w}" for w in warnings] + [""]
     return "\n".join(lines)

@@ -70,3 +70,45 @@ def provenance_line(results: dict) -> str:
     if results.get("wall_seconds") is not None:
         parts.append(f"{results['wall_seconds']} s")
     return " · ".join(parts)
+
+
+# ---- what a reader may conclude: the too-small warning and the verdict (README, "The verdict") ----------------------
+
+LEARNABLE = 0.75  # the protected-trained model keeps at least this much of the clean model's margin over chance
+UNLEARNABLE = 0.25  # ... at most this much
+
+
+def too_small_bar(chance: float) -> float:
+    """The clean-test accuracy the clean-trained model must reach for a run to say anything: halfway from chance to
+    perfect (0.55 for ten classes). Below it the task itself was not learned (too few clips or epochs), so a low
+    protected-trained accuracy would show nothing about the protection."""
+    return chance + 0.5 * (1.0 - chance)
+
+
+def too_small_warning(clean, chance: float) -> str | None:
+    """One line when the clean-trained model's clean-test accuracy (``clean``: values or a summary) is below
+    :func:`too_small_bar`; None otherwise."""
+    mean, bar = stat(clean)[0], too_small_bar(chance)
+    if mean >= bar:
+        return None
+    return (f"the clean-trained model reaches only {mean:.3f} on clean test (chance {chance:.2f}; a run says "
+            f"something from {bar:.2f}, halfway from chance to perfect): this setting is too small to say anything "
+            "about the protection; train longer or on more clips")
+
+
+def verdict(name: str, protected, clean, chance: float) -> str:
+    """The one-line verdict on a protection. ``protected``: the clean-test accuracy of the model trained on the
+    protected data (values or a summary); ``clean``: that of the model trained on clean data. The fraction of the
+    clean model's margin over chance that the protected-trained model keeps, (protected - chance) / (clean -
+    chance), decides: at most 25% unlearnable, at least 75% learnable, in between partly learnable. A clean model
+    below :func:`too_small_bar` makes it inconclusive."""
+    p, c = stat(protected)[0], stat(clean)[0]
+    head = (f"{name}: protected-trained clean-test {mean_std(protected)} against {mean_std(clean)} clean "
+            f"(chance {chance:.2f})")
+    if c < too_small_bar(chance):
+        return f"{head}: inconclusive (the clean-trained model is near chance: the setting is too small)"
+    kept = (p - chance) / (c - chance)
+    word = "unlearnable" if kept <= UNLEARNABLE else "learnable" if kept >= LEARNABLE else "partly learnable"
+    share = ("it is at or below chance" if p <= chance
+             else f"it keeps {kept:.0%} of the clean model's margin over chance")
+    return f"{head}: {word} ({share})"

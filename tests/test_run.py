@@ -240,6 +240,19 @@ def test_tiny_run_warns_about_its_few_clips(fsdd_dir, tmp_path):
            "clips, fewer than 2 x 64 = 128 per set" in text
     assert "warning: FAD backend classifier skipped: the first set has 100 embeddings for 100 dimensions" in text
     assert "few clips for 64-d embeddings" in (run_dir / "results.md").read_text()
+    # one epoch on 100 clips does not learn the task: said in one warning line, and the verdict (the last line) says
+    # the run cannot tell anything about the protection
+    results = json.loads((run_dir / "results.json").read_text())
+    clean = results["accuracy"]["clean_model/clean_test"]["mean"]
+    assert clean < 0.55, "the tiny run learned the task: this test needs a setting that does not"
+    assert (f"warning: the clean-trained model reaches only {clean:.3f} on clean test (chance 0.10; a run says "
+            "something from 0.55, halfway from chance to perfect): this setting is too small to say anything about "
+            "the protection") in text
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("verdict poscuda: protected-trained clean-test ") and "(n=1) against" in last
+    assert last.endswith("inconclusive (the clean-trained model is near chance: the setting is too small)")
+    md = (run_dir / "results.md").read_text()
+    assert "**Verdict**: poscuda: protected-trained clean-test" in md and "this setting is too small" in md
 
 
 def test_provenance_records_the_commit_of_the_code_at_the_start(monkeypatch):

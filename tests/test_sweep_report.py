@@ -278,6 +278,35 @@ def test_one_results_writer_for_runs_attacks_and_reports(tmp_path):
     assert "fingerprint" not in provenance_line({"seeds": [0], "provenance": prov})
 
 
+def test_the_verdict_and_the_too_small_warning_follow_one_rule():
+    """The protected-trained model's share of the clean model's margin over chance decides (<= 25% unlearnable,
+    >= 75% learnable, partly in between); a clean model below halfway from chance to perfect makes it
+    inconclusive, and is a warning of its own."""
+    from lab.attacking import Matrix, conclusions
+    from lab.results import too_small_bar, too_small_warning, verdict
+    assert too_small_bar(0.1) == pytest.approx(0.55) and too_small_bar(0.5) == pytest.approx(0.75)
+    assert verdict("poscuda", [0.82, 0.85, 0.88], [0.96, 0.97, 0.98], 0.1) == (
+        "poscuda: protected-trained clean-test 0.850 ± 0.030 against 0.970 ± 0.010 clean (chance 0.10): learnable "
+        "(it keeps 86% of the clean model's margin over chance)")
+    assert verdict("em-noise", {"mean": 0.311, "std": 0.0, "n": 1}, [0.968], 0.1).endswith(
+        "0.311 (n=1) against 0.968 (n=1) clean (chance 0.10): unlearnable (it keeps 24% of the clean model's margin "
+        "over chance)")
+    assert verdict("x", [0.5], [0.9], 0.1).endswith(": partly learnable (it keeps 50% of the clean model's margin "
+                                                    "over chance)")
+    assert verdict("x", [0.05], [0.9], 0.1).endswith(": unlearnable (it is at or below chance)")
+    assert verdict("x", [0.05], [0.5], 0.1).endswith(": inconclusive (the clean-trained model is near chance: the "
+                                                     "setting is too small)")
+    assert too_small_warning([0.56], 0.1) is None and "reaches only 0.540 on clean test" in too_small_warning(
+        [0.54], 0.1)
+    cells = {"none": {"no attack": [0.9], "codec": [0.8]}, "poscuda": {"no attack": [0.3], "codec": [0.8]}}
+    warning, (said,) = conclusions(Matrix(["none", "poscuda"], ["no attack", "codec"], cells, chance=0.1))
+    assert warning is None  # on the worst case for the data owner, against clean data with no attack
+    assert said == ("poscuda, worst case (codec): protected-trained clean-test 0.800 (n=1) against 0.900 (n=1) "
+                    "clean (chance 0.10): learnable (it keeps 88% of the clean model's margin over chance)")
+    assert conclusions(Matrix(["poscuda"], ["no attack"], {"poscuda": {"no attack": [0.3]}}, chance=0.1)) == (
+        None, ["no verdict: the table has no clean reference (add none to --defenses)"])
+
+
 def test_mean_and_std_are_computed_in_one_place(monkeypatch):
     """run, attack, report and sweep summaries all go through lab.results.stat (they computed it in five places)."""
     import lab.results

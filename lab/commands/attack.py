@@ -132,6 +132,16 @@ def attack(
     matrix = attacking.run_matrix(datas, cfgs, log=log, progress=bars, cell_dir=cells, jobs=jobs)
     results, run_dir = attacking.write_results(rec, str(recipe), label, cfgs, matrix, time.perf_counter() - started,
                                                  column_recipes=recipes)
+    _print_matrix(rec, results, matrix, run_dir)
+
+
+def _print_matrix(rec, results: dict, matrix, run_dir: Path) -> None:
+    """The table, a warning when the clean-trained model did not learn the task, where the files are, and last one
+    verdict per defense on its worst case."""
+    from rich.markup import escape
+
+    from lab import attacking
+    from lab.commands.fad import warn
     header, rows = attacking.table_rows(matrix)
     table = Table(title=f"{rec.name}: clean-test accuracy under attack (chance {results['chance']:.2f}; "
                         f"seeds {rec.seeds})")
@@ -140,7 +150,12 @@ def attack(
     for r in rows:
         table.add_row(*r)
     console.print(table)
+    too_small, verdicts = attacking.conclusions(matrix)
+    if too_small:
+        warn(too_small)
     console.print(f"results: {run_dir}/results.json, results.md, table.csv")
+    for said in verdicts:
+        console.print(f"[bold]verdict[/bold] {escape(said)}", highlight=False)
 
 
 def _recipe_path(positional: Path | None, option: Path | None) -> Path:

@@ -183,6 +183,15 @@ def test_lab_attack_augment_on_fsdd(fsdd_dir, tmp_path):
     pos = results["defense_params"]["poscuda"]  # each column's defense as it ran, key redacted
     assert pos["key"] == "<redacted>" and pos["blur"] == 0.3 and results["defense_params"]["none"]["type"] == "none"
     assert "worst case" in proc.stdout
+    # the last line: the verdict on the recipe's defense at its worst case (one epoch on 80 clips: inconclusive,
+    # said with a warning before it)
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("verdict poscuda, worst case (") and "protected-trained clean-test" in last, last
+    clean = results["accuracy"]["none"]["no attack"]["mean"]
+    if clean < 0.55:
+        assert last.endswith("inconclusive (the clean-trained model is near chance: the setting is too small)")
+        assert "this setting is too small to say anything about the protection" in " ".join(proc.stderr.split())
+    assert "- poscuda, worst case (" in md
     assert "validation_step" not in proc.stdout + proc.stderr  # Lightning's warning about a validation step
 
 
