@@ -93,8 +93,23 @@ def test_report_pools_seeds_and_computes_mean_std(tmp_path):
     assert rows[0][col] == expected and rows[0][1] == "3"
     assert rows[1][col] == "0.700 (n=1)" and rows[1][1] == "1"  # one seed: no "± 0.000"
     written = write(groups, tmp_path / "report")
-    assert expected in written["report"].read_text()
-    assert (tmp_path / "report" / "ablation.csv").read_text().count("\n") == 3
+    assert expected in written["report"].read_text()  # the Markdown table stays for people: "mean ± std"
+    # the CSV files are tidy: a row per statistic, mean / std / n as numbers (no "0.971 ± 0.004" text)
+    import csv
+    rows = list(csv.DictReader((tmp_path / "report" / "accuracy.csv").open()))
+    assert list(rows[0]) == ["run", "trained on", "tested on", "mean", "std", "n", "values"] and len(rows) == 2 * 5
+    (pooled,) = [r for r in rows[:5] if (r["trained on"], r["tested on"]) == ("protected", "clean")]
+    assert float(pooled["mean"]) == statistics.fmean([0.2, 0.4, 0.9]) and int(pooled["n"]) == 3
+    assert float(pooled["std"]) == statistics.stdev([0.2, 0.4, 0.9])
+    assert sorted(map(float, pooled["values"].split())) == [0.2, 0.4, 0.9]
+    (single,) = [r for r in rows[5:] if (r["trained on"], r["tested on"]) == ("protected", "clean")]
+    assert (float(single["mean"]), single["std"], single["n"]) == (0.7, "", "1")  # one seed: no std
+    ablation = list(csv.DictReader((tmp_path / "report" / "ablation.csv").open()))
+    assert [(r["test variant"], r["trained on"], r["n"]) for r in ablation] == [
+        ("true", "protected", "3"), ("true", "clean", "3"), ("true", "protected", "1"), ("true", "clean", "1")]
+    quality = list(csv.DictReader((tmp_path / "report" / "quality.csv").open()))
+    assert float(quality[0]["SNR dB (mean)"]) == pytest.approx(19.7) and quality[0]["FAD"] == ""
+    assert not any("±" in (tmp_path / "report" / f"{n}.csv").read_text() for n in ("accuracy", "ablation"))
 
 
 def test_report_labels_tell_training_lengths_apart(tmp_path):
@@ -202,7 +217,7 @@ def test_report_reads_attack_runs_beside_lab_runs(fsdd_dir, tmp_path):
     assert rows[0] == ["run", *own[0]]
     assert [r[1:] for r in rows[1:]] == own[1:] and all(attack_dir.name in r[0] for r in rows[1:])
     accuracy = list(csv.reader((tmp_path / "report" / "accuracy.csv").open()))
-    assert len(accuracy) == 2  # one lab run row; the attack run is not mistaken for one
+    assert len(accuracy) == 1 + 5  # one lab run's five evaluations; the attack run is not mistaken for one
 
 
 def test_report_names_what_it_cannot_read_and_goes_on(tmp_path):
