@@ -89,7 +89,6 @@ def attack(
     Writes runs/<recipe>/attack-<type>-<timestamp>/ with results.json (every number per seed, attack parameters
     and what they measured, versions, git commit), results.md, table.csv and recipe.yaml.
     """
-    import attacks
     from lab import attacking
     from defenses import DEFENSES
     from lab.quality import snr_summary
@@ -99,18 +98,11 @@ def attack(
     recipe = _recipe_path(recipe, recipe_option)
     overrides = command_overrides(set_, seeds, out, jobs)  # --seeds and --jobs checked here, before any work
     rec, blocks = attacking.load_attack_recipe(recipe, overrides)
-    names = attacks.ATTACKS.names() if type_ == "all" else list(dict.fromkeys(
-        t.strip() for t in type_.split(",") if t.strip()))
-    if not names:
-        raise LabError(f"--type {type_!r}: name an attack ({', '.join(attacks.ATTACKS.names())}) or 'all'")
+    names = _attack_names(type_)
     label = type_ if type_ == "all" else "+".join(names)
     cfgs = attacking.attack_configs(names, blocks, list(option or []))
-    if defenses_:
-        defense_names = [d.strip() for d in defenses_.split(",") if d.strip()]
-    elif type_ == "all":
-        defense_names = list(dict.fromkeys(["none", rec.defense.type, *attacking.baselines()]))
-    else:
-        defense_names = list(dict.fromkeys(["none", rec.defense.type]))
+    defense_names = _defense_names(rec, type_, defenses_)
+    check_defense(rec.defense, rec.data.sample_rate)  # its key, before its SNR is measured on the data
     snr = None
     own = ExperimentData(rec, log=lambda s: None)
     if rec.defense.type != "none" and any(DEFENSES.get(d).takes_snr for d in defense_names):
@@ -133,6 +125,25 @@ def attack(
     results, run_dir = attacking.write_results(rec, str(recipe), label, cfgs, matrix, time.perf_counter() - started,
                                                  column_recipes=recipes)
     _print_matrix(rec, results, matrix, run_dir)
+
+
+def _attack_names(type_: str) -> list[str]:
+    """``--type``: 'all' (every registered attack), or one or several names, comma-separated."""
+    import attacks
+    names = attacks.ATTACKS.names() if type_ == "all" else list(dict.fromkeys(
+        t.strip() for t in type_.split(",") if t.strip()))
+    if not names:
+        raise LabError(f"--type {type_!r}: name an attack ({', '.join(attacks.ATTACKS.names())}) or 'all'")
+    return names
+
+
+def _defense_names(rec, type_: str, defenses_: str | None) -> list[str]:
+    """The table's columns: ``--defenses``; else none and the recipe's defense, with ``--type all`` also the
+    matched baselines."""
+    from lab.attacking import baselines
+    if defenses_:
+        return [d.strip() for d in defenses_.split(",") if d.strip()]
+    return list(dict.fromkeys(["none", rec.defense.type, *(baselines() if type_ == "all" else [])]))
 
 
 def _print_matrix(rec, results: dict, matrix, run_dir: Path) -> None:
