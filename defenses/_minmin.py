@@ -24,11 +24,11 @@ its key), so the same key and data give the same protection.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_serializer
 
 from defenses.base import Defense, TrainingSet
 from lab.config import Section
@@ -51,11 +51,27 @@ class OptimisedDefense(Defense):
         return derive_seed(self._key(), self.seed_label, 0) % (2 ** 31)
 
     def surrogate_overrides(self) -> dict:
-        return dict(self.config.surrogate)
+        return self.config.surrogate.model_dump()
 
     def derive(self, num_classes, sample_rate):
         raise ValueError(f"defense {self.config.type!r} is optimised on the training data: it is derived by the "
                          f"lab from a recipe (lab run, lab attack), not from the key alone")
+
+
+class SurrogateConfig(Section):
+    """An optimised defense's ``surrogate:``: the recipe sections its surrogate changes, each a mapping of that
+    section's fields (``model: {type: lstm}``, ``features: {type: logmel}``, ``train: {lr: 0.01}``). A misspelt
+    section is refused here with a did-you-mean; the fields inside are checked against the recipe when the recipe is
+    validated (``lab.recipe.surrogate_recipe``), so any typo fails before the data is loaded. Dumped with the
+    sections given only (``{}`` for none), as the untyped mapping it replaces was."""
+
+    model: dict[str, Any] | None = None
+    features: dict[str, Any] | None = None
+    train: dict[str, Any] | None = None
+
+    @model_serializer(mode="wrap")
+    def _given(self, handler) -> dict:
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class MinMinSettings(Section):
@@ -69,7 +85,7 @@ class MinMinSettings(Section):
     min_rounds: int = Field(1, ge=1)
     rho: float = Field(0.0, ge=0)
     rho_steps: int = Field(3, ge=1)
-    surrogate: dict = Field(default_factory=dict)
+    surrogate: SurrogateConfig = Field(default_factory=SurrogateConfig)
 
     def run(self, data: TrainingSet, pert: "Perturbation", seed: int) -> dict:
         """:func:`min_min` on ``pert`` with these settings."""

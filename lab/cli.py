@@ -5,7 +5,7 @@ import signal
 import sys
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
 from lab import __version__
 from lab.errors import LabError
@@ -13,8 +13,28 @@ from lab.errors import LabError
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="The open reference lab for unlearnable audio datasets (PosCUDA and friends).")
-console = Console()
-err_console = Console(stderr=True)
+class LabConsole(Console):
+    """Rich's console, except that when its stream is not a terminal (a log file, a pipe, a notebook cell running
+    the command) and ``$COLUMNS`` does not say otherwise, it is :data:`UNCUT` columns wide instead of Rich's 80:
+    tables take the width their cells need (they never stretch) and long lines stay whole, where at 80 columns
+    they were wrapped and their cells folded. On a terminal it is the terminal's width, as before."""
+
+    UNCUT = 1000
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        if self._width is None and "COLUMNS" not in self._environ and not self.is_terminal:
+            return ConsoleDimensions(self.UNCUT, size.height)
+        return size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+
+
+console = LabConsole()
+err_console = LabConsole(stderr=True)
 
 
 def log(msg: str) -> None:

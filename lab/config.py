@@ -15,7 +15,9 @@ from lab.registry import Registry
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    # validate_default: a default is checked like a value from a file (a default model or defense becomes its
+    # validated config, never a bare mapping that fails later)
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=(), validate_default=True)
 
     @model_validator(mode="before")
     @classmethod

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import statistics
 import threading
 import time
 from contextlib import contextmanager
@@ -25,7 +24,7 @@ from lab import results as results_writer
 from lab.provenance import provenance
 from lab.quality import assess, markdown_lines
 from lab.recipe import Recipe
-from lab.spine import ExperimentData
+from lab.spine import ExperimentData, check_defense
 from lab.rundir import INCOMPLETE, mark_incomplete, write_atomic
 from lab.train import evaluate, fit
 
@@ -119,9 +118,7 @@ def _stopped(run_dir: Path, created: list[Path], state: RunState, why: str) -> s
             "says why)")
 
 
-def summarise(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values), "values": values}
+summarise = results_writer.summarise  # (kept under its old name for callers)
 
 
 CONVERGENCE_NAMES = {"clean_model": "clean-trained", "protected_model": "protected-trained"}
@@ -186,6 +183,7 @@ def run(recipe: Recipe, recipe_path: str | None = None, log: Callable[[str], Non
     ``results.json`` is written last. If the run fails or is interrupted, a folder with trained models or logs is
     kept and ``INCOMPLETE`` says why (a new folder with nothing in it yet is removed), and the error is raised again;
     Ctrl-C raises :class:`RunInterrupted` saying what was kept."""
+    check_defense(recipe.defense, recipe.data.sample_rate)  # a missing key fails before any folder or data
     if recipe.train.num_threads:
         torch.set_num_threads(recipe.train.num_threads)
     created: list[Path] = []
@@ -321,6 +319,15 @@ def quality_warnings(quality: dict) -> list[str]:
 fmt = results_writer.mean_std  # (kept under its old name for callers)
 
 
+def conclusions(results: dict) -> tuple[str | None, str]:
+    """What a reader of a run may conclude: the too-small warning (None when the clean model learned the task) and
+    the one-line verdict on the protection (lab.results.verdict: the rule is in README, "The verdict")."""
+    acc, chance = results["accuracy"], results["chance"]
+    clean = acc["clean_model/clean_test"]
+    return (results_writer.too_small_warning(clean, chance),
+            results_writer.verdict(results["defense"], acc["protected_model/clean_test"], clean, chance))
+
+
 def markdown(results: dict) -> str:
     lines = [
         f"# {results['recipe_name']}: {results['defense']}",
@@ -335,13 +342,16 @@ def markdown(results: dict) -> str:
     ]
     for m, t in EVALUATIONS:
         lines.append(f"| {LABELS[(m, t)]} | {fmt(results['accuracy'][f'{m}/{t}'])} |")
+    too_small, said = conclusions(results)
+    lines += ["", f"**Verdict**: {said}"]
     lines += ["", "Position ablation (test clips protected in each way; see lab/ablation.py):", "",
               "| test variant | protected-trained | clean-trained (control) |", "|---|---|---|"]
     for name, row in results.get("ablation", {}).items():
         lines.append(f"| {name} | {fmt(row['protected_model'])} | {fmt(row['clean_model'])} |")
     lines += convergence_lines(results)
     lines += [""] + markdown_lines(results["quality"])
-    warnings = quality_warnings(results["quality"])
+    warnings = [too_small] if too_small else []
+    warnings += quality_warnings(results["quality"])
     if warnings:
         lines += ["Warnings:", ""] + [f"- {w}" for w in warnings] + [""]
     return "\n".join(lines)

@@ -8,16 +8,20 @@ from __future__ import annotations
 import difflib
 import importlib.util
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator, model_validator
 
 import defenses
 from lab import models
 from lab.config import PluginConfig, Section, format_validation_error, parse_plugin
 from lab.errors import LabError
 from lab.features import FeatureConfig
+
+# the largest seed Lightning's seed_everything (numpy) accepts; a larger or a negative one failed with a traceback
+# after the data had loaded
+MAX_SEED = 2 ** 32 - 1
 
 
 class DataConfig(Section):
@@ -286,10 +290,12 @@ class Recipe(Section):
     description: str = ""
     data: DataConfig = Field(default_factory=DataConfig)
     features: FeatureConfig = Field(default_factory=FeatureConfig)
-    model: Any = Field(default_factory=lambda: {"type": "cnn"})
+    # a registered model's / defense's config (validated by the plugin's own Config, the default too); SerializeAsAny:
+    # dumped with all the fields of that Config, not only PluginConfig's ``type``
+    model: SerializeAsAny[PluginConfig] = Field(default_factory=lambda: {"type": "cnn"})
     train: TrainConfig = Field(default_factory=TrainConfig)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    defense: Any = Field(default_factory=lambda: {"type": "poscuda"})
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(default_factory=lambda: [0], min_length=1)
+    defense: SerializeAsAny[PluginConfig] = Field(default_factory=lambda: {"type": "poscuda"})
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     output_dir: Path = Path("runs")
 
@@ -304,11 +310,15 @@ class Recipe(Section):
         return parse_plugin(defenses.DEFENSES, v, "defense", default="poscuda")
 
     @model_validator(mode="after")
-    def _fits(self):
-        """Each defense says whether its configuration fits the recipe's clips (``Defense.check_fits``). A recipe
-        without a defense section keeps its default as an unvalidated mapping, as before: nothing to check."""
-        if isinstance(self.defense, PluginConfig):
-            defenses.DEFENSES.get(self.defense.type).check_fits(self.defense, self.data.clip_seconds)
+    def _fits(self, info: ValidationInfo):
+        """Each defense says whether its configuration fits the recipe's clips (``Defense.check_fits``), and the
+        surrogate recipe of a defense that trains one (``Defense.surrogate_overrides``) is validated here too, so a
+        typo in ``defense.surrogate`` fails at the door, not after the data has loaded."""
+        defenses.DEFENSES.get(self.defense.type).check_fits(self.defense, self.data.clip_seconds)
+        if not (info.context or {}).get("surrogate"):  # (a surrogate recipe does not check its own surrogate)
+            overrides = defenses.build_defense(self.defense).surrogate_overrides()
+            if overrides:
+                surrogate_recipe(self, overrides)
         return self
 
     def public_dict(self) -> dict:
@@ -320,6 +330,29 @@ class Recipe(Section):
         if getattr(self.defense, "key", None) is not None:
             out["defense"]["key"] = "<redacted>"
         return out
+
+
+SURROGATE_SECTIONS = ("model", "features", "train")
+
+
+def surrogate_recipe(recipe: Recipe, overrides: dict) -> Recipe:
+    """``recipe`` with the ``model`` / ``features`` / ``train`` sections that a defense's surrogate changes
+    (a model of another ``type`` replaces the section; otherwise the fields are merged), validated again (not
+    against this machine's hardware). A mistake is one line under ``defense.surrogate``."""
+    data = {name: getattr(recipe, name) for name in type(recipe).model_fields}
+    for section, change in (overrides or {}).items():
+        if section not in SURROGATE_SECTIONS or not isinstance(change, dict):
+            raise LabError(f"defense.surrogate: {section!r} is not a section a surrogate may change; allowed: "
+                           f"{', '.join(SURROGATE_SECTIONS)} (each a mapping)")
+        current = getattr(recipe, section).model_dump(mode="json")
+        replaces = section == "model" and change.get("type", current["type"]) != current["type"]
+        data[section] = dict(change) if replaces else {**current, **change}
+    try:
+        return Recipe.model_validate(data, context={"machine": False, "surrogate": True})
+    except ValidationError as e:
+        raise LabError(format_validation_error(e, "defense.surrogate")) from None
+    except LabError as e:  # a plugin's message starts with its field (model.type: unknown model ...)
+        raise LabError(f"defense.surrogate.{e}") from None
 
 
 def set_path(data: dict, dotted: str, value: Any) -> None:
@@ -358,12 +391,43 @@ def read_recipe_data(path: Path) -> dict:
     return data
 
 
-def command_overrides(set_: list[str] | None, seeds: str | None = None, out: Path | str | None = None) -> list[str]:
+def parse_seeds(text: str | None, option: str = "--seeds") -> list[int] | None:
+    """``--seeds 0,1,2`` as ``[0, 1, 2]`` (None when the option was not given). Anything else (an empty list, a
+    word, a negative or repeated seed) is a one-line error naming the option, the value and what is allowed, before
+    any work: an empty ``--seeds ""`` used to fall back on the recipe's seeds silently."""
+    if text is None:
+        return None
+    allowed = f"expected comma-separated whole-number seeds from 0 to {MAX_SEED}, each once, e.g. {option} 0,1,2"
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or not all(p.isascii() and p.isdigit() for p in parts):
+        raise LabError(f"{option} {text!r}: {allowed}")
+    seeds = [int(p) for p in parts]
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated or max(seeds) > MAX_SEED:
+        raise LabError(f"{option} {text!r}: {allowed}")
+    return seeds
+
+
+def check_jobs(jobs: int | None, option: str = "--jobs") -> int | None:
+    """``--jobs N``: N >= 1 (how many cells train at once), else a one-line error before any work (``--jobs 0``
+    and ``--jobs -1`` used to train one cell at a time as if nothing were wrong)."""
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise LabError(f"{option} {jobs}: expected a whole number of cells to train at once, 1 or more "
+                       f"(e.g. {option} 2)")
+    return jobs
+
+
+def command_overrides(set_: list[str] | None, seeds: str | None = None, out: Path | str | None = None,
+                      jobs: int | None = None) -> list[str]:
     """A command's ``--set`` overrides with its ``--seeds 0,1,2`` and ``--out DIR`` options added as overrides of
-    ``seeds`` and ``output_dir`` (what ``lab run``, ``lab attack`` and ``lab rotate`` share)."""
+    ``seeds`` and ``output_dir`` (what ``lab run``, ``lab attack`` and ``lab rotate`` share). ``--seeds`` and
+    ``--jobs`` (where the command has it) are checked here, before any work (:func:`parse_seeds`,
+    :func:`check_jobs`)."""
     overrides = list(set_ or [])
-    if seeds:
-        overrides.append(f"seeds=[{seeds}]")
+    check_jobs(jobs)
+    seed_list = parse_seeds(seeds)
+    if seed_list is not None:
+        overrides.append(f"seeds={seed_list}")
     if out:
         overrides.append(f"output_dir={out}")
     return overrides

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.experiment import CONVERGENCE_NAMES, EVALUATIONS
-from lab.results import mean_std
+from lab.results import mean_std, stat as results_stat, stat_columns
 
 ACC_COLUMNS = {f"{m}/{t}": short for (m, t), short in zip(EVALUATIONS, [
     "clean→clean", "clean→protected", "protected→clean", "protected→protected", "protected→mixed"])}
@@ -180,12 +180,8 @@ def collect(paths: list[Path]) -> list[Group]:
     return read(paths).groups
 
 
-def stat(values: list[float]) -> tuple[float, float, int]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0), len(values)
-
-
-def fmt(values: list[float] | None) -> str:
-    return mean_std(values)
+stat = results_stat  # (kept under their old names for callers: the one computation and format are lab.results')
+fmt = mean_std
 
 
 def _quality_cells(g: Group) -> dict[str, str]:
@@ -227,6 +223,53 @@ def tables(groups: list[Group]) -> dict[str, tuple[list[str], list[list[str]]]]:
     return out
 
 
+STAT_HEAD = ["mean", "std", "n", "values"]  # the numeric columns of every statistic in the report's CSV files
+TRAINED_ON = {"clean_model": "clean", "protected_model": "protected"}
+TESTED_ON = {"clean_test": "clean", "protected_test": "protected", "mixed_test": "protected, positions mixed"}
+
+
+def _stat_row(values: list[float]) -> list:
+    """``mean, std, n, values`` as numbers (std empty for one seed; values: the per-seed numbers, space-separated)."""
+    return [*stat_columns(values), " ".join(repr(float(v)) for v in values)]
+
+
+def csv_tables(groups: list[Group]) -> dict[str, tuple[list[str], list[list]]]:
+    """The tables of :func:`tables` as tidy CSV: one row per statistic, its mean, std and n as numeric columns
+    (where the Markdown cell reads ``0.971 ± 0.004``), the per-seed values beside them; quality figures as
+    numbers (the FAD interval in two columns)."""
+    acc = [[g.label, TRAINED_ON[m], TESTED_ON[t], *_stat_row(g.accuracy[f"{m}/{t}"])]
+           for g in groups for m, t in EVALUATIONS if g.accuracy.get(f"{m}/{t}")]
+    abl = [[g.label, name, TRAINED_ON[which], *_stat_row(row[which])]
+           for g in groups for name, row in g.ablation.items() for which in ("protected_model", "clean_model")
+           if row.get(which)]
+    measures = {"final": "last epoch", "peak": "peak over epochs", "peak_epoch": "epoch of the peak",
+                "settled_epoch": "settled from epoch (±0.02 of the last 10)"}
+    conv = [[g.label, CONVERGENCE_NAMES[which], name, *_stat_row(c[key])]
+            for g in groups for which, c in g.convergence.items() for key, name in measures.items() if c.get(key)]
+    out = {"accuracy": (["run", "trained on", "tested on", *STAT_HEAD], acc),
+           "ablation": (["run", "test variant", "trained on", *STAT_HEAD], abl),
+           "quality": _quality_csv(groups)}
+    if conv:
+        out["convergence"] = (["run", "model", "measure", *STAT_HEAD], conv)
+    return out
+
+
+def _quality_csv(groups: list[Group]) -> tuple[list[str], list[list]]:
+    """The quality table as numbers: mean SNR (dB) over the group's runs, and the first run's FAD with its interval,
+    its same-size value, the clean floor and the backend (empty where a run has none)."""
+    head = ["run", "SNR dB (mean)", "FAD", "FAD interval low", "FAD interval high", "FAD (same size as floor)",
+            "FAD clean floor", "FAD backend"]
+    rows = []
+    for g in groups:
+        snr = [q.get("protected_train_vs_clean", {}).get("snr_db_mean") for q in g.quality]
+        snr = [s for s in snr if s is not None]
+        fad = next((q["fad"] for q in g.quality if (q.get("fad") or {}).get("value") is not None), {})
+        ci = fad.get("ci") or ["", ""]
+        rows.append([g.label, statistics.fmean(snr) if snr else "", fad.get("value", ""), ci[0], ci[1],
+                     fad.get("same_size_value", ""), fad.get("floor", ""), fad.get("backend", "")])
+    return head, rows
+
+
 def markdown_table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -262,17 +305,20 @@ def write(groups: list[Group], out: Path, attack_runs: list[AttackRun] = (),
     written = {}
     commits = set().union(*(g.commits for g in groups), {_commit(r.results) for r in attack_runs})
     parts = ["# Lab report", "",
-             "Accuracy is mean ± std over seeds (n = seeds column); arrows read 'trained on → tested on'. "
+             "Accuracy is mean ± std over seeds (n = seeds column; one seed: the mean and n=1); arrows read "
+             "'trained on → tested on'. The CSV files beside this report hold the same numbers tidy: one row per "
+             "statistic, with mean, std and n as numeric columns and the per-seed values. "
              f"Git commits of the runs: {', '.join(sorted(str(c) for c in commits))}.",
              ""]
     for name, (head, rows) in (tables(groups).items() if groups else ()):
+        parts += [f"## {name.capitalize()}", "", markdown_table(head, rows), ""]
+    for name, (head, rows) in (csv_tables(groups).items() if groups else ()):  # the same tables, tidy
         path = out / f"{name}.csv"
         with open(path, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(head)
             writer.writerows(rows)
         written[name] = path
-        parts += [f"## {name.capitalize()}", "", markdown_table(head, rows), ""]
     if attack_runs:
         parts += ["## Attacks", "",
                   "One table per `lab attack` run: clean-test accuracy of a model trained on each defense's protected "

@@ -26,7 +26,7 @@ from defenses.base import Defense, Protection, TrainingSet
 from lab.ablation import variants
 from lab.data import AudioSet, load_dataset
 from lab.features import FeatureCache, FrontEnd
-from lab.recipe import Recipe
+from lab.recipe import Recipe, surrogate_recipe
 from lab.train import TrainingData
 
 
@@ -168,6 +168,17 @@ class ExperimentData:
                             batch_transform=batch_transform, stats_features=feats)
 
 
+def check_defense(config, sample_rate: int) -> None:
+    """Fail now, in one line, on what a defense would otherwise find only after the data has loaded: a missing or
+    too short key, a key file that is not there. A defense that ``needs_training_set`` derives its surrogate's seed
+    from the key; any other derives a two-class protection (no data needed, next to nothing to compute)."""
+    built = build_defense(config)
+    if built.needs_training_set:
+        built.surrogate_seed()
+    else:
+        built.derive(2, sample_rate)
+
+
 def derive_protection(recipe: Recipe, train: Clips, num_classes: int,
                       log: Callable[[str], None] = print) -> Protection:
     """The recipe's defense derived for ``num_classes`` classes: from its key alone, or, for a defense that
@@ -247,23 +258,6 @@ def save_private(path: Path, obj) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def surrogate_recipe(recipe: Recipe, overrides: dict) -> Recipe:
-    """``recipe`` with the ``model`` / ``features`` / ``train`` sections that a defense's surrogate changes
-    (a model of another ``type`` replaces the section; otherwise the fields are merged), validated again."""
-    from lab.errors import LabError
-    from lab.recipe import recipe_from_dict
-    allowed = ("model", "features", "train")
-    data = {name: getattr(recipe, name) for name in type(recipe).model_fields}
-    for section, change in (overrides or {}).items():
-        if section not in allowed or not isinstance(change, dict):
-            raise LabError(f"defense.surrogate: {section!r} is not a section a surrogate may change; allowed: "
-                           f"{', '.join(allowed)} (each a mapping)")
-        current = getattr(recipe, section).model_dump(mode="json")
-        replaces = section == "model" and change.get("type", current["type"]) != current["type"]
-        data[section] = dict(change) if replaces else {**current, **change}
-    return recipe_from_dict(data, "defense.surrogate", machine=False)
 
 
 def training_set(recipe: Recipe, defense: Defense, train: Clips, num_classes: int,

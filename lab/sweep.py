@@ -24,7 +24,7 @@ from pydantic import SecretStr
 
 from lab.config import PluginConfig
 from lab.errors import LabError
-from lab.recipe import Recipe, parse_override, read_recipe_data, recipe_from_dict, set_path
+from lab.recipe import Recipe, check_jobs, parse_override, read_recipe_data, recipe_from_dict, set_path
 from lab.rundir import is_finished
 
 
@@ -202,8 +202,7 @@ def run_sweep(recipe_path: Path, grid: dict[str, list[Any]], out: Path, seeds: l
     compute)."""
     from lab.experiment import RunInterrupted, run
 
-    if jobs < 1:
-        raise LabError(f"--jobs {jobs}: expected a number of parallel cells >= 1")
+    check_jobs(jobs)
     planned = plan_cells(recipe_path, grid, seeds, overrides)  # every cell validated before any work
     if jobs > 1:
         threads = threads_per_job(jobs, planned[0][1].train.num_threads, log)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+R = "recipes/fsdd_cnn.yaml"
 
 
 def lab(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -28,6 +29,31 @@ def test_errors_are_one_line(args, pattern):
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert pattern in " ".join(proc.stderr.split())
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["run", R, "--seeds", ""], "--seeds '': expected comma-separated whole-number seeds"),
+    (["run", R, "--seeds", "0,-1"], "--seeds '0,-1': expected comma-separated whole-number"),
+    (["rotate", R, "--seeds", "1,1"], "--seeds '1,1': expected comma-separated whole-number seeds from 0 to "
+                                      "4294967295, each once"),
+    (["sweep", R, "--grid", "defense.blur=0.1", "--jobs", "0"], "--jobs 0: expected a whole number of cells"),
+    (["sweep", R, "--grid", "defense.blur=0.1", "--jobs", "-1"], "--jobs -1: expected a whole number of cells"),
+    (["sweep", R, "--grid", "defense.blur=0.1", "--seeds", ""], "--seeds '': expected"),
+    (["sweep", R, "--grid", "defense.blur=0.1", "--seeds", "a"], "--seeds 'a': expected"),
+    (["regress", R, "--update", "--calibration-seeds", "0,x"], "--calibration-seeds '0,x': expected comma-separated"),
+])
+def test_bad_seeds_and_jobs_fail_in_one_line_before_any_work(tmp_path, args, pattern):
+    """Checked once, by the helper the commands share (lab.recipe.parse_seeds, check_jobs): an empty --seeds used to
+    fall back on the recipe's seeds, --jobs 0 or -1 to train one cell at a time, a word in --seeds to end in a
+    traceback."""
+    import os
+    env = {**os.environ, "LAB_DATA_DIR": str(tmp_path)}  # no data there: nothing could train
+    proc = lab(*args, "--out", str(tmp_path / "runs"), env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert pattern in " ".join(proc.stderr.split())
+    assert not (tmp_path / "runs").exists()
 
 
 def test_missing_data_names_the_place(tmp_path):

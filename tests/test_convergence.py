@@ -41,12 +41,17 @@ def test_run_and_report_give_the_peak_over_epochs_beside_the_last(fsdd_dir, tmp_
     result = CliRunner().invoke(app, ["report", str(run_dir), "--out", str(out), "--no-spectrograms"],
                                 env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
-    rows = list(csv.DictReader(open(out / "convergence.csv")))
-    assert [r["model"] for r in rows] == ["clean-trained", "protected-trained"]
-    assert rows[1]["epoch of the peak"] == ", ".join(str(e["protected_model"]["convergence"]["peak_epoch"])
-                                                     for e in results["per_seed"])
-    assert rows[1]["settled from epoch (±0.02 of the last 10)"] == ", ".join(
-        str(e["protected_model"]["convergence"]["settled_epoch"]) for e in results["per_seed"])
+    rows = {(r["model"], r["measure"]): r for r in csv.DictReader(open(out / "convergence.csv"))}  # tidy
+    assert sorted({m for m, _ in rows}) == ["clean-trained", "protected-trained"]
+    peak = rows["protected-trained", "epoch of the peak"]
+    epochs = [e["protected_model"]["convergence"]["peak_epoch"] for e in results["per_seed"]]
+    assert [float(v) for v in peak["values"].split()] == epochs and float(peak["mean"]) == pytest.approx(
+        sum(epochs) / len(epochs)) and peak["n"] == str(len(epochs))
+    settled = rows["protected-trained", "settled from epoch (±0.02 of the last 10)"]
+    assert [float(v) for v in settled["values"].split()] == [
+        e["protected_model"]["convergence"]["settled_epoch"] for e in results["per_seed"]]
+    last = rows["protected-trained", "last epoch"]
+    assert float(last["mean"]) == pytest.approx(summary["final"]["mean"]) and last["n"] == "2"
     assert "## Convergence" in (out / "report.md").read_text()
 
 

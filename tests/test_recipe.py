@@ -1,6 +1,7 @@
 """Recipes are validated at the door: each mistake is one line naming the field and what is allowed."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -40,14 +41,76 @@ def test_shipped_recipe_set():
     ({"defense": {"type": "poscuda", "position_range": [0.5, 0.2]}}, r"position_range must satisfy"),
     ({"defense": {"type": "poscuda", "position_range": [0.0, 0.95]}}, r"passes the clip's end"),
     ({"seeds": []}, r"seeds: List should have at least 1 item"),
+    ({"seeds": [0, -1]}, r"seeds.1: Input should be greater than or equal to 0 \(got -1\)"),
     ({"features": {"n_mfcc": 80, "n_mels": 64}}, r"features: n_mfcc \(80\) cannot exceed n_mels \(64\)"),
     ({"data": {"sample_rate": -8000}}, r"data.sample_rate: Input should be greater than 0 \(got -8000\)"),
     ({"data": {"sample_rate": "8kHz"}}, r"data.sample_rate: Input should be a valid integer"),
+    # an optimised defense's surrogate is checked at the door (it used to fail only after the data had loaded)
+    ({"defense": {"type": "em-noise", "key": "k" * 10, "surrogate": {"modle": {"type": "lstm"}}}},
+     r"^recipe: defense.surrogate: unknown field 'modle' \(did you mean 'model'\?\); allowed: model, features, train$"),
+    ({"defense": {"type": "em-noise", "key": "k" * 10, "surrogate": {"model": {"type": "lsmt"}}}},
+     r"defense.surrogate.model.type: unknown model 'lsmt' \(did you mean 'lstm'\?\); valid: cnn, lstm, transformer"),
+    ({"defense": {"type": "em-noise", "key": "k" * 10, "surrogate": {"features": {"n_mel": 32}}}},
+     r"defense.surrogate.features: unknown field 'n_mel' \(did you mean 'n_mels'\?\); allowed: type, n_mfcc"),
+    ({"defense": {"type": "robust-em", "key": "k" * 10, "surrogate": {"train": {"lrr": 0.1}}}},
+     r"defense.surrogate.train: unknown field 'lrr' \(did you mean 'lr'\?\)"),
+    ({"defense": {"type": "poscuda-opt", "key": "k" * 10, "surrogate": {"model": "lstm"}}},
+     r"defense.surrogate.model: Input should be a valid dictionary"),
+    ({"defense": {"type": "budget", "inner": {"type": "em-noise", "key": "k" * 10,
+                                              "surrogate": {"model": {"type": "lstm", "hiden": 8}}}}},
+     r"defense.surrogate.model: unknown field 'hiden' \(did you mean 'hidden'\?\)"),
 ])
 def test_bad_recipes_fail_with_one_line(data, pattern):
     with pytest.raises(LabError, match=pattern) as info:
         recipe_from_dict(data)
     assert "\n" not in str(info.value)
+
+
+def test_a_recipe_with_only_data_gets_validated_defaults():
+    """The default model and defense are their validated configs (they were bare mappings, and `lab run` ended in
+    AttributeError: 'dict' object has no attribute 'type'); no recipe field is typed Any."""
+    from typing import Any
+
+    from defenses.poscuda import PosCUDAConfig
+    from lab.models.cnn import CNNConfig
+    from lab.recipe import Recipe
+    recipe = recipe_from_dict({"data": {"max_train_per_class": 2}})
+    assert isinstance(recipe.model, CNNConfig) and recipe.model.type == "cnn" and recipe.model.head == "flatten"
+    assert isinstance(recipe.defense, PosCUDAConfig) and recipe.defense.type == "poscuda"
+    assert recipe == recipe_from_dict({"data": {"max_train_per_class": 2}, "model": {"type": "cnn"},
+                                       "defense": {"type": "poscuda"}})
+    public = recipe.public_dict()
+    assert public["model"] == CNNConfig(type="cnn").model_dump(mode="json") and public["defense"]["blur"] == 0.3
+    assert recipe.model_dump(mode="json")["model"] == public["model"]  # every field, not only 'type'
+    assert all(f.annotation is not Any for f in Recipe.model_fields.values())
+
+
+def test_a_surrogate_is_typed_and_dumped_as_given():
+    recipe = recipe_from_dict({"defense": {"type": "em-noise", "key": "k" * 10,
+                                           "surrogate": {"model": {"type": "lstm"}}}})
+    assert recipe.defense.surrogate.model == {"type": "lstm"} and recipe.defense.surrogate.features is None
+    assert recipe.public_dict()["defense"]["surrogate"] == {"model": {"type": "lstm"}}  # as the mapping was
+    assert recipe_from_dict({"defense": {"type": "em-noise", "key": "k" * 10}}).public_dict()["defense"][
+        "surrogate"] == {}
+
+
+def test_seeds_and_jobs_options_are_checked_once():
+    """The helper every command's --seeds / --jobs goes through: the seeds as a list, or one line naming the option,
+    the value and what is allowed."""
+    from lab.recipe import check_jobs, command_overrides, parse_seeds
+    assert parse_seeds("0, 1,2") == [0, 1, 2] and parse_seeds(None) is None
+    assert command_overrides(["train.epochs=1"], "3,4", "out", jobs=2) == ["train.epochs=1", "seeds=[3, 4]",
+                                                                           "output_dir=out"]
+    for bad in ["", " ", "0,", "a", "-1", "1.5", "0,0", "²", str(2 ** 32)]:
+        said = f"--seeds {bad!r}: expected comma-separated whole-number seeds from 0 to 4294967295, each once, " \
+               "e.g. --seeds 0,1,2"
+        with pytest.raises(LabError, match=f"^{re.escape(said)}$"):
+            parse_seeds(bad)
+    assert check_jobs(1) == 1 and check_jobs(None) is None
+    for bad in (0, -1):
+        with pytest.raises(LabError, match=f"^--jobs {bad}: expected a whole number of cells to train at once, 1 or "
+                                           "more"):
+            command_overrides(None, jobs=bad)
 
 
 def test_yaml_and_file_errors(tmp_path):

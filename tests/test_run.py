@@ -208,6 +208,26 @@ def test_sweep_redoes_a_cell_marked_incomplete(tmp_path, monkeypatch):
     assert any("blur=0.1: finished earlier, skipped" in s for s in said)
 
 
+def test_a_recipe_with_only_data_runs(fsdd_dir, tmp_path):
+    """A recipe with only a data section used to end in AttributeError: 'dict' object has no attribute 'type'. Its
+    defaults (CNN on MFCC, PosCUDA) are validated configs: without a key it stops in one line before the data is
+    loaded; with one it trains (a 20-clip subset, one epoch: a few seconds)."""
+    from lab.errors import LabError
+    recipe = tmp_path / "only_data.yaml"
+    recipe.write_text(f"data:\n  root: {fsdd_dir}\n  max_train_per_class: 2\n  max_test_per_class: 1\n")
+    args = ["run", str(recipe), "--set", "train.epochs=1", "--seeds", "0", "--out", str(tmp_path / "runs"),
+            "--set", "train.progress=false", "--set", "train.num_threads=1"]
+    said = CliRunner().invoke(app, args)
+    assert isinstance(said.exception, LabError) and "defense: a key is required" in str(said.exception)
+    assert "cnn on mfcc, defense poscuda" in said.output and "data:" not in said.output  # stopped before loading
+    assert not (tmp_path / "runs").exists()
+    result = CliRunner().invoke(app, args + ["--set", f"defense.key={KEY}"])
+    assert result.exit_code == 0, result.output
+    results = json.loads(next((tmp_path / "runs").rglob("results.json")).read_text())
+    assert results["recipe"]["model"]["type"] == "cnn" and results["recipe"]["defense"]["type"] == "poscuda"
+    assert results["data"]["train_clips"] == 20
+
+
 def test_tiny_run_warns_about_its_few_clips(fsdd_dir, tmp_path):
     recipe = Path(__file__).resolve().parent.parent / "recipes" / "fsdd_cnn.yaml"
     result = CliRunner().invoke(app, ["run", str(recipe), "--out", str(tmp_path), *TINY, "--set",
@@ -220,6 +240,19 @@ def test_tiny_run_warns_about_its_few_clips(fsdd_dir, tmp_path):
            "clips, fewer than 2 x 64 = 128 per set" in text
     assert "warning: FAD backend classifier skipped: the first set has 100 embeddings for 100 dimensions" in text
     assert "few clips for 64-d embeddings" in (run_dir / "results.md").read_text()
+    # one epoch on 100 clips does not learn the task: said in one warning line, and the verdict (the last line) says
+    # the run cannot tell anything about the protection
+    results = json.loads((run_dir / "results.json").read_text())
+    clean = results["accuracy"]["clean_model/clean_test"]["mean"]
+    assert clean < 0.55, "the tiny run learned the task: this test needs a setting that does not"
+    assert (f"warning: the clean-trained model reaches only {clean:.3f} on clean test (chance 0.10; a run says "
+            "something from 0.55, halfway from chance to perfect): this setting is too small to say anything about "
+            "the protection") in text
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("verdict poscuda: protected-trained clean-test ") and "(n=1) against" in last
+    assert last.endswith("inconclusive (the clean-trained model is near chance: the setting is too small)")
+    md = (run_dir / "results.md").read_text()
+    assert "**Verdict**: poscuda: protected-trained clean-test" in md and "this setting is too small" in md
 
 
 def test_provenance_records_the_commit_of_the_code_at_the_start(monkeypatch):

@@ -91,10 +91,25 @@ def test_report_pools_seeds_and_computes_mean_std(tmp_path):
     col = head.index("protected→clean")
     expected = f"{statistics.fmean([0.2, 0.4, 0.9]):.3f} ± {statistics.stdev([0.2, 0.4, 0.9]):.3f}"
     assert rows[0][col] == expected and rows[0][1] == "3"
-    assert rows[1][col] == "0.700" and rows[1][1] == "1"
+    assert rows[1][col] == "0.700 (n=1)" and rows[1][1] == "1"  # one seed: no "± 0.000"
     written = write(groups, tmp_path / "report")
-    assert expected in written["report"].read_text()
-    assert (tmp_path / "report" / "ablation.csv").read_text().count("\n") == 3
+    assert expected in written["report"].read_text()  # the Markdown table stays for people: "mean ± std"
+    # the CSV files are tidy: a row per statistic, mean / std / n as numbers (no "0.971 ± 0.004" text)
+    import csv
+    rows = list(csv.DictReader((tmp_path / "report" / "accuracy.csv").open()))
+    assert list(rows[0]) == ["run", "trained on", "tested on", "mean", "std", "n", "values"] and len(rows) == 2 * 5
+    (pooled,) = [r for r in rows[:5] if (r["trained on"], r["tested on"]) == ("protected", "clean")]
+    assert float(pooled["mean"]) == statistics.fmean([0.2, 0.4, 0.9]) and int(pooled["n"]) == 3
+    assert float(pooled["std"]) == statistics.stdev([0.2, 0.4, 0.9])
+    assert sorted(map(float, pooled["values"].split())) == [0.2, 0.4, 0.9]
+    (single,) = [r for r in rows[5:] if (r["trained on"], r["tested on"]) == ("protected", "clean")]
+    assert (float(single["mean"]), single["std"], single["n"]) == (0.7, "", "1")  # one seed: no std
+    ablation = list(csv.DictReader((tmp_path / "report" / "ablation.csv").open()))
+    assert [(r["test variant"], r["trained on"], r["n"]) for r in ablation] == [
+        ("true", "protected", "3"), ("true", "clean", "3"), ("true", "protected", "1"), ("true", "clean", "1")]
+    quality = list(csv.DictReader((tmp_path / "report" / "quality.csv").open()))
+    assert float(quality[0]["SNR dB (mean)"]) == pytest.approx(19.7) and quality[0]["FAD"] == ""
+    assert not any("±" in (tmp_path / "report" / f"{n}.csv").read_text() for n in ("accuracy", "ablation"))
 
 
 def test_report_labels_tell_training_lengths_apart(tmp_path):
@@ -202,7 +217,7 @@ def test_report_reads_attack_runs_beside_lab_runs(fsdd_dir, tmp_path):
     assert rows[0] == ["run", *own[0]]
     assert [r[1:] for r in rows[1:]] == own[1:] and all(attack_dir.name in r[0] for r in rows[1:])
     accuracy = list(csv.reader((tmp_path / "report" / "accuracy.csv").open()))
-    assert len(accuracy) == 2  # one lab run row; the attack run is not mistaken for one
+    assert len(accuracy) == 1 + 5  # one lab run's five evaluations; the attack run is not mistaken for one
 
 
 def test_report_names_what_it_cannot_read_and_goes_on(tmp_path):
@@ -262,7 +277,11 @@ def test_one_results_writer_for_runs_attacks_and_reports(tmp_path):
     stat = experiment.summarise(values)
     assert experiment.fmt(stat) == attacking.fmt_cell(values) == report.fmt(values) == mean_std(values) \
         == "0.600 ± 0.141"
-    assert mean_std([0.25]) == "0.250" and mean_std([]) == "–" and attacking.fmt_cell([]) == "-"
+    assert mean_std([]) == "–" and attacking.fmt_cell([]) == "-" and mean_std(None) == "–"
+    # one seed has no spread: the mean alone and n=1, never "± 0.000" (also from a stored summary, a sweep row)
+    one = experiment.summarise([0.25])
+    assert mean_std([0.25]) == mean_std(one) == attacking.fmt_cell([0.25]) == report.fmt([0.25]) == "0.250 (n=1)"
+    assert one == {"mean": 0.25, "std": 0.0, "n": 1, "values": [0.25]}  # results.json keeps its form
     first, second = new_run_dir(tmp_path, "attack-x"), new_run_dir(tmp_path, "attack-x")
     assert first != second and first.is_dir() and second.name.startswith(first.name)
     prov = {"git": {"commit": "abc123", "dirty": True}, "versions": {"torch": "2.13.0", "lightning": "2.6.6"},
@@ -273,6 +292,56 @@ def test_one_results_writer_for_runs_attacks_and_reports(tmp_path):
                     "torch 2.13.0, lightning 2.6.6 · 2026-12-01T00:00:00Z · 3.0 s")
     assert "fingerprint" not in provenance_line({"seeds": [0], "provenance": prov})
     assert "recipe" not in provenance_line({"seeds": [0], "provenance": prov})  # lab audit: made without a recipe
+
+
+def test_the_verdict_and_the_too_small_warning_follow_one_rule():
+    """The protected-trained model's share of the clean model's margin over chance decides (<= 25% unlearnable,
+    >= 75% learnable, partly in between); a clean model below halfway from chance to perfect makes it
+    inconclusive, and is a warning of its own."""
+    from lab.attacking import Matrix, conclusions
+    from lab.results import too_small_bar, too_small_warning, verdict
+    assert too_small_bar(0.1) == pytest.approx(0.55) and too_small_bar(0.5) == pytest.approx(0.75)
+    assert verdict("poscuda", [0.82, 0.85, 0.88], [0.96, 0.97, 0.98], 0.1) == (
+        "poscuda: protected-trained clean-test 0.850 ± 0.030 against 0.970 ± 0.010 clean (chance 0.10): learnable "
+        "(it keeps 86% of the clean model's margin over chance)")
+    assert verdict("em-noise", {"mean": 0.311, "std": 0.0, "n": 1}, [0.968], 0.1).endswith(
+        "0.311 (n=1) against 0.968 (n=1) clean (chance 0.10): unlearnable (it keeps 24% of the clean model's margin "
+        "over chance)")
+    assert verdict("x", [0.5], [0.9], 0.1).endswith(": partly learnable (it keeps 50% of the clean model's margin "
+                                                    "over chance)")
+    assert verdict("x", [0.05], [0.9], 0.1).endswith(": unlearnable (it is at or below chance)")
+    assert verdict("x", [0.05], [0.5], 0.1).endswith(": inconclusive (the clean-trained model is near chance: the "
+                                                     "setting is too small)")
+    assert too_small_warning([0.56], 0.1) is None and "reaches only 0.540 on clean test" in too_small_warning(
+        [0.54], 0.1)
+    cells = {"none": {"no attack": [0.9], "codec": [0.8]}, "poscuda": {"no attack": [0.3], "codec": [0.8]}}
+    warning, (said,) = conclusions(Matrix(["none", "poscuda"], ["no attack", "codec"], cells, chance=0.1))
+    assert warning is None  # on the worst case for the data owner, against clean data with no attack
+    assert said == ("poscuda, worst case (codec): protected-trained clean-test 0.800 (n=1) against 0.900 (n=1) "
+                    "clean (chance 0.10): learnable (it keeps 88% of the clean model's margin over chance)")
+    assert conclusions(Matrix(["poscuda"], ["no attack"], {"poscuda": {"no attack": [0.3]}}, chance=0.1)) == (
+        None, ["no verdict: the table has no clean reference (add none to --defenses)"])
+
+
+def test_mean_and_std_are_computed_in_one_place(monkeypatch):
+    """run, attack, report and sweep summaries all go through lab.results.stat (they computed it in five places)."""
+    import lab.results
+    from lab import attacking, experiment, report
+    from lab.attacking import Matrix
+    calls = []
+    real = lab.results.stat
+
+    def counted(values):
+        calls.append(values)
+        return real(values)
+    monkeypatch.setattr(lab.results, "stat", counted)
+    for use in (lambda: experiment.summarise([0.5, 0.7]), lambda: lab.results.mean_std([0.5, 0.7]),
+                lambda: attacking.csv_rows(Matrix(["none"], ["no attack"], {"none": {"no attack": [0.5, 0.7]}})),
+                lambda: lab.results.stat_columns([0.5, 0.7])):
+        calls.clear()
+        use()
+        assert calls, use
+    assert report.stat is real and report.fmt is lab.results.mean_std and experiment.fmt is lab.results.mean_std
 
 
 def test_spectrograms_skip_a_protection_that_cannot_be_rebuilt(tmp_path, monkeypatch):
@@ -299,3 +368,34 @@ def test_spectrograms_skip_a_protection_that_cannot_be_rebuilt(tmp_path, monkeyp
     report_cmd._spectrograms(tmp_path / "run", tmp_path / "s.png")
     assert not (tmp_path / "s.png").exists()
     assert len(said) == 1 and said[0].startswith("spectrogram plot skipped") and "classwise-noise" in said[0]
+
+
+def test_tables_are_not_cut_to_80_columns_when_stdout_is_not_a_terminal(tmp_path):
+    """A log file or a notebook cell got Rich's 80 columns: wide tables were wrapped, their cells folded over
+    several lines. With stdout captured (and no $COLUMNS), every row of the table is one whole line."""
+    import os
+    import subprocess
+    import sys
+    results = fake_results(tmp_path / "run", [0, 1], {0: 0.2, 1: 0.4})
+    data = json.loads(results.read_text())
+    data["recipe_name"] = "a-recipe-name-long-enough-to-push-the-accuracy-table-past-eighty-columns"
+    results.write_text(json.dumps(data))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.run([sys.executable, "-m", "lab", "report", str(results), "--out", str(tmp_path / "r"),
+                           "--no-spectrograms"], cwd=REPO, capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = [line for line in proc.stdout.splitlines() if data["recipe_name"] in line and "0.300 ± 0.141" in line]
+    assert len(row) > 150 and row.count("0.990 ± 0.000") == 2  # the whole row: label, seeds and the five cells
+    assert "0.905 ± 0.007" in row and "0.500 ± 0.000" in row
+    assert "…" not in proc.stdout
+    from lab.cli import LabConsole
+    assert LabConsole(file=open(os.devnull, "w")).width == LabConsole.UNCUT  # not a terminal: uncut
+
+
+def test_columns_still_sets_the_width(monkeypatch):
+    import io
+
+    from lab.cli import LabConsole
+    monkeypatch.setenv("COLUMNS", "100")
+    assert LabConsole(file=io.StringIO()).width == 100

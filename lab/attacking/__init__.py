@@ -19,6 +19,6 @@ from lab.attacking.setup import (  # noqa: F401
     attack_configs, baselines, column_name, defense_configs, load_attack_recipe, with_defense,
 )
 from lab.attacking.tables import (  # noqa: F401
-    CSV_HEADER, cell_folder, csv_rows, fmt_cell, new_attack_dir, table_rows, to_csv, to_markdown, write_results,
+    CSV_HEADER, cell_folder, conclusions, csv_rows, fmt_cell, new_attack_dir, table_rows, to_csv, to_markdown, write_results,
 )
 from lab.attacking.training import detached_copy, finetune, train_under_attack  # noqa: F401

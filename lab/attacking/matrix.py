@@ -1,7 +1,6 @@
 """The matrix runner: every (defense, attack, seed) trained and scored on clean test clips."""
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -14,6 +13,7 @@ from lab.attacking.training import train_under_attack
 from lab.features import FeatureCache
 from lab.quality import snr_summary
 from lab.recipe import Recipe
+from lab.results import stat
 from lab.spine import ExperimentData
 from lab.train import evaluate, fit
 
@@ -38,7 +38,7 @@ class Matrix:
 
     def mean(self, defense: str, column: str) -> float | None:
         values = self.cells.get(defense, {}).get(column)
-        return statistics.fmean(values) if values else None
+        return stat(values)[0] if values else None
 
     @classmethod
     def from_results(cls, results: dict) -> "Matrix":
@@ -112,8 +112,10 @@ def run_matrix(datas: list[ExperimentData], attack_cfgs: list, log: Callable[[st
     same."""
     import json
 
+    from lab.recipe import check_jobs
     from lab.rundir import write_atomic
     from lab.sweep import threads_per_job, worker_pool
+    check_jobs(jobs)
     first = datas[0].recipe
     if first.train.num_threads:
         torch.set_num_threads(first.train.num_threads)

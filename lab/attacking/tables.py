@@ -5,15 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import statistics
 from pathlib import Path
 
 import yaml
 
-from lab.attacking.matrix import WORST, Matrix
+from lab.attacking.matrix import NO_ATTACK, WORST, Matrix
 from lab.provenance import provenance
 from lab.recipe import Recipe
-from lab.results import mean_std, new_run_dir, provenance_line
+from lab.results import (
+    mean_std, new_run_dir, provenance_line, stat_columns, summarise, too_small_warning, verdict,
+)
 
 
 def fmt_cell(values: list[float] | None) -> str:
@@ -40,8 +41,8 @@ def csv_rows(matrix: Matrix) -> list[list]:
         for c in matrix.columns:
             values = matrix.cells.get(d, {}).get(c)
             if values:
-                rows.append([d, c, f"{statistics.fmean(values):.4f}",
-                             f"{statistics.stdev(values) if len(values) > 1 else 0.0:.4f}", len(values),
+                mean, std, n = stat_columns(values)
+                rows.append([d, c, f"{mean:.4f}", f"{std:.4f}" if n > 1 else "", n,
                              " ".join(f"{v:.4f}" for v in values)])
         worst = matrix.worst(d)
         if worst:
@@ -57,6 +58,23 @@ def to_csv(matrix: Matrix) -> str:
     return buf.getvalue()
 
 
+def conclusions(matrix: Matrix) -> tuple[str | None, list[str]]:
+    """What a reader of the matrix may conclude: the too-small warning (from column ``none``, no attack: the
+    clean-trained model) and one verdict per defense on its worst case, the attack the data owner must expect
+    (lab.results.verdict; README, "The verdict"). Without a ``none`` column there is no clean reference: one line
+    says so."""
+    clean = matrix.cells.get("none", {}).get(NO_ATTACK)
+    if not clean:
+        return None, ["no verdict: the table has no clean reference (add none to --defenses)"]
+    said = []
+    for d in matrix.defenses:
+        worst = matrix.worst(d)
+        if d == "none" or not worst:
+            continue
+        said.append(verdict(f"{d}, worst case ({worst[1]})", matrix.cells[d][worst[1]], clean, matrix.chance))
+    return too_small_warning(clean, matrix.chance), said
+
+
 def to_markdown(results: dict, matrix: Matrix) -> str:
     header, rows = table_rows(matrix)
     lines = [f"# {results['recipe_name']}: attacks ({', '.join(results['attacks']) or 'none'})", "",
@@ -67,6 +85,10 @@ def to_markdown(results: dict, matrix: Matrix) -> str:
              provenance_line(results), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    too_small, verdicts = conclusions(matrix)
+    lines += [""] + ([f"Warning: {too_small}", ""] if too_small else [])
+    lines += ["Verdict (on each defense's worst case; the rule: README, \"The verdict\"):", ""]
+    lines += [f"- {v}" for v in verdicts]
     lines += ["", "SNR of each defense's protected training audio (dB, mean / worst 5%): " + "; ".join(
         f"{d} {s['snr_db_mean']:.1f} / {s['snr_db_worst5']:.1f}" for d, s in matrix.snr.items()
         if d != "none" and s['snr_db_mean'] != float('inf')), ""]
@@ -93,8 +115,7 @@ def write_results(recipe: Recipe, recipe_path: str, label: str, attack_cfgs: lis
         "attack_params": [c.model_dump(mode="json") for c in attack_cfgs],
         "defenses": matrix.defenses, "columns": matrix.columns,
         "defense_params": {r.defense.type: r.public_dict()["defense"] for r in column_recipes or []},
-        "accuracy": {d: {c: {"mean": statistics.fmean(v), "values": v} for c, v in cols.items()}
-                     for d, cols in matrix.cells.items()},
+        "accuracy": {d: {c: summarise(v) for c, v in cols.items()} for d, cols in matrix.cells.items()},
         "worst_case": {d: dict(zip(("accuracy", "attack"), matrix.worst(d))) for d in matrix.defenses
                        if matrix.worst(d)},
         "train_seconds": matrix.seconds, "attack_records": matrix.records, "snr": matrix.snr,

@@ -89,28 +89,20 @@ def attack(
     Writes runs/<recipe>/attack-<type>-<timestamp>/ with results.json (every number per seed, attack parameters
     and what they measured, versions, git commit), results.md, table.csv and recipe.yaml.
     """
-    import attacks
     from lab import attacking
-    from defenses import DEFENSES, build_defense
+    from defenses import DEFENSES
     from lab.quality import snr_summary
     from lab.recipe import command_overrides
-    from lab.spine import ExperimentData
+    from lab.spine import ExperimentData, check_defense
 
     recipe = _recipe_path(recipe, recipe_option)
-    overrides = command_overrides(set_, seeds, out)
+    overrides = command_overrides(set_, seeds, out, jobs)  # --seeds and --jobs checked here, before any work
     rec, blocks = attacking.load_attack_recipe(recipe, overrides)
-    names = attacks.ATTACKS.names() if type_ == "all" else list(dict.fromkeys(
-        t.strip() for t in type_.split(",") if t.strip()))
-    if not names:
-        raise LabError(f"--type {type_!r}: name an attack ({', '.join(attacks.ATTACKS.names())}) or 'all'")
+    names = _attack_names(type_)
     label = type_ if type_ == "all" else "+".join(names)
     cfgs = attacking.attack_configs(names, blocks, list(option or []))
-    if defenses_:
-        defense_names = [d.strip() for d in defenses_.split(",") if d.strip()]
-    elif type_ == "all":
-        defense_names = list(dict.fromkeys(["none", rec.defense.type, *attacking.baselines()]))
-    else:
-        defense_names = list(dict.fromkeys(["none", rec.defense.type]))
+    defense_names = _defense_names(rec, type_, defenses_)
+    check_defense(rec.defense, rec.data.sample_rate)  # its key, before its SNR is measured on the data
     snr = None
     own = ExperimentData(rec, log=lambda s: None)
     if rec.defense.type != "none" and any(DEFENSES.get(d).takes_snr for d in defense_names):
@@ -119,11 +111,7 @@ def attack(
     dcfgs = attacking.defense_configs(rec, defense_names, snr, list(defense_option or []))
     recipes = [attacking.with_defense(rec, d) for d in dcfgs]  # each must fit the recipe, before any training
     for d in dcfgs:  # a missing key or key file fails here, not mid-matrix
-        built = build_defense(d)
-        if built.needs_training_set:
-            built.surrogate_seed()  # derived from the key (an optimised defense is derived on the data later)
-        else:
-            built.derive(2, rec.data.sample_rate)
+        check_defense(d, rec.data.sample_rate)
     console.print(f"[bold]lab attack[/bold] {type_} on {recipe}: {rec.model.type} on {rec.features.type}, "
                   f"defenses {', '.join(defense_names)}, attacks {', '.join(names)}, seeds {rec.seeds}, "
                   f"{rec.train.epochs} epochs")
@@ -136,6 +124,35 @@ def attack(
     matrix = attacking.run_matrix(datas, cfgs, log=log, progress=bars, cell_dir=cells, jobs=jobs)
     results, run_dir = attacking.write_results(rec, str(recipe), label, cfgs, matrix, time.perf_counter() - started,
                                                  column_recipes=recipes)
+    _print_matrix(rec, results, matrix, run_dir)
+
+
+def _attack_names(type_: str) -> list[str]:
+    """``--type``: 'all' (every registered attack), or one or several names, comma-separated."""
+    import attacks
+    names = attacks.ATTACKS.names() if type_ == "all" else list(dict.fromkeys(
+        t.strip() for t in type_.split(",") if t.strip()))
+    if not names:
+        raise LabError(f"--type {type_!r}: name an attack ({', '.join(attacks.ATTACKS.names())}) or 'all'")
+    return names
+
+
+def _defense_names(rec, type_: str, defenses_: str | None) -> list[str]:
+    """The table's columns: ``--defenses``; else none and the recipe's defense, with ``--type all`` also the
+    matched baselines."""
+    from lab.attacking import baselines
+    if defenses_:
+        return [d.strip() for d in defenses_.split(",") if d.strip()]
+    return list(dict.fromkeys(["none", rec.defense.type, *(baselines() if type_ == "all" else [])]))
+
+
+def _print_matrix(rec, results: dict, matrix, run_dir: Path) -> None:
+    """The table, a warning when the clean-trained model did not learn the task, where the files are, and last one
+    verdict per defense on its worst case."""
+    from rich.markup import escape
+
+    from lab import attacking
+    from lab.commands.fad import warn
     header, rows = attacking.table_rows(matrix)
     table = Table(title=f"{rec.name}: clean-test accuracy under attack (chance {results['chance']:.2f}; "
                         f"seeds {rec.seeds})")
@@ -144,7 +161,12 @@ def attack(
     for r in rows:
         table.add_row(*r)
     console.print(table)
+    too_small, verdicts = attacking.conclusions(matrix)
+    if too_small:
+        warn(too_small)
     console.print(f"results: {run_dir}/results.json, results.md, table.csv")
+    for said in verdicts:
+        console.print(f"[bold]verdict[/bold] {escape(said)}", highlight=False)
 
 
 def _recipe_path(positional: Path | None, option: Path | None) -> Path:

@@ -30,15 +30,15 @@ def regress(
     meant to move the numbers, with the reason in the commit message)."""
     from lab.experiment import run
     from lab.provenance import provenance
-    from lab.recipe import load_recipe
+    from lab.recipe import load_recipe, parse_seeds
     from lab.regress import calibrate, check_baseline_file, compare, values
 
     overrides = list(set_ or [])
     if out:
         overrides.append(f"output_dir={out}")
+    seeds = parse_seeds(calibration_seeds, "--calibration-seeds") if update else None
     rec = load_recipe(recipe, overrides)
     if update:
-        seeds = [int(s) for s in calibration_seeds.split(",")]
         if not set(rec.seeds) <= set(seeds):
             raise LabError(f"--calibration-seeds {seeds} must include the recipe's seeds {rec.seeds}")
         calibration = load_recipe(recipe, overrides + [f"seeds={json.dumps(seeds)}"])

@@ -66,9 +66,8 @@ def _print_table(title: str, head: list[str], rows: list[list[str]], matrix: boo
 
 
 def _frontier(groups, path: Path) -> None:
-    import statistics
-
     from lab import plots
+    from lab.results import stat
     from lab.sweep import pareto
     rows, cost = [], []
     use_fad = all(any((q.get("fad") or {}).get("value") is not None for q in g.quality) for g in groups)
@@ -79,9 +78,9 @@ def _frontier(groups, path: Path) -> None:
         if not use_fad and snr is None:
             log(f"frontier plot: {g.label} left out (its results have no SNR)")
             continue
+        mean, std, _ = stat(acc)
         rows.append({"model": g.recipe["model"]["type"], "feature": g.recipe["features"]["type"],
-                     "protected_clean_acc": statistics.fmean(acc),
-                     "protected_clean_acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0})
+                     "protected_clean_acc": mean, "protected_clean_acc_std": std})
         cost.append(quality["fad"]["value"] if use_fad else -snr)
     if not rows:
         log("frontier plot skipped: no run has an SNR or FAD")

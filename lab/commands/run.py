@@ -40,6 +40,11 @@ def run(
     for m, t in EVALUATIONS:
         table.add_row(LABELS[(m, t)], fmt(results["accuracy"][f"{m}/{t}"]))
     console.print(table)
+    from lab.commands.fad import warn
+    from lab.experiment import conclusions
+    too_small, said = conclusions(results)
+    if too_small:
+        warn(too_small)
     console.print(ablation_table(results))
     from lab.experiment import CONVERGENCE_NAMES
     for which, c in (results.get("convergence") or {}).items():
@@ -57,13 +62,13 @@ def run(
         for row in fad_rows(quality):
             fad_table.add_row(*(escape(cell) for cell in row))
         console.print(fad_table)
-    from lab.commands.fad import warn
     from lab.experiment import quality_warnings
     for warning in quality_warnings(quality):
         warn(warning)
     console.print(f"protected training audio per clip: {per_clip_line(quality)}; key fingerprint "
                   f"{results['key_fingerprint']}; {results['wall_seconds']} s", highlight=False)
     console.print(f"results: {run_dir}/results.json, {run_dir}/results.md")
+    console.print(f"[bold]verdict[/bold] {escape(said)}", highlight=False)
 
 
 def ablation_table(results: dict) -> Table:

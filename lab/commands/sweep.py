@@ -29,9 +29,11 @@ def sweep(
     """Run every combination of the grid values (each over the seeds) and write frontier.csv and frontier.png:
     the protected model's clean-test accuracy against the quality cost (FAD when the runs have it, else SNR), per
     architecture and feature, with the Pareto front marked."""
+    from lab.recipe import check_jobs, parse_seeds
+    from lab.results import mean_std
     from lab.sweep import emit_cells, parse_grid, run_sweep
+    seed_list, _ = parse_seeds(seeds), check_jobs(jobs)  # one-line errors before any work
     parsed = parse_grid(grid)
-    seed_list = [int(s) for s in seeds.split(",")] if seeds else None
     if emit is not None:
         written = emit_cells(recipe, parsed, emit, seed_list, list(set_ or []))
         table = Table(title=f"sweep {recipe}: {len(written)} cell recipes written, nothing trained")
@@ -49,8 +51,9 @@ def sweep(
     for col in [*parsed, "prot→clean acc", "clean→clean acc", "SNR dB", "FAD", "Pareto"]:
         table.add_column(col.split(".")[-1])
     for r in rows:
-        table.add_row(*(str(r[k]) for k in parsed), f"{r['protected_clean_acc']:.3f} ± {r['protected_clean_acc_std']:.3f}",
-                      f"{r['clean_clean_acc']:.3f}", f"{r['snr_db']:.1f}" if r["snr_db"] is not None else "–",
+        protected = {"mean": r["protected_clean_acc"], "std": r["protected_clean_acc_std"], "n": r["seeds"]}
+        table.add_row(*(str(r[k]) for k in parsed), mean_std(protected), f"{r['clean_clean_acc']:.3f}",
+                      f"{r['snr_db']:.1f}" if r["snr_db"] is not None else "–",
                       f"{r['fad']:.3g}" if r["fad"] is not None else "–", "*" if r.get("pareto") else "")
     console.print(table)
     console.print(f"written: {out}/frontier.csv, {out}/frontier.png")

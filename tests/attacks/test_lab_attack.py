@@ -46,6 +46,12 @@ R = "recipes/fsdd_cnn.yaml"
     (["--type", "augment"], "missing recipe: lab attack RECIPE --type ATTACK (e.g. lab attack recipes/fsdd_cnn.yaml"),
     (["recipes/nope.yaml", "--type", "augment"], "recipe not found: recipes/nope.yaml"),
     ([R, "--recipe", "recipes/other.yaml", "--type", "augment"], "two recipes given"),
+    # --jobs and --seeds that used to train anyway (one cell at a time; the recipe's seeds)
+    ([R, "--type", "augment", "--jobs", "0"], "--jobs 0: expected a whole number of cells to train at once, 1 or more"),
+    ([R, "--type", "augment", "--jobs", "-1"], "--jobs -1: expected a whole number of cells to train at once, 1 or "
+                                               "more"),
+    ([R, "--type", "augment", "--seeds", ""], "--seeds '': expected comma-separated whole-number seeds from 0 to "
+                                             "4294967295, each once, e.g. --seeds 0,1,2"),
 ])
 def test_bad_input_fails_in_one_line_before_training(args, pattern, tmp_path):
     proc = lab("attack", *args, "--out", str(tmp_path), env_root=tmp_path)  # no data there: nothing could train
@@ -177,6 +183,15 @@ def test_lab_attack_augment_on_fsdd(fsdd_dir, tmp_path):
     pos = results["defense_params"]["poscuda"]  # each column's defense as it ran, key redacted
     assert pos["key"] == "<redacted>" and pos["blur"] == 0.3 and results["defense_params"]["none"]["type"] == "none"
     assert "worst case" in proc.stdout
+    # the last line: the verdict on the recipe's defense at its worst case (one epoch on 80 clips: inconclusive,
+    # said with a warning before it)
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("verdict poscuda, worst case (") and "protected-trained clean-test" in last, last
+    clean = results["accuracy"]["none"]["no attack"]["mean"]
+    if clean < 0.55:
+        assert last.endswith("inconclusive (the clean-trained model is near chance: the setting is too small)")
+        assert "this setting is too small to say anything about the protection" in " ".join(proc.stderr.split())
+    assert "- poscuda, worst case (" in md
     assert "validation_step" not in proc.stdout + proc.stderr  # Lightning's warning about a validation step
 
 
