@@ -433,10 +433,10 @@ def table(results: dict) -> tuple[list[str], list[list[str]]]:
     header += ["clean copy: clean-test accuracy", "n"] if reference else []
     out = []
     for row in results["rows"]:
-        cells = [row["model"], row["attack"], mean_std(row["published"]), str(row["published"]["n"])]
+        cells = [row["model"], row["attack"], mean_std(row["published"], show_n=False), str(row["published"]["n"])]
         if reference:
             ref = row.get("reference")
-            cells += [mean_std(ref), str(ref["n"])] if ref else ["-", "0"]
+            cells += [mean_std(ref, show_n=False), str(ref["n"])] if ref else ["-", "0"]
         out.append(cells)
     return header, out
 

@@ -41,14 +41,16 @@ def stat(values) -> tuple[float, float, int]:
     return statistics.fmean(values), (statistics.stdev(values) if n > 1 else 0.0), n
 
 
-def mean_std(values, empty: str = "–", digits: int = 3) -> str:
+def mean_std(values, empty: str = "–", digits: int = 3, show_n: bool = True) -> str:
     """THE cell people read: ``mean ± std`` over seeds (``0.600 ± 0.141``), and for a single seed the mean alone
     with ``(n=1)``: one seed has no spread, and ``± 0.000`` would claim one. ``empty`` for no values. ``values``: as
-    for :func:`stat`."""
+    for :func:`stat`. ``show_n=False``: a table with its own n column (the single seed's mean then stands alone)."""
     if values is None or (not isinstance(values, dict) and not len(values)):
         return empty
     mean, std, n = stat(values)
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f} (n={n})"
+    if n > 1:
+        return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f} (n={n})" if show_n else f"{mean:.{digits}f}"
 
 
 def stat_columns(values) -> list:
