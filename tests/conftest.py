@@ -5,6 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist (pyproject's addopts: -n 2): two worker processes share the 2 cores, so each uses one thread
+    # (threads x processes <= cores; oversubscribed OpenMP threads spin and cost 3x), set before torch or a BLAS
+    # starts here and inherited by every `lab` subprocess a test runs. A recipe's own train.num_threads still wins.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import pytest
 import soundfile as sf
