@@ -44,6 +44,11 @@ class OptimisedDefense(Defense):
     takes_snr = True
     seed_label = ""  # e.g. "em-noise/v1/surrogate"
 
+    @classmethod
+    def example_config(cls, key):
+        """One short round of min-min (the contract tests optimise it several times on a few clips)."""
+        return {"key": key, "max_rounds": 1, "train_batches": 2, "steps": 2}
+
     def _key(self) -> str:
         return resolve_key(self.config.key, self.config.key_file)
 

@@ -268,6 +268,10 @@ class ARNoise(Defense):
     matched_baseline = 4  # in lab attack --type all, after the classwise-noise baseline
     takes_snr = True
 
+    @classmethod
+    def example_config(cls, key):
+        return {"key": key, "snr_db": 25.0}  # not the default 30 dB
+
     def derive(self, num_classes: int, sample_rate: int) -> ARNoiseProtection:
         cfg: ARNoiseConfig = self.config
         key = resolve_key(cfg.key, cfg.key_file)

@@ -15,7 +15,8 @@ has a default in the base classes; a plugin overrides only what it has, see docs
   spectrogram plot, attacks that check what they found), ``class_filters`` (the class-wise filters it convolved
   with);
 - on the :class:`Defense`: ``check_fits`` (does a configuration fit the recipe's clips), ``matched_baseline`` and
-  ``takes_snr`` with ``matched_config`` (how ``lab attack`` sets it up as a baseline next to the recipe's defense).
+  ``takes_snr`` with ``matched_config`` (how ``lab attack`` sets it up as a baseline next to the recipe's defense),
+  ``example_config`` (the configuration the contract tests run it with).
 """
 from __future__ import annotations
 
@@ -192,6 +193,16 @@ class Defense(ABC):
         if cls.takes_snr and snr_db is not None:
             out["snr_db"] = snr_db
         return out
+
+    @classmethod
+    def example_config(cls, key: str) -> dict:
+        """A small, quick configuration of this defense (its fields, ``type`` apart) that protects with ``key``:
+        what the contract tests (tests/test_contracts.py) derive and apply, and what lab protect's test passes as
+        ``--option`` (``key`` apart). By default the key alone, where the Config has a ``key`` field (a defense
+        without one is keyless: the contract then skips "another key gives another protection"). Override it to
+        give a field a non-default value worth seeing at work, to fill a field that has no default, or to keep an
+        optimisation short."""
+        return {"key": key} if "key" in cls.Config.model_fields else {}
 
     @classmethod
     def check_fits(cls, config: PluginConfig, clip_seconds: float) -> None:

@@ -115,6 +115,11 @@ class Budget(Defense):
 
     Config = BudgetConfig
 
+    @classmethod
+    def example_config(cls, key):
+        """``inner`` has no default: PosCUDA with the key (the key lives in the inner defense's section)."""
+        return {"inner": {"type": "poscuda", "key": key}}
+
     def __init__(self, config: BudgetConfig):
         super().__init__(config)
         self.inner = DEFENSES.get(config.inner.type)(config.inner)

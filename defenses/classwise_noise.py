@@ -67,6 +67,10 @@ class ClasswiseNoise(Defense):
     matched_baseline = 3
     takes_snr = True
 
+    @classmethod
+    def example_config(cls, key):
+        return {"key": key, "snr_db": 20.0}  # not the default 24 dB
+
     def derive(self, num_classes: int, sample_rate: int) -> ClasswiseNoiseProtection:
         cfg: ClasswiseNoiseConfig = self.config
         key = resolve_key(cfg.key, cfg.key_file)

@@ -72,6 +72,10 @@ class CUDA(Defense):
     matched_baseline = 1
 
     @classmethod
+    def example_config(cls, key):
+        return {"key": key, "filter_length": 15}  # not the default 9 taps
+
+    @classmethod
     def matched_config(cls, reference, snr_db=None):
         """The reference's key and, where it has them, its filter parameters (``filter_length``, ``blur``,
         ``one_tap``): the same kind of filters over the whole clip instead of a patch."""

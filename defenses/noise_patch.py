@@ -94,6 +94,10 @@ class NoisePatch(Defense):
     POSITION_FIELDS = ("patch_seconds", "patches_per_class", "position_mode", "position_range")
 
     @classmethod
+    def example_config(cls, key):
+        return {"key": key, "snr_db": 20.0}  # not the default 24 dB
+
+    @classmethod
     def matched_config(cls, reference, snr_db=None):
         """The reference's key and, where it has them, its patch positions (the same key and position parameters
         give PosCUDA's patches), at ``snr_db``."""

@@ -391,6 +391,10 @@ class PosCUDA(Defense):
     Config = PosCUDAConfig
 
     @classmethod
+    def example_config(cls, key):
+        return {"key": key, "patches_per_class": 2}  # two patches per clip: their order and positions at work
+
+    @classmethod
     def check_fits(cls, config, clip_seconds):
         check_patches_fit(config, clip_seconds)
 

@@ -20,7 +20,7 @@ def test_built_in_front_ends_are_torchaudios():
     assert torch.equal(FrontEnd(FeatureConfig(type="logmel"), 8000)(x), torch.log(T.MelSpectrogram(8000, **mel)(x) + 1e-6))
     assert torch.equal(FrontEnd(FeatureConfig(type="raw"), 8000)(x), x[:, None])
     assert FeatureConfig(type="raw").raw and not FeatureConfig(type="mfcc").raw
-    assert FRONTENDS.names() == ["logmel", "mfcc", "raw"]
+    assert {"logmel", "mfcc", "raw"} <= set(FRONTENDS.names())  # the built-ins (every one: tests/test_contracts.py)
     with pytest.raises(ValueError, match=r"n_mfcc \(80\) cannot exceed n_mels \(64\)"):
         FeatureConfig(type="mfcc", n_mfcc=80)
 

@@ -105,6 +105,28 @@ def test_gain_jitter_attack(tiny):
     assert attack.record() == {"type": "gain-jitter", "params": {"jitter": 0.1}, "measured": {"batches": 2}}
 
 
+def test_the_contract_suite_checks_the_plugins(tmp_path):
+    """tests/test_contracts.py, run with the plugin module in $LAB_PLUGINS, checks the plugins as it checks the
+    built-ins (it parametrises over the registries after discovery): every contract test of dc-offset and gain-jitter
+    passes, and none is skipped (dc-offset is keyed, rebuilt from its record and file by file; gain-jitter needs no
+    clean clips)."""
+    import xml.etree.ElementTree as ET
+    report = tmp_path / "contracts.xml"
+    proc = lab(python=["-m", "pytest", "tests/test_contracts.py", "-q", "-p", "no:cacheprovider", "-k",
+                       "dc-offset or gain-jitter", f"--junitxml={report}"], plugins=PLUGIN)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    outcome = {}
+    for case in ET.parse(report).getroot().iter("testcase"):
+        failed = [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
+        outcome[case.get("name")] = failed[0] if failed else "passed"
+    ran = {name.split("[")[1].rstrip("]") for name in outcome}
+    assert ran == {"dc-offset", "gain-jitter"}, outcome
+    assert set(outcome.values()) == {"passed"}, outcome
+    defense_tests = {n.split("[")[0] for n in outcome if n.endswith("[dc-offset]")}
+    attack_tests = {n.split("[")[0] for n in outcome if n.endswith("[gain-jitter]")}
+    assert len(defense_tests) >= 6 and len(attack_tests) >= 3, outcome
+
+
 # --- the registry ------------------------------------------------------------------------------------------------
 
 def test_a_registry_fills_itself_on_the_first_question_and_refuses_a_name_twice(tmp_path):

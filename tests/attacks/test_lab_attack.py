@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from attacks import ATTACKS
 from lab.attacking import attack_configs, load_attack_recipe
 from lab.errors import LabError
 
@@ -30,8 +31,8 @@ R = "recipes/fsdd_cnn.yaml"
 
 
 @pytest.mark.parametrize("args, pattern", [
-    ([R, "--type", "augmnt"], "unknown attack 'augmnt' (did you mean 'augment'?); valid: adversarial-training, "
-                              "augment"),
+    ([R, "--type", "augmnt"], "unknown attack 'augmnt' (did you mean 'augment'?); valid: "
+                              + ", ".join(ATTACKS.names())),
     ([R, "--type", "partial", "-o", "fraction=1.5"], "attack (partial).fraction: Input should be less than or equal "
                                                      "to 1"),
     ([R, "--type", "adversarial-training", "-o", "eps=-0.1"], "eps: Input should be greater than or equal to 0"),
@@ -220,14 +221,21 @@ def test_attack_training_paths_define_no_validation_step(fsdd_dir):
 
 @pytest.mark.slow
 def test_lab_attack_all_on_fsdd(fsdd_dir, tmp_path):
+    import attacks
     proc = lab("attack", R, "--type", "all", *TINY, "--defenses", "poscuda", "--out", str(tmp_path),
                env_root=fsdd_dir.parent)
     assert proc.returncode == 0, proc.stderr
     (run,) = list(tmp_path.glob("fsdd_cnn/attack-all-*"))
     results = json.loads((run / "results.json").read_text())
-    expected = {"no attack", "adversarial-training", "augment", "clean-finetune 1%", "clean-finetune 5%", "codec",
-                "early-stop", "filter-adversarial", "filter-estimate", "mixed-position", "partial", "sharpen-lowpass"}
-    assert set(results["columns"]) == expected
+    # every registered attack is a column (its variants after its name), no attack first; each has its record
+    columns = results["columns"]
+    assert columns[0] == "no attack" and len(set(columns)) == len(columns)
+    assert {c.split(" ")[0] for c in columns[1:]} == set(attacks.ATTACKS.names())
+    assert set(results["attack_records"]["poscuda"]) == set(attacks.ATTACKS.names())
+    for name in attacks.ATTACKS.names():  # one column, its name, unless after_training names variants
+        if attacks.ATTACKS.get(name).after_training is attacks.Attack.after_training:
+            assert [c for c in columns if c.split(" ")[0] == name] == [name]
+    assert [c for c in columns if c.startswith("clean-finetune")] == ["clean-finetune 1%", "clean-finetune 5%"]
     estimate = results["attack_records"]["poscuda"]["filter-estimate"][0]["measured"]
     assert estimate["position_hit_rate"] is not None and estimate["filter_cosine_mean"] is not None
     assert results["worst_case"]["poscuda"]["accuracy"] == max(v["mean"] for v in results["accuracy"]["poscuda"].values())

@@ -3,10 +3,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lab.models import MODELS, build_model
+from lab.features import FeatureConfig, FrontEnd
+from lab.frontends import FRONTENDS
+from lab.models import build_model
 from lab.recipe import recipe_from_dict
 
-SHAPES = {"raw": (1, 8000), "mfcc": (40, 101), "logmel": (64, 101)}
+# the feature shape of one second at 8 kHz, for every registered front-end (raw (1, 8000), mfcc (40, 101), ...)
+SHAPES = {name: tuple(FrontEnd(FeatureConfig(type=name), 8000)(torch.zeros(1, 8000)).shape[1:])
+          for name in FRONTENDS.names()}
 
 
 @pytest.mark.parametrize("feature", list(SHAPES))
@@ -14,8 +18,10 @@ SHAPES = {"raw": (1, 8000), "mfcc": (40, 101), "logmel": (64, 101)}
                                    {"type": "lstm"}, {"type": "lstm", "pooling": "last"}, {"type": "transformer"},
                                    {"type": "transformer", "positional": "learned"}])
 def test_forward_and_backward(model, feature):
+    """Configuration variants of the built-in models on every front-end (every registered model with its defaults:
+    tests/test_contracts.py)."""
     cfg = recipe_from_dict({"model": model}).model
-    net = build_model(cfg, SHAPES[feature], 10, feature == "raw", 8000)
+    net = build_model(cfg, SHAPES[feature], 10, FRONTENDS.get(feature).raw, 8000)
     x = torch.randn(3, *SHAPES[feature])
     out = net(x)
     assert out.shape == (3, 10)
@@ -35,7 +41,3 @@ def test_flatten_head_sees_position_global_does_not():
         net = build_model(cfg, (40, 101), 10, False, 8000).eval()
         diff = (net(x) - net(shifted)).abs().max().item()
         assert (diff < 1e-4) == blind, (head, diff)
-
-
-def test_registry_lists_three():
-    assert MODELS.names() == ["cnn", "lstm", "transformer"]

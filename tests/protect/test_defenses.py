@@ -1,7 +1,12 @@
-"""lab protect and lab verify with every defense that can be applied file by file (poscuda, cuda, noise-patch,
-classwise-noise, ar-noise): each file changed only as its defense says, the protection derived at each file's own
-sample rate (a mixed-rate folder), resume, publish safety; defenses that cannot be applied file by file are refused
-in one line naming those that can; ar-noise on real FSDD recordings."""
+"""lab protect and lab verify with every defense that can be applied file by file (those whose protection is marked
+``file_by_file``, read from the registry: no list of names here): each file changed only as its defense says, the
+protection derived at each file's own sample rate (a mixed-rate folder), resume, publish safety; defenses that cannot
+be applied file by file are refused in one line naming those that can; ar-noise on real FSDD recordings.
+
+Each defense runs with the fields of its own ``example_config`` (the declaration the contract tests use too: a
+non-default value worth seeing at work) given as ``--option``; a defense that ``takes_snr`` is checked at the SNR
+its configuration sets. What the test knows of a particular built-in (how cuda filters, where PosCUDA's patches go)
+is checked for that defense; a new file-by-file defense gets every other check."""
 import json
 import shutil
 import stat
@@ -10,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from defenses.base import DEFENSES, Defense, Protection
 from lab.config import PluginConfig
@@ -17,14 +23,15 @@ from lab.errors import LabError
 from lab.keys import fingerprint, resolve_key
 from lab.protect import protect_collection, verify_collection
 from lab.protect.manifest import MANIFEST, locate_record, read_manifest, read_protections
+from lab.protect.protector import file_by_file_defenses
 from tests.protect.conftest import BAD, GOOD, private_record, sha, tree_hashes
 from tests.protect.test_publish import FIXED_KEY, fixed_key, float_forms, published_hits  # noqa: F401 (fixture)
 
-FILE_BY_FILE = ["ar-noise", "classwise-noise", "cuda", "noise-patch", "poscuda"]
-# the fields each test run sets with --option (a non-default value, so that the option is seen to work)
-OPTIONS = {"poscuda": ["patches_per_class=2"], "cuda": ["filter_length=9"], "noise-patch": ["snr_db=20"],
-           "classwise-noise": ["snr_db=20"], "ar-noise": ["snr_db=25"]}
-SNR_DB = {"noise-patch": 20.0, "classwise-noise": 20.0, "ar-noise": 25.0}
+FILE_BY_FILE = file_by_file_defenses()
+# how many values the key made that the search under OUTPUT must have to look for, per built-in defense (a defense
+# not named here: at least one)
+AT_LEAST_DERIVED = {"poscuda": 3 * 2 * 31, "cuda": 3 * 14, "noise-patch": 120, "classwise-noise": 120,
+                    "ar-noise": 3 * 8}
 # the labelled_folder fixture: <label>/<label>J.wav (J = 0, 2, 4: mono) or .flac (J = 1, 3: stereo), 16 kHz for
 # J < 3 and 8 kHz otherwise, 0.5 + 0.1 J seconds
 FILES = [f"{label}/{label}{j}{'.flac' if j % 2 else '.wav'}" for label in ("cat", "dog", "owl") for j in range(5)]
@@ -62,22 +69,31 @@ def derived_values(obj, skip=("params", "defense", "key_fingerprint", "sample_ra
     return floats, texts
 
 
-def derive(kind: str, key_file: Path, options: list[str], rate: int, classes: int = 3):
+def options_of(kind: str) -> dict:
+    """The fields lab protect's test sets with --option: the defense's ``example_config`` without its key."""
+    example = DEFENSES.get(kind).example_config("unused-key-0000")
+    return {k: v for k, v in example.items() if k not in ("key", "key_file")}
+
+
+def config_of(kind: str, key_file: Path):
+    return DEFENSES.get(kind).Config.model_validate({"type": kind, "key_file": str(key_file), **options_of(kind)})
+
+
+def derive(kind: str, key_file: Path, rate: int, classes: int = 3):
     """The protection the test expects at ``rate``, derived here from the key, independently of lab protect."""
-    import yaml
-    fields = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in options)}
-    cfg = DEFENSES.get(kind).Config.model_validate({"type": kind, "key_file": str(key_file), **fields})
-    return DEFENSES.get(kind)(cfg).derive(classes, rate)
+    return DEFENSES.get(kind)(config_of(kind, key_file)).derive(classes, rate)
 
 
-def check_changed_as_the_defense_says(kind, prot, src, dst, cls, rec):
-    """``dst`` (frames, channels) differs from ``src`` only as defense ``kind`` says, for a file of class ``cls``."""
+def check_changed_as_the_defense_says(kind, cfg, prot, src, dst, cls, rec):
+    """``dst`` (frames, channels) differs from ``src`` only as defense ``kind`` (configured as ``cfg``) says, for a
+    file of class ``cls``."""
     assert dst.shape == src.shape and not np.array_equal(dst, src)
     lsb = 2.0 ** -15  # 16-bit files
-    if kind in ("poscuda", "noise-patch"):  # only the patch samples change
+    if "patches" in rec:  # a protection with patches: only the patch samples change
         mask = np.zeros(len(src), dtype=bool)
         for p in rec["patches"]:
-            assert p["length"] == round(0.1 * rec["sample_rate"])  # 0.1 s at the file's own rate
+            if hasattr(cfg, "patch_seconds"):  # patch_seconds at the file's own rate
+                assert p["length"] == round(cfg.patch_seconds * rec["sample_rate"])
             mask[p["start"]:p["start"] + p["length"]] = True
         assert np.array_equal(src[~mask], dst[~mask]) and (src[mask] != dst[mask]).mean() > 0.5
     if kind == "cuda":  # the whole file convolved with the class filter, then peak-normalised (per channel)
@@ -87,9 +103,9 @@ def check_changed_as_the_defense_says(kind, prot, src, dst, cls, rec):
             y /= np.abs(y).max()
             inside = np.abs(y) < 1 - lsb  # 1.0 itself is past 16-bit full scale: clipped (and counted)
             assert np.abs(dst[inside, c] - y[inside]).max() <= lsb
-    if kind in SNR_DB:  # noise at the target SNR (whole file against the added noise), in every channel
+    if DEFENSES.get(kind).takes_snr:  # at the target SNR (whole file against what was added), in every channel
         for c in range(src.shape[1]):
-            assert abs(snr_db(src[:, c], dst[:, c]) - SNR_DB[kind]) < 0.01
+            assert abs(snr_db(src[:, c], dst[:, c]) - cfg.snr_db) < 0.01
     if kind == "classwise-noise":  # the class's pattern for the file's own length, from key + class
         pattern = prot.patterns(len(src))[cls].double().numpy()
         assert np.corrcoef(dst[:, 0] - src[:, 0], pattern)[0, 1] > 0.999
@@ -108,7 +124,8 @@ def check_changed_as_the_defense_says(kind, prot, src, dst, cls, rec):
 @pytest.mark.parametrize("kind", FILE_BY_FILE)
 def test_protect_and_verify_with_each_defense(kind, labelled_folder, fixed_key, tmp_path, cli):
     out = tmp_path / "out"
-    options = [a for o in OPTIONS[kind] for a in ("--option", o)]
+    cfg = config_of(kind, fixed_key)
+    options = [a for f, v in options_of(kind).items() for a in ("--option", f"{f}={json.dumps(v)}")]
     before = tree_hashes(labelled_folder)
     code, stdout, stderr = cli("protect", str(labelled_folder), str(out), "--key-file", str(fixed_key),
                                "--defense", kind, *options, "--workers", "0")
@@ -125,17 +142,20 @@ def test_protect_and_verify_with_each_defense(kind, labelled_folder, fixed_key, 
     record_file = locate_record(out, fixed_key, header["collection_id"], None, earlier=True)
     lines = read_protections(record_file)
     assert sorted(lines) == [8000, 16000]
-    prots = {rate: derive(kind, fixed_key, OPTIONS[kind], rate) for rate in lines}
+    prots = {rate: derive(kind, fixed_key, rate) for rate in lines}
     assert all(lines[rate] == json.loads(json.dumps(prots[rate].to_dict())) for rate in lines)
-    assert header["protection"] == json.loads(json.dumps(derive(kind, fixed_key, OPTIONS[kind], 8000).to_dict()))
+    assert header["protection"] == json.loads(json.dumps(derive(kind, fixed_key, 8000).to_dict()))
 
     by_path = {r["path"]: r for r in records}
     for rel in FILES:
         rec = by_path[rel]
         assert rec["sample_rate"] == (16000 if int(Path(rel).stem[-1]) < 3 else 8000)
-        assert ("patches" in rec) == (kind in ("poscuda", "noise-patch"))
-        check_changed_as_the_defense_says(kind, prots[rec["sample_rate"]], read(labelled_folder / rel),
-                                          read(out / rel), rec["class"], rec)
+        prot = prots[rec["sample_rate"]]
+        # a protection that declares where its patches go (patch_spans) has them written in the record
+        spans = prot.patch_spans(torch.tensor([rec["class"]]), rec["frames"], torch.tensor([rec["frames"]]))
+        assert ("patches" in rec) == (spans is not None)
+        check_changed_as_the_defense_says(kind, cfg, prot, read(labelled_folder / rel), read(out / rel),
+                                          rec["class"], rec)
 
     # a second run resumes: every file already done, nothing rewritten
     hashes = tree_hashes(out)
@@ -164,8 +184,7 @@ def test_protect_and_verify_with_each_defense(kind, labelled_folder, fixed_key, 
             floats |= {float(v) for v in prot.noise[:, :, :40].flatten()}
         if kind == "classwise-noise":
             floats |= {float(v) for v in prot.patterns(8000)[:, :40].flatten()}
-    assert len(floats) >= {"poscuda": 3 * 2 * 31, "cuda": 3 * 8, "noise-patch": 120, "classwise-noise": 120,
-                           "ar-noise": 3 * 8}[kind]
+    assert len(floats) >= AT_LEAST_DERIVED.get(kind, 1)
     starts = {p["start"] for r in records for p in r.get("patches", [])}
     facts = {r[k] for r in records for k in ("frames", "sample_rate", "channels")}
     distinctive = {s for s in starts if s >= 10} - facts
@@ -298,7 +317,9 @@ def test_a_defense_that_cannot_be_applied_file_by_file_is_refused_in_one_line(ki
     code, stdout, stderr = cli("protect", str(labelled_folder), str(out), "--key-file", str(key_file), "--defense",
                                kind)
     assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
-    allowed = sorted(FILE_BY_FILE + ["test-files"])  # from the registry: the test-local one that is marked, too
+    allowed = file_by_file_defenses()  # from the registry: the test-local one that is marked, too
+    assert "test-files" in allowed and "test-whole" not in allowed and "none" not in allowed
+    assert allowed == sorted(set(FILE_BY_FILE) | {"test-files"})
     assert stderr.strip().endswith(f"lab protect can apply: {', '.join(allowed)}") or \
         stderr.strip().endswith(f"it can apply: {', '.join(allowed)}"), stderr
     assert (f"cannot apply the defense {kind!r} file by file" if kind != "no-such-defense" else
