@@ -57,6 +57,11 @@ class TrainingSet:
     settings; ``log`` progress messages; ``description`` the surrogate in words (model, features), for the record;
     ``device`` where the surrogate trains (``cuda`` when the recipe's accelerator is a GPU and one is here, else
     ``cpu``; the clips and the perturbation stay on the CPU).
+
+    For a caller that must survive an interruption (``lab protect``): ``checkpoint``, when given, is called after
+    every round of the optimisation with its whole state (a dict of tensors and plain values that ``torch.save``
+    writes and ``torch.load(weights_only=True)`` reads back); ``resume``, when given, is such a state: the
+    optimisation continues after that round exactly as it would have gone on (see ``defenses._minmin.min_min``).
     """
 
     waveforms: torch.Tensor
@@ -71,6 +76,8 @@ class TrainingSet:
     log: Callable[[str], None] = print
     description: str = ""
     device: str = "cpu"
+    checkpoint: Callable[[dict], None] | None = None
+    resume: dict | None = None
 
 
 class Protection(ABC):

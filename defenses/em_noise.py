@@ -124,6 +124,12 @@ class SampleNoise(Perturbation):
     def store(self, var, idx, y):
         self.noise[idx] = var.detach()
 
+    def state(self):
+        return {"noise": self.noise}
+
+    def restore(self, state):
+        self.noise = state["noise"].to(self.noise)
+
 
 class ClassNoise(Perturbation):
     """One unit-RMS pattern per class (C, T), scaled per clip to the SNR target (then clipped to linf)."""
@@ -152,6 +158,12 @@ class ClassNoise(Perturbation):
 
     def store(self, var, idx, y):
         self.patterns = var.detach()
+
+    def state(self):
+        return {"patterns": self.patterns}
+
+    def restore(self, state):
+        self.patterns = state["patterns"].to(self.patterns)
 
 
 def add_class_noise(x: torch.Tensor, patterns: torch.Tensor, mask: torch.Tensor, snr_db, linf) -> torch.Tensor:

@@ -109,6 +109,12 @@ class ClassFilters(Perturbation):
     def store(self, var, idx, y):
         self.filters = var.detach()
 
+    def state(self):
+        return {"filters": self.filters}
+
+    def restore(self, state):
+        self.filters = state["filters"].to(self.filters)
+
 
 @DEFENSES.register("poscuda-opt")
 class PosCUDAOpt(OptimisedDefense):
