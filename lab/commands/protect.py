@@ -187,7 +187,8 @@ def print_summary(kind: str, s: dict, output_dir: Path) -> None:
     opt = s.get("optimisation")
     if opt is not None:
         acc = f", surrogate accuracy {opt['surrogate_accuracy']:.3f}" if opt["surrogate_accuracy"] is not None else ""
-        console.print(f"{kind}: {opt['how']}: {opt['rounds']} rounds{acc}, on {opt['clips']} working clips "
+        rounds = f"{opt['rounds']} round{'s' if opt['rounds'] != 1 else ''}"
+        console.print(f"{kind}: {opt['how']}: {rounds}{acc}, on {opt['clips']} working clips "
                       f"({opt['working_rate']} Hz, {opt['clip_samples']} samples) in {opt['seconds']:.1f} s (part of "
                       f"the wall time below)")
     speed = f"{s['x_realtime']}x real-time for the newly protected audio" if s["protected"] else "nothing new"

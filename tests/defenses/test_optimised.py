@@ -188,8 +188,8 @@ def test_the_same_key_gives_the_same_noise_and_the_record_reproduces_it(mode):
         Protection.from_dict(record)
 
 
-@pytest.mark.parametrize("cfg", [{"type": "em-noise", "mode": "sample-wise"}, {"type": "em-noise", "mode": "class-wise"},
-                                 {"type": "robust-em", "mode": "class-wise"},
+@pytest.mark.parametrize("cfg", [{"type": "em-noise", "mode": "sample-wise"},
+                                 {"type": "em-noise", "mode": "class-wise"}, {"type": "robust-em", "mode": "class-wise"},
                                  {"type": "poscuda-opt", "patch_seconds": 0.02, "position_range": [0, 0.05]}])
 def test_an_interrupted_min_min_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_does(cfg):
     """The checkpoint a TrainingSet's ``checkpoint`` hook receives after round 1 (saved and loaded back as lab protect
