@@ -210,7 +210,17 @@ def arrays_file(record_path: Path) -> Path:
 
 
 def write_arrays(path: Path, arrays: dict[str, torch.Tensor]) -> str:
-    """``torch.save`` of the arrays to ``path`` (private); returns the file's SHA-256."""
+    """``torch.save`` of the arrays to ``path`` (private); returns the file's SHA-256. A file already there is
+    replaced only when it is an arrays file (named tensors: an interrupted run's), never any other file."""
+    if path.is_symlink() or path.exists():
+        try:
+            old = torch.load(io.BytesIO(read_regular(path, follow=False)), weights_only=True)
+            ours = isinstance(old, dict) and all(isinstance(v, torch.Tensor) for v in old.values())
+        except Exception:
+            ours = False
+        if not ours:
+            raise LabError(f"{path} exists and is not a lab protect arrays file; refusing to overwrite it (choose "
+                           f"another --record PATH: the arrays file goes beside the record)")
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu().contiguous() for k, v in arrays.items()}, buf)
     blob = buf.getvalue()

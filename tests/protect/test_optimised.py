@@ -146,6 +146,10 @@ def test_an_interrupted_optimisation_resumes_after_its_last_round(digits, key_fi
     assert summary["optimisation"]["how"] == "optimised"
     resumed, uninterrupted = arrays_of(out, key_file), arrays_of(reference, key_file)
     assert resumed.keys() == {"noise"} and torch.equal(resumed["noise"], uninterrupted["noise"])
+    noise = resumed["noise"].float()  # nothing of the noise (the float16 values applied) or its sources in OUTPUT
+    floats = {float(v) for row in noise[:3] for v in row[row != 0][1000:1010]}
+    info = private_record(out, key_file)[0]["optimised"]
+    assert len(floats) >= 20 and published_hits(out, floats, (), {*info["sources"], str(key_file.parent)}) == []
     a, b = tree_hashes(out), tree_hashes(reference)
     assert {k: v for k, v in a.items() if k != MANIFEST} == {k: v for k, v in b.items() if k != MANIFEST}
     rounds = [private_record(o, key_file)[0]["protection"]["optimisation"]["rounds"] for o in (out, reference)]
@@ -192,6 +196,9 @@ def test_each_optimised_defense_is_written_at_each_files_own_rate(kind, labelled
     lines = read_protections(path)
     assert sorted(lines) == [8000, 16000] and all(line["working_rate"] == 8000 for line in lines.values())
     prot, working = rebuild(header, path, header["key_fingerprint"])
+    if kind == "poscuda-opt":  # its optimised taps are in the record's JSON, never under OUTPUT
+        taps = {v for cls in header["protection"]["filters"] for f in cls for v in f if v not in (0.0, 1.0)}
+        assert len(taps) > 50 and published_hits(out, taps) == []
     for r in records:
         src, dst = read(labelled_folder / r["path"]), read(out / r["path"])
         assert dst.shape == src.shape and not np.array_equal(dst, src)
@@ -254,6 +261,15 @@ def test_mistakes_are_one_line_errors(args, message, digits, key_file, tmp_path,
     code, _, stderr = cli("protect", str(digits), str(tmp_path / "out"), "--key-file", str(key_file), *base, *args)
     assert code == 2 and len(stderr.strip().splitlines()) == 1 and message in " ".join(stderr.split()), stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_arrays_file_never_replaces_a_file_of_the_owners(digits, key_file, tmp_path):
+    record = tmp_path / "mine.jsonl"
+    (tmp_path / "mine.arrays.pt").write_text("my own notes")
+    with pytest.raises(LabError, match="is not a lab protect arrays file; refusing to overwrite it"):
+        protect_collection(digits, tmp_path / "out", key_file, record=record, workers=0,
+                           defense={"type": "em-noise", "mode": "class-wise", **TINY})
+    assert (tmp_path / "mine.arrays.pt").read_text() == "my own notes"
 
 
 def test_too_few_files_in_a_class_is_one_line(digits, key_file, tmp_path, cli):
