@@ -120,6 +120,14 @@ class Perturbation:
         """Keep the optimised ``var`` as the perturbation's current state."""
         raise NotImplementedError
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The perturbation's current state (what :meth:`store` keeps), name -> tensor, for a checkpoint."""
+        raise NotImplementedError
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        """Put back a :meth:`state` (a resumed optimisation)."""
+        raise NotImplementedError
+
     def current(self, idx, x, y, lengths) -> torch.Tensor:
         with torch.no_grad():
             return self.perturbed(self.variable(idx, y), idx, x, y, lengths)
@@ -175,7 +183,12 @@ def min_min(data: TrainingSet, pert: Perturbation, seed: int, steps: int = 10, t
             stop_accuracy: float = 0.99, max_rounds: int = 10, min_rounds: int = 1, rho: float = 0.0,
             rho_steps: int = 3, batch_size: int | None = None, log: Callable[[str], None] | None = None) -> dict:
     """Run the min-min loop (module docstring) on ``pert``; returns what happened (rounds, accuracy per round,
-    seconds, whether the stop rule was met), for the protection's record."""
+    seconds, whether the stop rule was met), for the protection's record.
+
+    After every round ``data.checkpoint`` (when given) receives the loop's whole state (:func:`round_state`: the
+    perturbation, the surrogate's weights and optimiser, the generators, the batch order, the history); with
+    ``data.resume`` set to such a state the loop continues after its round: in one process, an interrupted
+    optimisation resumed from its last checkpoint ends exactly where an uninterrupted one does (tested)."""
     log = log or data.log
     n = len(data.labels)
     bs = batch_size or data.batch_size
@@ -183,46 +196,107 @@ def min_min(data: TrainingSet, pert: Perturbation, seed: int, steps: int = 10, t
     torch.manual_seed(seed)
     model = data.new_surrogate().to(data.device)
     opt = torch.optim.Adam(model.parameters(), lr=data.lr, weight_decay=data.weight_decay)
-    order = torch.randperm(n, generator=gen)
-    cursor = 0
-    history = []
-    started = time.perf_counter()
-    stopped = False
-    for round_ in range(1, max_rounds + 1):
-        model.train()
-        for _ in range(train_batches):  # the surrogate learns the currently perturbed data
-            if cursor + bs > n:
-                order, cursor = torch.randperm(n, generator=gen), 0
-            idx = order[cursor:cursor + bs]
-            cursor += bs
-            x, y, ln = data.waveforms[idx], data.labels[idx], data.lengths[idx]
-            xp = pert.current(idx, x, y, ln)
-            if rho > 0:
-                xp = xp + adversarial(model, xp, y, rho, rho_steps, gen)
-            loss = F.cross_entropy(model(_on(model, xp)), _on(model, y))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        model.eval()
-        for idx in torch.randperm(n, generator=gen).split(bs):  # the perturbation descends on every clip
-            x, y, ln = data.waveforms[idx], data.labels[idx], data.lengths[idx]
-            var = pert.variable(idx, y)
-            for _ in range(steps):
-                v = var.detach().requires_grad_(True)
-                xp = pert.perturbed(v, idx, x, y, ln)
-                if rho > 0:
-                    xp = xp + adversarial(model, xp.detach(), y, rho, rho_steps, gen)
-                loss = F.cross_entropy(model(_on(model, xp)), _on(model, y))
-                (g,) = torch.autograd.grad(loss, v)
-                var = pert.descend(v.detach(), g, idx, y)
-            pert.store(var, idx, y)
-        acc = accuracy(model, pert, data)
-        history.append({"round": round_, "train_accuracy": round(acc, 4),
-                        "seconds": round(time.perf_counter() - started, 1)})
-        log(f"  min-min round {round_}: surrogate accuracy on the perturbed training clips {acc:.3f} "
-            f"({time.perf_counter() - started:.0f} s)")
-        if acc >= stop_accuracy and round_ >= min_rounds:
-            stopped = True
+    loop = {"round": 0, "order": torch.randperm(n, generator=gen), "cursor": 0, "history": [], "stopped": False,
+            "seconds": 0.0}
+    if data.resume is not None:
+        loop = resume_state(data.resume, model, opt, gen, pert)
+    started = time.perf_counter() - loop["seconds"]
+    for round_ in range(loop["round"] + 1, max_rounds + 1):
+        if loop["stopped"]:
             break
-    return {"rounds": history, "stop_rule_met": stopped, "seconds": round(time.perf_counter() - started, 1),
-            "surrogate": data.description, "seed_source": "key", "device": str(data.device)}
+        train_surrogate(model, opt, pert, data, loop, gen, train_batches, bs, rho, rho_steps)
+        descend_all(model, pert, data, gen, bs, steps, rho, rho_steps)
+        acc = accuracy(model, pert, data)
+        loop["seconds"] = time.perf_counter() - started
+        loop["history"].append({"round": round_, "train_accuracy": round(acc, 4),
+                                "seconds": round(loop["seconds"], 1)})
+        log(f"  min-min round {round_}: surrogate accuracy on the perturbed training clips {acc:.3f} "
+            f"({loop['seconds']:.0f} s)")
+        loop["round"] = round_
+        loop["stopped"] = acc >= stop_accuracy and round_ >= min_rounds
+        if data.checkpoint is not None:
+            data.checkpoint(round_state(loop, model, opt, gen, pert))
+    return {"rounds": loop["history"], "stop_rule_met": loop["stopped"],
+            "seconds": round(time.perf_counter() - started, 1), "surrogate": data.description,
+            "seed_source": "key", "device": str(data.device)}
+
+
+def train_surrogate(model, opt, pert: Perturbation, data: TrainingSet, loop: dict, gen: torch.Generator,
+                    train_batches: int, bs: int, rho: float, rho_steps: int) -> None:
+    """A round's first half: the surrogate learns the currently perturbed data for ``train_batches`` batches (the
+    batch order and its cursor live in ``loop``, across rounds)."""
+    n = len(data.labels)
+    model.train()
+    for _ in range(train_batches):
+        if loop["cursor"] + bs > n:
+            loop["order"], loop["cursor"] = torch.randperm(n, generator=gen), 0
+        idx = loop["order"][loop["cursor"]:loop["cursor"] + bs]
+        loop["cursor"] += bs
+        x, y, ln = data.waveforms[idx], data.labels[idx], data.lengths[idx]
+        xp = pert.current(idx, x, y, ln)
+        if rho > 0:
+            xp = xp + adversarial(model, xp, y, rho, rho_steps, gen)
+        loss = F.cross_entropy(model(_on(model, xp)), _on(model, y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def descend_all(model, pert: Perturbation, data: TrainingSet, gen: torch.Generator, bs: int, steps: int,
+                rho: float, rho_steps: int) -> None:
+    """A round's second half: for every batch, ``steps`` descent steps of the perturbation on the surrogate's
+    loss."""
+    model.eval()
+    for idx in torch.randperm(len(data.labels), generator=gen).split(bs):
+        x, y, ln = data.waveforms[idx], data.labels[idx], data.lengths[idx]
+        var = pert.variable(idx, y)
+        for _ in range(steps):
+            v = var.detach().requires_grad_(True)
+            xp = pert.perturbed(v, idx, x, y, ln)
+            if rho > 0:
+                xp = xp + adversarial(model, xp.detach(), y, rho, rho_steps, gen)
+            loss = F.cross_entropy(model(_on(model, xp)), _on(model, y))
+            (g,) = torch.autograd.grad(loss, v)
+            var = pert.descend(v.detach(), g, idx, y)
+        pert.store(var, idx, y)
+
+
+def round_state(loop: dict, model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+                pert: Perturbation) -> dict:
+    """Everything the loop needs to go on after this round, as tensors and plain values (on the CPU)."""
+    state = {"round": loop["round"], "stopped": loop["stopped"], "seconds": loop["seconds"],
+             "history": [dict(h) for h in loop["history"]], "cursor": loop["cursor"],
+             "order": loop["order"].clone(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+             "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+             "optimizer": _on_cpu(opt.state_dict()), "perturbation": {k: v.detach().cpu().clone()
+                                                                      for k, v in pert.state().items()}}
+    if next(model.parameters()).is_cuda:
+        state["cuda_rng"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _on_cpu(obj):
+    """``obj`` (nested dicts, lists, tuples) with every tensor copied to the CPU: a checkpoint loads anywhere."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj
+
+
+def resume_state(state: dict, model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+                 pert: Perturbation) -> dict:
+    """Put the surrogate, its optimiser, the generators and the perturbation back as :func:`round_state` saw them;
+    returns the loop's own state."""
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_rng"])
+    pert.restore(state["perturbation"])
+    return {"round": int(state["round"]), "order": state["order"], "cursor": int(state["cursor"]),
+            "history": [dict(h) for h in state["history"]], "stopped": bool(state["stopped"]),
+            "seconds": float(state["seconds"])}

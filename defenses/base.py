@@ -20,6 +20,7 @@ has a default in the base classes; a plugin overrides only what it has, see docs
 """
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
@@ -58,6 +59,11 @@ class TrainingSet:
     settings; ``log`` progress messages; ``description`` the surrogate in words (model, features), for the record;
     ``device`` where the surrogate trains (``cuda`` when the recipe's accelerator is a GPU and one is here, else
     ``cpu``; the clips and the perturbation stay on the CPU).
+
+    For a caller that must survive an interruption (``lab protect``): ``checkpoint``, when given, is called after
+    every round of the optimisation with its whole state (a dict of tensors and plain values that ``torch.save``
+    writes and ``torch.load(weights_only=True)`` reads back); ``resume``, when given, is such a state: the
+    optimisation continues after that round exactly as it would have gone on (see ``defenses._minmin.min_min``).
     """
 
     waveforms: torch.Tensor
@@ -72,6 +78,34 @@ class TrainingSet:
     log: Callable[[str], None] = print
     description: str = ""
     device: str = "cpu"
+    checkpoint: Callable[[dict], None] | None = None
+    resume: dict | None = None
+
+
+def samples_hash(samples: torch.Tensor) -> str:
+    """SHA-256 of a whole file's decoded samples (channels, frames), as float32, with the shape: how a protection
+    optimised on a collection finds the file a training clip came from (:class:`WorkingClips`)."""
+    x = samples.detach().cpu().to(torch.float32).contiguous()
+    digest = hashlib.sha256(f"{x.shape[0]}x{x.shape[1]}:".encode())
+    digest.update(x.numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class WorkingClips:
+    """How ``lab protect`` made the training clips of a defense that ``needs_training_set`` out of a collection's
+    files, so that what was optimised on them can be written onto the files themselves
+    (:meth:`Protection.files_at`): every file decoded, its channels averaged (mono), resampled to ``sample_rate``,
+    its first ``clip_samples`` kept (a shorter one zero-padded at its end). Training row ``i`` came from the file
+    whose decoded samples hash to ``sources[i]`` (:func:`samples_hash`). ``arrays``: the private file where lab
+    protect keeps the protection's :meth:`Protection.arrays` (``torch.save`` of that dict, beside the record), so
+    that a file-level protection sent to worker processes may load large tensors from it (memory-mapped) instead
+    of carrying them; None: carry them."""
+
+    sample_rate: int
+    clip_samples: int
+    sources: tuple[str, ...]
+    arrays: str | None = None
 
 
 class Protection(ABC):
@@ -155,6 +189,18 @@ class Protection(ABC):
         it (PosCUDA: one batched convolution for a chunk of files); the contract tests check the equality."""
         return [self.apply(x, torch.full((x.shape[0],), c, dtype=torch.long),
                            torch.full((x.shape[0],), x.shape[1], dtype=torch.long)) for x, c in files]
+
+    on_collection: ClassVar[bool] = False
+    """True for a protection optimised on a collection (its defense ``needs_training_set``) that ``lab protect`` can
+    write onto the collection's own files, each at its own sample rate and length, through :meth:`files_at`."""
+
+    def files_at(self, sample_rate: int, working: WorkingClips) -> "Protection":
+        """For a protection that is ``on_collection``, optimised on the :class:`WorkingClips` ``working``: the
+        ``file_by_file`` protection lab protect applies to the collection's files of ``sample_rate`` (rows = one
+        file's channels, lengths = its frames), with everything it needs to say in its ``to_dict`` how it maps what
+        was optimised onto a file (lab verify compares it). It must be a function of this protection, the rate
+        and ``working`` alone (verify rebuilds it from the private record)."""
+        raise NotImplementedError(f"a {type(self).__name__} cannot be written onto a collection's files")
 
     def file_patches(self, files: list[tuple[int, int]]) -> list[list[dict] | None]:
         """For files ``(class, frames)``: where the protection puts its patches in each, as the private record

@@ -36,9 +36,14 @@ What is recorded, and where: sample-wise noise is one tensor per training clip, 
 ``protection.pt`` (:meth:`Protection.arrays`; the values applied are exactly these float16 values), with the SHA-256
 of each clip's real samples in ``protection.json`` to find its noise again. Applied to a clip it was not optimised
 for (the test set, a new file), sample-wise noise changes nothing: it exists only for the training clips, so its
-``protected_test`` equals ``clean_test``. Class-wise noise applies to any clip of a known class. Neither can be
-applied by ``lab protect`` (the noise is optimised on the whole collection, not derived from the key file by file);
-the noise is as secret as the key: it never goes into a folder meant for publishing.
+``protected_test`` equals ``clean_test``. Class-wise noise applies to any clip of a known class. The noise is as
+secret as the key: it never goes into a folder meant for publishing.
+
+``lab protect`` optimises it on a collection's own files (mono working clips at one rate, see
+lab/protect/optimise.py) and writes it onto each file at the file's own rate and length (:class:`EMNoiseFiles`,
+:data:`MAPPING`): class-wise, the class pattern resampled, repeated over the file and scaled per channel to
+``snr_db``; sample-wise, the noise of the file's own working clip resampled and added to the part of the file the
+clip came from, then held to the budget per channel.
 """
 from __future__ import annotations
 
@@ -50,7 +55,8 @@ import torch
 from pydantic import Field, SecretStr, model_validator
 
 from defenses._minmin import MinMinSettings, OptimisedDefense, Perturbation, span_mask
-from defenses.base import DEFENSES, Protection, TrainingSet
+from defenses.base import DEFENSES, Protection, TrainingSet, WorkingClips, samples_hash
+from defenses.budget import limit_change
 from lab.config import PluginConfig
 from lab.keys import fingerprint
 
@@ -124,6 +130,12 @@ class SampleNoise(Perturbation):
     def store(self, var, idx, y):
         self.noise[idx] = var.detach()
 
+    def state(self):
+        return {"noise": self.noise}
+
+    def restore(self, state):
+        self.noise = state["noise"].to(self.noise)
+
 
 class ClassNoise(Perturbation):
     """One unit-RMS pattern per class (C, T), scaled per clip to the SNR target (then clipped to linf)."""
@@ -153,6 +165,12 @@ class ClassNoise(Perturbation):
     def store(self, var, idx, y):
         self.patterns = var.detach()
 
+    def state(self):
+        return {"patterns": self.patterns}
+
+    def restore(self, state):
+        self.patterns = state["patterns"].to(self.patterns)
+
 
 def add_class_noise(x: torch.Tensor, patterns: torch.Tensor, mask: torch.Tensor, snr_db, linf) -> torch.Tensor:
     """``x`` plus each row's class pattern on its real audio, scaled to ``snr_db`` exactly (else left at unit RMS),
@@ -172,6 +190,7 @@ class EMNoiseProtection(Protection):
     """Optimised noise and how to add it again (sample-wise: by each clip's content hash)."""
 
     name = "em-noise"
+    on_collection = True  # lab protect writes it onto a collection's files: see files_at
 
     def __init__(self, params: dict, key_fingerprint: str, sample_rate: int, num_classes: int, optimisation: dict,
                  noise: torch.Tensor | None = None, hashes: list[str] | None = None,
@@ -240,6 +259,91 @@ class EMNoiseProtection(Protection):
         return cls(record["params"], record["key_fingerprint"], record["sample_rate"], record["num_classes"],
                    record["optimisation"], noise=arrays.get("noise"), hashes=record.get("clip_sha256"),
                    patterns=arrays.get("patterns"))
+
+
+    def files_at(self, sample_rate: int, working: WorkingClips) -> "EMNoiseFiles":
+        return EMNoiseFiles(self, sample_rate, working)
+
+
+MAPPING = {
+    "class-wise": "the file's class pattern (arrays 'patterns', a row per class, at working_rate) resampled to the "
+                  "file's sample_rate (torchaudio.functional.resample), repeated to the file's length, scaled per "
+                  "channel to snr_db exactly (silent channels get none), clipped to linf, added to every channel",
+    "sample-wise": "the noise of the file's own working clip (arrays 'noise', the row whose entry in the record's "
+                   "optimised.sources is the SHA-256 of the file's decoded samples, see defenses.base.samples_hash) "
+                   "resampled from working_rate to the file's sample_rate (torchaudio.functional.resample), added to "
+                   "the file's first frames (the part its working clip came from) in every channel, then scaled down "
+                   "per channel until its SNR >= snr_db, clipped to linf",
+}
+
+
+_MAPPED: dict[tuple, torch.Tensor] = {}  # one arrays file per process (lab protect's run), memory-mapped
+
+
+def mapped_noise(path: str) -> torch.Tensor:
+    """The sample-wise noise of lab protect's arrays file ``path``, memory-mapped, loaded once per process (lab
+    verify unpickles the protection for every file: it would otherwise map the file again each time)."""
+    st = Path(path).stat()
+    key = (path, st.st_mtime_ns, st.st_size)
+    if key not in _MAPPED:
+        _MAPPED.clear()
+        _MAPPED[key] = torch.load(path, mmap=True, weights_only=True)["noise"]
+    return _MAPPED[key]
+
+
+class EMNoiseFiles(Protection):
+    """em-noise optimised by lab protect on a collection's working clips, written onto the collection's own files
+    at ``sample_rate`` (:meth:`EMNoiseProtection.files_at`; :data:`MAPPING` says how). The rows given to
+    :meth:`apply` are the channels of ONE file (as lab protect's worker gives them)."""
+
+    file_by_file = True
+
+    def __init__(self, source: EMNoiseProtection, sample_rate: int, working: WorkingClips):
+        self.defense, self.params, self.mode = source.name, source.params, source.mode
+        self.key_fingerprint, self.num_classes = source.key_fingerprint, source.num_classes
+        self.sample_rate, self.working_rate, self.clip_samples = sample_rate, working.sample_rate, working.clip_samples
+        self.arrays_file = working.arrays
+        self.rows = {h: i for i, h in enumerate(working.sources)} if self.mode == "sample-wise" else {}
+        self._noise = source.noise
+        self.patterns = None
+        if self.mode == "class-wise":
+            self.patterns = self.resampled(source.patterns.float())
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if self.arrays_file is not None:
+            state["_noise"] = None  # a worker loads it from the private arrays file (memory-mapped), on first use
+        return state
+
+    def resampled(self, x: torch.Tensor) -> torch.Tensor:
+        import torchaudio.functional as AF
+        return AF.resample(x, self.working_rate, self.sample_rate) if self.sample_rate != self.working_rate else x
+
+    def noise_row(self, row: int) -> torch.Tensor:
+        if self._noise is None:
+            self._noise = mapped_noise(self.arrays_file)
+        d = self._noise[row].float()
+        return d.clamp(-self.params["linf"], self.params["linf"]) if self.params["linf"] is not None else d
+
+    def apply(self, waveforms, labels, lengths=None, **ablation):
+        channels, n = waveforms.shape
+        if self.mode == "class-wise":
+            reps = -(-n // self.patterns.shape[1])
+            pattern = self.patterns.repeat(1, reps)[:, :n][labels.long()].to(waveforms.dtype)
+            return add_class_noise(waveforms, pattern, torch.ones_like(waveforms), self.params["snr_db"],
+                                   self.params["linf"])
+        row = self.rows.get(samples_hash(waveforms))
+        if row is None:
+            raise ValueError("no optimised noise for this file: it is not one of the files the noise was optimised "
+                             "on (protect the changed collection into a new OUTPUT)")
+        d = self.resampled(self.noise_row(row))[:n]
+        d = torch.nn.functional.pad(d, (0, n - len(d))).to(waveforms.dtype)
+        return limit_change(waveforms, waveforms + d[None], self.params["snr_db"], self.params["linf"])
+
+    def to_dict(self) -> dict:
+        return {"defense": self.defense, "params": self.params, "key_fingerprint": self.key_fingerprint,
+                "num_classes": self.num_classes, "sample_rate": self.sample_rate, "working_rate": self.working_rate,
+                "clip_samples": self.clip_samples, "mapping": MAPPING[self.mode]}
 
 
 class RobustEMProtection(EMNoiseProtection):

@@ -18,8 +18,9 @@ the constraint set under the optimiser) and ``repeat_seconds`` off. The position
 
 Everything random (the starting filters: PosCUDA's; the surrogate's weights and batches) comes from the key. The
 record is PosCUDA's (positions, optimised filters) plus the budget and the optimisation's history; it is as secret
-as the key. It is not applied by ``lab protect``: the filters are optimised on the collection, not derived from the
-key file by file.
+as the key. The filters cannot be derived from the key file by file, but ``lab protect`` optimises them on a
+collection's own files (lab/protect/optimise.py) and writes them onto every file at its own rate
+(:class:`PosCUDAOptFiles`: PosCUDA's patches at the file's rate, the budget per channel over the whole file).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import torch
 from pydantic import Field, model_validator
 
 from defenses._minmin import MinMinSettings, OptimisedDefense, Perturbation
-from defenses.base import DEFENSES, TrainingSet
+from defenses.base import DEFENSES, Protection, TrainingSet, WorkingClips
 from defenses.budget import limit_change
 from defenses.poscuda import PosCUDA, PosCUDAConfig, PosCUDAProtection, check_patches_fit, convolve_patches
 from lab.keys import fingerprint
@@ -59,7 +60,8 @@ class PosCUDAOptProtection(PosCUDAProtection):
     """PosCUDA's positions with optimised filters, and the per-clip budget."""
 
     name = "poscuda-opt"
-    file_by_file = False  # the filters are optimised on the data: lab protect cannot derive them from the key
+    file_by_file = False  # the filters are optimised on the data: lab protect cannot derive them from the key ...
+    on_collection = True  # ... but it can optimise them on a collection and write them onto its files (files_at)
 
     def __init__(self, params, key_fingerprint, sample_rate, positions, filters, optimisation: dict | None = None):
         super().__init__(params, key_fingerprint, sample_rate, positions, filters)
@@ -77,6 +79,32 @@ class PosCUDAOptProtection(PosCUDAProtection):
         return cls(record["params"], record["key_fingerprint"], record["sample_rate"],
                    torch.tensor(record["positions"], dtype=torch.float64),
                    torch.tensor(record["filters"], dtype=torch.float32), record.get("optimisation"))
+
+
+    def files_at(self, sample_rate: int, working: WorkingClips) -> "PosCUDAOptFiles":
+        return PosCUDAOptFiles(self.params, self.key_fingerprint, sample_rate, self.positions, self.filters,
+                               self.optimisation, working.sample_rate)
+
+
+class PosCUDAOptFiles(PosCUDAOptProtection):
+    """poscuda-opt optimised by lab protect on a collection's working clips, written onto its files at
+    ``sample_rate``: PosCUDA's positions (seconds, or fractions of each file's length) and the optimised filters
+    (taps are per sample: the same at every rate), the patch ``patch_seconds`` long at the file's rate, then each
+    channel's change held to the budget (``snr_db``, ``linf``) over the whole file."""
+
+    file_by_file = True
+
+    def __init__(self, params, key_fingerprint, sample_rate, positions, filters, optimisation, working_rate: int):
+        super().__init__(params, key_fingerprint, sample_rate, positions, filters, optimisation)
+        self.working_rate = working_rate
+
+    def apply_files(self, files):
+        return Protection.apply_files(self, files)  # file by file: the budget is each file's own
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "working_rate": self.working_rate,
+                "mapping": "PosCUDA's patches at the file's own rate with the optimised filters, then every "
+                           "channel's change scaled down until its SNR >= snr_db (whole file), clipped to linf"}
 
 
 class ClassFilters(Perturbation):
@@ -108,6 +136,12 @@ class ClassFilters(Perturbation):
 
     def store(self, var, idx, y):
         self.filters = var.detach()
+
+    def state(self):
+        return {"filters": self.filters}
+
+    def restore(self, state):
+        self.filters = state["filters"].to(self.filters)
 
 
 @DEFENSES.register("poscuda-opt")

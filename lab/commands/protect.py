@@ -36,8 +36,8 @@ def _progress(label: str):
 def defense_fields(kind: str) -> list[str]:
     """The fields of defense ``kind`` that lab protect lets the command line set (all but the key); a defense lab
     protect cannot apply is refused here, in one line naming those it can."""
-    from lab.protect.protector import cannot_apply, defense_fields_of, file_by_file_defenses
-    if kind not in file_by_file_defenses():
+    from lab.protect.protector import applicable_defenses, cannot_apply, defense_fields_of
+    if kind not in applicable_defenses():
         raise cannot_apply(kind)
     return defense_fields_of(kind)
 
@@ -77,15 +77,19 @@ def protect(
                                "'regex:PATTERN' (group 1 of the file name, e.g. 'regex:^(\\d+)_' for FSDD), a CSV "
                                "file of path,label rows, or 'none' (unlabelled: one key-wide position and filter)."),
     defense: Optional[str] = typer.Option(None, "--defense", metavar="TYPE", help="The defense to apply: poscuda "
-                                          "(the default, or the recipe's), or another that can be applied file by "
-                                          "file, e.g. cuda, noise-patch, classwise-noise, ar-noise (one that cannot "
-                                          "is refused, naming those that can). Its fields: --option, or --recipe."),
+                                          "(the default, or the recipe's), another that can be applied file by "
+                                          "file, e.g. cuda, noise-patch, classwise-noise, ar-noise, or one optimised "
+                                          "on the collection itself first (resumable), e.g. em-noise, robust-em, "
+                                          "poscuda-opt (one lab protect cannot apply is refused, naming those it "
+                                          "can). Its fields: --option, or --recipe."),
     option: Optional[List[str]] = typer.Option(None, "--option", "-o", metavar="FIELD=VALUE", help="Set a field of "
                                                "the defense, the value read as YAML (e.g. -o blur=0.5, -o "
                                                "filter_length=63, -o position_range=[0,0.3], -o repeat_seconds=2, "
                                                "-o snr_db=20); repeatable; an unknown field is refused naming the "
                                                "defense's fields (`lab list` shows them). The key comes from "
-                                               "--key-file only."),
+                                               "--key-file only. Optimised defenses also take working_rate (Hz, "
+                                               "default 8000) and clip_seconds (default 1) for the clips they are "
+                                               "optimised on."),
     recipe: Optional[Path] = typer.Option(None, help="Take the defense (type and parameters) from this recipe's "
                                           "defense section (options given here override them)."),
     workers: Optional[int] = typer.Option(None, help="Worker processes (default: CPU count; 0: none)."),
@@ -103,7 +107,11 @@ def protect(
 
     The defense is PosCUDA unless --defense (or --recipe) names another that can be applied file by file (cuda,
     noise-patch, classwise-noise, ar-noise); each file gets the defense's own protection derived from the key at the
-    file's sample rate, its channels as rows of the file's class. OUTPUT is safe to publish: it holds the copies,
+    file's sample rate, its channels as rows of the file's class. A defense optimised on the data (em-noise,
+    robust-em, poscuda-opt) is first optimised on the collection itself (mono working clips at working_rate,
+    clip_seconds long; a private checkpoint after every round, so the same command resumes it), then written onto
+    every file at its own rate and length; the optimised noise or filters go only to the private record and an
+    arrays file beside it. OUTPUT is safe to publish: it holds the copies,
     manifest.jsonl (file list, hashes, key fingerprint) and, with --metadata, metadata.csv and README.md (a
     dataset card naming the classes). The record (see
     --record) reveals the protection: keep it private, like the key. Each file keeps its format, sample rate,
@@ -111,8 +119,23 @@ def protect(
     are written under a temporary name and renamed when complete; running the same command again resumes,
     skipping files already done and verified. Corrupt or empty files are reported and skipped (exit code 1).
     """
-    from lab.errors import LabError
     from lab.protect import protect_collection
+    kind, options = defense_options(recipe, defense, option or [])
+    console.print(f"[bold]lab protect[/bold] {input_dir} -> {output_dir} (defense: {kind}, labels: {labels})")
+    callback, bar = _progress("protecting")
+    with bar:
+        summary = protect_collection(input_dir, output_dir, key_file, labels=labels, defense=options,
+                                     workers=workers, fsync=fsync, record=record, metadata=metadata, log=log,
+                                     progress=callback)
+    print_summary(kind, summary, output_dir)
+    if summary["failed"]:
+        raise typer.Exit(1)
+
+
+def defense_options(recipe: Path | None, defense: str | None, option: list[str]) -> tuple[str, dict]:
+    """The defense lab protect is asked for and its options, from --recipe, --defense and --option (validated by
+    the defense's own config when the run builds it); each mistake one line."""
+    from lab.errors import LabError
     options: dict = {}
     if recipe is not None:
         from lab.recipe import load_recipe
@@ -123,18 +146,20 @@ def protect(
     kind = defense or options.get("type") or "poscuda"
     options["type"] = kind
     defense_fields(kind)  # a defense lab protect cannot apply is refused here, naming those it can
-    options.update(parse_options(option or []))  # fields are validated with the defense's config (did you mean)
-    console.print(f"[bold]lab protect[/bold] {input_dir} -> {output_dir} (defense: {kind}, labels: {labels})")
-    callback, bar = _progress("protecting")
-    with bar:
-        summary = protect_collection(input_dir, output_dir, key_file, labels=labels, defense=options,
-                                     workers=workers, fsync=fsync, record=record, metadata=metadata, log=log,
-                                     progress=callback)
-    print_summary(summary, output_dir)
+    options.update(parse_options(option))  # fields are validated with the defense's config (did you mean)
+    return kind, options
 
 
-def print_summary(s: dict, output_dir: Path) -> None:
-    """What a lab protect run did, for people; exit code 1 when some files could not be protected."""
+def print_summary(kind: str, s: dict, output_dir: Path) -> None:
+    """What lab protect did, for a person: the optimisation (optimised defenses), the counts, what is public and
+    what is private, the files that failed (exit code 1 when there are any)."""
+    opt = s.get("optimisation")
+    if opt is not None:
+        acc = f", surrogate accuracy {opt['surrogate_accuracy']:.3f}" if opt["surrogate_accuracy"] is not None else ""
+        rounds = f"{opt['rounds']} round{'s' if opt['rounds'] != 1 else ''}"
+        console.print(f"{kind}: {opt['how']}: {rounds}{acc}, on {opt['clips']} working clips "
+                      f"({opt['working_rate']} Hz, {opt['clip_samples']} samples) in {opt['seconds']:.1f} s (part of "
+                      f"the wall time below)")
     speed = f"{s['x_realtime']}x real-time for the newly protected audio" if s["protected"] else "nothing new"
     console.print(f"protected {s['protected']} files, {s['already_done']} already done (verified and kept), "
                   f"{len(s['failed'])} failed; {s['audio_seconds']:.1f} s of audio in {s['wall_seconds']:.2f} s "
@@ -148,13 +173,13 @@ def print_summary(s: dict, output_dir: Path) -> None:
     console.print(f"public (safe to publish): {output_dir}, with manifest {s['manifest']}"
                   + (f" and {s['metadata']}" if s["metadata"] else "")
                   + (f" and dataset card {s['card']}" if s["card"] else ""), highlight=False)
-    console.print(f"private (keep it with the key, never publish it): record {s['record']}", highlight=False)
+    console.print(f"private (keep it with the key, never publish it): record {s['record']}"
+                  + (f" and its arrays {opt['arrays']}" if opt is not None else ""), highlight=False)
+    for f in s["failed"]:
+        console.print(f"[red]failed[/red] {f['path']}: {f['error']}", highlight=False)
     if s["failed"]:
-        for f in s["failed"]:
-            console.print(f"[red]failed[/red] {f['path']}: {f['error']}", highlight=False)
         console.print(f"[bold red]{len(s['failed'])} file(s) could not be protected[/bold red] (listed above and in "
                       f"the record); the rest are done")
-        raise typer.Exit(1)
 
 
 @app.command()

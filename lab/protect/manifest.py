@@ -53,11 +53,15 @@ PUBLIC_NOTE = ("protected copies written by lab protect (PosCUDA); this folder i
                "record, kept outside this folder")
 
 
-def public_note(defense: str) -> str:
+def public_note(defense: str, optimised: bool = False) -> str:
     """The public manifest's note: which defense protected the copies (its name only: no parameters), and that what
     it applied is in the private record."""
     if defense == "poscuda":
         return PUBLIC_NOTE
+    if optimised:
+        return (f"protected copies written by lab protect (defense {defense}, optimised on the collection); this "
+                f"folder is what its owner publishes. What the protection applied (the optimised noise or filters) "
+                f"is not here: it is in the owner's private record and its arrays file, kept outside this folder")
     return (f"protected copies written by lab protect (defense {defense}); this folder is what its owner publishes. "
             f"What the protection applied (everything it derived from the key) is not here: it is in the owner's "
             f"private record, kept outside this folder")

@@ -8,6 +8,10 @@ and again at each sample rate it meets (it reads each file's header as it hands 
 workers the derived protections of the rates of each chunk, never the key. Everything derived goes into the private
 record (a ``protection`` line per rate), nothing into OUTPUT.
 
+A defense optimised on the data it protects (``needs_training_set``, with a protection that is ``on_collection``:
+:func:`optimised_defenses`) is optimised on the collection itself first, resumably, and then written the same way,
+file by file at each file's own rate (see :mod:`lab.protect.optimise`).
+
 What is written: the protected copies and a public manifest in OUTPUT (the folder that is published), and the
 owner's private record outside it (see :mod:`lab.protect.manifest`).
 
@@ -41,6 +45,8 @@ from lab.protect.manifest import (CARD, LEGACY_FORMAT, MANIFEST, METADATA, PARTI
                                   labels_read_as_missing, legacy_files, legacy_warning, locate_record,
                                   new_collection_id, output_header, partial_of, previous_records, public_file,
                                   public_label_rule, public_note, read_all, write_card, write_metadata)
+from lab.protect.optimise import (WORKING_FIELDS, Optimised, WorkingConfig, check_option_names,
+                                  optimise_collection, working_config)
 from lab.protect.safefs import OutputLock, refuse_links
 from lab.protect.worker import PARTIAL_SUFFIX, protect_files, start_worker
 
@@ -86,31 +92,64 @@ def file_by_file_defenses() -> list[str]:
     return [n for n in defenses.DEFENSES.names() if getattr(protection_class(n), "file_by_file", False)]
 
 
-def defense_fields_of(kind: str) -> list[str]:
-    """The configurable fields of the registered defense ``kind`` (all but its type and key)."""
+def optimised_defenses() -> list[str]:
+    """The registered defenses lab protect optimises on the collection itself and then writes file by file: those
+    that ``needs_training_set`` and whose protection is ``on_collection`` (it can be written onto the collection's
+    own files, see :meth:`defenses.base.Protection.files_at`)."""
+    return [n for n in defenses.DEFENSES.names() if getattr(defenses.DEFENSES.get(n), "needs_training_set", False)
+            and getattr(protection_class(n), "on_collection", False)]
+
+
+def applicable_defenses() -> list[str]:
+    """Every defense lab protect can apply: derived from the key file by file, or optimised on the collection."""
+    return sorted({*file_by_file_defenses(), *optimised_defenses()})
+
+
+def config_fields(kind: str) -> list[str]:
+    """The fields of the registered defense ``kind``'s configuration, all but its type and key."""
     return [f for f in defenses.DEFENSES.get(kind).Config.model_fields if f not in ("type", "key", "key_file")]
 
 
+def defense_fields_of(kind: str) -> list[str]:
+    """The configurable fields of the registered defense ``kind`` (all but its type and key; for a defense optimised
+    on the collection, also the working clips' settings)."""
+    return config_fields(kind) + list(WORKING_FIELDS) if kind in optimised_defenses() else config_fields(kind)
+
+
 def cannot_apply(kind: str) -> LabError:
-    able = file_by_file_defenses()
+    able = applicable_defenses()
     if kind not in defenses.DEFENSES:
         hint = difflib.get_close_matches(str(kind), able, n=1)
         return LabError(f"unknown defense {kind!r}{f' (did you mean {hint[0]!r}?)' if hint else ''}; lab protect "
                         f"can apply: {', '.join(able)}")
-    return LabError(f"lab protect cannot apply the defense {kind!r} file by file; it can apply: {', '.join(able)}")
+    return LabError(f"lab protect cannot apply the defense {kind!r} file by file (nor optimise it on the collection "
+                    f"and write it file by file); it can apply: {', '.join(able)}")
 
 
 def defense_config(key_file: Path, options: dict | None) -> PluginConfig:
     """The configuration of the defense ``options`` names (``type``, default ``poscuda``; its parameters, without
-    key) with the key file. Only a defense that can be applied file by file is accepted (one line naming those that
-    can, otherwise)."""
+    key) with the key file. Only a defense lab protect can apply is accepted (one line naming those that can,
+    otherwise). For a defense optimised on the collection the working clips' settings are left out (see
+    :func:`working_settings`); any other name that is not one of its fields is one line."""
     options = dict(options or {})
     kind = options.pop("type", None) or "poscuda"
-    if kind not in file_by_file_defenses():
+    if kind not in applicable_defenses():
         raise cannot_apply(kind)
     for secret in ("key", "key_file"):
         options.pop(secret, None)  # the key comes from --key-file only
+    if kind in optimised_defenses():
+        check_option_names(kind, options, config_fields(kind))
+        options = {k: v for k, v in options.items() if k not in WORKING_FIELDS}
     return parse_plugin(defenses.DEFENSES, {**options, "type": kind, "key_file": str(key_file)}, "defense")
+
+
+def working_settings(options: dict | None) -> WorkingConfig | None:
+    """The working clips' settings of a defense optimised on the collection (``working_rate``, ``clip_seconds``:
+    defaults where not given); None for a defense derived from the key."""
+    options = dict(options or {})
+    if (options.get("type") or "poscuda") not in optimised_defenses():
+        return None
+    return working_config(options)
 
 
 def derive_at(defense: Defense, num_classes: int, sample_rate: int, key_fp: str) -> Protection:
@@ -169,8 +208,10 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
     ``manifest.jsonl`` go, mirroring INPUT's folders; if an earlier run wrote it the run resumes (files whose source
     and output still match their records are kept, the rest is done). ``key_file``: the private key (``lab keygen``).
     ``labels``: ``folder``, ``none``, ``regex:PATTERN`` or a CSV (see :class:`LabelRule`). ``defense``: the defense
-    section without key: ``type`` (default ``poscuda``; any of :func:`file_by_file_defenses`) and its parameters
-    (PosCUDA's ``patch_seconds``, ``blur``, ``repeat_seconds``, ...; defaults otherwise). ``workers``: worker
+    section without key: ``type`` (default ``poscuda``; any of :func:`applicable_defenses`) and its parameters
+    (PosCUDA's ``patch_seconds``, ``blur``, ``repeat_seconds``, ...; defaults otherwise); for a defense optimised on
+    the collection (:func:`optimised_defenses`: em-noise, robust-em, poscuda-opt) also ``working_rate`` and
+    ``clip_seconds`` (see :mod:`lab.protect.optimise`; the optimisation is resumable too). ``workers``: worker
     processes (default: the CPU count; 0 runs everything in this process). ``fsync``: force every file to disk
     before its rename. ``record``: where the private record goes (outside OUTPUT; default next to the key file, see
     :func:`lab.protect.manifest.default_record`). ``metadata``: also write ``OUTPUT/metadata.csv`` (file_name,
@@ -190,15 +231,15 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
         raise LabError(f"--key-file {key_path} is inside OUTPUT {out}, the folder that is published; move the key "
                        f"out of it")
     key_fp = fingerprint(resolve_key(None, key_path, where="--key-file"))
-    cfg = defense_config(key_path, defense)
+    cfg, working = defense_config(key_path, defense), working_settings(defense)
     rule = LabelRule.parse(labels, inp)
     found = survey(inp, rule)
+    mode = key_path.stat().st_mode & 0o777
+    if mode & 0o077:
+        log(f"warning: key file {key_path} can be read by others (mode {mode:o}); `chmod 600 {key_path}`")
     with claimed(out):
-        plan = plan_run(inp, out, key_path, key_fp, cfg, rule, found, record, metadata, log)
+        plan = plan_run(inp, out, key_path, key_fp, cfg, rule, found, record, metadata, working, log)
         stale = remove_partials(out)
-        mode = key_path.stat().st_mode & 0o777
-        if mode & 0o077:
-            log(f"warning: key file {key_path} can be read by others (mode {mode:o}); `chmod 600 {key_path}`")
         if plan.legacy:
             log(f"warning: {legacy_warning(out / MANIFEST)}; this run does it: the private record goes to "
                 f"{plan.record_path}")
@@ -207,7 +248,11 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
         log(f"{found.audio_files} audio files in {len(found.classes)} classes; key fingerprint {key_fp}"
             + (f"; resuming ({len(plan.previous)} earlier records)" if plan.previous else "")
             + (f"; removed {stale} temporary files of an interrupted run" if stale else ""))
-        return run_files(plan, workers, fsync, started, progress)
+        summary = run_files(plan, workers, fsync, started, progress)
+        if plan.optimised is not None:
+            plan.optimised.finished()
+            summary["optimisation"] = plan.optimised.summary()
+        return summary
 
 
 @dataclass
@@ -229,10 +274,17 @@ class Plan:
     write_card: bool  # the dataset card OUTPUT/README.md (beside metadata.csv; see own_card)
     lost: str | None  # labels pandas would read as missing (NA, null, ...): said, metadata written anyway
     legacy: bool
+    optimised: Optimised | None = None
 
     @property
     def classes(self) -> dict[str, int]:
         return {c: i for i, c in enumerate(self.found.classes)}
+
+    def protection_at(self, rate: int) -> Protection:
+        """The protection of the files at ``rate``: derived from the key, or the optimised one written onto them."""
+        if self.optimised is not None:
+            return self.optimised.at_rate(rate)
+        return derive_at(self.defense, len(self.found.classes), rate, self.key_fp)
 
 
 @contextmanager
@@ -263,34 +315,38 @@ def claimed(out: Path) -> Iterator[None]:
 
 
 def plan_run(inp: Path, out: Path, key_path: Path, key_fp: str, cfg: PluginConfig, rule: LabelRule,
-             found: Survey, record: Path | None, metadata: bool, log: Callable[[str], None]) -> Plan:
+             found: Survey, record: Path | None, metadata: bool, working: WorkingConfig | None = None,
+             log: Callable[[str], None] = lambda msg: None) -> Plan:
     """The run's :class:`Plan`: derive the protection at the reference rate, read OUTPUT's earlier manifest (a
     resumed run must use the same key, defense and classes), place the private record (its folder must be
-    writable), and read the earlier records."""
+    writable), and read the earlier records. A defense optimised on the collection is optimised here (or taken
+    from the earlier run's record), once the record's place is known."""
     chosen = build_defense(cfg)
-    derived = derive_at(chosen, len(found.classes), REFERENCE_RATE, key_fp).to_dict()
+    derived = None if chosen.needs_training_set else \
+        derive_at(chosen, len(found.classes), REFERENCE_RATE, key_fp).to_dict()
     earlier = output_header(out)
     legacy = earlier is not None and earlier["format"] == LEGACY_FORMAT
     if earlier is not None and earlier.get("key_fingerprint") != key_fp:
         raise LabError(f"{out} was protected with another key (fingerprint {earlier.get('key_fingerprint')}, this "
                        f"key {key_fp}); use that key or choose another OUTPUT")
+    if legacy and derived is None:
+        raise LabError(f"{out} was protected with other defense parameters; repeat the first run's options or "
+                       f"choose another OUTPUT")
     collection_id = earlier["collection_id"] if earlier is not None and not legacy else new_collection_id()
     record_path = locate_record(out, key_path, collection_id, record, earlier=earlier is not None and not legacy)
     check_record_path(record_path, out, inp, collection_id)
     if not os.access(record_path.parent, os.W_OK | os.X_OK):
         raise LabError(f"the private record's folder {record_path.parent} is not writable (read-only file system or "
                        f"no permission); choose another place with --record PATH")
-    from lab.provenance import provenance
-    private_header = {"kind": "header", "format": RECORD_FORMAT, "collection_id": collection_id, "output": str(out),
-                      "input": str(inp), "labels": rule.spec, "classes": found.classes, "key_fingerprint": key_fp,
-                      "protection": derived,
-                      "note": f"PRIVATE: keep this file with the key, never in OUTPUT. 'protection' is derived at "
-                              f"{REFERENCE_RATE} Hz; every file gets the protection derived from the key at its own "
-                              f"sample rate, written in a 'protection' line before the first file of that rate",
-                      "provenance": provenance()}
+    optimised = None
+    if derived is None:
+        optimised = optimise_collection(chosen, working or WorkingConfig(), inp, out, rule, found, key_fp,
+                                        record_path, log)
+        derived = optimised.protection.to_dict()
+    private_header = record_header(collection_id, inp, out, rule, found, key_fp, derived, optimised)
     public_header = {"kind": "header", "format": PUBLIC_FORMAT, "collection_id": collection_id,
                      "key_fingerprint": key_fp, "labels": public_label_rule(rule.kind, rule.spec),
-                     "classes": found.classes, "note": public_note(cfg.type)}
+                     "classes": found.classes, "note": public_note(cfg.type, optimised is not None)}
     sources = legacy_files(out) if legacy else [record_path, partial_of(record_path)]
     previous = previous_records(sources, private_header, out)
     write_meta = own_metadata(out, metadata)
@@ -299,7 +355,28 @@ def plan_run(inp: Path, out: Path, key_path: Path, key_fp: str, cfg: PluginConfi
         raise LabError(f"--metadata: {lost} (or leave out --metadata)")
     write_card = write_meta and own_card(out, metadata, found.classes, log)
     return Plan(inp, out, key_fp, chosen, rule, found, record_path, private_header, public_header, previous,
-                write_meta, write_card, lost, legacy)
+                write_meta, write_card, lost, legacy, optimised)
+
+
+def record_header(collection_id: str, inp: Path, out: Path, rule: LabelRule, found: Survey, key_fp: str,
+                  derived: dict, optimised: Optimised | None) -> dict:
+    """The private record's header: the collection, the label rule, the protection (derived at the reference rate,
+    or optimised on the collection, with its ``optimised`` facts), a note and provenance."""
+    from lab.provenance import provenance
+    if optimised is None:
+        note = (f"PRIVATE: keep this file with the key, never in OUTPUT. 'protection' is derived at {REFERENCE_RATE} "
+                f"Hz; every file gets the protection derived from the key at its own sample rate, written in a "
+                f"'protection' line before the first file of that rate")
+    else:
+        note = (f"PRIVATE: keep this file and its arrays file {optimised.info['arrays']['file']} (beside it) with "
+                f"the key, never in OUTPUT. 'protection' was optimised on the collection's working clips "
+                f"('optimised'); every file gets it as the 'protection' line of its sample rate says ('mapping')")
+    header = {"kind": "header", "format": RECORD_FORMAT, "collection_id": collection_id, "output": str(out),
+              "input": str(inp), "labels": rule.spec, "classes": found.classes, "key_fingerprint": key_fp,
+              "protection": derived, "note": note, "provenance": provenance()}
+    if optimised is not None:
+        header["optimised"] = optimised.info
+    return header
 
 
 def file_jobs(plan: Plan, fsync: bool, at_rate: Callable[[int], bytes]) -> Iterator[tuple[list[tuple], dict]]:
@@ -356,7 +433,7 @@ def run_files(plan: Plan, workers: int | None, fsync: bool, started: float,
 
     def at_rate(rate: int) -> bytes:
         if rate not in pickled:
-            prot = derive_at(plan.defense, len(plan.found.classes), rate, plan.key_fp)
+            prot = plan.protection_at(rate)
             writers[0].write({"kind": "protection", "sample_rate": rate, "protection": prot.to_dict()})
             pickled[rate] = pickle.dumps(prot)
         return pickled[rate]

@@ -57,10 +57,45 @@ class Header(Line):
         return v
 
 
+class WorkingFacts(BaseModel):
+    """How lab protect made the working clips a protection was optimised on (lab/protect/optimise.py)."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
+    sample_rate: Rate
+    clip_seconds: float = Field(gt=0, le=60)
+    clip_samples: Annotated[int, Field(gt=0, le=60 * 10_000_000)]
+
+
+class ArraysFile(BaseModel):
+    """The arrays file of an optimised protection: a plain file name (beside the record) and its SHA-256."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
+    file: str
+    sha256: Sha256
+
+    @field_validator("file")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if not v or "/" in v or "\\" in v or "\0" in v or v in (".", ".."):
+            raise ValueError(f"not a plain file name beside the record (got {v!r})")
+        return v
+
+
+class OptimisedFacts(BaseModel):
+    """A record header's ``optimised``: what the protection was optimised on, and where its arrays are."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
+    working: WorkingFacts
+    collection_sha256: Sha256
+    sources: list[Sha256]
+    arrays: ArraysFile
+
+
 class RecordHeader(Header):
     output: str
     input: str
     protection: dict
+    optimised: OptimisedFacts | None = None
 
     @field_validator("protection")
     @classmethod

@@ -3,6 +3,7 @@ manifest and the sources; report the sources that have no protected copy (an inc
 from __future__ import annotations
 
 import csv
+import json
 import multiprocessing as mp
 import os
 import pickle
@@ -18,6 +19,7 @@ from lab.protect.manifest import (CARD, LEGACY_FORMAT, MANIFEST, METADATA, PUBLI
                                   card_features_declared, check_record_path, features_problem, locate_record,
                                   read_manifest, read_protections, read_record)
 from lab.protect.safefs import OutputLock, links_under
+from lab.protect.optimise import rebuild
 from lab.protect.protector import REFERENCE_RATE, defense_config, derive_at
 from lab.protect.worker import PARTIAL_SUFFIX, check_file, start_worker
 
@@ -98,7 +100,9 @@ def derived_protections(record_path: Path, rec_header: dict, key_path: Path, key
                         done: list[dict]) -> dict[int, bytes]:
     """The protection at each sample rate of the record's files, derived again from the key, pickled; each must
     equal the record's (at the reference rate and in its ``protection`` lines). The record's parameters are
-    validated first, like a command line's: an edited record cannot make the derivation allocate without bound."""
+    validated first, like a command line's: an edited record cannot make the derivation allocate without bound.
+    A protection optimised on the collection cannot be optimised again: it is rebuilt from the record and its arrays
+    file (hash and key fingerprint checked) and written onto each rate as lab protect did (:func:`rebuilt_at`)."""
     recorded = rec_header["protection"]
     kind = recorded.get("defense", "poscuda")
     try:
@@ -107,6 +111,8 @@ def derived_protections(record_path: Path, rec_header: dict, key_path: Path, key
         raise LabError(f"{record_path}: the recorded protection's parameters are not valid ({e}); the record was "
                        f"damaged or edited") from None
     defense = build_defense(cfg)
+    if defense.needs_training_set or rec_header.get("optimised") is not None:
+        return rebuilt_at(record_path, rec_header, key_fp, done)
     classes = len(rec_header["classes"])
     if derive_at(defense, classes, REFERENCE_RATE, key_fp).to_dict() != recorded:
         raise LabError(f"{record_path}: the recorded protection ({kind}: its positions, filters or other derived "
@@ -119,6 +125,25 @@ def derived_protections(record_path: Path, rec_header: dict, key_path: Path, key
             raise LabError(f"{record_path}: the protection recorded at {rate} Hz is not what the key gives (the "
                            f"record was edited)")
         protections[rate] = pickle.dumps(prot)
+    return protections
+
+
+def rebuilt_at(record_path: Path, rec_header: dict, key_fp: str, done: list[dict]) -> dict[int, bytes]:
+    """:func:`derived_protections` for a protection optimised on the collection: rebuilt from the record and its
+    arrays file, then, at each sample rate of the record's files, what lab protect wrote onto them, which must equal
+    the record's ``protection`` line of that rate."""
+    if rec_header.get("optimised") is None:
+        raise LabError(f"{record_path}: the recorded protection ({rec_header['protection'].get('defense')}) was "
+                       f"optimised on the collection, and the record has no 'optimised' facts (edited?)")
+    prot, working = rebuild(rec_header, record_path, key_fp)
+    recorded_at = read_protections(record_path)
+    protections = {}
+    for rate in sorted({r["sample_rate"] for r in done}):
+        at_rate = prot.files_at(rate, working)
+        if rate not in recorded_at or recorded_at[rate] != json.loads(json.dumps(at_rate.to_dict())):
+            raise LabError(f"{record_path}: the protection recorded at {rate} Hz is not what the record's optimised "
+                           f"protection gives at that rate (the record was edited)")
+        protections[rate] = pickle.dumps(at_rate)
     return protections
 
 

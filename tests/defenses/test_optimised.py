@@ -188,6 +188,39 @@ def test_the_same_key_gives_the_same_noise_and_the_record_reproduces_it(mode):
         Protection.from_dict(record)
 
 
+@pytest.mark.parametrize("cfg", [{"type": "em-noise", "mode": "sample-wise"},
+                                 {"type": "em-noise", "mode": "class-wise"}, {"type": "robust-em", "mode": "class-wise"},
+                                 {"type": "poscuda-opt", "patch_seconds": 0.02, "position_range": [0, 0.05]}])
+def test_an_interrupted_min_min_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_does(cfg):
+    """The checkpoint a TrainingSet's ``checkpoint`` hook receives after round 1 (saved and loaded back as lab protect
+    does, weights_only), given back as ``resume``: rounds 2 and 3 only, and the same result, bit for bit."""
+    import dataclasses
+    import io
+    data = toy_set()
+    defense = build_defense(parse_plugin(DEFENSES, {**cfg, "key": KEY, "max_rounds": 3, "stop_accuracy": 1.0},
+                                         "defense"))
+    whole = defense.derive_from(data)
+    saved = []
+
+    def stop_after_round_1(state):
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        saved.append(buf.getvalue())
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        defense.derive_from(dataclasses.replace(data, checkpoint=stop_after_round_1))
+    state = torch.load(io.BytesIO(saved[0]), weights_only=True)
+    assert state["round"] == 1
+    rounds = []
+    resumed = defense.derive_from(dataclasses.replace(data, resume=state, checkpoint=lambda s: rounds.append(
+        s["round"])))
+    assert rounds == [r["round"] for r in whole.optimisation["rounds"]][1:]
+    assert [r["train_accuracy"] for r in resumed.optimisation["rounds"]] == \
+        [r["train_accuracy"] for r in whole.optimisation["rounds"]]
+    assert torch.equal(resumed.apply(data.waveforms, data.labels, data.lengths),
+                       whole.apply(data.waveforms, data.labels, data.lengths))
+
+
 def test_sample_wise_noise_changes_only_the_clips_it_was_made_for():
     data = toy_set()
     prot = em(data, max_rounds=1)

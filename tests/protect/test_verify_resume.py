@@ -213,6 +213,16 @@ def test_a_real_kill_midway_resumes_to_the_same_output(fsdd_dir, tmp_path):
         pytest.skip("the run finished before it could be killed")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    from lab.protect.safefs import OutputLock
+    gone = time.monotonic() + 30  # its killed workers hold OUTPUT's lock until the last one has exited
+    while True:
+        try:
+            with OutputLock(out):
+                break
+        except LabError:
+            if time.monotonic() > gone:
+                raise
+            time.sleep(0.01)
     assert not (out / MANIFEST).exists()
     summary = protect_collection(src, out, key, labels=r"regex:^(\d+)_", workers=2)
     assert summary["already_done"] > 0 and summary["already_done"] + summary["protected"] == 600
