@@ -18,6 +18,7 @@ from pathlib import Path
 from lab.errors import LabError
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_held: dict[int, int] = {}  # descriptor of each OUTPUT lock taken -> the process that took it (close_inherited_locks)
 
 
 class LinkInOutput(OSError):
@@ -172,9 +173,24 @@ class OutputLock:
                                f"verify it") from None
             raise LabError(f"OUTPUT {self.out} is in use by another lab protect (or lab verify) run; wait until it "
                            f"ends and run again (two runs on one OUTPUT would undo each other's work)") from None
+        _held[self.fd] = os.getpid()
         return self
 
     def __exit__(self, *exc) -> None:
         if self.fd is not None:
+            _held.pop(self.fd, None)
             os.close(self.fd)
             self.fd = None
+
+
+def close_inherited_locks() -> None:
+    """In a forked worker process: close its copies of the parent's OUTPUT lock descriptors. The lock belongs to the
+    open file, which every copy keeps open: a worker that outlived its parent (killed with -9) would otherwise
+    hold OUTPUT locked until it noticed and exited, and the owner's next run would be refused meanwhile."""
+    for fd, owner in list(_held.items()):
+        if owner != os.getpid():  # a copy inherited through fork; in the process that took the lock: kept
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+            del _held[fd]

@@ -25,7 +25,8 @@ import torch
 
 from defenses.base import Protection
 from lab.protect.audiofile import as_stored, decode, encode
-from lab.protect.safefs import LinkInOutput, NotRegular, read_regular, read_under, write_under
+from lab.protect.safefs import (LinkInOutput, NotRegular, close_inherited_locks, read_regular, read_under,
+                               write_under)
 
 PARTIAL_SUFFIX = ".lab-partial"  # temporary names: ".<name>.<pid>.lab-partial" beside the final file
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})  # no space (or quota) left: no later file could be written
@@ -37,6 +38,7 @@ def start_worker(protections: dict[int, bytes] | None = None) -> None:
     """Pool initializer: one thread per worker (the processes are the parallelism); for checking, remember the
     pickled protection of each sample rate (``{rate: pickle.dumps(protection)}``)."""
     torch.set_num_threads(1)
+    close_inherited_locks()  # the parent's lock on OUTPUT is the parent's alone
     _protections.clear()
     _protections.update(protections or {})
 

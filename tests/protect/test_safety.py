@@ -292,3 +292,33 @@ def test_keygen_creates_missing_folders_owner_only(tmp_path, cli):
     for folder in (tmp_path / "keys", tmp_path / "keys" / "deeper"):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_worker_that_outlives_its_parent_does_not_keep_output_locked(tmp_path):
+    """The lock belongs to the open file, and a forked worker inherits it: a worker left behind by a killed run
+    would keep OUTPUT locked. Workers close their copies at start; the process that took the lock keeps it."""
+    import multiprocessing as mp
+    from lab.protect.worker import start_worker
+    out = tmp_path / "out"
+    out.mkdir()
+    ctx = mp.get_context("fork")
+    with OutputLock(out) as held:
+        start_worker()  # in the locking process itself (workers=0): the lock stays
+        with pytest.raises(LabError, match="in use"):
+            OutputLock(out).__enter__()
+        ready, release = ctx.Event(), ctx.Event()
+
+        def worker():
+            start_worker()
+            ready.set()
+            release.wait(30)
+        child = ctx.Process(target=worker)
+        child.start()
+        assert ready.wait(30)
+        held.__exit__(None, None, None)  # the parent lets go while its worker still runs
+        try:
+            with OutputLock(out):  # free: the worker does not hold it
+                pass
+        finally:
+            release.set()
+            child.join(30)
