@@ -518,9 +518,23 @@ def stop(writers: list[LinesWriter], pool, out: Path, keep: bool = True) -> None
     for w in writers:
         w.abandon(remove=not keep)
     if pool is not None:
-        pool.terminate()
-        pool.join()
+        end_pool(pool)
     remove_partials(out)
+
+
+def end_pool(pool, wait: float = 30.0) -> None:
+    """Stop a worker pool that is being abandoned. ``Pool.terminate`` can hang for ever when the pool's task queue
+    still holds chunks its workers will never read (the task thread stays blocked writing to a full pipe: a known
+    weakness of multiprocessing.Pool), so it runs in a helper thread: after ``wait`` seconds the workers are killed
+    and the run goes on to its one-line error instead of hanging."""
+    import threading
+    ender = threading.Thread(target=lambda: (pool.terminate(), pool.join()), daemon=True)
+    ender.start()
+    ender.join(wait)
+    if ender.is_alive():
+        for proc in list(getattr(pool, "_pool", [])):
+            if proc.exitcode is None:
+                proc.kill()
 
 
 def earlier_wrote(out: Path, name: str, field: str) -> bool:
