@@ -127,3 +127,22 @@ def check_baseline_file(data: dict, path: str) -> dict:
         if not {"value", "tolerance", "bad"} <= set(ref) or ref["bad"] not in ("rise", "fall"):
             raise LabError(f"{path}: metric {name!r} needs value, tolerance and bad (rise|fall)")
     return data
+
+
+NEGATIVE_METRIC = "protected_model/clean_test"
+
+
+def negative_control(recipe, seeds: list[int], log: Callable[[str], None]) -> list[float]:
+    """Protected-trained clean-test accuracy, per seed, of ``recipe`` (the regression recipe changed so that it
+    SHOULD fail: a weakened protection, or none at all). Only the protected models are trained (the lab's one
+    training path, as a ``lab attack`` cell with no attack); the clean models are the main run's."""
+    from lab.attacking.matrix import NO_ATTACK, run_cell
+    from lab.spine import ExperimentData
+    data = ExperimentData(recipe, log=log)
+    return [run_cell(data, [], seed, log=log)["values"][NO_ATTACK] for seed in seeds]
+
+
+def caught(per_seed: list[float], baseline: dict) -> Check:
+    """The negative control's check on :data:`NEGATIVE_METRIC` against the baseline: ``ok`` False means the
+    regression check catches it (what a negative control must show)."""
+    return compare({NEGATIVE_METRIC: statistics.fmean(per_seed)}, {NEGATIVE_METRIC: baseline[NEGATIVE_METRIC]})[0]

@@ -21,42 +21,74 @@ def regress(
                                           "tolerances (must include the recipe's seeds)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a recipe field (repeatable)."),
     out: Optional[Path] = typer.Option(None, help="Folder for the run (default: the recipe's output_dir)."),
+    negative: Optional[list[str]] = typer.Option(None, "--negative-control", metavar="FIELD=VALUE", help="A change "
+                                                 "of the recipe that the check MUST catch (e.g. defense.blur=0, or "
+                                                 "'defense={type: none}': clean audio as protected training); its "
+                                                 "protected models are trained on the recipe's seeds (the clean "
+                                                 "models are the main run's) and their clean-test accuracy must fail "
+                                                 "the baseline; exit 1 if it does not. Repeatable."),
 ):
     """Run the regression recipe and compare each metric with the baseline, in the direction that matters:
     clean-model accuracy may not fall, protected-model clean-test and mixed-position accuracy may not rise, SNR may
-    not fall, FAD may not rise (each by more than its tolerance). Prints a table; exits 1 on a regression.
+    not fall, FAD may not rise (each by more than its tolerance). Prints a table; exits 1 on a regression, or when a
+    --negative-control is not caught (the check would then be blind to it).
 
     --update re-measures over the calibration seeds and rewrites the baseline (see README: only when a change is
     meant to move the numbers, with the reason in the commit message)."""
-    from lab.experiment import run
-    from lab.provenance import provenance
     from lab.recipe import load_recipe, parse_seeds
-    from lab.regress import calibrate, check_baseline_file, compare, values
 
     overrides = list(set_ or [])
     if out:
         overrides.append(f"output_dir={out}")
-    seeds = parse_seeds(calibration_seeds, "--calibration-seeds") if update else None
     rec = load_recipe(recipe, overrides)
+    variants = [(ov, load_recipe(recipe, overrides + [ov])) for ov in negative or []]  # mistakes fail here, first
     if update:
-        if not set(rec.seeds) <= set(seeds):
-            raise LabError(f"--calibration-seeds {seeds} must include the recipe's seeds {rec.seeds}")
-        calibration = load_recipe(recipe, overrides + [f"seeds={json.dumps(seeds)}"])
-        results, run_dir = run(calibration, str(recipe), log=log)
-        data = {"recipe": str(recipe), "overrides": overrides, "checked_seeds": rec.seeds,
-                "calibration_seeds": seeds, "calibration_run": str(run_dir),
-                "provenance": provenance(), "metrics": calibrate(results, rec.seeds)}
-        baseline.parent.mkdir(parents=True, exist_ok=True)
-        tmp = baseline.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        tmp.replace(baseline)
-        console.print(f"baseline written: {baseline} ({len(data['metrics'])} metrics, seeds {seeds})")
+        write_baseline(recipe, rec, overrides, baseline, parse_seeds(calibration_seeds, "--calibration-seeds"))
         return
     if not baseline.is_file():
         raise LabError(f"no baseline at {baseline}; create one with `lab regress {recipe} --update`")
+    from lab.regress import check_baseline_file
     ref = check_baseline_file(json.loads(baseline.read_text()), str(baseline))
     if ref.get("checked_seeds") and list(ref["checked_seeds"]) != list(rec.seeds):
         raise LabError(f"the baseline was measured for seeds {ref['checked_seeds']}, the recipe runs {rec.seeds}")
+    failed, run_dir, report = check_run(recipe, rec, baseline, ref)
+    blind = run_negative_controls(variants, rec.seeds, ref, report)
+    (run_dir / "regress.json").write_text(json.dumps(report, indent=2))
+    if failed or blind:
+        if failed:
+            console.print(f"[bold red]regression[/bold red] in {', '.join(failed)} (run: {run_dir})")
+        if blind:
+            console.print(f"[bold red]negative control not caught[/bold red]: {', '.join(blind)} (the check would not "
+                          f"see such a change)")
+        raise typer.Exit(1)
+    console.print(f"no regression ({len(report['checks'])} metrics"
+                  + (f"; {len(variants)} negative control(s) caught" if variants else "") + f"; run: {run_dir})")
+
+
+def write_baseline(recipe: Path, rec, overrides: list[str], baseline: Path, seeds: list[int]) -> None:
+    """``--update``: run the recipe over the calibration ``seeds`` and write the baseline file."""
+    from lab.experiment import run
+    from lab.provenance import provenance
+    from lab.recipe import load_recipe
+    from lab.regress import calibrate
+    if not set(rec.seeds) <= set(seeds):
+        raise LabError(f"--calibration-seeds {seeds} must include the recipe's seeds {rec.seeds}")
+    calibration = load_recipe(recipe, overrides + [f"seeds={json.dumps(seeds)}"])
+    results, run_dir = run(calibration, str(recipe), log=log)
+    data = {"recipe": str(recipe), "overrides": overrides, "checked_seeds": rec.seeds,
+            "calibration_seeds": seeds, "calibration_run": str(run_dir),
+            "provenance": provenance(), "metrics": calibrate(results, rec.seeds)}
+    baseline.parent.mkdir(parents=True, exist_ok=True)
+    tmp = baseline.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(baseline)
+    console.print(f"baseline written: {baseline} ({len(data['metrics'])} metrics, seeds {seeds})")
+
+
+def check_run(recipe: Path, rec, baseline: Path, ref: dict) -> tuple[list[str], Path, dict]:
+    """Run the recipe, compare with the baseline, print the table: (failed metrics, run folder, report)."""
+    from lab.experiment import run
+    from lab.regress import compare, values
     results, run_dir = run(rec, str(recipe), log=log)
     checks = compare(values(results), ref["metrics"])
     table = Table(title=f"regression check: {recipe} vs {baseline}")
@@ -67,10 +99,24 @@ def regress(
                       "–" if c.delta is None else f"{c.delta:+.4g}", f"{c.tolerance:.4g}", c.bad,
                       "[green]ok[/green]" if c.ok else "[bold red]REGRESSION[/bold red]")
     console.print(table)
-    (run_dir / "regress.json").write_text(json.dumps({"baseline": str(baseline), "checks": [c.__dict__ for c in checks]},
-                                                     indent=2))
-    failed = [c.name for c in checks if not c.ok]
-    if failed:
-        console.print(f"[bold red]regression[/bold red] in {', '.join(failed)} (run: {run_dir})")
-        raise typer.Exit(1)
-    console.print(f"no regression ({len(checks)} metrics; run: {run_dir})")
+    report = {"baseline": str(baseline), "checks": [c.__dict__ for c in checks]}
+    return [c.name for c in checks if not c.ok], run_dir, report
+
+
+def run_negative_controls(variants: list, seeds: list[int], ref: dict, report: dict) -> list[str]:
+    """Train each negative control's protected models, check them against the baseline, print one line each and
+    add them to ``report``; return the overrides the check did NOT catch."""
+    from lab.regress import NEGATIVE_METRIC, caught, negative_control
+    blind, report["negative_controls"] = [], []
+    for override, variant in variants:
+        per_seed = negative_control(variant, seeds, log)
+        check = caught(per_seed, ref["metrics"])
+        ok = not check.ok
+        report["negative_controls"].append({"override": override, "seeds": seeds, "per_seed": per_seed,
+                                            "check": check.__dict__, "caught": ok})
+        console.print(f"negative control {override}: {NEGATIVE_METRIC} {check.value:.3f} over seeds {seeds} against "
+                      f"the baseline {check.baseline:.3f} (tolerance {check.tolerance:.3g}): "
+                      + ("[green]caught[/green]" if ok else "[bold red]NOT caught[/bold red]"), highlight=False)
+        if not ok:
+            blind.append(override)
+    return blind
