@@ -30,8 +30,8 @@ import torch
 from pydantic import Field, field_validator
 
 from attacks.base import ATTACKS, Attack
-from attacks.mixed_position import circular_shift
 from lab.config import PluginConfig
+from lab.dsp import circular_shift, fit_length
 
 
 def _uniform(n: int, lo: float, hi: float) -> torch.Tensor:
@@ -93,10 +93,6 @@ def _stretch(x: torch.Tensor, rate: float, n_fft: int = 256, overlap: int = 2) -
     return torch.istft(torch.polar(magnitude, acc), n_fft, hop, window=window, length=length)
 
 
-def _fit_length(y: torch.Tensor, t: int) -> torch.Tensor:
-    return y[:, :t] if y.shape[1] >= t else torch.nn.functional.pad(y, (0, t - y.shape[1]))
-
-
 def _by_level(x, values: torch.Tensor, fn):
     out = x.clone()
     for v in values.unique().tolist():
@@ -108,7 +104,7 @@ def _by_level(x, values: torch.Tensor, fn):
 def time_stretch(x, sr, min_rate=0.8, max_rate=1.25, levels=5):
     grid = torch.linspace(min_rate, max_rate, levels)
     rates = grid[torch.randint(levels, (len(x),))]
-    return _by_level(x, rates, lambda rows, r: rows if r == 1.0 else _fit_length(_stretch(rows, r), x.shape[1]))
+    return _by_level(x, rates, lambda rows, r: rows if r == 1.0 else fit_length(_stretch(rows, r), x.shape[1]))
 
 
 def pitch_shift(x, sr, min_semitones=-4, max_semitones=4):
@@ -135,7 +131,7 @@ class _Audiomentations:
 
     def __call__(self, x, sr):
         rows = [torch.from_numpy(self.transform(r.cpu().numpy(), sr)).to(x)[: x.shape[1]] for r in x]
-        return torch.stack([_fit_length(r[None], x.shape[1])[0] for r in rows])
+        return torch.stack([fit_length(r, x.shape[1]) for r in rows])
 
 
 STEPS = {"gaussian_noise": gaussian_noise, "shift": shift, "time_stretch": time_stretch, "pitch_shift": pitch_shift,

@@ -10,10 +10,11 @@ from attacks import build_attack
 from attacks.augment import band_pass, gain, pitch_shift, time_mask, time_stretch
 from attacks.base import AttackContext
 from attacks.codec import mp3_available, reduce_bits, resample_down_up
-from attacks.mixed_position import circular_shift, shuffle_segments
+from attacks.mixed_position import shuffle_segments
 from attacks.partial import protected_rows
 from attacks.sharpen_lowpass import dct_lowpass, sharpen
 from defenses.poscuda import PosCUDA, PosCUDAConfig
+from lab.dsp import circular_shift
 from lab.errors import LabError
 
 SR = 8000
