@@ -44,13 +44,14 @@ class MixedPosition(Attack):
 
     Config = MixedPositionConfig
     per_batch = True
+    draws_per_batch = True
 
-    def transform_batch(self, waveforms, labels, module=None, gen: torch.Generator | None = None):
+    def transform_batch(self, waveforms, labels, module=None):
         cfg: MixedPositionConfig = self.config
         n, t = waveforms.shape
         if cfg.mode == "shuffle":
-            return shuffle_segments(waveforms, cfg.segments, gen)
+            return shuffle_segments(waveforms, cfg.segments, self.gen)
         sr = self.sample_rate
         limit = t if cfg.max_shift_seconds is None or sr is None else min(t, round(cfg.max_shift_seconds * sr))
-        shifts = torch.randint(-limit, limit + 1, (n,), generator=gen)
+        shifts = torch.randint(-limit, limit + 1, (n,), generator=self.gen)
         return circular_shift(waveforms, shifts.to(waveforms.device))
