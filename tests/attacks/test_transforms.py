@@ -212,16 +212,14 @@ def test_partial_protects_exactly_the_stated_fraction(fraction):
 
 def tiny_module():
     from lab.features import FeatureConfig, FrontEnd
-    from lab.models import build_model
     from lab.module import LabModule
     from lab.recipe import recipe_from_dict
     recipe = recipe_from_dict({"model": {"type": "cnn"}, "defense": {"type": "none"}, "train": {"epochs": 1}})
     frontend = FrontEnd(FeatureConfig(), SR)
     x = 0.1 * torch.randn(8, SR, generator=torch.Generator().manual_seed(0))
     feats = frontend(x)
-    model = build_model(recipe.model, tuple(feats.shape[1:]), 10, False, SR)
-    mod = LabModule(model, 10, 1e-3, 0.0, feats.mean(dim=(0, 2))[:, None], feats.std(dim=(0, 2))[:, None],
-                    frontend=frontend)
+    mod = LabModule(recipe.model, feats.shape[1:], 10, 1e-3, 0.0, False, SR, feats.mean(dim=(0, 2))[:, None],
+                    feats.std(dim=(0, 2))[:, None], frontend=frontend)
     return mod, x, torch.arange(8) % 10
 
 
