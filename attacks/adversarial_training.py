@@ -26,14 +26,19 @@ class AdversarialTrainingConfig(PluginConfig):
 
 
 def pgd(module, waveforms: torch.Tensor, labels: torch.Tensor, eps: float, steps: int, step_size: float,
-        random_start: bool = True) -> torch.Tensor:
+        random_start: bool = True, gen: torch.Generator | None = None) -> torch.Tensor:
     """Waveforms moved within +-eps (L-infinity) to raise ``module``'s cross-entropy; ``module`` needs
-    ``features(waveforms)`` (a differentiable front-end) and ``forward(features)``. Model weights get no gradient."""
+    ``features(waveforms)`` (a differentiable front-end) and ``forward(features)``. Model weights get no gradient.
+    The random start is drawn from ``gen`` (a CPU generator: the same start on every device)."""
     if eps == 0:
         return waveforms
     was_training = module.training
     module.eval()
-    delta = (2 * torch.rand_like(waveforms) - 1) * eps if random_start else torch.zeros_like(waveforms)
+    if random_start:
+        noise = torch.rand(waveforms.shape, generator=gen, dtype=waveforms.dtype).to(waveforms.device)
+        delta = (2 * noise - 1) * eps
+    else:
+        delta = torch.zeros_like(waveforms)
     with torch.enable_grad():
         for _ in range(steps):
             delta.requires_grad_(True)
@@ -50,8 +55,9 @@ class AdversarialTraining(Attack):
 
     Config = AdversarialTrainingConfig
     per_batch = True
+    draws_per_batch = True  # the random start
 
     def transform_batch(self, waveforms, labels, module):
         cfg: AdversarialTrainingConfig = self.config
         step = cfg.step_size or 2.5 * cfg.eps / cfg.steps
-        return pgd(module, waveforms, labels, cfg.eps, cfg.steps, step, cfg.random_start)
+        return pgd(module, waveforms, labels, cfg.eps, cfg.steps, step, cfg.random_start, self.gen)

@@ -20,6 +20,10 @@ the recipe's ``attack:`` block or on the command line):
 These are batched tensor versions of the audiomentations transforms of the same names (per-clip numpy audiomentations
 costs ~2-3 ms per clip and step at 8 kHz, several times a plain training epoch). Any other audiomentations transform
 can be added per clip with ``{name: audiomentations, transform: ClassName, p: ..., params: {...}}``.
+
+Every draw (which clips a step changes, and with what parameters) comes from the attack's own generator, seeded from
+the training seed and recorded as ``batch_seed`` (``Attack.draws_per_batch``); the step functions take it as ``gen``.
+An ``audiomentations`` step draws from numpy's and Python's own generators instead (seeded by the lab).
 """
 from __future__ import annotations
 
@@ -30,42 +34,42 @@ import torch
 from pydantic import Field, field_validator
 
 from attacks.base import ATTACKS, Attack
-from attacks.mixed_position import circular_shift
 from lab.config import PluginConfig
+from lab.dsp import circular_shift, fit_length
 
 
-def _uniform(n: int, lo: float, hi: float) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n)
+def _uniform(n: int, lo: float, hi: float, gen: torch.Generator | None = None) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=gen)
 
 
-def gaussian_noise(x, sr, min_amplitude=0.001, max_amplitude=0.015):
-    amp = _uniform(len(x), min_amplitude, max_amplitude).to(x)
-    return x + amp[:, None] * torch.randn_like(x)
+def gaussian_noise(x, sr, min_amplitude=0.001, max_amplitude=0.015, *, gen=None):
+    amp = _uniform(len(x), min_amplitude, max_amplitude, gen).to(x)
+    return x + amp[:, None] * torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
 
 
-def gain(x, sr, min_db=-12.0, max_db=12.0):
-    return x * (10 ** (_uniform(len(x), min_db, max_db) / 20)).to(x)[:, None]
+def gain(x, sr, min_db=-12.0, max_db=12.0, *, gen=None):
+    return x * (10 ** (_uniform(len(x), min_db, max_db, gen) / 20)).to(x)[:, None]
 
 
-def shift(x, sr, max_fraction=0.5):
+def shift(x, sr, max_fraction=0.5, *, gen=None):
     limit = int(max_fraction * x.shape[1])
-    return circular_shift(x, torch.randint(-limit, limit + 1, (len(x),)).to(x.device))
+    return circular_shift(x, torch.randint(-limit, limit + 1, (len(x),), generator=gen).to(x.device))
 
 
-def time_mask(x, sr, max_fraction=0.1):
+def time_mask(x, sr, max_fraction=0.1, *, gen=None):
     n, t = x.shape
-    width = (torch.rand(n) * max_fraction * t).long()
-    start = (torch.rand(n) * (t - width + 1)).long()
+    width = (torch.rand(n, generator=gen) * max_fraction * t).long()
+    start = (torch.rand(n, generator=gen) * (t - width + 1)).long()
     pos = torch.arange(t)[None, :]
     keep = (pos < start[:, None]) | (pos >= (start + width)[:, None])
     return x * keep.to(x)
 
 
 def band_pass(x, sr, min_center_hz=200.0, max_center_hz=2000.0, min_bandwidth_fraction=0.5,
-              max_bandwidth_fraction=1.99):
+              max_bandwidth_fraction=1.99, *, gen=None):
     n, t = x.shape
-    centre = _uniform(n, min_center_hz, max_center_hz)
-    width = centre * _uniform(n, min_bandwidth_fraction, max_bandwidth_fraction)
+    centre = _uniform(n, min_center_hz, max_center_hz, gen)
+    width = centre * _uniform(n, min_bandwidth_fraction, max_bandwidth_fraction, gen)
     freqs = torch.fft.rfftfreq(t, 1 / sr)[None, :]
     mask = (freqs >= (centre - width / 2)[:, None]) & (freqs <= (centre + width / 2)[:, None])
     return torch.fft.irfft(torch.fft.rfft(x) * mask.to(x), n=t)
@@ -93,10 +97,6 @@ def _stretch(x: torch.Tensor, rate: float, n_fft: int = 256, overlap: int = 2) -
     return torch.istft(torch.polar(magnitude, acc), n_fft, hop, window=window, length=length)
 
 
-def _fit_length(y: torch.Tensor, t: int) -> torch.Tensor:
-    return y[:, :t] if y.shape[1] >= t else torch.nn.functional.pad(y, (0, t - y.shape[1]))
-
-
 def _by_level(x, values: torch.Tensor, fn):
     out = x.clone()
     for v in values.unique().tolist():
@@ -105,14 +105,14 @@ def _by_level(x, values: torch.Tensor, fn):
     return out
 
 
-def time_stretch(x, sr, min_rate=0.8, max_rate=1.25, levels=5):
+def time_stretch(x, sr, min_rate=0.8, max_rate=1.25, levels=5, *, gen=None):
     grid = torch.linspace(min_rate, max_rate, levels)
-    rates = grid[torch.randint(levels, (len(x),))]
-    return _by_level(x, rates, lambda rows, r: rows if r == 1.0 else _fit_length(_stretch(rows, r), x.shape[1]))
+    rates = grid[torch.randint(levels, (len(x),), generator=gen)]
+    return _by_level(x, rates, lambda rows, r: rows if r == 1.0 else fit_length(_stretch(rows, r), x.shape[1]))
 
 
-def pitch_shift(x, sr, min_semitones=-4, max_semitones=4):
-    steps = torch.randint(int(min_semitones), int(max_semitones) + 1, (len(x),)).float()
+def pitch_shift(x, sr, min_semitones=-4, max_semitones=4, *, gen=None):
+    steps = torch.randint(int(min_semitones), int(max_semitones) + 1, (len(x),), generator=gen).float()
 
     def shift_rows(rows, n_steps):
         if n_steps == 0:
@@ -133,9 +133,9 @@ class _Audiomentations:
             raise ValueError(f"audiomentations has no transform {transform!r}")
         self.transform = getattr(audiomentations, transform)(p=1.0, **(params or {}))
 
-    def __call__(self, x, sr):
+    def __call__(self, x, sr, *, gen=None):  # audiomentations draws from numpy's and Python's own generators
         rows = [torch.from_numpy(self.transform(r.cpu().numpy(), sr)).to(x)[: x.shape[1]] for r in x]
-        return torch.stack([_fit_length(r[None], x.shape[1])[0] for r in rows])
+        return torch.stack([fit_length(r, x.shape[1]) for r in rows])
 
 
 STEPS = {"gaussian_noise": gaussian_noise, "shift": shift, "time_stretch": time_stretch, "pitch_shift": pitch_shift,
@@ -167,7 +167,8 @@ def _check_step(i: int, step: Any) -> dict:
         except (TypeError, ValueError) as e:
             raise ValueError(f"chain[{i}] (audiomentations): {e}") from None
     elif name in STEPS:
-        allowed = list(inspect.signature(STEPS[name]).parameters)[2:]
+        allowed = [p.name for p in list(inspect.signature(STEPS[name]).parameters.values())[2:]
+                   if p.kind is p.POSITIONAL_OR_KEYWORD]  # gen (keyword-only) is the attack's, not the recipe's
         for key, value in step.items():
             if key not in allowed:
                 raise ValueError(f"chain[{i}] ({name}): unknown parameter {key!r}; allowed: p, {', '.join(allowed)}")
@@ -202,6 +203,7 @@ class Augment(Attack):
 
     Config = AugmentConfig
     per_batch = True
+    draws_per_batch = True
 
     def __init__(self, config):
         super().__init__(config)
@@ -209,15 +211,15 @@ class Augment(Attack):
         for step in config.chain:
             params = {k: v for k, v in step.items() if k not in ("name", "p")}
             fn = _Audiomentations(**params) if step["name"] == "audiomentations" else \
-                (lambda f, kw: (lambda x, sr: f(x, sr, **kw)))(STEPS[step["name"]], params)
+                (lambda f, kw: (lambda x, sr, gen: f(x, sr, gen=gen, **kw)))(STEPS[step["name"]], params)
             self.steps.append((step["p"], fn))
 
     def transform_batch(self, waveforms, labels, module=None):
         sr = self.sample_rate or 8000
         x = waveforms
         for p, fn in self.steps:
-            rows = torch.rand(len(x)) < p
+            rows = torch.rand(len(x), generator=self.gen) < p
             if rows.any():
                 x = x.clone()
-                x[rows] = fn(x[rows], sr)
+                x[rows] = fn(x[rows], sr, gen=self.gen)
         return x

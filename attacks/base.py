@@ -23,6 +23,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from lab.config import PluginConfig, parse_plugin
+from lab.keys import derive_seed
 from lab.registry import Registry
 
 ATTACKS: Registry = Registry("attack", package="attacks")
@@ -65,16 +66,25 @@ class Attack:
     # True: the attack uses clean copies of (some of) the training clips (ctx.clean: known plaintext, clean
     # fine-tuning, an unprotected part). A trainer holding only the published data cannot run it: lab audit refuses it
     needs_clean: ClassVar[bool] = False
+    # True: transform_batch draws at random (augmentation parameters, shifts, PGD's random start). It draws from
+    # self.gen, its own generator, which start() seeds with batch_seed(ctx.seed, type) and record() records as
+    # "batch_seed"; never from torch's global generator, whose stream the model's own draws (dropout) share
+    draws_per_batch: ClassVar[bool] = False
 
     def __init__(self, config: PluginConfig):
         self.config = config
         self.measured: dict = {}  # what the attack measured during a run (goes into record())
         self.sample_rate: int | None = None
+        self.batch_seed: int | None = None
+        self.gen: torch.Generator | None = None  # None until start(): draws then fall back to the global generator
 
     def start(self, ctx: AttackContext) -> None:
         """Called once before each training run (reset learned state here)."""
         self.measured = {}
         self.sample_rate = ctx.sample_rate
+        if self.draws_per_batch:
+            self.batch_seed = batch_seed(ctx.seed, self.config.type)
+            self.gen = torch.Generator().manual_seed(self.batch_seed)
 
     def training_set(self, ctx: AttackContext) -> tuple[torch.Tensor, torch.Tensor]:
         """The waveforms (N', T) and labels (N',) the trainer trains on; never modifies ``ctx``'s tensors."""
@@ -95,6 +105,7 @@ class Attack:
 
     def record(self) -> dict:
         return {"type": self.config.type, "params": self.config.model_dump(mode="json", exclude={"type"}),
+                **({"batch_seed": self.batch_seed} if self.batch_seed is not None else {}),
                 **({"measured": self.measured} if self.measured else {})}
 
 
@@ -104,8 +115,11 @@ def build_attack(config: PluginConfig | dict | str) -> Attack:
     return ATTACKS.get(config.type)(config)
 
 
-def batch_generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(seed))
+def batch_seed(seed: int, attack: str) -> int:
+    """The seed of a batch attack's own generator (``Attack.draws_per_batch``): derived from the training seed and
+    the attack's type (HMAC, as lab.keys derives keyed seeds), so that its stream is not the data loader's, which
+    shuffles with the training seed itself."""
+    return derive_seed("lab/attack-batch/v1", attack, int(seed)) % (2 ** 31)
 
 
 def detached_copy(module):

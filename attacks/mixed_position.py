@@ -17,6 +17,7 @@ from pydantic import Field
 
 from attacks.base import ATTACKS, Attack
 from lab.config import PluginConfig
+from lab.dsp import circular_shift
 
 
 class MixedPositionConfig(PluginConfig):
@@ -24,13 +25,6 @@ class MixedPositionConfig(PluginConfig):
     mode: Literal["shift", "shuffle"] = "shift"
     max_shift_seconds: float | None = Field(None, gt=0)
     segments: int = Field(4, ge=2)
-
-
-def circular_shift(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
-    """Row n of ``x`` (N, T) rolled right by ``shifts[n]`` samples."""
-    t = x.shape[1]
-    idx = (torch.arange(t, device=x.device)[None, :] - shifts[:, None]) % t
-    return x.gather(1, idx)
 
 
 def shuffle_segments(x: torch.Tensor, segments: int, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -50,13 +44,14 @@ class MixedPosition(Attack):
 
     Config = MixedPositionConfig
     per_batch = True
+    draws_per_batch = True
 
-    def transform_batch(self, waveforms, labels, module=None, gen: torch.Generator | None = None):
+    def transform_batch(self, waveforms, labels, module=None):
         cfg: MixedPositionConfig = self.config
         n, t = waveforms.shape
         if cfg.mode == "shuffle":
-            return shuffle_segments(waveforms, cfg.segments, gen)
+            return shuffle_segments(waveforms, cfg.segments, self.gen)
         sr = self.sample_rate
         limit = t if cfg.max_shift_seconds is None or sr is None else min(t, round(cfg.max_shift_seconds * sr))
-        shifts = torch.randint(-limit, limit + 1, (n,), generator=gen)
+        shifts = torch.randint(-limit, limit + 1, (n,), generator=self.gen)
         return circular_shift(waveforms, shifts.to(waveforms.device))

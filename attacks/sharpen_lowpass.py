@@ -45,7 +45,8 @@ class SharpenLowpass(Attack):
 
     Config = SharpenLowpassConfig
     per_batch = True
+    draws_per_batch = True
 
     def transform_batch(self, waveforms, labels, module=None):
-        amount = self.config.max_sharpness * torch.rand(len(waveforms))
+        amount = self.config.max_sharpness * torch.rand(len(waveforms), generator=self.gen)
         return dct_lowpass(sharpen(waveforms, amount), self.config.keep_fraction)

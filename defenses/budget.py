@@ -1,7 +1,8 @@
 """``budget``: any defense held to a per-clip quality budget, so that protections are compared at the SAME
 distortion (issue 13's matched budgets), not at whatever each defaults to.
 
-The inner defense protects the clip as usual; its change ``d = protected - clean`` is then limited clip by clip:
+The inner defense protects the clip as usual; its change ``d = protected - clean`` is then limited clip by clip
+(``lab.dsp.limit_change``, which poscuda-opt applies too):
 
 - ``snr_db``: every clip's SNR (its real audio against ``d``, float64) is at least ``snr_db``: where it is lower, ``d``
   is scaled down by the factor that puts the clip exactly at ``snr_db``; a clip already above it is left as the
@@ -26,23 +27,7 @@ from pydantic import Field, field_validator, model_validator
 
 from defenses.base import DEFENSES, Defense, Protection, TrainingSet
 from lab.config import PluginConfig, parse_plugin
-
-
-def limit_change(clean: torch.Tensor, protected: torch.Tensor, snr_db: float | None = None,
-                 linf: float | None = None) -> torch.Tensor:
-    """``protected`` (N, T) with its change from ``clean`` limited per row: SNR >= ``snr_db`` (scaled down only)
-    and |change| <= ``linf``. Differentiable (an optimised defense optimises through it)."""
-    change = protected - clean
-    if snr_db is not None:
-        signal = clean.double().pow(2).sum(dim=1, keepdim=True)
-        power = change.double().pow(2).sum(dim=1, keepdim=True)
-        allowed = signal / 10 ** (snr_db / 10)
-        scale = torch.sqrt(allowed / power.clamp(min=1e-30)).clamp(max=1.0)
-        scale = torch.where(signal > 0, scale, torch.zeros_like(scale))
-        change = change * scale.to(change.dtype)
-    if linf is not None:
-        change = change.clamp(-linf, linf)
-    return clean + change
+from lab.dsp import limit_change
 
 
 class BudgetConfig(PluginConfig):

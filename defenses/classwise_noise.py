@@ -14,8 +14,8 @@ import torch
 from pydantic import SecretStr
 
 from defenses.base import DEFENSES, Defense, Protection
-from defenses.noise_patch import scale_to_snr
 from lab.config import PluginConfig
+from lab.dsp import scale_to_snr
 from lab.keys import derive_seed, fingerprint, resolve_key
 
 

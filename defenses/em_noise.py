@@ -56,8 +56,8 @@ from pydantic import Field, SecretStr, model_validator
 
 from defenses._minmin import MinMinSettings, OptimisedDefense, Perturbation, span_mask
 from defenses.base import DEFENSES, Protection, TrainingSet, WorkingClips, samples_hash
-from defenses.budget import limit_change
 from lab.config import PluginConfig
+from lab.dsp import fit_length, limit_change, snr_gain, snr_radius
 from lab.keys import fingerprint
 
 FP16_MARGIN = 0.999  # the L2 radius used in the optimisation: float16 storage then cannot push a clip below target
@@ -88,11 +88,6 @@ def clip_hash(waveform: torch.Tensor, length: int) -> str:
     return hashlib.sha256(waveform[:length].detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()
 
 
-def snr_radius(x: torch.Tensor, snr_db: float) -> torch.Tensor:
-    """(N, 1) the largest L2 norm of noise that keeps each row's SNR >= snr_db."""
-    return (x.double().pow(2).sum(1, keepdim=True).sqrt() * 10 ** (-snr_db / 20) * FP16_MARGIN).to(x.dtype)
-
-
 class SampleNoise(Perturbation):
     """Per-clip noise (N, T) inside each clip's budget."""
 
@@ -100,7 +95,8 @@ class SampleNoise(Perturbation):
         x = data.waveforms
         self.mask = span_mask(x, data.lengths)
         self.snr_db, self.linf, self.step = snr_db, linf, step_size
-        self.radius = snr_radius(x, snr_db) if snr_db is not None else None
+        # (N, 1): the largest L2 norm of noise that keeps each clip's SNR >= snr_db, less the float16 margin
+        self.radius = (snr_radius(x, snr_db) * FP16_MARGIN).to(x.dtype) if snr_db is not None else None
         start = torch.randn(x.shape, generator=gen).to(x) * self.mask
         self.noise = self.project(start * 1e-3, torch.arange(len(x)))
 
@@ -177,10 +173,7 @@ def add_class_noise(x: torch.Tensor, patterns: torch.Tensor, mask: torch.Tensor,
     then clipped to ``linf``."""
     noise = patterns * mask
     if snr_db is not None:
-        signal = x.double().pow(2).sum(1, keepdim=True)
-        power = noise.double().pow(2).sum(1, keepdim=True)
-        gain = torch.sqrt(signal / (power.clamp(min=1e-30) * 10 ** (snr_db / 10)))
-        noise = noise * torch.where((power > 0) & (signal > 0), gain, torch.zeros_like(gain)).to(x.dtype)
+        noise = noise * snr_gain(x, noise, snr_db).to(x.dtype)
     if linf is not None:
         noise = noise.clamp(-linf, linf)
     return x + noise
@@ -215,8 +208,7 @@ class EMNoiseProtection(Protection):
         mask = span_mask(waveforms, lengths)
         if self.mode == "class-wise":
             cls = (labels if filter_classes is None else filter_classes).long()
-            pat = self.patterns
-            pat = pat[:, :t] if pat.shape[1] >= t else torch.nn.functional.pad(pat, (0, t - pat.shape[1]))
+            pat = fit_length(self.patterns, t)
             return add_class_noise(waveforms, pat[cls].to(waveforms), mask, self.params["snr_db"],
                                    self.params["linf"])
         out = waveforms.clone()
@@ -227,7 +219,7 @@ class EMNoiseProtection(Protection):
             d = self.noise[row].to(waveforms.dtype)
             if self.params["linf"] is not None:  # float16 storage may round a sample just past the bound
                 d = d.clamp(-self.params["linf"], self.params["linf"])
-            d = d[:t] if len(d) >= t else torch.nn.functional.pad(d, (0, t - len(d)))
+            d = fit_length(d, t)
             out[i] = waveforms[i] + d * mask[i]
         return out
 

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
+from defenses._patches import PatchPlaces, check_patches_fit, check_position_range, class_generator, draw_positions
 from defenses.base import DEFENSES, Defense, Protection
-from defenses.poscuda import PosCUDA, PosCUDAConfig, PosCUDAProtection, check_patches_fit
 from lab.config import PluginConfig
+from lab.dsp import scale_to_snr
 from lab.keys import derive_seed, fingerprint, resolve_key
 
 
@@ -33,25 +34,22 @@ class NoisePatchConfig(PluginConfig):
     position_mode: Literal["absolute", "relative"] = "absolute"
     position_range: tuple[float, float] = (0.0, 0.5)
 
-
-def scale_to_snr(clean: torch.Tensor, noise: torch.Tensor, snr_db: float) -> torch.Tensor:
-    """``noise`` (N, T) scaled per row so that 10 log10(|clean|^2 / |scaled|^2) = snr_db (silent rows: no noise)."""
-    signal = clean.double().pow(2).sum(dim=1, keepdim=True)
-    power = noise.double().pow(2).sum(dim=1, keepdim=True)
-    gain = torch.sqrt(signal / (power.clamp(min=1e-30) * 10 ** (snr_db / 10)))
-    return (noise.double() * torch.where(power > 0, gain, torch.zeros_like(gain))).to(clean.dtype)
+    @model_validator(mode="after")
+    def _check_range(self):
+        check_position_range(self.position_range, self.position_mode)
+        return self
 
 
 class NoisePatchProtection(Protection):
     name = "noise-patch"
     file_by_file = True  # positions and noise per class from the key, scaled to each clip's own power
 
-    def __init__(self, params: dict, key_fingerprint: str, sample_rate: int, places: PosCUDAProtection,
+    def __init__(self, params: dict, key_fingerprint: str, sample_rate: int, places: PatchPlaces,
                  noise: torch.Tensor):
         self.params = params
         self.key_fingerprint = key_fingerprint
         self.sample_rate = sample_rate
-        self.places = places  # PosCUDA's positions for the same key (its filters are not used)
+        self.places = places  # PosCUDA's positions for the same key and position parameters
         self.noise = noise  # (C, P, patch_len)
         self.patch_len = places.patch_len
 
@@ -112,12 +110,12 @@ class NoisePatch(Defense):
     def derive(self, num_classes: int, sample_rate: int) -> NoisePatchProtection:
         cfg: NoisePatchConfig = self.config
         key = resolve_key(cfg.key, cfg.key_file)
-        places = PosCUDA(PosCUDAConfig(key=cfg.key, key_file=cfg.key_file, patch_seconds=cfg.patch_seconds,
-                                       patches_per_class=cfg.patches_per_class, position_mode=cfg.position_mode,
-                                       position_range=cfg.position_range)).derive(num_classes, sample_rate)
+        params = cfg.model_dump(exclude={"key", "key_file", "type"}, mode="json")
+        positions = [draw_positions(class_generator(key, c), cfg.patches_per_class, cfg.position_range)
+                     for c in range(num_classes)]
+        places = PatchPlaces(params, sample_rate, torch.stack(positions))
         noise = []
         for c in range(num_classes):
             gen = torch.Generator().manual_seed(derive_seed(key, "noise-patch/v1/class", c))
             noise.append(torch.randn(cfg.patches_per_class, places.patch_len, generator=gen))
-        params = cfg.model_dump(exclude={"key", "key_file", "type"}, mode="json")
         return NoisePatchProtection(params, fingerprint(key), sample_rate, places, torch.stack(noise))

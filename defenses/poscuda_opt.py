@@ -30,9 +30,9 @@ import torch
 from pydantic import Field, model_validator
 
 from defenses._minmin import MinMinSettings, OptimisedDefense, Perturbation
+from defenses._patches import PosCUDAConfig, PosCUDAProtection, check_patches_fit, derive_poscuda
 from defenses.base import DEFENSES, Protection, TrainingSet, WorkingClips
-from defenses.budget import limit_change
-from defenses.poscuda import PosCUDA, PosCUDAConfig, PosCUDAProtection, check_patches_fit, convolve_patches
+from lab.dsp import convolve_patches, limit_change
 from lab.keys import fingerprint
 
 OPTIMISATION_FIELDS = ("steps", "step_size", "train_batches", "stop_accuracy", "max_rounds", "min_rounds", "rho",
@@ -150,7 +150,9 @@ class PosCUDAOpt(OptimisedDefense):
 
     Config = PosCUDAOptConfig
     seed_label = "poscuda-opt/v1/surrogate"
-    cache_sources = (convolve_patches, limit_change)  # code whose change makes a cached protection outdated
+    # code whose change makes a cached protection outdated: the patch places and the random start
+    # (defenses/_patches.py), the convolution and the budget (lab/dsp.py)
+    cache_sources = (PosCUDAProtection, convolve_patches, limit_change)
 
     @classmethod
     def check_fits(cls, config, clip_seconds):
@@ -160,7 +162,7 @@ class PosCUDAOpt(OptimisedDefense):
         """PosCUDA's own protection from the same key and parameters: where the optimisation starts."""
         cfg = self.config.model_dump(exclude={"type", *OPTIMISATION_FIELDS})
         cfg["key"] = self.config.key.get_secret_value() if self.config.key is not None else None
-        return PosCUDA(PosCUDAConfig.model_validate(cfg)).derive(num_classes, sample_rate)
+        return derive_poscuda(PosCUDAConfig.model_validate(cfg), num_classes, sample_rate)
 
     def derive_from(self, data: TrainingSet) -> PosCUDAOptProtection:
         cfg: PosCUDAOptConfig = self.config

@@ -2,28 +2,50 @@
 measures accuracy (overall and per class) with torchmetrics, so evaluation is correct across devices (DDP).
 
 It has no validation step: what is monitored during training (the clean test set, for learning curves) is
-scored by a callback (lab.train.CleanTestMonitor), so a fit without monitoring raises no Lightning warning."""
+scored by a callback (lab.train.CleanTestMonitor), so a fit without monitoring raises no Lightning warning.
+
+It builds its classifier itself, from the recipe's model section and the feature shape, and saves what it was built
+from as Lightning hyperparameters (plain JSON values: the model's config, feature shape, classes, learning rate,
+weight decay, raw input, sample rate). A checkpoint ``lab run`` writes therefore loads back with Lightning's own
+``LabModule.load_from_checkpoint(path)``; the standardisation buffers are in its state dict."""
 from __future__ import annotations
+
+from typing import Sequence
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from lab.models.base import Classifier
+from lab.config import PluginConfig, parse_plugin
+from lab.models.base import MODELS, build_model
 
 
 class LabModule(L.LightningModule):
-    def __init__(self, model: Classifier, num_classes: int, lr: float, weight_decay: float,
-                 mean: torch.Tensor, std: torch.Tensor, frontend=None):
+    """The recipe's classifier (``model``: the recipe's model section, a config or its JSON mapping) for features
+    of ``feature_shape`` (C, F), standardised with ``mean`` and ``std`` (C, 1) (default: none, 0 and 1, as a
+    checkpoint's state dict then overwrites them), trained with Adam (``lr``, ``weight_decay``). ``raw`` and
+    ``sample_rate``: the features are the audio itself, at that rate (see lab.models)."""
+
+    def __init__(self, model: PluginConfig | dict, feature_shape: Sequence[int], num_classes: int, lr: float,
+                 weight_decay: float, raw: bool, sample_rate: int, mean: torch.Tensor | None = None,
+                 std: torch.Tensor | None = None, frontend=None):
         super().__init__()
+        cfg = model if isinstance(model, PluginConfig) else parse_plugin(MODELS, model, "model")
+        shape = tuple(int(d) for d in feature_shape)
+        # what rebuilds the classifier (load_from_checkpoint): JSON values only, so the checkpoint loads weights-only
+        self.save_hyperparameters({"model": cfg.model_dump(mode="json"), "feature_shape": list(shape),
+                                   "num_classes": num_classes, "lr": lr, "weight_decay": weight_decay, "raw": raw,
+                                   "sample_rate": sample_rate})
         # the feature front-end (lab.features.FrontEnd) when the module is trained on waveform batches; kept out of
         # the module's state (saved models hold the classifier and its standardisation only)
         self._frontend = frontend
-        self.model = model
+        self.model = build_model(cfg, shape, num_classes, raw, sample_rate)
         self.num_classes = num_classes
         self.lr = lr
         self.weight_decay = weight_decay
+        mean = torch.zeros(shape[0], 1) if mean is None else mean
+        std = torch.ones(shape[0], 1) if std is None else std
         self.register_buffer("mean", mean.clone())
         self.register_buffer("std", std.clone())
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")

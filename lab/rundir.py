@@ -19,7 +19,6 @@ import yaml
 
 from defenses.base import Protection
 from lab.errors import LabError
-from lab.models import build_model
 from lab.module import LabModule
 from lab.recipe import Recipe, recipe_from_dict
 
@@ -65,14 +64,16 @@ class FinishedRun:
 
     def module(self, which: str, seed: int) -> LabModule:
         """The trained ``clean_model`` or ``protected_model`` of ``seed``, from its Lightning checkpoint
-        (``models/<which>_seed<N>.ckpt``; runs made before checkpoints have a bare ``.pt`` state dict instead)."""
+        (``models/<which>_seed<N>.ckpt``; runs made before checkpoints have a bare ``.pt`` state dict instead).
+
+        The model is rebuilt from the run's recipe and results, so this reads runs made before checkpoints held
+        the module's hyperparameters too; a newer checkpoint also loads alone, with
+        ``LabModule.load_from_checkpoint(run.checkpoint(which, seed))``."""
         path = self.checkpoint(which, seed)
         shape = self.results["data"]["feature_shape"]
         classes = len(self.results["data"]["classes"])
-        model = build_model(self.recipe.model, tuple(shape), classes, self.recipe.features.raw,
-                            self.recipe.data.sample_rate)
-        module = LabModule(model, classes, self.recipe.train.lr, self.recipe.train.weight_decay,
-                           torch.zeros(shape[0], 1), torch.ones(shape[0], 1))
+        module = LabModule(self.recipe.model, shape, classes, self.recipe.train.lr, self.recipe.train.weight_decay,
+                           self.recipe.features.raw, self.recipe.data.sample_rate)
         state = torch.load(path, map_location="cpu", weights_only=path.suffix == ".pt")
         module.load_state_dict(state["state_dict"] if path.suffix == ".ckpt" else state)
         return module.eval()

@@ -13,7 +13,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from lab.models import build_model
 from lab.module import LabModule, standardisation
 
 for _name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
@@ -160,10 +159,9 @@ class CleanTestMonitor(L.Callback):
 def new_module(recipe, data: TrainingData, num_classes: int, frontend=None) -> LabModule:
     """A freshly initialised LabModule of the recipe's model for ``data`` (call after seeding)."""
     cfg = recipe.train
-    model = build_model(recipe.model, data.feature_shape, num_classes, recipe.features.raw,
-                        recipe.data.sample_rate)
     mean, std = standardisation(data.stats_features)
-    return LabModule(model, num_classes, cfg.lr, cfg.weight_decay, mean, std, frontend=frontend)
+    return LabModule(recipe.model, data.feature_shape, num_classes, cfg.lr, cfg.weight_decay, recipe.features.raw,
+                     recipe.data.sample_rate, mean, std, frontend=frontend)
 
 
 def fit(recipe, data: TrainingData, num_classes: int, seed: int, monitor: tuple[torch.Tensor, torch.Tensor] | None = None,

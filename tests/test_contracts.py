@@ -230,8 +230,7 @@ def tiny_module():
     feats = frontend(x)
     cfg = parse_plugin(MODELS, {"type": "cnn", "channels": [4, 8]}, "model")
     mean, std = standardisation(feats)
-    return LabModule(build_model(cfg, tuple(feats.shape[1:]), C, False, SR), C, 1e-3, 0.0, mean, std,
-                     frontend=frontend)
+    return LabModule(cfg, feats.shape[1:], C, 1e-3, 0.0, False, SR, mean, std, frontend=frontend)
 
 
 def run_attack(name: str, seed: int, outsider: bool = False, rng_state: int = 0) -> dict:

@@ -1,11 +1,12 @@
-"""No import circles, and no plugin reaching up into the code that runs it.
+"""No import circles, no plugin reaching up into the code that runs it, and no plugin importing another plugin.
 
 Two checks of the modules of lab/, defenses/ and attacks/:
 
 1. static: the graph of module-level imports between them (parsed with ``ast``; imports inside functions run late
-   and are left out, as are ``if TYPE_CHECKING:`` blocks) has no cycle, and the plugin packages (defenses/,
-   attacks/, lab/models/) import, anywhere in a file, nothing of the code that runs them and nothing beyond the
-   plugin interface;
+   and are left out, as are ``if TYPE_CHECKING:`` blocks) has no cycle, the plugin packages (defenses/, attacks/,
+   lab/models/) import, anywhere in a file, nothing of the code that runs them and nothing beyond the plugin
+   interface, and no module that registers a plugin imports another module that registers one (what two plugins
+   share lives in lab/dsp.py or in a shared module that registers nothing, such as defenses/_patches.py);
 2. at run time: every module imports ALONE in a fresh interpreter, so no module works only when another happened to
    be imported first. A new interpreter per module costs a torch import each (4 s here), so one interpreter imports
    the third-party libraries the project imports (and no project module), then forks one child per project module,
@@ -28,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 ROOTS = ("lab", "defenses", "attacks")
 PLUGIN_PACKAGES = ("defenses", "attacks", "lab.models")
 RUNNERS = ("lab.attacking", "lab.experiment", "lab.commands", "lab.cli")  # the code that runs plugins
-PLUGIN_INTERFACE = ("lab.config", "lab.registry", "lab.keys", "lab.errors")  # what a plugin may use of lab/
+PLUGIN_INTERFACE = ("lab.config", "lab.registry", "lab.keys", "lab.errors", "lab.dsp")  # what a plugin may use of lab/
 NOT_IMPORTABLE = {"lab.__main__"}  # runs the command line when imported
 
 
@@ -124,6 +125,27 @@ def plugin_imports(repo: Path, roots=ROOTS, plugin_packages=PLUGIN_PACKAGES) -> 
     mods = project_modules(repo, roots)
     return {name: imports_of(name, path, mods, module_level=False) for name, path in mods.items()
             if _under(name, plugin_packages)}
+
+
+def registers(path: Path) -> bool:
+    """Whether a file registers a plugin: it calls ``register`` on a registry (an all-capitals name such as
+    ``DEFENSES`` or ``base.DEFENSES``), as a decorator ``@DEFENSES.register("name")`` or directly."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "register":
+            registry = node.func.value
+            name = registry.id if isinstance(registry, ast.Name) else getattr(registry, "attr", "")
+            if name.isupper():
+                return True
+    return False
+
+
+def plugins_importing_plugins(repo: Path, roots=ROOTS) -> dict[str, list[str]]:
+    """For every module that registers a plugin: the other plugin-registering modules it imports (anywhere in the
+    file, function-level imports too); only modules that import some."""
+    mods = project_modules(repo, roots)
+    plugins = {name for name, path in mods.items() if registers(path)}
+    found = {name: sorted(imports_of(name, mods[name], mods, module_level=False) & plugins) for name in plugins}
+    return {name: targets for name, targets in found.items() if targets}
 
 
 # --- importing each module alone -------------------------------------------------------------------------------------
@@ -251,6 +273,34 @@ def test_plugins_never_import_the_code_that_runs_them():
               for name, targets in found.items()}
     beyond = {name: targets for name, targets in beyond.items() if targets}
     assert not beyond, f"plugins use more of lab/ than the plugin interface {PLUGIN_INTERFACE}: {beyond}"
+
+
+def test_the_plugin_check_catches_a_plugin_importing_another(tmp_path):
+    files = {
+        "pk/__init__.py": "",
+        "pk/base.py": "class Registry:\n    def register(self, name):\n        return lambda cls: cls\n\n"
+                      "THINGS = Registry()\n",
+        "pk/_shared.py": "from pk.base import THINGS\n\ndef helper():\n    return 1\n",
+        "pk/one.py": "from pk._shared import helper\nfrom pk.base import THINGS\n\n@THINGS.register('one')\n"
+                     "class One:\n    pass\n",
+        "pk/two.py": "from pk.base import THINGS\n\n@THINGS.register('two')\nclass Two:\n    def f(self):\n"
+                     "        from pk.one import One  # a plugin reaching into another, late\n        return One\n",
+        "pk/three.py": "import pk.base\n\nclass Three:\n    pass\n\npk.base.THINGS.register('three')(Three)\n",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    assert [registers(tmp_path / "pk" / f) for f in ("base.py", "_shared.py", "one.py", "two.py", "three.py")] == \
+        [False, False, True, True, True]
+    assert plugins_importing_plugins(tmp_path, ("pk",)) == {"pk.two": ["pk.one"]}
+
+
+def test_no_plugin_module_imports_another():
+    graph = plugin_imports(REPO)
+    assert "defenses._patches" in graph["defenses.noise_patch"] and "lab.dsp" in graph["attacks.augment"]
+    found = plugins_importing_plugins(REPO)
+    assert not found, (f"plugin modules import other plugin modules (move what they share to lab/dsp.py or a "
+                       f"module that registers nothing, e.g. defenses/_patches.py): {found}")
 
 
 def test_every_module_imports_alone_in_a_fresh_interpreter(tmp_path):

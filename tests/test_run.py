@@ -262,3 +262,34 @@ def test_provenance_records_the_commit_of_the_code_at_the_start(monkeypatch):
     at_start = dict(prov.CODE_GIT)
     monkeypatch.setattr(prov, "git_commit", lambda: {"commit": "0" * 40, "dirty": False})  # "a later commit"
     assert prov.provenance()["git"] == at_start
+
+
+def test_a_run_checkpoint_loads_with_lightning_alone(fsdd_dir, tmp_path):
+    """``LabModule.load_from_checkpoint`` rebuilds a model ``lab run`` saved (its hyperparameters are in the
+    checkpoint, its standardisation in the state dict), equal to ``read_run(...).module(...)``; a checkpoint without
+    the hyperparameters (a run made before they were saved) still reads through ``read_run``."""
+    import torch
+
+    from lab import read_run
+    from lab.module import LabModule
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "fsdd_cnn.yaml"
+    result = CliRunner().invoke(app, [
+        "run", str(recipe), "--seeds", "0", "--out", str(tmp_path), "--set", f"data.root={fsdd_dir}",
+        "--set", "train.epochs=1", "--set", "data.max_train_per_class=5", "--set", "data.max_test_per_class=2",
+        "--set", "train.progress=false", "--set", f"defense.key={KEY}"])
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "fsdd_cnn").iterdir()
+    run = read_run(run_dir)
+    path = run.checkpoint("protected_model", 0)
+    loaded = LabModule.load_from_checkpoint(path, map_location="cpu").eval()
+    rebuilt = run.module("protected_model", 0)
+    assert loaded.hparams["model"] == run.recipe.model.model_dump(mode="json") and loaded.num_classes == 10
+    assert not torch.equal(loaded.mean, torch.zeros_like(loaded.mean)), "the standardisation comes from the state"
+    x = torch.randn(6, *run.results["data"]["feature_shape"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = rebuilt(x)
+        assert torch.equal(loaded(x), expected)
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        del state["hyper_parameters"]  # as a checkpoint written before LabModule saved its hyperparameters
+        torch.save(state, path)
+        assert torch.equal(read_run(run_dir).module("protected_model", 0)(x), expected)

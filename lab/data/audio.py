@@ -20,6 +20,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from lab.dsp import fit_length
 from lab.errors import LabError
 from lab.formats import AUDIO_EXTENSIONS  # noqa: F401  (re-exported: the one list, see lab/formats.py)
 
@@ -59,14 +60,9 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
 
 
 def fix_length(wave: torch.Tensor, total: int, crop: str, pad: str) -> tuple[torch.Tensor, int]:
-    """Crop or zero-pad a 1-D tensor to ``total`` samples; also return the real (unpadded) length."""
-    n = wave.shape[0]
-    if n >= total:
-        start = (n - total) // 2 if crop == "center" else 0
-        return wave[start:start + total], total
-    missing = total - n
-    before = missing // 2 if pad == "both" else 0
-    return torch.nn.functional.pad(wave, (before, missing - before)), n
+    """Crop or zero-pad a 1-D tensor to ``total`` samples (:func:`lab.dsp.fit_length`); also return the real
+    (unpadded) length."""
+    return fit_length(wave, total, crop, pad), min(wave.shape[0], total)
 
 
 def load_clips(paths: Sequence[Path], sample_rate: int, clip_samples: int, crop: str = "left",

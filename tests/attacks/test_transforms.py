@@ -6,14 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attacks import build_attack
+from attacks import ATTACKS, build_attack
 from attacks.augment import band_pass, gain, pitch_shift, time_mask, time_stretch
 from attacks.base import AttackContext
 from attacks.codec import mp3_available, reduce_bits, resample_down_up
-from attacks.mixed_position import circular_shift, shuffle_segments
+from attacks.mixed_position import shuffle_segments
 from attacks.partial import protected_rows
 from attacks.sharpen_lowpass import dct_lowpass, sharpen
 from defenses.poscuda import PosCUDA, PosCUDAConfig
+from lab.dsp import circular_shift
 from lab.errors import LabError
 
 SR = 8000
@@ -37,10 +38,10 @@ def first_nonzero(x: torch.Tensor) -> torch.Tensor:
     return (x != 0).float().argmax(dim=1)
 
 
-def ctx_for(clean, protected, labels, protection=None):
+def ctx_for(clean, protected, labels, protection=None, seed=0):
     return AttackContext(clean=clean, protected=protected, labels=labels,
                          lengths=torch.full((len(labels),), clean.shape[1]), protection=protection, sample_rate=SR,
-                         num_classes=int(labels.max()) + 1, seed=0)
+                         num_classes=int(labels.max()) + 1, seed=seed)
 
 
 # --- mixed-position -------------------------------------------------------------------------------------------------
@@ -211,16 +212,14 @@ def test_partial_protects_exactly_the_stated_fraction(fraction):
 
 def tiny_module():
     from lab.features import FeatureConfig, FrontEnd
-    from lab.models import build_model
     from lab.module import LabModule
     from lab.recipe import recipe_from_dict
     recipe = recipe_from_dict({"model": {"type": "cnn"}, "defense": {"type": "none"}, "train": {"epochs": 1}})
     frontend = FrontEnd(FeatureConfig(), SR)
     x = 0.1 * torch.randn(8, SR, generator=torch.Generator().manual_seed(0))
     feats = frontend(x)
-    model = build_model(recipe.model, tuple(feats.shape[1:]), 10, False, SR)
-    mod = LabModule(model, 10, 1e-3, 0.0, feats.mean(dim=(0, 2))[:, None], feats.std(dim=(0, 2))[:, None],
-                    frontend=frontend)
+    mod = LabModule(recipe.model, feats.shape[1:], 10, 1e-3, 0.0, False, SR, feats.mean(dim=(0, 2))[:, None],
+                    feats.std(dim=(0, 2))[:, None], frontend=frontend)
     return mod, x, torch.arange(8) % 10
 
 
@@ -248,3 +247,38 @@ def test_adversarial_filters_raise_the_loss_and_keep_unit_norm():
     loss = lambda w: F.cross_entropy(module(module.features(w)), y).item()  # noqa: E731
     assert loss(out) > loss(x)
     assert torch.allclose(attack.filters.norm(dim=1), torch.ones(len(attack.filters)), atol=1e-5)
+
+
+# --- randomness -----------------------------------------------------------------------------------------------------
+
+BUILTIN_BATCH_ATTACKS = [n for n in ATTACKS.names()
+                         if ATTACKS.get(n).per_batch and ATTACKS.get(n).__module__.startswith("attacks.")]
+
+
+@pytest.mark.parametrize("name", BUILTIN_BATCH_ATTACKS)
+def test_builtin_batch_attacks_draw_from_their_own_recorded_generator(name):
+    """A built-in batch attack that draws at random declares ``draws_per_batch`` and draws from its own generator,
+    seeded from the training seed and recorded as ``batch_seed``; none draws from torch's global generator (whose
+    stream the model's own draws share), so the same seed gives the same batches whatever else drew before."""
+    torch.manual_seed(0)
+    module, x, y = tiny_module()
+
+    def run(seed):
+        attack = build_attack(name)
+        attack.start(ctx_for(x, x, y, seed=seed))
+        state = torch.get_rng_state()
+        outs = [attack.transform_batch(x, y, module) for _ in range(2)]
+        assert torch.equal(torch.get_rng_state(), state), f"{name} drew from torch's global generator"
+        return outs, attack.record()
+
+    first, record = run(0)
+    torch.manual_seed(123)
+    again, _ = run(0)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    declared = ATTACKS.get(name).draws_per_batch
+    assert ("batch_seed" in record) == declared
+    if declared:
+        other, other_record = run(1)
+        assert record["batch_seed"] != other_record["batch_seed"]
+        assert not all(torch.equal(a, b) for a, b in zip(first, other)), "another seed, other draws"
+        assert not torch.equal(first[0], first[1]), "every batch draws anew"

@@ -12,8 +12,8 @@ import torch
 from defenses import DEFENSES, Protection, build_defense
 from defenses._minmin import Perturbation, adversarial, min_min, span_mask
 from defenses.base import TrainingSet
-from defenses.budget import limit_change
 from lab.config import parse_plugin
+from lab.dsp import limit_change
 from lab.errors import LabError
 
 SR = 8000

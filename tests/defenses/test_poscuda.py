@@ -6,7 +6,9 @@ import json
 import pytest
 import torch
 
-from defenses.poscuda import PosCUDA, PosCUDAConfig, PosCUDAProtection, convolve_patches
+from defenses._patches import PosCUDAProtection
+from defenses.poscuda import PosCUDA, PosCUDAConfig
+from lab.dsp import convolve_patches
 from lab.errors import LabError
 
 SR = 8000

@@ -12,7 +12,6 @@ import torch
 from lab.errors import LabError
 from lab.fad import BACKENDS, build_backend
 from lab.features import FeatureConfig
-from lab.models import build_model
 from lab.models.cnn import CNNConfig
 from lab.module import LabModule, standardisation
 from tests.conftest import tone
@@ -56,8 +55,7 @@ def test_logmel_sees_a_tone_change():
 def small_module(features: FeatureConfig, sr: int, clip: int, channels=(4, 8)) -> LabModule:
     from lab.features import FrontEnd
     x = FrontEnd(features, sr)(torch.randn(8, clip))
-    model = build_model(CNNConfig(channels=list(channels)), tuple(x.shape[1:]), 10, False, sr)
-    return LabModule(model, 10, 1e-3, 0.0, *standardisation(x))
+    return LabModule(CNNConfig(channels=list(channels)), x.shape[1:], 10, 1e-3, 0.0, False, sr, *standardisation(x))
 
 
 @pytest.mark.parametrize("dims, channels", [(128, (4, 8)), (16, (4, 8)), (4096, (2, 2))])

@@ -1,0 +1,122 @@
+"""Signal helpers shared by the defenses, the attacks and the data loader: plain functions on tensors, no plugin
+knowledge (part of the plugin interface, docs/extending.md).
+
+Waveforms are ``(N, T)`` batches, one clip per row, unless a function says otherwise. Power sums and gains are
+computed in float64 and every function here is bit-for-bit what the lab computed before it was gathered here:
+results and protected audio do not move when a plugin switches to these helpers.
+
+- energies and SNR: :func:`energy`, :func:`snr_gain`, :func:`scale_to_snr` (noise scaled so that a clip's SNR is
+  exactly a target), :func:`snr_radius` (the largest L2 norm of a change that keeps a target SNR),
+  :func:`limit_change` (a change scaled DOWN to an SNR budget, clipped to an L-infinity one);
+- lengths: :func:`fit_length` (crop or zero-pad the last dimension);
+- moving and filtering: :func:`circular_shift`, :func:`convolve_patches` (class filters convolved in patches).
+"""
+from __future__ import annotations
+
+import torch
+
+
+# --- energies and SNR ---------------------------------------------------------------------------------------------
+
+def energy(x: torch.Tensor) -> torch.Tensor:
+    """(N, 1) float64: the sum of squares of each row of ``x`` (N, T)."""
+    return x.double().pow(2).sum(dim=1, keepdim=True)
+
+
+def snr_gain(clean: torch.Tensor, noise: torch.Tensor, snr_db: float) -> torch.Tensor:
+    """(N, 1) float64: the factor that scales each row of ``noise`` so that 10 log10(|clean|^2 / |gain * noise|^2)
+    is ``snr_db``; 0 for a row of silent noise (and, since its clean energy is 0, for a silent clip)."""
+    signal, power = energy(clean), energy(noise)
+    gain = torch.sqrt(signal / (power.clamp(min=1e-30) * 10 ** (snr_db / 10)))
+    return torch.where(power > 0, gain, torch.zeros_like(gain))
+
+
+def scale_to_snr(clean: torch.Tensor, noise: torch.Tensor, snr_db: float) -> torch.Tensor:
+    """``noise`` (N, T) scaled per row so that 10 log10(|clean|^2 / |scaled|^2) = snr_db (silent rows: no noise),
+    scaled in float64 and returned in ``clean``'s dtype."""
+    return (noise.double() * snr_gain(clean, noise, snr_db)).to(clean.dtype)
+
+
+def snr_radius(x: torch.Tensor, snr_db: float) -> torch.Tensor:
+    """(N, 1) float64: the largest L2 norm of a change to each row of ``x`` that keeps its SNR >= ``snr_db``."""
+    return energy(x).sqrt() * 10 ** (-snr_db / 20)
+
+
+def limit_change(clean: torch.Tensor, protected: torch.Tensor, snr_db: float | None = None,
+                 linf: float | None = None) -> torch.Tensor:
+    """``protected`` (N, T) with its change from ``clean`` limited per row: SNR >= ``snr_db`` (the change is scaled
+    down where the SNR is lower, never up; a silent clip gets no change) and |change| <= ``linf`` (clipped after
+    the scaling). Differentiable (an optimised defense optimises through it)."""
+    change = protected - clean
+    if snr_db is not None:
+        signal, power = energy(clean), energy(change)
+        allowed = signal / 10 ** (snr_db / 10)
+        scale = torch.sqrt(allowed / power.clamp(min=1e-30)).clamp(max=1.0)
+        scale = torch.where(signal > 0, scale, torch.zeros_like(scale))
+        change = change * scale.to(change.dtype)
+    if linf is not None:
+        change = change.clamp(-linf, linf)
+    return clean + change
+
+
+# --- lengths -------------------------------------------------------------------------------------------------------
+
+def fit_length(x: torch.Tensor, total: int, crop: str = "left", pad: str = "right") -> torch.Tensor:
+    """``x`` (..., T) cropped or zero-padded along its last dimension to ``total`` samples. ``crop``: ``left`` keeps
+    the start, ``center`` the middle; ``pad``: ``right`` appends zeros, ``both`` splits them between start and end
+    (the start gets the smaller half). A view when cropped."""
+    n = x.shape[-1]
+    if n >= total:
+        start = (n - total) // 2 if crop == "center" else 0
+        return x[..., start:start + total]
+    missing = total - n
+    before = missing // 2 if pad == "both" else 0
+    return torch.nn.functional.pad(x, (before, missing - before))
+
+
+# --- moving and filtering --------------------------------------------------------------------------------------
+
+def circular_shift(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Row n of ``x`` (N, T) rolled right by ``shifts[n]`` samples (what leaves one end comes back at the other)."""
+    t = x.shape[1]
+    idx = (torch.arange(t, device=x.device)[None, :] - shifts[:, None]) % t
+    return x.gather(1, idx)
+
+
+def convolve_patches(x: torch.Tensor, starts: torch.Tensor, filters: torch.Tensor, patch_len: int,
+                     clip: bool = False, ends: torch.Tensor | None = None) -> torch.Tensor:
+    """Convolve, in every row of ``x`` (N, T), the patches ``[starts[n, j], starts[n, j] + patch_len)`` with
+    ``filters[n, j]`` (N, P, k); patches are applied in order j = 0..P-1. Batched: no Python loop over clips.
+
+    Only patch samples change. The convolution is "same"-aligned, reads the real neighbours around each patch
+    (zeros only beyond the clip's ends) and is computed tap by tap with element-wise operations, so a clip's result
+    does not depend on which other clips share its batch. ``clip``: patch samples are clipped to [-1, 1]. ``ends``
+    (N,): where each row's clip ends (a padded batch of whole files): a patch is cut there, so the padding stays
+    zero and a later patch reads the same zeros the file alone has.
+    """
+    n, t = x.shape
+    k = filters.shape[-1]
+    left = (k - 1) // 2
+    out = x.clone()
+    window = torch.arange(patch_len + k - 1, device=x.device)
+    patch = torch.arange(patch_len, device=x.device)
+    for j in range(starts.shape[1]):
+        # the patch and its k-1 real neighbours; indices outside the clip read as zero
+        idx = starts[:, j:j + 1] - left + window
+        inside = (idx >= 0) & (idx < t)
+        seg = out.gather(1, idx.clamp(0, t - 1)) * inside
+        taps = filters[:, j].flip(-1).to(x.dtype)
+        y = torch.zeros(n, patch_len, dtype=x.dtype, device=x.device)
+        for i in range(k):  # element-wise, so a clip's result never depends on its batch
+            y.addcmul_(taps[:, i:i + 1], seg[:, i:i + patch_len])
+        if clip:
+            y.clamp_(-1.0, 1.0)
+        where = starts[:, j:j + 1] + patch
+        end = t if ends is None else ends[:, None].clamp(max=t)
+        if bool((where < end).all()):
+            out.scatter_(1, where, y)
+        else:  # a patch longer than what is left of the clip is cut at the clip's end
+            keep = where < end
+            rows = torch.arange(n, device=x.device)[:, None].expand(n, patch_len)
+            out[rows[keep], where[keep]] = y[keep]
+    return out
