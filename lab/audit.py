@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -327,13 +326,9 @@ def run_audit(plan: Plan, out: Path | str = "runs", log: Callable[[str], None] =
 def _stopped(run_dir: Path, created: list[Path], state: Progress, why: str) -> str:
     """An audit folder whose audit stopped: marked INCOMPLETE (why, how far) when a cell finished, else removed
     with the empty parents made for it. Returns what was done, for a message."""
-    from lab.rundir import INCOMPLETE, mark_incomplete
+    from lab.rundir import INCOMPLETE, mark_incomplete, remove_created
     if state.trained == 0:
-        for folder in created:
-            if folder == run_dir:
-                shutil.rmtree(folder, ignore_errors=True)
-            elif folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+        remove_created(run_dir, created)
         return f"nothing kept ({state.summary()}; {run_dir} removed)"
     mark_incomplete(run_dir, f"{why}: {state.summary()}")
     return f"kept {run_dir}/ (incomplete: {state.summary()}; no results.json, and {INCOMPLETE} says why)"

@@ -6,7 +6,6 @@ clean data ─► defense.derive(key) ─► protected train / test / mixed-posi
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import threading
 import time
@@ -25,7 +24,7 @@ from lab.provenance import provenance
 from lab.quality import assess, markdown_lines
 from lab.recipe import Recipe
 from lab.spine import ExperimentData, check_defense
-from lab.rundir import INCOMPLETE, mark_incomplete, write_atomic
+from lab.rundir import INCOMPLETE, mark_incomplete, remove_created, write_atomic
 from lab.train import evaluate, fit
 
 # (model, test set) pairs reported by `lab run`, in table order
@@ -107,11 +106,7 @@ def _stopped(run_dir: Path, created: list[Path], state: RunState, why: str) -> s
     anything worth keeping or was given by the caller, else remove the folders this run created. Returns what was
     done, for a message."""
     if created and not _worth_keeping(run_dir):
-        for folder in created:  # the run folder, then the parents made for it, while they are empty
-            if folder == run_dir:
-                shutil.rmtree(folder, ignore_errors=True)
-            elif folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+        remove_created(run_dir, created)
         return f"nothing kept ({state.summary()}; {run_dir} removed)"
     mark_incomplete(run_dir, f"{why}: {state.summary()}")
     return (f"kept {run_dir}/ (incomplete: {state.summary()}; its results.json is not written, and {INCOMPLETE} "

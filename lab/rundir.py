@@ -34,6 +34,17 @@ def mark_incomplete(run_dir: Path, reason: str) -> None:
     write_atomic(Path(run_dir) / INCOMPLETE, text)
 
 
+def remove_created(run_dir: Path, created: list[Path]) -> None:
+    """Remove a run folder that holds nothing worth keeping, and the parents made for it while they are empty
+    (``created``: the run folder and the folders made for it, in the order they were made)."""
+    import shutil
+    for folder in created:
+        if folder == run_dir:
+            shutil.rmtree(folder, ignore_errors=True)
+        elif folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def incomplete_reason(run_dir: Path) -> str | None:
     """The first line of ``run_dir/INCOMPLETE``, or None when there is no such file."""
     marker = Path(run_dir) / INCOMPLETE

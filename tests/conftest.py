@@ -60,3 +60,23 @@ def labelled_folder(tmp_path) -> Path:
                   16000 if j < 3 else 8000)
     (root / "cat" / "notes.txt").write_text("not audio")
     return root
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run ``lab ARGS`` in this process (a subprocess pays seconds of imports each time): (exit code, stdout,
+    stderr), with the same one-line error handling as the real command."""
+    from lab.cli import main
+
+    def run(*args: str):
+        monkeypatch.setattr("sys.argv", ["lab", *args])
+        monkeypatch.setenv("COLUMNS", "200")  # a table's lines are not wrapped
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+        out = capsys.readouterr()
+        return code, out.out, out.err
+    return run

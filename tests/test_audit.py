@@ -40,24 +40,9 @@ def folders(fsdd_dir, tmp_path_factory) -> dict[str, Path]:
     return {"clean": root / "clean", "published": root / "published", "test": root / "test", "root": root}
 
 
-def run_lab(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
-    """``lab ARGS`` in this process, with the real command's error handling: (exit code, stdout, stderr)."""
-    from lab.cli import main
-    monkeypatch.setattr("sys.argv", ["lab", *args])
-    monkeypatch.setenv("COLUMNS", "200")  # the table's lines are not wrapped
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_quick_real_audit_prints_the_table_and_verdict_and_writes_the_rows(folders, tmp_path, capsys, monkeypatch):
+def test_quick_real_audit_prints_the_table_and_verdict_and_writes_the_rows(folders, tmp_path, cli):
     out = tmp_path / "runs"
-    code, stdout, stderr = run_lab(capsys, monkeypatch, "audit", str(folders["published"]), "--test",
+    code, stdout, stderr = cli("audit", str(folders["published"]), "--test",
                                    str(folders["test"]), "--reference", str(folders["clean"]), "--out", str(out),
                                    *QUICK)
     assert code == 0, stdout + stderr
@@ -184,7 +169,7 @@ def test_attacks_that_read_clean_clips_say_so_and_an_outsider_cannot_run_them():
         attack_plan(["augment", "partial"])
 
 
-def test_published_clips_identical_to_the_clean_copy_are_counted(tmp_path, capsys, monkeypatch):
+def test_published_clips_identical_to_the_clean_copy_are_counted(tmp_path, cli):
     from lab.audit import check_folders
     pub, test = label_tree(tmp_path / "pub", DIGITS, files=2), label_tree(tmp_path / "test", DIGITS, start=50)
     ref = label_tree(tmp_path / "ref", DIGITS, files=2, start=100)
@@ -192,7 +177,7 @@ def test_published_clips_identical_to_the_clean_copy_are_counted(tmp_path, capsy
     folders = check_folders(pub, test, ref)
     assert folders.unchanged == 1 and folders.clips == {"published": 6, "test": 3, "reference": 6}
     assert folders.classes == list(DIGITS) and folders.manifest is None and folders.published == pub.resolve()
-    code, stdout, stderr = run_lab(capsys, monkeypatch, "audit", str(pub), "--test", str(test), "--reference",
+    code, stdout, stderr = cli("audit", str(pub), "--test", str(test), "--reference",
                                    str(ref), "--out", str(tmp_path / "runs"), "--attacks", "none", *QUICK)
     assert code == 0, stdout + stderr
     assert " ".join(stderr.split()) == ("warning: 1 of 6 published clips are byte-identical to clips of the clean "
@@ -227,7 +212,7 @@ def label_tree(root: Path, labels, files: int = 1, start: int = 0) -> Path:
     ("bad_seeds", "--seeds 'a,b': expected comma-separated whole numbers"),
     ("epochs", "train.epochs: Input should be greater than or equal to 1"),
 ])
-def test_bad_input_is_one_line_and_leaves_nothing(case, pattern, tmp_path, capsys, monkeypatch):
+def test_bad_input_is_one_line_and_leaves_nothing(case, pattern, tmp_path, cli):
     pub, test, ref = label_tree(tmp_path / "pub", DIGITS), label_tree(tmp_path / "test", DIGITS, start=50), None
     if case == "missing":
         pub = tmp_path / "nope"
@@ -258,7 +243,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(case, pattern, tmp_path, capsy
              "bad_seeds": ["--seeds", "a,b"], "epochs": ["--epochs", "0"]}.get(case, [])
     out = tmp_path / "runs"
     args = ["audit", str(pub), "--test", str(test), "--out", str(out), *extra]
-    code, stdout, stderr = run_lab(capsys, monkeypatch, *args, *(["--reference", str(ref)] if ref else []))
+    code, stdout, stderr = cli(*args, *(["--reference", str(ref)] if ref else []))
     assert code == 2, stdout + stderr
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr

@@ -64,25 +64,6 @@ BAD = {"owl/corrupt.wav", "owl/empty.wav", "cat/header_only.wav"}
 
 
 @pytest.fixture
-def cli(capsys, monkeypatch):
-    """Run ``lab ARGS`` in this process (a subprocess pays seconds of imports each time): (exit code, stdout,
-    stderr), with the same one-line error handling as the real command."""
-    from lab.cli import main
-
-    def run(*args: str):
-        monkeypatch.setattr("sys.argv", ["lab", *args])
-        capsys.readouterr()
-        try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = e.code or 0
-        out = capsys.readouterr()
-        return code, out.out, out.err
-    return run
-
-
-@pytest.fixture
 def key_file(tmp_path) -> Path:
     path = tmp_path / "keys" / "owner.key"
     path.parent.mkdir()
