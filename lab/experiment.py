@@ -203,6 +203,28 @@ def run(recipe: Recipe, recipe_path: str | None = None, log: Callable[[str], Non
     return results, run_dir
 
 
+def _write_protection(run_dir: Path, protection) -> dict:
+    """The run's protection record (``protection.json``) and, for an optimised protection, its large tensors
+    (``protection.pt``), both private; returns the record."""
+    record = protection.to_dict()
+    (run_dir / "protection.json").write_text(json.dumps(record))
+    arrays = protection.arrays()
+    if arrays:
+        torch.save(arrays, run_dir / "protection.pt")
+    return record
+
+
+def _evaluate_seed(entry: dict, models: dict, recipe: Recipe, prep) -> None:
+    """One seed's evaluations into ``entry``: each model on each test set, the position ablation, convergence."""
+    for which, test_set in EVALUATIONS:
+        clips = prep.test_set(test_set)
+        entry.setdefault(which, {})[test_set] = evaluate(models[which], recipe.train, prep.features(clips),
+                                                         clips.labels)
+    for which in ("clean_model", "protected_model"):
+        entry[which]["ablation"] = evaluate_ablation(models[which], recipe.train, prep)
+        entry[which]["convergence"] = getattr(models[which], "lab_convergence", None)
+
+
 def _run(recipe: Recipe, recipe_path: str | None, log: Callable[[str], None], progress: bool, run_dir: Path,
          clean_models: dict | None, state: RunState) -> dict:
     started = time.perf_counter()
@@ -215,11 +237,7 @@ def _run(recipe: Recipe, recipe_path: str | None, log: Callable[[str], None], pr
     log(f"data: {len(prep.train)} training and {len(prep.test)} test clips, {num_classes} classes, "
         f"{recipe.data.sample_rate} Hz, {recipe.data.clip_seconds} s; features {recipe.features.type} "
         f"{prep.feature_shape}")
-    record = prep.protection.to_dict()
-    (run_dir / "protection.json").write_text(json.dumps(record))
-    arrays = prep.protection.arrays()
-    if arrays:  # an optimised protection's large tensors, beside its record (private, like it)
-        torch.save(arrays, run_dir / "protection.pt")
+    record = _write_protection(run_dir, prep.protection)
     same_as_clean = recipe.defense.type == "none"
     per_seed = []
     first_clean_model = None
@@ -250,13 +268,7 @@ def _run(recipe: Recipe, recipe_path: str | None, log: Callable[[str], None], pr
         if first_clean_model is None:
             first_clean_model = models["clean_model"]
         state.stage = f"evaluating seed {seed}"
-        for which, test_set in EVALUATIONS:
-            clips = prep.test_set(test_set)
-            entry.setdefault(which, {})[test_set] = evaluate(models[which], recipe.train, prep.features(clips),
-                                                             clips.labels)
-        for which in ("clean_model", "protected_model"):
-            entry[which]["ablation"] = evaluate_ablation(models[which], recipe.train, prep)
-            entry[which]["convergence"] = getattr(models[which], "lab_convergence", None)
+        _evaluate_seed(entry, models, recipe, prep)
         per_seed.append(entry)
         state.trained += 1
     summary = {f"{m}/{t}": summarise([e[m][t]["accuracy"] for e in per_seed]) for m, t in EVALUATIONS}
