@@ -12,6 +12,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # xdist's workers inherit a COLUMNS=80/LINES=24 of their own making: the lab's console would then be 80 columns
+    # wide in every in-process command a test runs (not what a user's log gets: tests check that)
+    for var in ("COLUMNS", "LINES"):
+        os.environ.pop(var, None)
 
 import numpy as np
 import pytest
