@@ -33,13 +33,12 @@ def _progress(label: str):
     return (lambda done, total: bar.update(task, completed=done, total=total)), bar
 
 
-def defense_fields(kind: str) -> list[str]:
-    """The fields of defense ``kind`` that lab protect lets the command line set (all but the key); a defense lab
-    protect cannot apply is refused here, in one line naming those it can."""
-    from lab.protect.protector import applicable_defenses, cannot_apply, defense_fields_of
+def check_applicable(kind: str) -> None:
+    """A defense lab protect cannot apply is refused here, in one line naming those it can (its fields are validated
+    later, by its own config)."""
+    from lab.protect.protector import applicable_defenses, cannot_apply
     if kind not in applicable_defenses():
         raise cannot_apply(kind)
-    return defense_fields_of(kind)
 
 
 def parse_options(items: list[str]) -> dict:
@@ -145,7 +144,7 @@ def defense_options(recipe: Path | None, defense: str | None, option: list[str])
                            f"--defense or --recipe, or a recipe whose defense is {defense}")
     kind = defense or options.get("type") or "poscuda"
     options["type"] = kind
-    defense_fields(kind)  # a defense lab protect cannot apply is refused here, naming those it can
+    check_applicable(kind)
     options.update(parse_options(option))  # fields are validated with the defense's config (did you mean)
     return kind, options
 
