@@ -28,10 +28,13 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from lab.data.audio import AUDIO_EXTENSIONS
 from lab.errors import LabError
+
+if TYPE_CHECKING:
+    from lab.rundir import Progress
 
 MODELS = ("cnn", "lstm", "transformer")
 DEFAULT_ATTACKS = ("augment", "codec")
@@ -234,19 +237,6 @@ def plan_audit(published: Path, test: Path, reference: Path | None = None, model
 ROLE_NAMES = {"published": "published folder", "reference": "clean copy"}
 
 
-@dataclass
-class Progress:
-    """How far an audit got: what its INCOMPLETE marker and an interruption message say."""
-
-    cells: int
-    trained: int = 0
-    stage: str = "starting"
-    sigint: bool = field(default=False, repr=False)  # set by lab.experiment.noticing_sigint
-
-    def summary(self) -> str:
-        return f"{self.trained} of {self.cells} cells (model x folder x seed) trained, stopped while {self.stage}"
-
-
 def audit_data(plan: Plan, log: Callable[[str], None] = print) -> dict:
     """(model, folder role) -> ExperimentData; each folder's clips are loaded once (here: a corrupt file stops the
     audit before anything is written) and the features are shared through one cache."""
@@ -289,49 +279,22 @@ def run_audit(plan: Plan, out: Path | str = "runs", log: Callable[[str], None] =
     """Train the plan and write ``out/audit/<PUBLISHED name>-<time>/``: ``results.json`` (written last, in one
     piece), ``results.md`` and ``cells/`` (one JSON per finished model x folder x seed). While it runs the folder
     holds ``INCOMPLETE``; an audit that fails or is interrupted keeps it (saying why and how far it got) when some
-    cell finished, else removes the folder; Ctrl-C raises lab.experiment.RunInterrupted saying what was kept."""
+    cell finished, else removes the folder; Ctrl-C raises lab.rundir.RunInterrupted saying what was kept."""
     import torch
 
-    from lab.experiment import RunInterrupted, noticing_sigint
-    from lab.results import new_run_dir
-    from lab.rundir import mark_incomplete
+    from lab.rundir import Progress, finish, open_run, running
     first = next(iter(plan.published.values()))
     if first.train.num_threads:
         torch.set_num_threads(first.train.num_threads)
     datas = audit_data(plan, log)
-    base = Path(out) / "audit"
-    created = [p for p in [*reversed(base.parents), base] if not p.exists()]
-    run_dir = new_run_dir(base, plan.folders.published.name)
-    created = [run_dir, *reversed(created)]
-    mark_incomplete(run_dir, "in progress")
-    state, started = Progress(len(plan.cells())), time.perf_counter()
-    try:
-        with noticing_sigint(state):
-            cells = train_cells(plan, datas, run_dir, log, progress, state)
-            state.stage = "writing the results"
-            results = assemble(plan, datas, cells, run_dir, time.perf_counter() - started)
-            write_results(results, run_dir)
-    except BaseException as e:
-        interrupted = isinstance(e, KeyboardInterrupt) or (isinstance(e, SystemExit) and state.sigint)
-        first_line = str(e).splitlines()[0] if str(e) else ""
-        kept = _stopped(run_dir, created, state,
-                        "interrupted (Ctrl-C)" if interrupted else f"failed ({type(e).__name__}: {first_line})")
-        if interrupted:
-            raise RunInterrupted(kept) from None
-        log(f"the audit failed: {kept}")
-        raise
+    run_dir, created = open_run(Path(out) / "audit", plan.folders.published.name)
+    state, started = Progress(len(plan.cells()), "cells (model x folder x seed)"), time.perf_counter()
+    with running(run_dir, created, state, "audit", log):
+        cells = train_cells(plan, datas, run_dir, log, progress, state)
+        state.stage = "writing the results"
+        results = assemble(plan, datas, cells, run_dir, time.perf_counter() - started)
+        finish(run_dir, results, {"results.md": to_markdown(results)})
     return results, run_dir
-
-
-def _stopped(run_dir: Path, created: list[Path], state: Progress, why: str) -> str:
-    """An audit folder whose audit stopped: marked INCOMPLETE (why, how far) when a cell finished, else removed
-    with the empty parents made for it. Returns what was done, for a message."""
-    from lab.rundir import INCOMPLETE, mark_incomplete, remove_created
-    if state.trained == 0:
-        remove_created(run_dir, created)
-        return f"nothing kept ({state.summary()}; {run_dir} removed)"
-    mark_incomplete(run_dir, f"{why}: {state.summary()}")
-    return f"kept {run_dir}/ (incomplete: {state.summary()}; no results.json, and {INCOMPLETE} says why)"
 
 
 # --- results ---------------------------------------------------------------------------------------------------------
@@ -455,9 +418,3 @@ def to_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_results(results: dict, run_dir: Path) -> None:
-    """results.md, then results.json (atomically, last: its presence means finished), then INCOMPLETE removed."""
-    from lab.rundir import INCOMPLETE, write_atomic
-    (run_dir / "results.md").write_text(to_markdown(results))
-    write_atomic(run_dir / "results.json", json.dumps(results, indent=2))
-    (run_dir / INCOMPLETE).unlink()

@@ -6,25 +6,21 @@ clean data ─► defense.derive(key) ─► protected train / test / mixed-posi
 from __future__ import annotations
 
 import json
-import signal
-import threading
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 import yaml
 
-from lab.ablation import other_classes  # noqa: F401  (re-exported)
 from lab.features import FeatureCache
 from lab import results as results_writer
+from lab.results import mean_std as fmt, summarise
 from lab.provenance import provenance
 from lab.quality import assess, markdown_lines
 from lab.recipe import Recipe
 from lab.spine import ExperimentData, check_defense
-from lab.rundir import INCOMPLETE, mark_incomplete, remove_created, write_atomic
+from lab.rundir import Progress, finish, open_run, running, write_protection
 from lab.train import evaluate, fit
 
 # (model, test set) pairs reported by `lab run`, in table order
@@ -55,65 +51,10 @@ def evaluate_ablation(module, train_cfg, data: ExperimentData) -> dict[str, floa
             for name, clips in data.ablation.items()}
 
 
-def new_run_dir(recipe: Recipe) -> Path:
-    return results_writer.new_run_dir(Path(recipe.output_dir) / recipe.name)
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped a run; the message says what was kept (``lab run`` prints it and exits 130)."""
-
-
-@dataclass
-class RunState:
-    """How far a run got: what an INCOMPLETE marker and an interruption message report."""
-
-    seeds: int
-    trained: int = 0           # seeds whose models were trained and evaluated
-    stage: str = "starting"
-    sigint: bool = field(default=False, repr=False)
-
-    def summary(self) -> str:
-        return f"{self.trained} of {self.seeds} seed{'s' if self.seeds > 1 else ''} trained, stopped while {self.stage}"
-
-
-@contextmanager
-def noticing_sigint(state: RunState):
-    """Remember a Ctrl-C in ``state``: Lightning catches the KeyboardInterrupt inside fit/test and turns it into
-    ``sys.exit(1)`` (leaving SIGINT ignored); the run must still know it was interrupted. The previous handler is
-    put back afterwards (main thread only; elsewhere signals cannot be handled)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        state.sigint = True
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _worth_keeping(run_dir: Path) -> bool:
+def _worth_keeping(run_dir: Path, state: Progress) -> bool:
     """Whether a stopped run left anything of use: training logs or saved models."""
-    return any((run_dir / "logs").rglob("metrics.csv")) or any((run_dir / "models").glob("*.pt"))
-
-
-def _stopped(run_dir: Path, created: list[Path], state: RunState, why: str) -> str:
-    """Deal with a run folder whose run stopped before the end: mark it INCOMPLETE (why, how far it got) if it holds
-    anything worth keeping or was given by the caller, else remove the folders this run created. Returns what was
-    done, for a message."""
-    if created and not _worth_keeping(run_dir):
-        remove_created(run_dir, created)
-        return f"nothing kept ({state.summary()}; {run_dir} removed)"
-    mark_incomplete(run_dir, f"{why}: {state.summary()}")
-    return (f"kept {run_dir}/ (incomplete: {state.summary()}; its results.json is not written, and {INCOMPLETE} "
-            "says why)")
-
-
-summarise = results_writer.summarise  # (kept under its old name for callers)
+    models = run_dir / "models"
+    return any((run_dir / "logs").rglob("metrics.csv")) or (models.is_dir() and any(models.iterdir()))
 
 
 CONVERGENCE_NAMES = {"clean_model": "clean-trained", "protected_model": "protected-trained"}
@@ -174,44 +115,23 @@ def run(recipe: Recipe, recipe_path: str | None = None, log: Callable[[str], Non
 
     ``run_dir``: where to write (default: a new runs/<name>/<timestamp>/ under the recipe's output_dir).
     ``clean_models``: a dict shared across runs that differ only in their defense (a sweep), so each seed's
-    clean-trained model is trained once. While the run is in progress its folder holds an ``INCOMPLETE`` file;
-    ``results.json`` is written last. If the run fails or is interrupted, a folder with trained models or logs is
-    kept and ``INCOMPLETE`` says why (a new folder with nothing in it yet is removed), and the error is raised again;
-    Ctrl-C raises :class:`RunInterrupted` saying what was kept."""
+    clean-trained model is trained once. The folder goes through the life cycle of every run folder
+    (lab.rundir.running): ``INCOMPLETE`` while in progress, ``results.json`` last; a run that fails or is
+    interrupted keeps a folder with trained models or logs, marked ``INCOMPLETE`` with the reason (a new folder with
+    nothing in it yet is removed), and the error is raised again; Ctrl-C raises :class:`lab.rundir.RunInterrupted`
+    saying what was kept."""
     check_defense(recipe.defense, recipe.data.sample_rate)  # a missing key fails before any folder or data
     if recipe.train.num_threads:
         torch.set_num_threads(recipe.train.num_threads)
     created: list[Path] = []
     if run_dir is None:
-        base = Path(recipe.output_dir) / recipe.name
-        created = [p for p in [*reversed(base.parents), base] if not p.exists()]
-        run_dir = new_run_dir(recipe)
-        created = [run_dir, *reversed(created)]
+        run_dir, created = open_run(Path(recipe.output_dir) / recipe.name)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-    state = RunState(seeds=len(recipe.seeds))
-    mark_incomplete(run_dir, "in progress")
-    try:
-        with noticing_sigint(state):
-            results = _run(recipe, recipe_path, log, progress, run_dir, clean_models, state)
-    except BaseException as e:
-        if isinstance(e, KeyboardInterrupt) or (isinstance(e, SystemExit) and state.sigint):
-            raise RunInterrupted(_stopped(run_dir, created, state, "interrupted (Ctrl-C)")) from None
-        first_line = str(e).splitlines()[0] if str(e) else ""
-        log(f"the run failed: {_stopped(run_dir, created, state, f'failed ({type(e).__name__}: {first_line})')}")
-        raise
+    state = Progress(len(recipe.seeds), "seeds")
+    with running(run_dir, created, state, "run", log, _worth_keeping):
+        results = _run(recipe, recipe_path, log, progress, run_dir, clean_models, state)
     return results, run_dir
-
-
-def _write_protection(run_dir: Path, protection) -> dict:
-    """The run's protection record (``protection.json``) and, for an optimised protection, its large tensors
-    (``protection.pt``), both private; returns the record."""
-    record = protection.to_dict()
-    (run_dir / "protection.json").write_text(json.dumps(record))
-    arrays = protection.arrays()
-    if arrays:
-        torch.save(arrays, run_dir / "protection.pt")
-    return record
 
 
 def _evaluate_seed(entry: dict, models: dict, recipe: Recipe, prep) -> None:
@@ -226,7 +146,7 @@ def _evaluate_seed(entry: dict, models: dict, recipe: Recipe, prep) -> None:
 
 
 def _run(recipe: Recipe, recipe_path: str | None, log: Callable[[str], None], progress: bool, run_dir: Path,
-         clean_models: dict | None, state: RunState) -> dict:
+         clean_models: dict | None, state: Progress) -> dict:
     started = time.perf_counter()
     (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.public_dict(), sort_keys=False))
     state.stage = "loading and protecting the data"
@@ -237,7 +157,7 @@ def _run(recipe: Recipe, recipe_path: str | None, log: Callable[[str], None], pr
     log(f"data: {len(prep.train)} training and {len(prep.test)} test clips, {num_classes} classes, "
         f"{recipe.data.sample_rate} Hz, {recipe.data.clip_seconds} s; features {recipe.features.type} "
         f"{prep.feature_shape}")
-    record = _write_protection(run_dir, prep.protection)
+    record = write_protection(run_dir / "protection.json", prep.protection)
     same_as_clean = recipe.defense.type == "none"
     per_seed = []
     first_clean_model = None
@@ -298,9 +218,7 @@ def _run(recipe: Recipe, recipe_path: str | None, log: Callable[[str], None], pr
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     state.stage = "writing the results"
-    (run_dir / "results.md").write_text(markdown(results))
-    write_atomic(run_dir / "results.json", json.dumps(results, indent=2))  # last: its presence means finished
-    (run_dir / INCOMPLETE).unlink()
+    finish(run_dir, results, {"results.md": markdown(results)})
     return results
 
 
@@ -321,9 +239,6 @@ def quality_warnings(quality: dict) -> list[str]:
                 out.append(f"FAD backend {name} ({label}): {warnings[0]}")
                 break
     return out
-
-
-fmt = results_writer.mean_std  # (kept under its old name for callers)
 
 
 def conclusions(results: dict) -> tuple[str | None, str]:

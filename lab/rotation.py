@@ -27,7 +27,6 @@ import hashlib
 import hmac
 import math
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -35,7 +34,7 @@ from pydantic import SecretStr
 
 from defenses import build_defense
 from lab.errors import LabError
-from lab.experiment import summarise
+from lab.results import summarise
 from lab.keys import fingerprint, resolve_key
 from lab.quality import snr_summary
 from lab.recipe import Recipe

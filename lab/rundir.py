@@ -1,18 +1,25 @@
 """Run folders: how an unfinished one is marked, and reading a finished one back (its recipe, protection record,
 results and trained models).
 
-A run folder is finished when it holds ``results.json`` and no ``INCOMPLETE`` file. ``lab run`` writes
-``INCOMPLETE`` first (saying the run is in progress), rewrites it with the reason when the run fails or is
-interrupted, and removes it only after ``results.json`` has been written, atomically, as the last file. Readers
-(``lab report``, ``lab ablate``, sweep resume) use :func:`is_finished`.
+A run folder is finished when it holds ``results.json`` and no ``INCOMPLETE`` file. Every command that writes one
+(``lab run``, ``lab attack``, ``lab audit``) goes through the same life cycle (:func:`open_run`, :func:`running`,
+:func:`finish`): ``INCOMPLETE`` first (saying the run is in progress); when the run fails or is interrupted, it is
+rewritten with the reason and how far the run got, or, when nothing worth keeping was made yet, the folder (and the
+parents made for it) is removed; ``results.json`` is written atomically, as the last file, and only then is
+``INCOMPLETE`` removed. Ctrl-C raises :class:`RunInterrupted` saying what was kept. Readers (``lab report``,
+``lab ablate``, sweep resume) use :func:`is_finished`.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
 import os
-from dataclasses import dataclass
+import signal
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 import yaml
@@ -43,6 +50,112 @@ def remove_created(run_dir: Path, created: list[Path]) -> None:
             shutil.rmtree(folder, ignore_errors=True)
         elif folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run; the message says what was kept (the CLI prints it and exits 130)."""
+
+
+@dataclass
+class Progress:
+    """How far a run got: what its INCOMPLETE marker and an interruption message report. ``units``: what
+    ``total`` counts, plural (e.g. "seeds", "cells (defense x seed)")."""
+
+    total: int
+    units: str
+    trained: int = 0
+    stage: str = "starting"
+    sigint: bool = field(default=False, repr=False)  # set by noticing_sigint
+
+    def summary(self) -> str:
+        units = self.units.removesuffix("s") if self.total == 1 and self.units.endswith("s") else self.units
+        return f"{self.trained} of {self.total} {units} trained, stopped while {self.stage}"
+
+
+@contextmanager
+def noticing_sigint(state: Progress):
+    """Remember a Ctrl-C in ``state``: Lightning catches the KeyboardInterrupt inside fit/test and turns it into
+    ``sys.exit(1)`` (leaving SIGINT ignored); the run must still know it was interrupted. The previous handler is
+    put back afterwards (main thread only; elsewhere signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        state.sigint = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def open_run(base: Path, label: str = "") -> tuple[Path, list[Path]]:
+    """A new run folder under ``base`` (``lab.results.new_run_dir``) and the folders made for it, run folder first
+    (what :func:`running` removes when a run stops with nothing worth keeping)."""
+    from lab.results import new_run_dir
+    base = Path(base)
+    parents = [p for p in [*reversed(base.parents), base] if not p.exists()]
+    run_dir = new_run_dir(base, label)
+    return run_dir, [run_dir, *reversed(parents)]
+
+
+def trained_something(run_dir: Path, state: Progress) -> bool:
+    """The default of what makes a stopped run worth keeping: at least one unit trained."""
+    return state.trained > 0
+
+
+@contextmanager
+def running(run_dir: Path, created: list[Path], state: Progress, what: str = "run",
+            log: Callable[[str], None] = print,
+            worth_keeping: Callable[[Path, Progress], bool] = trained_something) -> Iterator[Path]:
+    """The life cycle of a run folder (see the module docstring) around the body of a ``with``: ``INCOMPLETE``
+    written first; a failure or Ctrl-C keeps the folder marked INCOMPLETE (why, how far it got) when
+    ``worth_keeping`` says so or when the caller made the folder (``created`` empty), else removes what was
+    created; the error is raised again (Ctrl-C as :class:`RunInterrupted`, after a ``log`` line for a failure).
+    The body ends with :func:`finish`."""
+    mark_incomplete(run_dir, "in progress")
+    try:
+        with noticing_sigint(state):
+            yield run_dir
+    except BaseException as e:
+        interrupted = isinstance(e, KeyboardInterrupt) or (isinstance(e, SystemExit) and state.sigint)
+        first_line = str(e).splitlines()[0] if str(e) else ""
+        why = "interrupted (Ctrl-C)" if interrupted else f"failed ({type(e).__name__}: {first_line})"
+        if created and not worth_keeping(run_dir, state):
+            remove_created(run_dir, created)
+            kept = f"nothing kept ({state.summary()}; {run_dir} removed)"
+        else:
+            mark_incomplete(run_dir, f"{why}: {state.summary()}")
+            kept = (f"kept {run_dir}/ (incomplete: {state.summary()}; its results.json is not written, and "
+                    f"{INCOMPLETE} says why)")
+        if interrupted:
+            raise RunInterrupted(kept) from None
+        log(f"the {what} failed: {kept}")
+        raise
+
+
+def finish(run_dir: Path, results: dict, files: dict[str, str] | None = None) -> None:
+    """End a run: its other ``files`` (name -> text), then ``results.json`` (atomically, last: its presence means
+    finished), then ``INCOMPLETE`` removed."""
+    for name, text in (files or {}).items():
+        (Path(run_dir) / name).write_text(text)
+    write_atomic(Path(run_dir) / "results.json", json.dumps(results, indent=2))
+    (Path(run_dir) / INCOMPLETE).unlink(missing_ok=True)
+
+
+def write_protection(path: Path, protection) -> dict:
+    """A protection's record (``path``, JSON) and, for an optimised protection, its large tensors (``path`` with
+    the suffix ``.pt``), both private: derived from the key; returns the record."""
+    path = Path(path)
+    record = protection.to_dict()
+    path.write_text(json.dumps(record))
+    arrays = protection.arrays()
+    if arrays:
+        torch.save(arrays, path.with_suffix(".pt"))
+    return record
 
 
 def incomplete_reason(run_dir: Path) -> str | None:

@@ -200,7 +200,8 @@ def run_sweep(recipe_path: Path, grid: dict[str, list[Any]], out: Path, seeds: l
     :func:`threads_per_job`); every cell is the same self-contained run either way, so the numbers are the same
     (clean-trained models are then trained in each process instead of shared across cells: identical models, more
     compute)."""
-    from lab.experiment import RunInterrupted, run
+    from lab.experiment import run
+    from lab.rundir import RunInterrupted
 
     check_jobs(jobs)
     planned = plan_cells(recipe_path, grid, seeds, overrides)  # every cell validated before any work
@@ -245,7 +246,7 @@ def _run_parallel(todo: list, total: int, recipe_path: str, jobs: int, log: Call
     state). A failed cell fails the sweep after the running ones end; an interrupted sweep resumes."""
     from concurrent.futures import FIRST_EXCEPTION, wait
 
-    from lab.experiment import RunInterrupted
+    from lab.rundir import RunInterrupted
     log(f"{len(todo)} of {total} cells to run, {jobs} at a time")
     pool = worker_pool(jobs)
     futures = {}

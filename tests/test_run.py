@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lab.cli import app
-from lab.experiment import other_classes
+from lab.ablation import other_classes
 
 KEY = "run-test-secret-key-77"
 

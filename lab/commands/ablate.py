@@ -19,7 +19,8 @@ def ablate(run_dir: Path = typer.Argument(..., help="A finished run folder (runs
     control) models, every seed. Writes ablation-<time>.json and .md into the run folder.
     """
     from lab.commands.run import ablation_table
-    from lab.experiment import evaluate_ablation, summarise
+    from lab.experiment import evaluate_ablation
+    from lab.results import summarise
     from lab.rundir import load_run
     from lab.spine import ExperimentData
 

@@ -30,7 +30,8 @@ def run(
     from lab.recipe import command_overrides, load_recipe
     overrides = command_overrides(set_, seeds, out)
     rec = load_recipe(recipe, overrides)
-    from lab.experiment import EVALUATIONS, LABELS, fmt, run as run_experiment
+    from lab.experiment import EVALUATIONS, LABELS, run as run_experiment
+    from lab.results import mean_std as fmt
     console.print(f"[bold]lab run[/bold] {recipe}: {rec.model.type} on {rec.features.type}, defense "
                   f"{rec.defense.type}, seeds {rec.seeds}, {rec.train.epochs} epochs")
     results, run_dir = run_experiment(rec, str(recipe), log=log, progress=rec.train.progress and console.is_terminal)
@@ -72,7 +73,7 @@ def run(
 
 
 def ablation_table(results: dict) -> Table:
-    from lab.experiment import fmt
+    from lab.results import mean_std as fmt
     table = Table(title="position ablation: accuracy on test clips protected in each way")
     table.add_column("test variant")
     table.add_column("protected-trained", justify="right")
