@@ -1,5 +1,6 @@
-"""``lab attack``, in four modules, one idea each: ``training`` (training under an attack), ``setup`` (the attack
-and defense configs of a matrix), ``matrix`` (the runner) and ``tables`` (tables, CSV, Markdown, the run folder).
+"""``lab attack``, in five modules, one idea each: ``training`` (training under an attack), ``setup`` (the attack
+and defense configs of a matrix), ``matrix`` (the runner), ``tables`` (tables, CSV, Markdown, the run folder's
+files) and ``run`` (the whole command: columns, matrix, run folder).
 Everything is importable from ``lab.attacking`` as before.
 
 ``lab attack``: train on protected data the way an unauthorised trainer would, and measure what survives.
@@ -19,6 +20,7 @@ from lab.attacking.setup import (  # noqa: F401
     attack_configs, baselines, column_name, defense_configs, load_attack_recipe, with_defense,
 )
 from lab.attacking.tables import (  # noqa: F401
-    CSV_HEADER, cell_folder, conclusions, csv_rows, fmt_cell, new_attack_dir, table_rows, to_csv, to_markdown, write_results,
+    CSV_HEADER, cell_folder, conclusions, csv_rows, fmt_cell, table_rows, to_csv, to_markdown, write_results,
 )
+from lab.attacking.run import AttackPlan, run_attack  # noqa: F401
 from lab.attacking.training import detached_copy, finetune, train_under_attack  # noqa: F401

@@ -30,6 +30,7 @@ class Matrix:
     seconds: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     snr: dict[str, dict] = field(default_factory=dict)
     chance: float = 0.0
+    protections: dict[str, dict] = field(default_factory=dict)  # defense -> its protection record (private)
 
     def add(self, defense: str, column: str, value: float, seconds: float | None = None) -> None:
         self.cells.setdefault(defense, {}).setdefault(column, []).append(value)
@@ -66,7 +67,8 @@ def run_cell(data: ExperimentData, attack_cfgs: list, seed: int, log: Callable[[
     where ``data``'s training clips are a published folder)."""
     rec, name = data.recipe, data.recipe.defense.type
     clean_test = data.features(data.clean_test), data.clean_test.labels
-    cell: dict = {"defense": name, "seed": seed, "columns": [NO_ATTACK], "values": {}, "seconds": {}, "records": {}}
+    cell: dict = {"defense": name, "seed": seed, "columns": [NO_ATTACK], "values": {}, "seconds": {}, "records": {},
+                  "protection": data.protection.to_dict()}
     fitted = fit(rec, data.training(data.protected_train, seed), data.num_classes, seed, progress=progress)
     acc = evaluate(fitted.module, rec.train, *clean_test)["accuracy"]
     cell["values"][NO_ATTACK], cell["seconds"][NO_ATTACK] = acc, round(fitted.seconds, 2)
@@ -100,7 +102,7 @@ def _cell_in_worker(recipe: Recipe, attack_cfgs: list, seed: int, threads: int |
 
 
 def run_matrix(datas: list[ExperimentData], attack_cfgs: list, log: Callable[[str], None] = print,
-               progress: bool = False, cell_dir: Path | None = None, jobs: int = 1) -> Matrix:
+               progress: bool = False, cell_dir: Path | None = None, jobs: int = 1, state=None) -> Matrix:
     """Train every (defense, attack, seed) and collect clean-test accuracies; ``datas`` hold one recipe with each
     defense (the table's columns), identical otherwise (share their dataset and feature cache: see
     :func:`matrix_data`).
@@ -109,7 +111,7 @@ def run_matrix(datas: list[ExperimentData], attack_cfgs: list, log: Callable[[st
     and a cell already there is read instead of trained, so an interrupted matrix continues where it stopped.
     ``jobs`` > 1 trains that many cells at once in spawned worker processes (threads shared out, see
     lab.sweep.threads_per_job); each cell is the same self-contained computation either way, so the numbers are the
-    same."""
+    same. ``state`` (a lab.rundir.Progress), when given, counts the cells trained."""
     import json
 
     from lab.recipe import check_jobs
@@ -132,6 +134,8 @@ def run_matrix(datas: list[ExperimentData], attack_cfgs: list, log: Callable[[st
 
     def keep(i: int, seed: int, path: Path | None, cell: dict) -> None:
         cells[(i, seed)] = cell
+        if state is not None:
+            state.trained += 1
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, json.dumps(cell, indent=2))
@@ -160,6 +164,8 @@ def run_matrix(datas: list[ExperimentData], attack_cfgs: list, log: Callable[[st
             matrix.add(name, col, cell["values"][col], cell["seconds"][col])
         for attack_col, record in cell["records"].items():
             matrix.records.setdefault(name, {}).setdefault(attack_col, []).append(record)
+        if "protection" in cell:  # (cells written before records were kept have none)
+            matrix.protections.setdefault(name, cell["protection"])
     return matrix
 
 

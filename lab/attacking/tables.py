@@ -13,7 +13,7 @@ from lab.attacking.matrix import NO_ATTACK, WORST, Matrix
 from lab.provenance import provenance
 from lab.recipe import Recipe
 from lab.results import (
-    mean_std, new_run_dir, provenance_line, stat_columns, summarise, too_small_warning, verdict,
+    mean_std, provenance_line, stat_columns, summarise, too_small_warning, verdict,
 )
 
 
@@ -99,15 +99,14 @@ def to_markdown(results: dict, matrix: Matrix) -> str:
     return "\n".join(lines)
 
 
-def new_attack_dir(recipe: Recipe, label: str) -> Path:
-    return new_run_dir(Path(recipe.output_dir) / recipe.name, f"attack-{label}")
-
-
-def write_results(recipe: Recipe, recipe_path: str, label: str, attack_cfgs: list, matrix: Matrix,
-                  wall_seconds: float, column_recipes: list[Recipe] | None = None) -> tuple[dict, Path]:
-    """``column_recipes``: the recipe of each column (its defense as configured for the matrix, matched SNR and
-    --defense-option included); their defenses are recorded, key redacted, as ``defense_params``."""
-    run_dir = new_attack_dir(recipe, label)
+def write_results(run_dir: Path, recipe: Recipe, recipe_path: str, label: str, attack_cfgs: list, matrix: Matrix,
+                  wall_seconds: float, column_recipes: list[Recipe] | None = None) -> dict:
+    """The attack run folder's files, ``results.json`` last (lab.rundir.finish). ``column_recipes``: the recipe of
+    each column (its defense as configured for the matrix, matched SNR and --defense-option included); their
+    defenses are recorded, key redacted, as ``defense_params``. Each column's protection record (what its defense
+    derived from the key: private, like lab run's protection.json) goes to ``protections/<defense>.json``."""
+    from lab.rundir import finish
+    write_protection_records(Path(run_dir) / "protections", matrix.protections)
     results = {
         "recipe_name": recipe.name, "recipe_path": recipe_path, "recipe": recipe.public_dict(),
         "provenance": provenance(), "seeds": list(recipe.seeds), "chance": matrix.chance,
@@ -121,11 +120,16 @@ def write_results(recipe: Recipe, recipe_path: str, label: str, attack_cfgs: lis
         "train_seconds": matrix.seconds, "attack_records": matrix.records, "snr": matrix.snr,
         "wall_seconds": round(wall_seconds, 1),
     }
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
-    (run_dir / "results.md").write_text(to_markdown(results, matrix))
-    (run_dir / "table.csv").write_text(to_csv(matrix))
-    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.public_dict(), sort_keys=False))
-    return results, run_dir
+    finish(run_dir, results, {"results.md": to_markdown(results, matrix), "table.csv": to_csv(matrix),
+                              "recipe.yaml": yaml.safe_dump(recipe.public_dict(), sort_keys=False)})
+    return results
+
+
+def write_protection_records(folder: Path, records: dict[str, dict]) -> None:
+    """One private JSON record per defense column (none included: its record says so)."""
+    folder.mkdir(exist_ok=True)
+    for defense, record in records.items():
+        (folder / f"{defense}.json").write_text(json.dumps(record))
 
 
 def cell_folder(recipe: Recipe, recipes: list[Recipe], attack_cfgs: list) -> Path:

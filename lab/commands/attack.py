@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import inspect
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -87,43 +86,25 @@ def attack(
     mean ± std over the seeds.
 
     Writes runs/<recipe>/attack-<type>-<timestamp>/ with results.json (every number per seed, attack parameters
-    and what they measured, versions, git commit), results.md, table.csv and recipe.yaml.
+    and what they measured, versions, git commit), results.md, table.csv, recipe.yaml and protections/ (each
+    column's protection record: private, derived from the key). While it runs the folder holds INCOMPLETE;
+    results.json is written last.
     """
     from lab import attacking
-    from defenses import DEFENSES
-    from lab.quality import snr_summary
     from lab.recipe import command_overrides
-    from lab.spine import ExperimentData, check_defense
 
     recipe = _recipe_path(recipe, recipe_option)
     overrides = command_overrides(set_, seeds, out, jobs)  # --seeds and --jobs checked here, before any work
     rec, blocks = attacking.load_attack_recipe(recipe, overrides)
     names = _attack_names(type_)
-    label = type_ if type_ == "all" else "+".join(names)
-    cfgs = attacking.attack_configs(names, blocks, list(option or []))
-    defense_names = _defense_names(rec, type_, defenses_)
-    check_defense(rec.defense, rec.data.sample_rate)  # its key, before its SNR is measured on the data
-    snr = None
-    own = ExperimentData(rec, log=lambda s: None)
-    if rec.defense.type != "none" and any(DEFENSES.get(d).takes_snr for d in defense_names):
-        snr = snr_summary(own.protected_train.waveforms, own.clean_train.waveforms)["snr_db_mean"]
-        log(f"noise baselines at the recipe's {rec.defense.type} SNR: {snr:.2f} dB")
-    dcfgs = attacking.defense_configs(rec, defense_names, snr, list(defense_option or []))
-    recipes = [attacking.with_defense(rec, d) for d in dcfgs]  # each must fit the recipe, before any training
-    for d in dcfgs:  # a missing key or key file fails here, not mid-matrix
-        check_defense(d, rec.data.sample_rate)
+    plan = attacking.AttackPlan(rec, str(recipe), type_ if type_ == "all" else "+".join(names),
+                                attacking.attack_configs(names, blocks, list(option or [])),
+                                _defense_names(rec, type_, defenses_), list(defense_option or []))
     console.print(f"[bold]lab attack[/bold] {type_} on {recipe}: {rec.model.type} on {rec.features.type}, "
-                  f"defenses {', '.join(defense_names)}, attacks {', '.join(names)}, seeds {rec.seeds}, "
+                  f"defenses {', '.join(plan.defenses)}, attacks {', '.join(names)}, seeds {rec.seeds}, "
                   f"{rec.train.epochs} epochs")
-    started = time.perf_counter()
-    datas = attacking.matrix_data(recipes, first=own)
-    cells = attacking.cell_folder(rec, recipes, cfgs)
-    log(f"finished cells (defense x seed) are kept in {cells}: if this run is interrupted, the same command "
-        f"continues where it stopped")
     bars = rec.train.progress and console.is_terminal and jobs == 1
-    matrix = attacking.run_matrix(datas, cfgs, log=log, progress=bars, cell_dir=cells, jobs=jobs)
-    results, run_dir = attacking.write_results(rec, str(recipe), label, cfgs, matrix, time.perf_counter() - started,
-                                                 column_recipes=recipes)
+    results, matrix, run_dir = attacking.run_attack(plan, log=log, progress=bars, jobs=jobs)
     _print_matrix(rec, results, matrix, run_dir)
 
 

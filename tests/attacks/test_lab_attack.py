@@ -194,6 +194,15 @@ def test_lab_attack_augment_on_fsdd(fsdd_dir, tmp_path):
         assert "this setting is too small to say anything about the protection" in " ".join(proc.stderr.split())
     assert "- poscuda, worst case (" in md
     assert "validation_step" not in proc.stdout + proc.stderr  # Lightning's warning about a validation step
+    # a finished run folder (results.json last, no INCOMPLETE) with each column's private protection record
+    assert not (run / "INCOMPLETE").exists()
+    from defenses.base import Protection
+    record = json.loads((run / "protections" / "poscuda.json").read_text())
+    from lab.keys import fingerprint
+    assert record["key_fingerprint"] == fingerprint("lab-demo-key-not-secret")
+    assert "lab-demo-key" not in (run / "protections" / "poscuda.json").read_text()
+    assert Protection.from_dict(record).to_dict() == record
+    assert (run / "protections" / "none.json").is_file()
 
 
 def test_attack_training_paths_define_no_validation_step(fsdd_dir):
@@ -340,3 +349,35 @@ def test_type_takes_several_attacks(fsdd_dir, tmp_path):
     assert results["attacks"] == ["codec", "augment"] and results["columns"] == ["no attack", "codec", "augment"]
     bad = lab("attack", str(recipe), "--type", "codec,nosuch", *TINY, env_root=fsdd_dir.parent)
     assert bad.returncode != 0 and "nosuch" in (bad.stdout + bad.stderr)
+
+
+@pytest.mark.parametrize("cells_done, kept", [(0, False), (1, True)])
+def test_a_failed_attack_run_keeps_its_folder_only_when_a_cell_finished(fsdd_dir, tmp_path, monkeypatch, cells_done,
+                                                                        kept):
+    """lab attack's run folder goes through the run-folder life cycle: INCOMPLETE while it runs; a failure after a
+    finished cell keeps the folder marked INCOMPLETE (the reason and how far it got), before any cell removes it."""
+    import lab.attacking.run as attack_run
+
+    monkeypatch.setenv("LAB_DATA_DIR", str(fsdd_dir.parent))
+    rec, blocks = load_attack_recipe(REPO / R, ["data.max_train_per_class=2", "data.max_test_per_class=1",
+                                                f"output_dir={tmp_path}", "seeds=[0]"])
+
+    def broken(datas, attacks, log, progress, cell_dir, jobs, state):
+        run_dir = next((tmp_path / "fsdd_cnn").glob("attack-codec-*"))
+        assert (run_dir / "INCOMPLETE").read_text().startswith("in progress")
+        state.trained = cells_done
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr(attack_run, "run_matrix", broken)
+    plan = attack_run.AttackPlan(rec, R, "codec", attack_configs(["codec"], blocks, []), ["none", "poscuda"], [])
+    with pytest.raises(RuntimeError, match="the disk went away"):
+        attack_run.run_attack(plan, log=lambda s: None)
+    runs = list((tmp_path / "fsdd_cnn").glob("attack-codec-*"))
+    if not kept:
+        assert runs == []
+        return
+    (run_dir,) = runs
+    assert not (run_dir / "results.json").exists()
+    assert (run_dir / "INCOMPLETE").read_text().splitlines()[0] == (
+        "failed (RuntimeError: the disk went away): 1 of 2 cells (defense x seed) trained, stopped while training "
+        "the cells")
