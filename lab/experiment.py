@@ -135,14 +135,19 @@ def run(recipe: Recipe, recipe_path: str | None = None, log: Callable[[str], Non
 
 
 def _evaluate_seed(entry: dict, models: dict, recipe: Recipe, prep) -> None:
-    """One seed's evaluations into ``entry``: each model on each test set, the position ablation, convergence."""
-    for which, test_set in EVALUATIONS:
-        clips = prep.test_set(test_set)
-        entry.setdefault(which, {})[test_set] = evaluate(models[which], recipe.train, prep.features(clips),
-                                                         clips.labels)
+    """One seed's evaluations into ``entry``: each model on each position-ablation variant of the test split, once
+    (the report's test sets are three of those variants: ``ExperimentData.TEST_SETS``), and its convergence. A
+    protected model that is the clean one (defense none) is not evaluated twice."""
+    scored: dict[int, dict] = {}
     for which in ("clean_model", "protected_model"):
-        entry[which]["ablation"] = evaluate_ablation(models[which], recipe.train, prep)
-        entry[which]["convergence"] = getattr(models[which], "lab_convergence", None)
+        module = models[which]
+        if id(module) not in scored:
+            scored[id(module)] = {name: evaluate(module, recipe.train, prep.features(clips), clips.labels)
+                                  for name, clips in prep.ablation.items()}
+        scores = scored[id(module)]
+        entry[which] = {test_set: scores[prep.variant_of(test_set)] for m, test_set in EVALUATIONS if m == which}
+        entry[which]["ablation"] = {name: s["accuracy"] for name, s in scores.items()}
+        entry[which]["convergence"] = getattr(module, "lab_convergence", None)
 
 
 def _run(recipe: Recipe, recipe_path: str | None, log: Callable[[str], None], progress: bool, run_dir: Path,

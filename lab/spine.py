@@ -130,9 +130,16 @@ class ExperimentData:
 
     def test_set(self, name: str) -> Clips:
         """A test set by its results-file name (``clean_test``, ``protected_test``, ``mixed_test``)."""
+        return self.ablation[self.variant_of(name)]
+
+    def variant_of(self, name: str) -> str:
+        """The position-ablation variant a test set is (``clean_test`` is ``clean``, ``protected_test`` is
+        ``true``, ``mixed_test`` is ``mixed_positions`` where the protection has positions, else ``true``)."""
         if name not in self.TEST_SETS:
             raise KeyError(f"unknown test set {name!r}; known: {', '.join(self.TEST_SETS)}")
-        return getattr(self, name)
+        if name == "mixed_test":
+            return "mixed_positions" if "mixed_positions" in self.ablation else "true"
+        return {"clean_test": "clean", "protected_test": "true"}[name]
 
     # --- features -------------------------------------------------------------------------------------------------
 
