@@ -1,8 +1,9 @@
 """Listening pages: one static HTML file to hear and see what a protection does to the audio.
 
     lab report RUNS... --html  ─► REPORT/listen.html: per protection (each lab run group), a few training clips
-                                  clean and protected (players), spectrograms of clean, protected and their difference, and
-                                  the run's accuracy and quality rows. PRIVATE: the difference is derived from the key.
+                                  clean and protected (players), spectrograms of clean, protected and their
+                                  difference, and the run's accuracy and quality rows. PRIVATE: the difference is
+                                  derived from the key.
     lab audit PUBLISHED --html ─► AUDIT_DIR/listen.html: the outsider's view, a few published clips (players and
                                   spectrograms; no clean counterpart, no key), the audit table and its verdict.
 
@@ -42,8 +43,8 @@ IMAGE_HOOKS = ('onerror="console.error(\'image did not load: \' + this.alt)" '
 STYLE = """body{font-family:sans-serif;margin:1.5em;max-width:75em;color:#111;background:#fff}
 .banner{padding:.6em 1em;border:2px solid;margin-bottom:1em}.private{border-color:#b00;background:#fee}
 .public{border-color:#06a;background:#eef6ff}
-table{border-collapse:collapse;margin:.5em 0;font-size:90%;display:block;overflow-x:auto}td,th{border:1px solid #bbb;padding:.2em .5em;text-align:left}.clip{margin:1em 0;padding-top:.5em;
-border-top:1px solid #ddd}.players{display:flex;gap:2em;align-items:center;flex-wrap:wrap}
+table{border-collapse:collapse;margin:.5em 0;font-size:90%;display:block;overflow-x:auto}
+td,th{border:1px solid #bbb;padding:.2em .5em;text-align:left}.clip{margin:1em 0;padding-top:.5em;border-top:1px solid #ddd}.players{display:flex;gap:2em;align-items:center;flex-wrap:wrap}
 .players label{display:block;font-size:85%;color:#444}.clip img{max-width:100%;height:auto}
 .note{color:#444;font-size:90%}"""
 
