@@ -45,7 +45,8 @@ STYLE = """body{font-family:sans-serif;margin:1.5em;max-width:75em;color:#111;ba
 .public{border-color:#06a;background:#eef6ff}
 table{border-collapse:collapse;margin:.5em 0;font-size:90%;display:block;overflow-x:auto}
 td,th{border:1px solid #bbb;padding:.2em .5em;text-align:left}
-.clip{margin:1em 0;padding-top:.5em;border-top:1px solid #ddd}.players{display:flex;gap:2em;align-items:center;flex-wrap:wrap}
+.clip{margin:1em 0;padding-top:.5em;border-top:1px solid #ddd}
+.players{display:flex;gap:2em;align-items:center;flex-wrap:wrap}
 .players label{display:block;font-size:85%;color:#444}.clip img{max-width:100%;height:auto}
 .note{color:#444;font-size:90%}"""
 
