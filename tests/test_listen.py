@@ -228,3 +228,19 @@ def test_pages_load_in_headless_chromium(which, report, audit, tmp_path):
     assert png_colours(shot.read_bytes()) > 50  # the page drawn: text, players and spectrograms, not one colour
     if os.environ.get("LAB_KEEP_SCREENSHOT"):  # to look at it: LAB_KEEP_SCREENSHOT=folder
         shutil.copy(shot, Path(os.environ["LAB_KEEP_SCREENSHOT"]) / f"{which}.png")
+
+
+def test_chromium_check_catches_an_element_that_does_not_load(tmp_path):
+    """The browser check can fail: a player and an image whose data do not decode are reported in the console by
+    the page's own hooks (the same hooks as every listening page)."""
+    from lab.listen import AUDIO_HOOKS, IMAGE_HOOKS
+    binary = chromium_or_skip()
+    broken = tmp_path / "broken.html"
+    broken.write_text(f'<!doctype html><html><body><audio controls preload="metadata" title="bad clip" '
+                      f'{AUDIO_HOOKS} src="data:audio/wav;base64,AAAA"></audio><img alt="bad figure" {IMAGE_HOOKS} '
+                      f'src="data:image/png;base64,AAAA"></body></html>')
+    loaded = chromium(binary, tmp_path / "profile", "--dump-dom", "--virtual-time-budget=5000", broken.as_uri())
+    console = [line for line in loaded.stderr.splitlines() if "CONSOLE" in line]
+    assert any("audio did not load: bad clip" in line for line in console), loaded.stderr[-2000:]
+    assert any("image did not load: bad figure" in line for line in console), loaded.stderr[-2000:]
+    assert "data-duration" not in loaded.stdout and "data-width" not in loaded.stdout
