@@ -335,7 +335,7 @@ def audit_page(results: dict, train) -> str:
                           {"published": train.waveforms[i, :n]}))
     head, rows = table(results)
     data = results["data"]
-    section = Section(f"published folder {results['published']}", notes=[
+    section = Section(f"published folder {Path(results['published']).name}", notes=[  # no local paths: shareable
         f"Verdict: {results['verdict']['line']}", _provenance(results),
         f"{len(clips)} published clips, one per class, drawn with seed {seed} (the audit's first seed), as the "
         f"audit's models got them ({data['sample_rate']} Hz, at most {data['clip_seconds']} s)."],

@@ -141,12 +141,13 @@ def test_pick_clips_one_per_class_from_a_recorded_seed():
     assert sorted(int(three[i]) for i in pick_clips(three, 0)) == [0, 1, 2]
 
 
-def test_report_html_refuses_a_published_folder_and_attack_runs_alone(report, cli, tmp_path):
+def test_report_html_refuses_a_published_folder_and_attack_runs_alone(cli, tmp_path):
     from lab.listen import report_page
     published = tmp_path / "published"
     published.mkdir()
     (published / "manifest.jsonl").write_text("{}\n")
-    code, out, err = cli("report", str(report["run"]), "--html", "--out", str(published / "report"))
+    # refused before any run is read (the run folder named here does not even exist)
+    code, out, err = cli("report", str(tmp_path / "some-run"), "--html", "--out", str(published / "report"))
     assert code != 0 and "published folder" in err and len(err.strip().splitlines()) == 1, err
     assert not (published / "report").exists()
     with pytest.raises(LabError, match="none of the results is a lab run"):
@@ -184,6 +185,7 @@ def test_audit_page_shows_published_clips_the_table_and_the_verdict(audit):
     results = json.loads((audit["run"] / "results.json").read_text())
     assert f"Verdict: {results['verdict']['line']}" in page and "no attack" in page
     assert str(audit["page"]) in " ".join(audit["output"].split())
+    assert str(audit["root"]) not in page  # no local paths: the page may be shared like the published folder
 
 
 # --- in a real browser ------------------------------------------------------------------------------------------
