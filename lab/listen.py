@@ -1,9 +1,9 @@
 """Listening pages: one static HTML file to hear and see what a protection does to the audio.
 
-    lab report RUNS... --html  ─► REPORT/listen.html: per protection (each lab run group), a few training clips
-                                  clean and protected (players), spectrograms of clean, protected and their
-                                  difference, and the run's accuracy and quality rows. PRIVATE: the difference is
-                                  derived from the key.
+    lab report RUNS... --html  ─► REPORT/listen.html: per protection (each lab run group, each defense column of
+                                  a lab attack run), a few training clips clean and protected (players),
+                                  spectrograms of clean, protected and their difference, and the accuracy and
+                                  quality rows. PRIVATE: the difference is derived from the key.
     lab audit PUBLISHED --html ─► AUDIT_DIR/listen.html: the outsider's view, a few published clips (players and
                                   spectrograms; no clean counterpart, no key), the audit table and its verdict.
 
@@ -28,9 +28,9 @@ from lab.errors import LabError
 
 PAGE = "listen.html"
 CLIPS = 6  # clips per protection: one per class, at most this many classes
-PRIVATE_NOTE = ("PRIVATE: this page is as private as the runs' protection records (protection.json). It holds the "
-                "difference between protected and clean audio, which is derived from the key; never publish it or "
-                "copy it into a published folder.")
+PRIVATE_NOTE = ("PRIVATE: this page is as private as the runs' protection records (a lab run's protection.json, a "
+                "lab attack run's protections/). It holds the difference between protected and clean audio, which "
+                "is derived from the key; never publish it or copy it into a published folder.")
 PUBLIC_NOTE = ("The outsider's view: clips of the published folder only, as anyone who downloads it hears them (no "
                "clean counterpart, no key, nothing derived from the key).")
 DPI = 72  # spectrogram figures: about 110 KB of base64 PNG per clip at 3 panels (noise-like images compress poorly)
@@ -246,32 +246,44 @@ def flatten(record: dict, prefix: str = "", skip: tuple[str, ...] = ()) -> list[
     return rows
 
 
-def run_clips(run_dir: Path, log: Callable[[str], None]) -> tuple[list[Clip], int]:
-    """Clean and protected training clips of a finished run, rebuilt as ``lab requality`` does (its recipe's data
-    with its recorded protection; no training), chosen with the run's first seed. Returns (clips, seed)."""
-    from lab.rundir import load_run
-    from lab.spine import ExperimentData
-    run = load_run(run_dir)
-    data = ExperimentData.from_run(run, log=log)
-    train, seed = data.train, int(run.results["seeds"][0])
+def clips_of(data, protection, seed: int) -> list[Clip]:
+    """Clean and protected training clips of ``data`` (lab.spine.ExperimentData given the recorded ``protection``),
+    chosen by :func:`pick_clips` with ``seed``. A protection that works clip by clip is applied to the chosen clips
+    only; any other (e.g. noise optimised on the whole set) to the training set as the run had it, then picked."""
+    train = data.train
     idx = pick_clips(train.labels, seed)
-    if type(run.protection).file_by_file:  # a clip's protection depends on that clip alone: protect only these
-        chosen = torch.tensor(idx)
-        protected = run.protection.apply(train.waveforms[chosen], train.labels[chosen], train.lengths[chosen])
-    else:  # e.g. noise optimised on the whole set: protected as the run's training set was, then picked
-        protected = data.protected_train.waveforms[torch.tensor(idx)]
+    chosen = torch.tensor(idx)
+    if type(protection).file_by_file:
+        protected = protection.apply(train.waveforms[chosen], train.labels[chosen], train.lengths[chosen])
+    else:
+        protected = data.protected_train.waveforms[chosen]
     clips = []
     for row, i in enumerate(idx):
         n = int(train.lengths[i])
         name = train.ids[i] if train.ids else f"training clip {i}"
         clips.append(Clip(name, train.class_names[int(train.labels[i])], train.sample_rate,
                           {"clean": train.waveforms[i, :n], "protected": protected[row, :n]}))
-    return clips, seed
+    return clips
+
+
+def run_clips(run_dir: Path, log: Callable[[str], None]) -> tuple[list[Clip], int]:
+    """A finished lab run's clips, rebuilt as ``lab requality`` does (its recipe's data with its recorded
+    protection; no training), chosen with the run's first seed. Returns (clips, seed)."""
+    from lab.rundir import load_run
+    from lab.spine import ExperimentData
+    run = load_run(run_dir)
+    seed = int(run.results["seeds"][0])
+    return clips_of(ExperimentData.from_run(run, log=log), run.protection, seed), seed
 
 
 def _provenance(results: dict) -> str:
     from lab.results import provenance_line
     return provenance_line(results).replace("`", "")
+
+
+CLIP_NOTE = ("{n} training clips, one per class, drawn with seed {seed} (the run's first seed), protected as the "
+             "run's training set was (its recipe and the protection record {record}; no training). Players: clean, "
+             "then protected; the spectrogram panels share one dB scale.")
 
 
 def run_section(group, log: Callable[[str], None]) -> Section:
@@ -287,14 +299,10 @@ def run_section(group, log: Callable[[str], None]) -> Section:
                       tables=[("accuracy, mean ± std over seeds (trained on → tested on)"
                                if name == "accuracy" else name, *rows[name]) for name in ("accuracy", "quality")])
     if len(group.run_dirs) > 1:
-        section.notes.append(f"Pooled from {len(group.run_dirs)} run folders; the clips are from the first, "
-                             f"{run_dir}.")
+        section.notes.append(f"Pooled from {len(group.run_dirs)} run folders; the clips are from the first.")
     try:
         section.clips, seed = run_clips(run_dir, log)
-        section.notes.append(f"{len(section.clips)} training clips of {run_dir}, one per class, drawn with seed "
-                             f"{seed} (the run's first seed), protected as the run's training set was (its recipe "
-                             f"and protection record; no training). Players: clean, then protected; the spectrogram "
-                             f"panels share one dB scale.")
+        section.notes.append(CLIP_NOTE.format(n=len(section.clips), seed=seed, record=run_dir / "protection.json"))
     except LabError as e:
         section.notes.append(f"No clips for this run: {e}")
     quality = results.get("quality")
@@ -305,21 +313,71 @@ def run_section(group, log: Callable[[str], None]) -> Section:
     return section
 
 
+def column_protection(folder: Path, defense: str):
+    """The protection of one column of a lab attack run, from its private record ``protections/<defense>.json``
+    (and ``<defense>.pt`` where the protection has large tensors)."""
+    import json
+
+    from defenses.base import Protection
+    path = Path(folder) / "protections" / f"{defense}.json"
+    if not path.is_file():
+        raise LabError(f"no protection record {path} (lab attack runs made before each column's record was kept "
+                       f"have none: run the attack again)")
+    arrays = path.with_suffix(".pt")
+    try:
+        return Protection.from_dict(json.loads(path.read_text()),
+                                    torch.load(arrays, weights_only=True) if arrays.is_file() else None)
+    except (ValueError, KeyError, TypeError) as e:
+        raise LabError(f"{path}: cannot rebuild the protection ({type(e).__name__}: {e})") from None
+
+
+def attack_sections(run, log: Callable[[str], None]) -> list[Section]:
+    """A lab attack run's sections (``run``: lab.report.AttackRun): one per defense column (``none``, clean data,
+    has nothing to hear), each with that column of the matrix, the per-clip quality the run measured for it, and a
+    few clips rebuilt from the column's protection record on the run's recipe (its data section)."""
+    import yaml
+
+    from lab.recipe import recipe_from_dict
+    from lab.report import attack_table
+    from lab.spine import ExperimentData
+    folder, (head, rows) = run.path.parent, attack_table(run)
+    seed, dataset, sections = int(run.results["seeds"][0]), None, []
+    for defense in [d for d in run.results.get("defenses", []) if d != "none" and d in head]:
+        col = head.index(defense)
+        section = Section(f"{run.label}: {defense}", notes=[_provenance(run.results)], tables=[(
+            "clean-test accuracy of models trained on the protected data under each attack, mean ± std over seeds",
+            ["attack", defense], [[r[0], r[col]] for r in rows])])
+        snr = (run.results.get("snr") or {}).get(defense)
+        if isinstance(snr, dict) and snr:
+            section.tables.append(("quality of the protected training audio", ["quality", "value"], flatten(snr)))
+        try:
+            protection = column_protection(folder, defense)
+            recipe = recipe_from_dict(yaml.safe_load((folder / "recipe.yaml").read_text()),
+                                      str(folder / "recipe.yaml"), machine=False)
+            data = ExperimentData(recipe, protection=protection, log=log, dataset=dataset)
+            section.clips, dataset = clips_of(data, protection, seed), data.dataset
+            section.notes.append(CLIP_NOTE.format(n=len(section.clips), seed=seed,
+                                                  record=folder / "protections" / f"{defense}.json"))
+        except (LabError, OSError) as e:
+            section.notes.append(f"No clips for this column: {e}")
+        sections.append(section)
+    return sections
+
+
 def report_page(groups: list, attack_runs: list, log: Callable[[str], None] = print) -> str:
-    """``lab report --html``: one section per lab run group (a protection). PRIVATE (:data:`PRIVATE_NOTE`)."""
-    if not groups:
-        raise LabError("--html: none of the results is a lab run; the listening page rebuilds each protection from "
-                       "a run folder's protection record (lab attack runs keep none): give lab run folders")
+    """``lab report --html``: one section per protection, i.e. per lab run group and per defense column of each lab
+    attack run. PRIVATE (:data:`PRIVATE_NOTE`)."""
     sections = []
     for i, g in enumerate(groups, 1):
-        log(f"listening page: {i}/{len(groups)} {g.label}")
+        log(f"listening page: run {i}/{len(groups)} {g.label}")
         sections.append(run_section(g, log))
-    footer = []
-    if attack_runs:
-        footer.append(f"Not on this page: {len(attack_runs)} lab attack run(s) ("
-                      f"{', '.join(str(r.path.parent) for r in attack_runs)}): an attack run keeps no protection "
-                      f"record to rebuild its columns' audio from; report the lab run folders of those defenses.")
-    return page("lab report: listening page", PRIVATE_NOTE, True, sections, footer)
+    for i, run in enumerate(attack_runs, 1):
+        log(f"listening page: attack run {i}/{len(attack_runs)} {run.label}")
+        sections += attack_sections(run, log)
+    if not sections:
+        raise LabError("--html: no protection to listen to (the attack runs given have only the 'none' column); "
+                       "give lab run folders or lab attack runs with a defense column")
+    return page("lab report: listening page", PRIVATE_NOTE, True, sections, [])
 
 
 def audit_page(results: dict, train) -> str:

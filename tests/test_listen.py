@@ -73,33 +73,46 @@ def png_colours(data: bytes) -> int:
 
 @pytest.fixture(scope="module")
 def report(fsdd_dir, tmp_path_factory) -> dict:
-    """A tiny real lab run (PosCUDA, 3 clips per digit, 1 epoch, seed 3), its results.json given an extra quality
-    figure (as a newer metric would add), and ``lab report RUN --html`` on it."""
+    """A tiny real lab run and lab attack run (PosCUDA, 3 clips per digit, 1 epoch, seed 3), the run's results.json
+    given an extra quality figure (as a newer metric would add), and ``lab report RUN ATTACK_RUN --html``."""
     root = tmp_path_factory.mktemp("listen")
-    result = CliRunner().invoke(app, ["run", str(REPO / "recipes" / "fsdd_cnn.yaml"), "--out", str(root / "runs"),
-                                      "--set", f"data.root={fsdd_dir}", *TINY_RUN])
-    assert result.exit_code == 0, result.output
+    recipe = str(REPO / "recipes" / "fsdd_cnn.yaml")
+    for command in (["run", recipe, "--out", str(root / "runs")],
+                    ["attack", recipe, "--type", "sharpen-lowpass", "--set", f"output_dir={root / 'attacks'}"]):
+        result = CliRunner().invoke(app, [*command, "--set", f"data.root={fsdd_dir}", *TINY_RUN])
+        assert result.exit_code == 0, result.output
     (run_dir,) = (root / "runs" / "fsdd_cnn").iterdir()
+    (attack_dir,) = (root / "attacks" / "fsdd_cnn").glob("attack-sharpen-lowpass-*")
     results = json.loads((run_dir / "results.json").read_text())
     results["quality"]["newer_metric"] = {"made_up_score_mean": 2.5, "clips_without_it": 7}
     (run_dir / "results.json").write_text(json.dumps(results))
     out = root / "report"
-    result = CliRunner().invoke(app, ["report", str(run_dir), "--html", "--out", str(out), "--no-spectrograms"])
+    result = CliRunner().invoke(app, ["report", str(run_dir), str(attack_dir), "--html", "--out", str(out),
+                                      "--no-spectrograms"])
     assert result.exit_code == 0, result.output
-    return {"run": run_dir, "out": out, "page": out / PAGE, "output": result.output, "root": root}
+    return {"run": run_dir, "attack": attack_dir, "out": out, "page": out / PAGE, "output": result.output}
 
 
-def test_report_page_holds_the_runs_clean_and_protected_clips(report, fsdd_dir):
+def test_report_page_holds_each_protections_clean_and_protected_clips(report, fsdd_dir):
+    from defenses.base import Protection
     from lab.rundir import load_run
     page = report["page"].read_text()
     assert stat.S_IMODE(report["page"].stat().st_mode) == 0o600  # as private as the protection record
-    found = Elements(page)
     assert first_line(page) == PRIVATE_NOTE
     assert PRIVATE_NOTE in " ".join(report["output"].split()) and PAGE in (report["out"] / "report.md").read_text()
-    assert f"drawn with seed {SEED}" in page
-    # one clip per class for 6 of the 10 digits: a clean and a protected player each, one spectrogram figure each
+    # a section per protection: the lab run's, then the attack run's poscuda column (its none column is clean data)
+    sections = page.split("<section>")[1:]
+    assert len(sections) == 2 and "attack-sharpen-lowpass" in sections[1] and ": poscuda</h2>" in sections[1]
+    record = json.loads((report["attack"] / "protections" / "poscuda.json").read_text())
+    for section, protection in zip(sections, [load_run(report["run"]).protection, Protection.from_dict(record)]):
+        assert f"drawn with seed {SEED}" in section
+        check_clips(Elements(section), protection, fsdd_dir)
+
+
+def check_clips(found: Elements, protection, fsdd_dir: Path) -> None:
+    """One clip per class for 6 of the 10 digits: a clean and a protected player each (the clip file itself, and
+    it protected as the run protected it), one spectrogram figure each."""
     assert [a["data-role"] for a in found.audio] == ["clean", "protected"] * 6 and len(found.images) == 6
-    run = load_run(report["run"])
     changed = 0
     for clean_el, protected_el in zip(found.audio[::2], found.audio[1::2]):
         name = clean_el["title"].removesuffix(" (clean)")
@@ -112,7 +125,7 @@ def test_report_page_holds_the_runs_clean_and_protected_clips(report, fsdd_dir):
         np.testing.assert_allclose(clean, original, atol=1.5 / 32768)  # the clean clip is the file itself
         label = torch.tensor([int(name.split("_")[0])])
         padded = torch.nn.functional.pad(torch.from_numpy(original), (0, 8000 - len(original)))[None]  # pad: right
-        again = run.protection.apply(padded, label, torch.tensor([len(original)]))[0, :len(original)]
+        again = protection.apply(padded, label, torch.tensor([len(original)]))[0, :len(original)]
         np.testing.assert_allclose(protected, again.clamp(-1, 1).numpy(), atol=1.5 / 32768)  # as the run had it
         changed += not np.array_equal(clean, protected)
     assert changed >= 1
@@ -141,7 +154,7 @@ def test_pick_clips_one_per_class_from_a_recorded_seed():
     assert sorted(int(three[i]) for i in pick_clips(three, 0)) == [0, 1, 2]
 
 
-def test_report_html_refuses_a_published_folder_and_attack_runs_alone(cli, tmp_path):
+def test_report_html_refuses_a_published_folder_and_a_page_with_nothing_to_hear(cli, tmp_path):
     from lab.listen import report_page
     published = tmp_path / "published"
     published.mkdir()
@@ -150,7 +163,7 @@ def test_report_html_refuses_a_published_folder_and_attack_runs_alone(cli, tmp_p
     code, out, err = cli("report", str(tmp_path / "some-run"), "--html", "--out", str(published / "report"))
     assert code != 0 and "published folder" in err and len(err.strip().splitlines()) == 1, err
     assert not (published / "report").exists()
-    with pytest.raises(LabError, match="none of the results is a lab run"):
+    with pytest.raises(LabError, match="no protection to listen to"):
         report_page([], [])
 
 

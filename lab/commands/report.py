@@ -47,7 +47,7 @@ def report(
     for run in collected.attacks:
         _print_table(attack_title(run), *attack_table(run), matrix=True)
     page = None
-    if html:  # built before anything is written (attack runs alone: one line, and nothing written)
+    if html:  # built before anything is written (a page with nothing to hear: one line, nothing written)
         from lab.listen import PAGE, report_page
         page = report_page(groups, collected.attacks, log)
     written = write(groups, out, collected.attacks, collected.skipped, listening=PAGE if page else None)
