@@ -16,9 +16,10 @@ def report(
     dirs: list[Path] = typer.Argument(..., help="Run folders, sweep folders, attack folders or results.json files."),
     out: Optional[Path] = typer.Option(None, help="Report folder (default runs/reports/<timestamp>)."),
     spectrograms: bool = typer.Option(True, help="Plot one protected clip per class (reloads the first run's data)."),
-    html: bool = typer.Option(False, "--html", help="Also write listen.html: per protection a few clips clean and "
-                              "protected (players), spectrograms of both and of their difference, and the accuracy "
-                              "and quality rows; one self-contained file, as PRIVATE as the protection records."),
+    html: bool = typer.Option(False, "--html", help="Also write listen.html: per protection (lab run, lab attack "
+                              "column) a few clips clean and protected (players), spectrograms of both and of their "
+                              "difference, and the accuracy and quality rows; one self-contained file, as PRIVATE "
+                              "as the protection records."),
 ):
     """Aggregate results.json files into the accuracy, position-ablation and quality tables (mean ± std over seeds,
     with the number of seeds) in the terminal, report.md and CSV; plot learning curves, the frontier and a
