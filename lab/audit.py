@@ -275,9 +275,10 @@ def train_cells(plan: Plan, datas: dict, run_dir: Path, log: Callable[[str], Non
 
 
 def run_audit(plan: Plan, out: Path | str = "runs", log: Callable[[str], None] = print,
-              progress: bool = False) -> tuple[dict, Path]:
+              progress: bool = False, html: bool = False) -> tuple[dict, Path]:
     """Train the plan and write ``out/audit/<PUBLISHED name>-<time>/``: ``results.json`` (written last, in one
-    piece), ``results.md`` and ``cells/`` (one JSON per finished model x folder x seed). While it runs the folder
+    piece), ``results.md``, ``cells/`` (one JSON per finished model x folder x seed) and, with ``html``, the
+    listening page ``listen.html`` (lab.listen.audit_page: published clips only). While it runs the folder
     holds ``INCOMPLETE``; an audit that fails or is interrupted keeps it (saying why and how far it got) when some
     cell finished, else removes the folder; Ctrl-C raises lab.rundir.RunInterrupted saying what was kept."""
     import torch
@@ -293,6 +294,10 @@ def run_audit(plan: Plan, out: Path | str = "runs", log: Callable[[str], None] =
         cells = train_cells(plan, datas, run_dir, log, progress, state)
         state.stage = "writing the results"
         results = assemble(plan, datas, cells, run_dir, time.perf_counter() - started)
+        if html:  # before results.json: a finished audit asked for a page has it
+            from lab.listen import PAGE, audit_page, write_page
+            state.stage = "writing the listening page"
+            write_page(run_dir / PAGE, audit_page(results, datas[(plan.models[0], "published")].train), False)
         finish(run_dir, results, {"results.md": to_markdown(results)})
     return results, run_dir
 

@@ -298,9 +298,10 @@ def skipped_line(path: Path, why: str) -> str:
 
 
 def write(groups: list[Group], out: Path, attack_runs: list[AttackRun] = (),
-          skipped: list[tuple[Path, str]] = ()) -> dict[str, Path]:
+          skipped: list[tuple[Path, str]] = (), listening: str | None = None) -> dict[str, Path]:
     """Write report.md and one CSV per table into ``out`` (the run tables when there are lab run results,
-    attacks.csv when there are attack runs); return the paths."""
+    attacks.csv when there are attack runs); return the paths. ``listening``: the name of the listening page
+    written beside it (lab.listen), which report.md then says is private."""
     out.mkdir(parents=True, exist_ok=True)
     written = {}
     commits = set().union(*(g.commits for g in groups), {_commit(r.results) for r in attack_runs})
@@ -310,6 +311,9 @@ def write(groups: list[Group], out: Path, attack_runs: list[AttackRun] = (),
              "statistic, with mean, std and n as numeric columns and the per-seed values. "
              f"Git commits of the runs: {', '.join(sorted(str(c) for c in commits))}.",
              ""]
+    if listening:
+        from lab.listen import PRIVATE_NOTE
+        parts += [f"Listening page: [{listening}]({listening}). {PRIVATE_NOTE}", ""]
     for name, (head, rows) in (tables(groups).items() if groups else ()):
         parts += [f"## {name.capitalize()}", "", markdown_table(head, rows), ""]
     for name, (head, rows) in (csv_tables(groups).items() if groups else ()):  # the same tables, tidy

@@ -75,6 +75,9 @@ def audit(
                                              "data.sample_rate=16000 --set train.num_threads=1 (repeatable)."),
     out: Path = typer.Option(Path("runs"), "--out", metavar="DIR", help="Folder for runs: writes "
                              "DIR/audit/<PUBLISHED>-<time>/."),
+    html: bool = typer.Option(False, "--html", help="Also write listen.html in the audit folder: a few published "
+                              "clips (players, spectrograms), the table and the verdict, in one self-contained "
+                              "file; an outsider's view (no clean counterpart, no key)."),
 ):
     """Train the lab's models on a published folder as an outsider would, and test them on clean held-out clips.
 
@@ -89,7 +92,8 @@ def audit(
 
     Writes DIR/audit/<PUBLISHED>-<time>/ (--out DIR, default runs) with results.json (every accuracy per seed, the
     verdict, versions, git commit), results.md and cells/; results.json is written last, and an audit that fails
-    keeps the folder marked INCOMPLETE (or removes it when nothing was trained).
+    keeps the folder marked INCOMPLETE (or removes it when nothing was trained). With --html also listen.html there
+    (docs/protect.md).
     """
     from lab import audit as lab_audit
     plan = lab_audit.plan_audit(published, test, reference, _names(models, "--models"),
@@ -98,7 +102,8 @@ def audit(
     _announce(plan)
     started = time.perf_counter()
     rec = plan.published[plan.models[0]]
-    results, run_dir = lab_audit.run_audit(plan, out, log=log, progress=rec.train.progress and console.is_terminal)
+    results, run_dir = lab_audit.run_audit(plan, out, log=log, progress=rec.train.progress and console.is_terminal,
+                                           html=html)
     header, rows = lab_audit.table(results)
     table = Table(title=f"clean-test accuracy of models trained on {escape(plan.folders.published.name)} (chance "
                         f"{results['chance']:.2f}; {results['data']['test_clips']} clean test clips)")
@@ -108,5 +113,6 @@ def audit(
         table.add_row(*r)
     console.print(table)
     console.print(f"[bold]{escape(results['verdict']['line'])}[/bold]", highlight=False, soft_wrap=True)
-    console.print(f"results: {run_dir}/results.json, results.md ({time.perf_counter() - started:.0f} s)",
-                  highlight=False)
+    page = f", listening page {run_dir}/listen.html" if html else ""
+    console.print(f"results: {run_dir}/results.json, results.md{page} ({time.perf_counter() - started:.0f} s)",
+                  highlight=False, soft_wrap=True)

@@ -16,17 +16,25 @@ def report(
     dirs: list[Path] = typer.Argument(..., help="Run folders, sweep folders, attack folders or results.json files."),
     out: Optional[Path] = typer.Option(None, help="Report folder (default runs/reports/<timestamp>)."),
     spectrograms: bool = typer.Option(True, help="Plot one protected clip per class (reloads the first run's data)."),
+    html: bool = typer.Option(False, "--html", help="Also write listen.html: per protection (lab run, lab attack "
+                              "column) a few clips clean and protected (players), spectrograms of both and of their "
+                              "difference, and the accuracy and quality rows; one self-contained file, as PRIVATE "
+                              "as the protection records."),
 ):
     """Aggregate results.json files into the accuracy, position-ablation and quality tables (mean ± std over seeds,
     with the number of seeds) in the terminal, report.md and CSV; plot learning curves, the frontier and a
     spectrogram of one protected clip per class with its patch marked. Each `lab attack` run found gets its own
     table (a row per attack, a column per defense, the worst case last; also in attacks.csv); any other
-    results.json is named as skipped."""
+    results.json is named as skipped. With --html, also a listening page (docs/quality.md, "Listening")."""
     from lab import plots
     from lab.errors import LabError
     from lab.report import attack_table, attack_title, read, skipped_line, tables, write
     from lab.rundir import find_results
 
+    out = out or Path("runs") / "reports" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if html:
+        from lab.listen import refuse_published
+        refuse_published(out, "--out")
     found = find_results(dirs, log=log)
     collected = read(found)
     groups = collected.groups
@@ -35,12 +43,20 @@ def report(
     if not groups and not collected.attacks:
         raise LabError(f"nothing to report: none of the {len(found)} results.json files is a lab run or lab attack "
                        f"result")
-    out = out or Path("runs") / "reports" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     for name, (head, rows) in (tables(groups).items() if groups else ()):
         _print_table(name, head, rows)
     for run in collected.attacks:
         _print_table(attack_title(run), *attack_table(run), matrix=True)
-    written = write(groups, out, collected.attacks, collected.skipped)
+    page = None
+    if html:  # built before anything is written (a page with nothing to hear: one line, nothing written)
+        from lab.listen import PAGE, report_page
+        page = report_page(groups, collected.attacks, log)
+    written = write(groups, out, collected.attacks, collected.skipped, listening=PAGE if page else None)
+    if page:
+        from lab.listen import PRIVATE_NOTE, write_page
+        write_page(out / PAGE, page, private=True)
+        console.print(f"listening page: {out / PAGE} ({len(page.encode()) / 1e6:.1f} MB). {PRIVATE_NOTE}",
+                      style="bold red", markup=False, highlight=False)
     if groups:
         run_dirs = [d for g in groups for d in g.run_dirs]
         plots.learning_curves([(g.label.split(": ", 1)[-1], g.run_dirs) for g in groups],
