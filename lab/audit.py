@@ -83,16 +83,29 @@ def label_folders(root: Path, what: str) -> tuple[dict[str, list[Path]], int]:
     files = {d.name: sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
              for d in labels}
     if not any(files.values()):
+        from lab.data import LISTS, listed_labels
         flat = sum(p.suffix.lower() in AUDIO_EXTENSIONS for p in loose)
-        hint = f"; its {flat} audio files lie directly in it, with no label folders" if flat else ""
-        raise LabError(f"{what}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in label folders of {root} "
-                       f"(expected {root}/<label>/*.wav{hint})")
+        # a flat folder: its labels in metadata.csv or lab protect's manifest
+        listed = listed_labels(root, what) if flat else None
+        if listed is None:
+            hint = (f"; its {flat} audio files lie directly in it, with no label folders and no {' or '.join(LISTS)} "
+                    f"giving their labels") if flat else ""
+            raise LabError(f"{what}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in label folders of {root} "
+                           f"(expected {root}/<label>/*.wav{hint})")
+        files = {}
+        for path, label in listed.items():
+            files.setdefault(label, []).append(path)
+        files = dict(sorted(files.items()))
+        labels = []  # no label folders: every file under root that is not listed is left out
     empty = [name for name, found in files.items() if not found]
     if empty:
         raise LabError(f"{what}: label folder(s) without audio files in {root}: {', '.join(empty)}")
     if len(files) < 2:
         raise LabError(f"{what}: {root} holds one label folder ({next(iter(files))}); an audit needs at least two "
                        f"classes")
+    if not labels:
+        every = sum(1 for p in root.rglob("*") if p.is_file())
+        return files, every - sum(map(len, files.values()))
     every = sum(1 for d in labels for p in d.rglob("*") if p.is_file())
     return files, len(loose) + every - sum(map(len, files.values()))
 

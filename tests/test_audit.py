@@ -197,7 +197,9 @@ def label_tree(root: Path, labels, files: int = 1, start: int = 0) -> Path:
     ("missing", "PUBLISHED: no such folder: {tmp}/nope (expected a folder of <label>/*.wav, one folder per label)"),
     ("no_audio", "PUBLISHED: no audio files (" + ", ".join(AUDIO_EXTENSIONS) + ") in label folders of {tmp}/pub (expected "
                  "{tmp}/pub/<label>/*.wav)"),
-    ("flat", "its 2 audio files lie directly in it, with no label folders"),
+    ("flat", "its 2 audio files lie directly in it, with no label folders and no metadata.csv or manifest.jsonl "
+             "giving their labels"),
+    ("flat_damaged", "{tmp}/pub/manifest.jsonl: not a lab-protect-manifest/v2 manifest (no header line)"),
     ("one_class", "PUBLISHED: {tmp}/pub holds one label folder (0); an audit needs at least two classes"),
     ("empty_label", "PUBLISHED: label folder(s) without audio files in {tmp}/pub: 2"),
     ("labels", "PUBLISHED {tmp}/pub and --test {tmp}/test have different label folders (only in PUBLISHED "
@@ -216,13 +218,14 @@ def test_bad_input_is_one_line_and_leaves_nothing(case, pattern, tmp_path, cli):
     pub, test, ref = label_tree(tmp_path / "pub", DIGITS), label_tree(tmp_path / "test", DIGITS, start=50), None
     if case == "missing":
         pub = tmp_path / "nope"
-    elif case in ("no_audio", "flat"):
+    elif case in ("no_audio", "flat", "flat_damaged"):
         shutil.rmtree(pub)
         pub.mkdir()
-        (pub / "manifest.jsonl").write_text("{}\n")
+        if case != "flat":  # a flat folder's labels would be read from it (damaged here; no audio: never read)
+            (pub / "manifest.jsonl").write_text("{}\n")
         (pub / "0").mkdir()
         (pub / "0" / "notes.txt").write_text("not audio")
-        if case == "flat":
+        if case.startswith("flat"):
             for p in label_tree(tmp_path / "flat", ["7"], files=2).rglob("*.wav"):
                 shutil.copy(p, pub / p.name)
     elif case == "one_class":

@@ -52,10 +52,12 @@ def _announce(plan) -> None:
 @app.command()
 def audit(
     published: Path = typer.Argument(..., metavar="PUBLISHED", help="The published folder (what lab protect wrote): "
-                                     "PUBLISHED/<label>/*.wav|flac|ogg; other files (manifest.jsonl, ...) are "
-                                     "ignored."),
+                                     "PUBLISHED/<label>/*.wav|flac|ogg, or a flat folder whose metadata.csv "
+                                     "(file_name,label) or manifest.jsonl gives each file's label; other files "
+                                     "are ignored."),
     test: Path = typer.Option(..., "--test", metavar="CLEAN_TEST_DIR", help="Clean held-out clips, "
-                              "CLEAN_TEST_DIR/<label>/*.wav, with the same label names as PUBLISHED."),
+                              "CLEAN_TEST_DIR/<label>/*.wav (or flat, as PUBLISHED), with the same label names "
+                              "as PUBLISHED."),
     reference: Optional[Path] = typer.Option(None, "--reference", metavar="CLEAN_TRAIN_DIR", help="A clean copy of "
                                              "the training audio (same labels): the same models are trained on it, "
                                              "and the verdict compares with it; without it, with chance only."),

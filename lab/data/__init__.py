@@ -10,7 +10,7 @@ from lab.data import fsdd, speechcommands
 from lab.data.audio import AUDIO_EXTENSIONS, AudioSet, limit_per_class, load_clips
 from lab.errors import LabError
 
-__all__ = ["AudioSet", "load_dataset", "folder_files", "label_difference"]
+__all__ = ["AudioSet", "load_dataset", "folder_files", "label_difference", "listed_labels"]
 
 
 def _build(items: list[tuple[Path, int]], class_names: list[str], cfg, limit: int | None) -> AudioSet:
@@ -25,17 +25,61 @@ def _build(items: list[tuple[Path, int]], class_names: list[str], cfg, limit: in
 
 
 def folder_files(root: Path, field: str = "data.root") -> tuple[list[str], list[tuple[Path, int]]]:
-    """Class names (sub-folder names, sorted) and (path, class index) pairs of ``root/<label>/*.wav|flac|ogg``;
-    ``field`` names the folder in errors."""
+    """Class names (sorted) and (path, class index) pairs of a labelled folder: ``root/<label>/*.wav|flac|ogg``;
+    or a flat folder whose labels are listed beside the files (:func:`listed_labels`: a Hugging Face
+    ``metadata.csv``, or the manifest ``lab protect`` writes). ``field`` names the folder in errors."""
     if not root.is_dir():
         raise LabError(f"{field}: no such folder: {root} (expected ROOT/<label>/*.wav)")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     items = [(p, i) for i, c in enumerate(classes) for p in sorted((root / c).iterdir())
              if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()]
+    if not items and any(p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file() for p in root.iterdir()):
+        listed = listed_labels(root, field)
+        if listed is not None:
+            names = sorted(set(listed.values()))
+            classes, items = names, [(path, names.index(label)) for path, label in listed.items()]
     if len(classes) < 2 or not items:
         raise LabError(f"{field}: {root} needs at least two label folders with audio files "
-                       f"({', '.join(AUDIO_EXTENSIONS)}); found {len(classes)} folders, {len(items)} files")
+                       f"({', '.join(AUDIO_EXTENSIONS)}), or audio files with their labels in {LISTS[0]} or "
+                       f"{LISTS[1]}; found {len(classes)} labels, {len(items)} files")
     return classes, items
+
+
+LISTS = ("metadata.csv", "manifest.jsonl")  # where a flat folder's labels may be listed, in that order
+
+
+def listed_labels(root: Path, field: str = "data.root") -> dict[Path, str] | None:
+    """The labels of a flat folder's audio files, path -> label, sorted by path, from ``root/metadata.csv`` (the
+    Hugging Face audiofolder table: ``file_name`` and ``label`` columns, paths relative to ``root``) or else from
+    ``root/manifest.jsonl`` (a ``lab protect`` OUTPUT's public manifest: each file's path and label); None when
+    neither is there. Every listed file must be an audio file inside ``root``: one-line LabError otherwise."""
+    import csv
+    table, source = None, None
+    if (root / LISTS[0]).is_file():
+        source = root / LISTS[0]
+        with source.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        if rows and not {"file_name", "label"} <= set(rows[0]):
+            raise LabError(f"{field}: {source}: expected the columns file_name and label, got "
+                           f"{', '.join(rows[0])}")
+        table = [(r["file_name"], r["label"]) for r in rows]
+    elif (root / LISTS[1]).is_file():
+        from lab.protect.manifest import read_manifest
+        source = root / LISTS[1]
+        table = [(r["path"], r["label"]) for r in read_manifest(root)[1]]
+    if table is None:
+        return None
+    out: dict[Path, str] = {}
+    top = root.resolve()
+    for rel, label in table:
+        path = (root / rel).resolve()
+        if top not in path.parents or not path.is_file() or path.suffix.lower() not in AUDIO_EXTENSIONS:
+            raise LabError(f"{field}: {source} lists {rel!r}, which is not an audio file "
+                           f"({', '.join(AUDIO_EXTENSIONS)}) inside {root}")
+        if not label:
+            raise LabError(f"{field}: {source} gives {rel!r} no label")
+        out[root / rel] = label
+    return dict(sorted(out.items()))
 
 
 def stratified_split(items: list[tuple[Path, int]], num_classes: int, test_fraction: float,

@@ -230,3 +230,42 @@ def test_fix_length_rules():
     assert fix_length(x, 4, "center", "right")[0].tolist() == [3, 4, 5, 6]
     y, n = fix_length(x[:3], 6, "left", "both")
     assert y.tolist() == [0, 0, 1, 2, 0, 0] and n == 3
+
+
+def _flat_folder(root: Path) -> Path:
+    for label in ("cat", "dog"):
+        for j in range(3):
+            write(root / f"{label}-{j}.wav", tone(0.3, 8000, 300 + 200 * j, seed=j), 8000)
+    return root
+
+
+def test_a_flat_folder_takes_its_labels_from_metadata_csv(tmp_path):
+    """Hugging Face's audiofolder layout: the files side by side, file_name,label in metadata.csv."""
+    from lab.data import folder_files
+    root = _flat_folder(tmp_path / "flat")
+    with pytest.raises(LabError, match="needs at least two label folders with audio files .*, or audio files "
+                                       "with their labels in metadata.csv or manifest.jsonl; found 0 labels"):
+        folder_files(root)
+    rows = [f"{p.name},{p.name.split('-')[0]}" for p in sorted(root.glob("*.wav"))]
+    (root / "metadata.csv").write_text("file_name,label\n" + "\n".join(rows) + "\n")
+    classes, items = folder_files(root)
+    assert classes == ["cat", "dog"] and [(p.name, i) for p, i in items][:4] == [
+        ("cat-0.wav", 0), ("cat-1.wav", 0), ("cat-2.wav", 0), ("dog-0.wav", 1)]
+    train, test = load_dataset(DataConfig(dataset="folder", root=root, sample_rate=8000, clip_seconds=0.3,
+                                          test_fraction=0.34))
+    assert len(train) + len(test) == 6 and train.class_names == ["cat", "dog"]
+
+
+@pytest.mark.parametrize("table, message", [
+    ("file_name,label\n../outside.wav,cat\n", "lists '../outside.wav', which is not an audio file"),
+    ("file_name,label\nnope.wav,cat\n", "lists 'nope.wav', which is not an audio file"),
+    ("file_name,label\ncat-0.wav,\n", "gives 'cat-0.wav' no label"),
+    ("path,class\ncat-0.wav,cat\n", "expected the columns file_name and label, got path, class"),
+])
+def test_a_bad_label_table_is_one_line(tmp_path, table, message):
+    from lab.data import folder_files
+    root = _flat_folder(tmp_path / "flat")
+    write(tmp_path / "outside.wav", tone(0.3, 8000), 8000)
+    (root / "metadata.csv").write_text(table)
+    with pytest.raises(LabError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        folder_files(root)

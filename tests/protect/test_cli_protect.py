@@ -113,3 +113,11 @@ def test_fsdd_end_to_end_with_a_file_name_pattern(fsdd_dir, tmp_path, cli):
     assert summary["files"] == len(records) == len(before) == 200
     code, stdout, _ = cli("verify", str(out), "--key-file", str(key))
     assert code == 0 and "200 ok" in " ".join(stdout.split())
+    # the published flat folder loads with its labels from the manifest (lab run's folder datasets, lab audit)
+    from lab.audit import label_folders
+    from lab.data import folder_files
+    classes, items = folder_files(out)
+    assert classes == header["classes"] and len(items) == 200
+    assert all(classes[i] == p.name.split("_")[0] for p, i in items)
+    files, left_out = label_folders(out, "PUBLISHED")
+    assert sorted(files) == classes and sum(map(len, files.values())) == 200 and left_out == 1  # manifest.jsonl
