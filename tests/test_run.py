@@ -78,6 +78,10 @@ def test_requality_recomputes_and_keeps_history(short_run):
     assert after["quality_history"][-1]["quality"] == before
     assert after["quality"]["fad"]["value"] == pytest.approx(before["fad"]["value"], rel=1e-6)
     assert after["quality"]["protected_train_vs_clean"] == before["protected_train_vs_clean"]
+    for name, entry in after["quality"]["perceptual"]["metrics"].items():  # the same clips: the same scores
+        assert {k: v for k, v in entry.items() if k != "seconds"} == \
+            {k: v for k, v in before["perceptual"]["metrics"][name].items() if k != "seconds"}, name
+    assert "PESQ" in result.output
 
 
 def test_key_in_no_output_file_nor_terminal(short_run):
