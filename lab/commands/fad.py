@@ -281,7 +281,7 @@ def quality_command(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write all results to this JSON file (never "
                                             "overwrites an existing file)."),
 ):
-    """Measure only the quality section of `lab run` (per-clip SNR, SI-SNR, STOI/PESQ; FAD beside the clean floor)
+    """Measure only the quality section of `lab run` (per-clip SNR, SI-SNR, PESQ, STOI, ESTOI; FAD beside the floor)
     for a recipe's defense and any number of defense variants, without training on protected data.
     """
     from rich.markup import escape
