@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.experiment import CONVERGENCE_NAMES, EVALUATIONS
+from lab.quality import metric_cell, perceptual_metrics
 from lab.results import mean_std, stat as results_stat, stat_columns
 
 ACC_COLUMNS = {f"{m}/{t}": short for (m, t), short in zip(EVALUATIONS, [
@@ -184,11 +185,25 @@ stat = results_stat  # (kept under their old names for callers: the one computat
 fmt = mean_std
 
 
+QUALITY_KEYS = ["SNR dB (mean)", "PESQ", "STOI", "ESTOI", "FAD", "FAD (same size as floor)", "FAD clean floor",
+                "FAD backend"]
+PERCEPTUAL = ("pesq", "stoi", "estoi")  # the perceptual metrics of a quality section (lab.quality.score_pairs)
+
+
+def _perceptual(g: Group) -> dict:
+    """The first of the group's runs that has perceptual metrics: ``{name: entry}`` (lab.quality.perceptual_metrics),
+    empty when none has (as the FAD columns take the first run's FAD)."""
+    return next((m for m in map(perceptual_metrics, g.quality) if m), {})
+
+
 def _quality_cells(g: Group) -> dict[str, str]:
     snr = [q.get("protected_train_vs_clean", {}).get("snr_db_mean") for q in g.quality]
     snr = [s for s in snr if s is not None]
     fads = [q["fad"] for q in g.quality if (q.get("fad") or {}).get("value") is not None]
     out = {"SNR dB (mean)": f"{statistics.fmean(snr):.1f}" if snr else "–"}
+    for name, entry in _perceptual(g).items():
+        if name in PERCEPTUAL:
+            out[name.upper()] = metric_cell(entry)
     if fads:
         f = fads[0]
         ci = f.get("ci")
@@ -207,8 +222,7 @@ def tables(groups: list[Group]) -> dict[str, tuple[list[str], list[list[str]]]]:
     abl_rows = [[g.label, name, fmt(row.get("protected_model")), fmt(row.get("clean_model")), str(len(g.seeds))]
                 for g in groups for name, row in g.ablation.items()]
     q_cells = [_quality_cells(g) for g in groups]
-    q_keys = sorted({k for c in q_cells for k in c}, key=lambda k: ["SNR dB (mean)", "FAD", "FAD (same size as floor)",
-                                                                     "FAD clean floor", "FAD backend"].index(k))
+    q_keys = sorted({k for c in q_cells for k in c}, key=QUALITY_KEYS.index)
     q_rows = [[g.label, *(c.get(k, "–") for k in q_keys)] for g, c in zip(groups, q_cells)]
     conv_head = ["run", "model", "last epoch", "peak over epochs", "epoch of the peak",
                  "settled from epoch (±0.02 of the last 10)", "seeds"]
@@ -255,19 +269,29 @@ def csv_tables(groups: list[Group]) -> dict[str, tuple[list[str], list[list]]]:
 
 
 def _quality_csv(groups: list[Group]) -> tuple[list[str], list[list]]:
-    """The quality table as numbers: mean SNR (dB) over the group's runs, and the first run's FAD with its interval,
-    its same-size value, the clean floor and the backend (empty where a run has none)."""
-    head = ["run", "SNR dB (mean)", "FAD", "FAD interval low", "FAD interval high", "FAD (same size as floor)",
-            "FAD clean floor", "FAD backend"]
+    """The quality table as numbers: mean SNR (dB) over the group's runs; the first run's perceptual metrics (per
+    metric its mean, worst 5%, clips scored ``n`` and clips it does not apply to; PESQ's mode, nb or wb); the first
+    run's FAD with its interval, its same-size value, the clean floor and the backend (empty where a run has none)."""
+    columns = ("mean", "worst5", "n", "n_not_applicable")
+    head = ["run", "SNR dB (mean)", *(f"{m.upper()} {c}" for m in PERCEPTUAL for c in columns), "PESQ mode", "FAD",
+            "FAD interval low", "FAD interval high", "FAD (same size as floor)", "FAD clean floor", "FAD backend"]
     rows = []
     for g in groups:
         snr = [q.get("protected_train_vs_clean", {}).get("snr_db_mean") for q in g.quality]
         snr = [s for s in snr if s is not None]
+        perceptual = _perceptual(g)
+        numbers = [_number((perceptual.get(m) or {}).get(c)) for m in PERCEPTUAL for c in columns]
         fad = next((q["fad"] for q in g.quality if (q.get("fad") or {}).get("value") is not None), {})
         ci = fad.get("ci") or ["", ""]
-        rows.append([g.label, statistics.fmean(snr) if snr else "", fad.get("value", ""), ci[0], ci[1],
+        rows.append([g.label, statistics.fmean(snr) if snr else "", *numbers,
+                     (perceptual.get("pesq") or {}).get("mode", ""), fad.get("value", ""), ci[0], ci[1],
                      fad.get("same_size_value", ""), fad.get("floor", ""), fad.get("backend", "")])
     return head, rows
+
+
+def _number(value):
+    """A CSV cell: the number, or empty when there is none."""
+    return "" if value is None else value
 
 
 def markdown_table(head: list[str], rows: list[list[str]]) -> str:
@@ -309,6 +333,8 @@ def write(groups: list[Group], out: Path, attack_runs: list[AttackRun] = (),
              "Accuracy is mean ± std over seeds (n = seeds column; one seed: the mean and n=1); arrows read "
              "'trained on → tested on'. The CSV files beside this report hold the same numbers tidy: one row per "
              "statistic, with mean, std and n as numeric columns and the per-seed values. "
+             "Quality: PESQ (nb: narrow-band at 8 kHz, wb: wide-band at 16 kHz), STOI and ESTOI read 'mean / worst "
+             "5% (clips scored, clips the metric does not apply to)', from the first run of a row that has them. "
              f"Git commits of the runs: {', '.join(sorted(str(c) for c in commits))}.",
              ""]
     if listening:

@@ -78,6 +78,12 @@ def test_requality_recomputes_and_keeps_history(short_run):
     assert after["quality_history"][-1]["quality"] == before
     assert after["quality"]["fad"]["value"] == pytest.approx(before["fad"]["value"], rel=1e-6)
     assert after["quality"]["protected_train_vs_clean"] == before["protected_train_vs_clean"]
+    for name, entry in after["quality"]["perceptual"]["metrics"].items():  # the same clips: the same scores
+        old = before["perceptual"]["metrics"][name]
+        assert (entry["n"], entry["n_not_applicable"], entry["not_applicable"]) == \
+            (old["n"], old["n_not_applicable"], old["not_applicable"]), name
+        assert (entry["mean"], entry["worst5"]) == pytest.approx((old["mean"], old["worst5"]), rel=1e-9), name
+    assert "PESQ" in result.output
 
 
 def test_key_in_no_output_file_nor_terminal(short_run):

@@ -70,6 +70,80 @@ def pairing(files_a: list[Path], dir_a: Path, files_b: list[Path], dir_b: Path) 
                        "(leave out --paired for unrelated sets)")
 
 
+def _mono_at(data, sr: int, rate: int):
+    """A (frames, channels) array as one float64 channel at ``rate``."""
+    import torch
+    import torchaudio.functional as AF
+    wave = torch.from_numpy(data.mean(axis=1)).double()
+    return (AF.resample(wave, sr, rate) if sr != rate else wave).numpy()
+
+
+def paired_perceptual(files_a: list[Path], files_b: list[Path], seed: int, steps: "Steps") -> dict:
+    """PESQ, STOI and ESTOI of each file of B against the file of A at the same place in the sorted lists (the same
+    relative path: :func:`pairing`), on the clips :func:`lab.quality.pick_clips` draws with ``seed``, at the rate of
+    :func:`lab.quality.scoring_rate` for the lowest rate among the reference files drawn (narrow-band PESQ at
+    8 kHz unless all are at 16 kHz or more). Each pair is cut to the reference clip's real length (up to its last
+    non-zero sample; a shorter B clip is padded with zeros)."""
+    import numpy as np
+
+    from lab.data.audio import read_audio
+    from lab.quality import PERCEPTUAL_CLIPS, pick_clips, score_pairs, scoring_rate, selection
+    pick = pick_clips(len(files_a), PERCEPTUAL_CLIPS, seed).tolist()
+
+    def read_pairs(advance) -> list:
+        out = []
+        for i in pick:
+            out.append((read_audio(files_a[i]), read_audio(files_b[i])))
+            advance(1)
+        return out
+
+    audio = steps.run("reading pairs for PESQ/STOI", len(pick), "pairs", read_pairs)
+    rate, _ = scoring_rate(min(sr for (_, sr), _ in audio))
+    pairs = []
+    for (ref, sr_a), (deg, sr_b) in audio:
+        ref, deg = _mono_at(ref, sr_a, rate), _mono_at(deg, sr_b, rate)
+        nonzero = np.flatnonzero(ref)
+        n = int(nonzero[-1]) + 1 if len(nonzero) else 1
+        pairs.append((ref[:n], np.pad(deg[:n], (0, max(0, n - len(deg))))))
+    metrics = steps.run("PESQ, STOI and ESTOI", 3 * len(pairs), "scores",
+                        lambda advance: score_pairs(pairs, rate, advance))
+    return {**selection(len(pick), len(files_a), PERCEPTUAL_CLIPS, seed), "sample_rate": rate, "source_sample_rates": sorted({sr for pair in audio for _, sr in pair}),
+            "unchanged_clips": sum(bool(np.array_equal(r, d)) for r, d in pairs), "metrics": metrics}
+
+
+def fad_table(result: dict, backend: str, sample_rate: int) -> Table:
+    """What ``lab fad`` prints: the clips and embeddings of each set, FAD, its interval and FAD-infinity where
+    computed."""
+    paired = result["paired"]
+    table = Table(title=f"FAD ({backend}, {result['dim']}-d, {sample_rate} Hz{', paired' if paired else ''})")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("clips A / B", f"{result['clips'][0]} / {result['clips'][1]}")
+    table.add_row("embeddings A / B", f"{result['embeddings'][0]} / {result['embeddings'][1]}")
+    table.add_row("FAD", f"{result['fad']:.4g}")
+    if "ci_low" in result:
+        table.add_row(f"{result['level']:.0%} interval ({result['bootstrap']} {'paired ' if paired else ''}"
+                      f"resamples, seed {result['seed']})", f"[{result['ci_low']:.4g}, {result['ci_high']:.4g}]")
+    if "fad_infinity" in result:
+        fi = result["fad_infinity"]
+        table.add_row(f"FAD-infinity (sizes {fi['sizes'][0]}..{fi['sizes'][-1]}, R² {fi['r2']:.2f})",
+                      f"{fi['fad_inf']:.4g}")
+    return table
+
+
+def perceptual_table(section: dict) -> Table:
+    """The perceptual metrics of a paired ``lab fad``: per metric mean, worst 5%, clips scored and not applicable."""
+    from lab.quality import metric_label, selection_text
+    table = Table(title=f"PESQ, STOI, ESTOI of B against A, pair by pair ({selection_text(section, 'pairs')}; "
+                        f"{section['sample_rate']} Hz)")
+    for column in ("metric", "mean", "worst 5%", "clips scored", "not applicable"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name, e in section["metrics"].items():
+        table.add_row(metric_label(name, e), *(f"{e[k]:.3f}" if e[k] is not None else "–" for k in ("mean", "worst5")),
+                      str(e["n"]), str(e["n_not_applicable"]))
+    return table
+
+
 class Steps:
     """Progress of the slow steps of ``lab fad``: a Rich progress bar per step on a terminal; elsewhere (a log, a
     pipe) one line when a step ends and one every ``every`` seconds of a long step."""
@@ -129,6 +203,9 @@ def fad_command(
                                 "from both, which narrows the interval. Both folders must hold the same file names."),
     fad_inf: bool = typer.Option(False, "--fad-inf", help="Also extrapolate FAD to infinitely many clips (FAD on "
                                  "subsets of several sizes, regressed on 1/N)."),
+    perceptual: bool = typer.Option(True, help="With --paired: also PESQ, STOI and ESTOI of each B file against "
+                                    "its A file (at most 500 pairs, drawn with --seed; narrow-band PESQ at 8 kHz, "
+                                    "wide-band when every drawn A file is at 16 kHz or more)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result to this JSON file (never "
                                             "overwrites an existing file)."),
 ):
@@ -138,7 +215,8 @@ def fad_command(
     the backend turns each clip into embeddings, each folder's embeddings are summarised by a Gaussian, and the
     Fréchet distance between the two is printed in float64 with its interval. Neither folder is modified. A
     warning says when a folder holds too few clips for the embedding's dimension (fewer than 2 x dim) to trust
-    the value. Progress is shown while the folders are read and embedded, and around the bootstrap.
+    the value. Progress is shown while the folders are read and embedded, and around the bootstrap. With --paired,
+    PESQ, STOI and ESTOI of the pairs are reported too (mean, worst 5%, and the clips they do not apply to).
     """
     import time
 
@@ -166,20 +244,12 @@ def fad_command(
         log(f"bootstrap done in {time.perf_counter() - started:.1f} s")
     if fad_inf:
         result["fad_infinity"] = fad_infinity(sets[0], sets[1], seed=seed, paired=paired)
-    table = Table(title=f"FAD ({backend}, {model.dim}-d, {model.sample_rate} Hz{', paired' if paired else ''})")
-    table.add_column("")
-    table.add_column("value", justify="right")
-    table.add_row("clips A / B", f"{result['clips'][0]} / {result['clips'][1]}")
-    table.add_row("embeddings A / B", f"{result['embeddings'][0]} / {result['embeddings'][1]}")
-    table.add_row("FAD", f"{result['fad']:.4g}")
-    if bootstrap:
-        table.add_row(f"{level:.0%} interval ({bootstrap} {'paired ' if paired else ''}resamples, seed {seed})",
-                      f"[{result['ci_low']:.4g}, {result['ci_high']:.4g}]")
-    if fad_inf:
-        fi = result["fad_infinity"]
-        table.add_row(f"FAD-infinity (sizes {fi['sizes'][0]}..{fi['sizes'][-1]}, R² {fi['r2']:.2f})",
-                      f"{fi['fad_inf']:.4g}")
-    console.print(table)
+    if paired and perceptual:
+        with Steps() as steps:
+            result["perceptual"] = paired_perceptual(files[0], files[1], seed, steps)
+    console.print(fad_table(result, backend, model.sample_rate))
+    if "perceptual" in result:
+        console.print(perceptual_table(result["perceptual"]))
     for warning in result["warnings"]:
         warn(warning)
     if json_out is not None:
@@ -211,7 +281,7 @@ def quality_command(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write all results to this JSON file (never "
                                             "overwrites an existing file)."),
 ):
-    """Measure only the quality section of `lab run` (per-clip SNR, SI-SNR, STOI/PESQ; FAD beside the clean floor)
+    """Measure only the quality section of `lab run` (per-clip SNR, SI-SNR, PESQ, STOI, ESTOI; FAD beside the floor)
     for a recipe's defense and any number of defense variants, without training on protected data.
     """
     from rich.markup import escape

@@ -10,9 +10,11 @@ from lab.cli import app, console, log
 
 @app.command()
 def requality(dirs: list[Path] = typer.Argument(..., help="Run folders or sweep folders.")):
-    """Recompute FAD and per-clip quality of finished runs (no training: the recipe, the protection record and the
-    first seed's saved clean model are enough) and store them in each results.json; the previous quality section
-    is kept under quality_history. For runs made before a quality fix, or to add FAD to older runs."""
+    """Recompute FAD and per-clip quality (SNR, SI-SNR, PESQ, STOI, ESTOI) of finished runs (no training: the
+    recipe, the protection record and the first seed's saved clean model are enough) and store them in each
+    results.json; the previous quality section is kept under quality_history. For runs made before a quality fix,
+    or to add FAD or the perceptual metrics to older runs."""
+    from lab.quality import per_clip_line
     from lab.rundir import find_results, refresh_quality
     from lab.sweep import summary_row, write_frontier
     import json
@@ -20,8 +22,8 @@ def requality(dirs: list[Path] = typer.Argument(..., help="Run folders or sweep 
     for i, f in enumerate(files, 1):
         q = refresh_quality(f.parent, log)
         fad = q.get("fad", {})
-        console.print(f"[{i}/{len(files)}] {f.parent}: SNR {q['protected_train_vs_clean']['snr_db_mean']:.1f} dB, "
-                      f"FAD {fad.get('value', float('nan')):.3g} (floor {fad.get('floor', float('nan')):.3g})",
+        console.print(f"[{i}/{len(files)}] {f.parent}: FAD {fad.get('value', float('nan')):.3g} (floor "
+                      f"{fad.get('floor', float('nan')):.3g}); per clip: {per_clip_line(q)}",
                       highlight=False, markup=False)
     for d in dirs:  # sweep folders: rewrite their frontier with the new numbers
         cells = sorted(Path(d).glob("cell-*/results.json"))

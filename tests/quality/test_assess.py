@@ -61,6 +61,15 @@ def test_poscuda_quality_section(small):
     assert top["same_size_value"] == logmel["protected_half_vs_clean_half"]["fad"]
     text = "\n".join(markdown_lines(q))
     assert "clean floor" in text and "| logmel (64-d)" in text and "SI-SNR" in text
+    # perceptual metrics on every clip of this small set (at most PERCEPTUAL_CLIPS), narrow-band PESQ at 8 kHz
+    perceptual = q["perceptual"]
+    assert perceptual["clips_scored"] == perceptual["clips_total"] == len(prep.train)
+    assert perceptual["unchanged_clips"] <= unchanged
+    for name, entry in perceptual["metrics"].items():
+        assert entry["n"] + entry["n_not_applicable"] == len(prep.train) and entry["n"] > 0, name
+        assert entry["worst5"] <= entry["mean"] <= (4.55 if name == "pesq" else 1.0), name
+    assert perceptual["metrics"]["pesq"]["mode"] == "nb" and perceptual["metrics"]["pesq"]["mean"] < 4.4
+    assert "| PESQ (nb) |" in text and "| ESTOI |" in text
 
 
 def test_unprotected_audio_has_zero_fad_and_no_snr_cost(small):
@@ -71,6 +80,9 @@ def test_unprotected_audio_has_zero_fad_and_no_snr_cost(small):
         assert q["fad"]["backends"][name]["protected_vs_clean"]["fad"] == 0.0
         assert q["fad"]["backends"][name]["clean_floor"]["fad"] > 0
     assert q["fad"]["value"] == 0.0 and q["fad"]["floor"] > 0
+    metrics = q["perceptual"]["metrics"]  # every clip scored is its own original: the maximum wherever defined
+    assert metrics["pesq"]["worst5"] == pytest.approx(4.549, abs=0.01)
+    assert metrics["stoi"]["worst5"] == pytest.approx(1.0, abs=1e-6) and metrics["stoi"]["n_not_applicable"] > 0
 
 
 def test_classifier_is_skipped_without_a_model(small):

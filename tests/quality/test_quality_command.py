@@ -27,6 +27,8 @@ def test_variants_share_the_floor_and_hide_the_key(fsdd_dir, tmp_path):
     assert strong["value"] > base["value"]                   # a longer, stronger blur moves the audio further
     snr = [r["quality"]["protected_train_vs_clean"]["snr_db_mean"] for r in runs]
     assert snr[1] < snr[0]
+    pesq = [r["quality"]["perceptual"]["metrics"]["pesq"]["mean"] for r in runs]
+    assert pesq[1] < pesq[0] and "PESQ" in result.output    # and the stronger blur is heard
 
 
 def test_variants_may_change_only_the_defense(tmp_path):
