@@ -26,7 +26,9 @@ def regress(
                                                  "'defense={type: none}': clean audio as protected training); its "
                                                  "protected models are trained on the recipe's seeds (the clean "
                                                  "models are the main run's) and their clean-test accuracy must fail "
-                                                 "the baseline; exit 1 if it does not. Repeatable."),
+                                                 "the baseline; exit 1 if it does not. Several changes of one control: "
+                                                 "separated by ';' (e.g. 'defense={type: none};seeds=[0]': one seed "
+                                                 "for a change far beyond the tolerance). Repeatable."),
 ):
     """Run the regression recipe and compare each metric with the baseline, in the direction that matters:
     clean-model accuracy may not fall, protected-model clean-test and mixed-position accuracy may not rise, SNR may
@@ -41,7 +43,9 @@ def regress(
     if out:
         overrides.append(f"output_dir={out}")
     rec = load_recipe(recipe, overrides)
-    variants = [(ov, load_recipe(recipe, overrides + [ov])) for ov in negative or []]  # mistakes fail here, first
+    # mistakes fail here, first; several changes of one control are separated by ';' (as lab quality's --variant)
+    variants = [(ov, load_recipe(recipe, overrides + [o.strip() for o in ov.split(";") if o.strip()]))
+                for ov in negative or []]
     if update:
         write_baseline(recipe, rec, overrides, baseline, parse_seeds(calibration_seeds, "--calibration-seeds"))
         return
@@ -52,7 +56,7 @@ def regress(
     if ref.get("checked_seeds") and list(ref["checked_seeds"]) != list(rec.seeds):
         raise LabError(f"the baseline was measured for seeds {ref['checked_seeds']}, the recipe runs {rec.seeds}")
     failed, run_dir, report = check_run(recipe, rec, baseline, ref)
-    blind = run_negative_controls(variants, rec.seeds, ref, report)
+    blind = run_negative_controls(variants, ref, report)
     (run_dir / "regress.json").write_text(json.dumps(report, indent=2))
     if failed or blind:
         if failed:
@@ -103,12 +107,14 @@ def check_run(recipe: Path, rec, baseline: Path, ref: dict) -> tuple[list[str], 
     return [c.name for c in checks if not c.ok], run_dir, report
 
 
-def run_negative_controls(variants: list, seeds: list[int], ref: dict, report: dict) -> list[str]:
-    """Train each negative control's protected models, check them against the baseline, print one line each and
-    add them to ``report``; return the overrides the check did NOT catch."""
+def run_negative_controls(variants: list, ref: dict, report: dict) -> list[str]:
+    """Train each negative control's protected models (on its recipe's seeds: the regression recipe's unless the
+    control sets ``seeds``), check them against the baseline, print one line each and add them to ``report``;
+    return the overrides the check did NOT catch."""
     from lab.regress import NEGATIVE_METRIC, caught, negative_control
     blind, report["negative_controls"] = [], []
     for override, variant in variants:
+        seeds = list(variant.seeds)
         per_seed = negative_control(variant, seeds, log)
         check = caught(per_seed, ref["metrics"])
         ok = not check.ok

@@ -79,6 +79,7 @@ def as_baseline_run(shipped: dict) -> dict:
 @pytest.mark.parametrize("control, per_seed, caught", [
     ("defense.blur=0", [0.97, 0.96, 0.975], True),  # what blur 0 gives: as learnable as clean audio
     ("defense.blur=0.31", [0.88, 0.89, 0.87], False),  # a change the check cannot see: it must say so, exit 1
+    ("defense.blur=0; seeds=[0]", [0.97], True),  # several changes of one control: here, one seed only
 ])
 def test_a_negative_control_must_be_caught(control, per_seed, caught, tmp_path, monkeypatch):
     """``lab regress --negative-control CHANGE`` trains the changed recipe's protected models (the clean ones are
@@ -99,7 +100,8 @@ def test_a_negative_control_must_be_caught(control, per_seed, caught, tmp_path, 
     result = CliRunner().invoke(app, ["regress", "recipes/ci_regression.yaml", "--baseline",
                                       "tests/regression/baseline.json", "--negative-control", control])
     assert result.exit_code == (0 if caught else 1), result.output
-    assert trained == [(float(control.split("=")[1]), shipped["checked_seeds"])]
+    blur = float(control.split(";")[0].split("=")[1])
+    assert trained == [(blur, [0] if "seeds" in control else shipped["checked_seeds"])]
     report = json.loads((tmp_path / "regress.json").read_text())
     assert all(c["ok"] for c in report["checks"])  # the main run itself matches the baseline
     (control_report,) = report["negative_controls"]
