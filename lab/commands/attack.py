@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 from typer.core import TyperCommand
 
-from lab.cli import app, console, err_console, log
+from lab.cli import app, console, log
 from lab.errors import LabError
 
 ATTACK_NAMES = "<the registered attacks>"  # replaced by the registry's names when the help is shown
@@ -70,8 +70,6 @@ def attack(
     jobs: int = typer.Option(1, "--jobs", "-j", help="Cells (defense x seed) trained at once, each in its own process "
                              "with its share of the cores; the same numbers as one at a time with the same "
                              "train.num_threads."),
-    recipe_option: Optional[Path] = typer.Option(None, "--recipe", hidden=True,
-                                                 help="Deprecated: give the recipe as the first argument."),
 ):
     """Train on protected data under an attack and report clean-test accuracy next to no attack and clean data.
 
@@ -93,7 +91,7 @@ def attack(
     from lab import attacking
     from lab.recipe import command_overrides
 
-    recipe = _recipe_path(recipe, recipe_option)
+    recipe = _recipe_path(recipe)
     overrides = command_overrides(set_, seeds, out, jobs)  # --seeds and --jobs checked here, before any work
     rec, blocks = attacking.load_attack_recipe(recipe, overrides)
     names = _attack_names(type_)
@@ -150,14 +148,9 @@ def _print_matrix(rec, results: dict, matrix, run_dir: Path) -> None:
         console.print(f"[bold]verdict[/bold] {escape(said)}", highlight=False)
 
 
-def _recipe_path(positional: Path | None, option: Path | None) -> Path:
-    """The recipe from the first argument, or from the old ``--recipe`` option (with a note)."""
-    if positional is not None and option is not None and positional != option:
-        raise LabError(f"two recipes given ({positional} and --recipe {option}): give one, as the first argument")
-    if positional is None and option is None:
+def _recipe_path(positional: Path | None) -> Path:
+    """The recipe (the first argument), or a one-line error naming what to give."""
+    if positional is None:
         raise LabError("missing recipe: lab attack RECIPE --type ATTACK (e.g. lab attack recipes/fsdd_cnn.yaml "
                        "--type augment)")
-    if positional is None:
-        err_console.print(f"note: --recipe is deprecated; give the recipe first: lab attack {option} --type ...",
-                          highlight=False, soft_wrap=True)
-    return positional or option
+    return positional

@@ -46,7 +46,6 @@ R = "recipes/fsdd_cnn.yaml"
     ([R, "--type", "augment", "--set", "data.max_train_per_class=-1"], "max_train_per_class"),
     (["--type", "augment"], "missing recipe: lab attack RECIPE --type ATTACK (e.g. lab attack recipes/fsdd_cnn.yaml"),
     (["recipes/nope.yaml", "--type", "augment"], "recipe not found: recipes/nope.yaml"),
-    ([R, "--recipe", "recipes/other.yaml", "--type", "augment"], "two recipes given"),
     # --jobs and --seeds that used to train anyway (one cell at a time; the recipe's seeds)
     ([R, "--type", "augment", "--jobs", "0"], "--jobs 0: expected a whole number of cells to train at once, 1 or more"),
     ([R, "--type", "augment", "--jobs", "-1"], "--jobs -1: expected a whole number of cells to train at once, 1 or "
@@ -61,14 +60,6 @@ def test_bad_input_fails_in_one_line_before_training(args, pattern, tmp_path):
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert pattern in " ".join(proc.stderr.split())
     assert not any(tmp_path.rglob("results.json"))
-
-
-def test_old_recipe_option_still_works_with_a_note(tmp_path):
-    proc = lab("attack", "--recipe", "recipes/nope.yaml", "--type", "augment", "--out", str(tmp_path))
-    assert proc.returncode == 2
-    said = " ".join(proc.stderr.split())
-    assert "--recipe is deprecated; give the recipe first: lab attack recipes/nope.yaml" in said
-    assert "recipe not found: recipes/nope.yaml" in said  # the option's value is the recipe read
 
 
 def test_help_lists_the_registered_attacks_and_reads_rows_as_attacks():
