@@ -8,6 +8,7 @@ dB alone and with the masking budget (``masking_margin_db``) on top, per clip at
 - seconds to protect.
 
     .venv/bin/python bench/bench_masking.py [--clips 200] [--snr 20] [--margin 0] [--seed 0] [--key KEY]
+        [--flat 27.4,14.6]
 
 The clips: ``--clips`` drawn from FSDD's official training split with a generator seeded with ``--seed``.
 """
@@ -62,6 +63,7 @@ def main() -> None:
     ap.add_argument("--margin", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--key", default="bench-masking-key")
+    ap.add_argument("--flat", default="", help="more flat SNRs to compare at, e.g. 27.4,14.6 (the masked rows' SNR)")
     args = ap.parse_args()
     train = fsdd_train()
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[:args.clips]
@@ -70,9 +72,11 @@ def main() -> None:
     thresholds = masking_threshold(x, sr)
     print(f"commit {git_commit()}; {len(x)} FSDD training clips (seed {args.seed}), classwise-noise span audio, "
           f"key {args.key!r}")
-    for label, extra in [(f"flat {args.snr:g} dB", {}),
-                         (f"{args.snr:g} dB + masking {args.margin:+g} dB", {"masking_margin_db": args.margin}),
-                         (f"masking {args.margin:+g} dB alone", {"masking_margin_db": args.margin, "snr_db": None})]:
+    rows = [(f"flat {args.snr:g} dB", {}),
+            (f"{args.snr:g} dB + masking {args.margin:+g} dB", {"masking_margin_db": args.margin}),
+            (f"masking {args.margin:+g} dB alone", {"masking_margin_db": args.margin, "snr_db": None})]
+    rows += [(f"flat {float(v):g} dB", {"snr_db": float(v)}) for v in args.flat.split(",") if v]
+    for label, extra in rows:
         cfg = parse_plugin(DEFENSES, {"type": "classwise-noise", "key": args.key, "snr_db": args.snr,
                                       "span": "audio", **extra}, "defense")
         prot = build_defense(cfg).derive(len(data.class_names), sr)
