@@ -186,6 +186,8 @@ class MaskedNoise:
     """The masking budget of an optimisation on ``data`` (nothing when ``margin_db`` is None): the training clips'
     thresholds, computed once, and the projection onto the budget."""
 
+    ITERATIONS = 4  # shaping rounds per projection: the noise is projected again after every step, so they add up
+
     def __init__(self, data: TrainingSet, margin_db: float | None, linf: float | None):
         self.margin, self.linf, self.sample_rate, self.clean = margin_db, linf, data.sample_rate, data.waveforms
         self.thresholds = None if margin_db is None else masking_threshold(data.waveforms, data.sample_rate).float()
@@ -194,7 +196,7 @@ class MaskedNoise:
         if self.margin is None:
             return d
         return limit_to_threshold(self.clean[idx], d, self.sample_rate, self.margin, support=support, linf=self.linf,
-                                  threshold_db=self.thresholds[idx])
+                                  threshold_db=self.thresholds[idx], iterations=self.ITERATIONS)
 
     def filled(self, d: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
         return limit_to_threshold(self.clean, d, self.sample_rate, self.margin, support=support, fill=True,

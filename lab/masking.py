@@ -195,7 +195,8 @@ def _lowest_near(bound: torch.Tensor, frames: int, bins: int) -> torch.Tensor:
 
 def limit_to_threshold(clean: torch.Tensor, change: torch.Tensor, sample_rate: int, margin_db: float = 0.0, *,
                        support: torch.Tensor | None = None, snr_db: float | None = None, linf: float | None = None,
-                       fill: bool = False, threshold_db: torch.Tensor | None = None) -> torch.Tensor:
+                       fill: bool = False, threshold_db: torch.Tensor | None = None,
+                       iterations: int = SHAPING_ITERATIONS) -> torch.Tensor:
     """``change`` (N, T) shaped so that in every frame and bin of the analysis its power is at most the threshold of
     ``clean`` (N, T) plus ``margin_db`` (the ``masking`` budget), in ``change``'s dtype; differentiable.
 
@@ -203,8 +204,10 @@ def limit_to_threshold(clean: torch.Tensor, change: torch.Tensor, sample_rate: i
       audio or to patches stays there).
     - ``fill``: first set every bin of the change to the bound, keeping its phase (the budget alone, no SNR: noise
       as loud as the threshold allows).
-    - Then :data:`SHAPING_ITERATIONS` rounds of alternating projection: each bin's magnitude is scaled down (never
-      up) to a target where it exceeds it, back to a waveform (least-squares inverse STFT), zero off the support.
+    - Then up to ``iterations`` (:data:`SHAPING_ITERATIONS`) rounds of alternating projection, for every row not yet
+      within its bound (a row within it is left as it is, so a row's result never depends on the rows beside it):
+      each bin's magnitude is scaled down (never up) to a target where it exceeds it, back to a waveform
+      (least-squares inverse STFT), zero off the support.
       The inverse's overlap-add lets neighbouring frames and bins leak into each other (the windows' resolution),
       so a round may leave a cell over its bound, most of all where the threshold falls fast (a clip's onset or
       end, a valley between harmonics); the target is therefore the lowest bound within
@@ -230,12 +233,14 @@ def limit_to_threshold(clean: torch.Tensor, change: torch.Tensor, sample_rate: i
         spec = _spectrum(d, n_fft)
         gain = torch.sqrt(inner / _power(spec, n_fft).clamp(min=1e-300))
         d = _inverse(spec * torch.where(_power(spec, n_fft) > 0, gain, torch.zeros_like(gain)), n_fft, t) * keep
-    for _ in range(SHAPING_ITERATIONS):
+    for _ in range(iterations):
         spec = _spectrum(d, n_fft)
-        gain = torch.sqrt(inner / _power(spec, n_fft).clamp(min=1e-300)).clamp(max=1.0)
-        if bool((gain >= 1).all()):
+        power = _power(spec, n_fft)
+        done = (power <= bound).flatten(1).all(dim=1, keepdim=True)  # a row within its bound is left as it is
+        if bool(done.all()):
             break
-        d = _inverse(spec * gain, n_fft, t) * keep
+        gain = torch.sqrt(inner / power.clamp(min=1e-300)).clamp(max=1.0)
+        d = torch.where(done, d, _inverse(spec * gain, n_fft, t) * keep)
     over = (_power(_spectrum(d, n_fft), n_fft) / bound).flatten(1).amax(dim=1, keepdim=True)
     scale = torch.where(over > 1, over.clamp(min=1e-300).rsqrt(), torch.ones_like(over))
     if snr_db is not None:

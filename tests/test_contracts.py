@@ -234,8 +234,9 @@ clips. 0.1 dB leaves room for that and flags any real failure of the shaping (wh
 def test_additive_defense_meets_the_masking_budget(name):
     """A defense that declares ``additive`` takes ``masking_margin_db`` (lab.masking.MaskingBudget); configured with
     margin 0 dB on top of its example configuration (its SNR floor, where it has one, stays), every clip's change is
-    at most the clean clip's masking threshold in every frame and bin, the SNR floor still holds, and the record
-    carries the budget (and rebuilds, where the protection can be rebuilt, applying the same)."""
+    at most the clean clip's masking threshold in every frame and bin, the SNR floor still holds, a file-by-file
+    protection still protects a clip alone as in a batch, and the record carries the budget (and rebuilds, where the
+    protection can be rebuilt, applying the same)."""
     from lab.masking import threshold_excess_db
     cls = DEFENSES.get(name)
     if not cls.additive:
@@ -259,6 +260,9 @@ def test_additive_defense_meets_the_masking_budget(name):
     if snr_db is not None:
         snr = 10 * torch.log10(x.double().pow(2).sum(1) / change.pow(2).sum(1))
         assert snr.min() >= snr_db - 1e-3
+    if type(prot).file_by_file:  # the shaping is clip by clip: a clip alone is protected as in the batch
+        alone = torch.cat([applied(prot, x[i:i + 1], y[i:i + 1], lengths[i:i + 1]) for i in range(N)])
+        assert torch.allclose(alone, out, atol=1e-6)
     record = json.loads(json.dumps(prot.to_dict()))
     assert record["params"]["masking_margin_db"] == 0.0
     if type(prot).from_dict.__func__ is not Protection.from_dict.__func__:
