@@ -190,7 +190,8 @@ def test_budget_field_is_recorded_only_when_set_and_a_budget_is_required():
 
 
 def test_lab_protect_writes_files_within_the_masking_budget(labelled_folder, tmp_path, cli):
-    """File by file, at each file's own rate (16 and 8 kHz) and on every channel, then verified."""
+    """File by file, at each file's own rate (16 and 8 kHz) and on every channel, then verified. (em-noise written
+    onto files: the next test.)"""
     key, out = tmp_path / "owner.key", tmp_path / "out"
     assert cli("keygen", str(key))[0] == 0
     code, _, err = cli("protect", str(labelled_folder), str(out), "--key-file", str(key), "--defense",
@@ -213,3 +214,30 @@ def test_lab_protect_writes_files_within_the_masking_budget(labelled_folder, tmp
         checked += 1
     assert checked == 15
     assert min(flat_excess) > 3.0  # the files are ones where a flat 20 dB budget alone would not do
+
+
+@pytest.mark.parametrize("mode", ["sample-wise", "class-wise"])
+def test_optimised_noise_written_onto_files_keeps_the_masking_budget(mode):
+    """em-noise optimised on working clips at 8 kHz (what lab protect makes of a collection) and written onto the
+    files themselves at 16 kHz, stereo (``files_at``, what lab protect applies to each file): within the budget."""
+    import torchaudio.functional as AF
+
+    from defenses.base import TrainingSet, WorkingClips, samples_hash
+    from tests.test_contracts import TinySurrogate
+    gen = torch.Generator().manual_seed(5)
+    files = [torch.sin(2 * math.pi * (300 + 100 * i) * torch.arange(9600) / 16000).repeat(2, 1) * 0.2
+             + 0.01 * torch.randn(2, 9600, generator=gen) for i in range(4)]
+    working = torch.stack([AF.resample(f.mean(0), 16000, 8000) for f in files])  # 0.6 s at 8 kHz
+    labels = torch.tensor([0, 1, 2, 3]) % 4
+    config = parse_plugin(DEFENSES, {"type": "em-noise", "key": "masking-test-key", "mode": mode, "max_rounds": 1,
+                                     "train_batches": 2, "steps": 2, "snr_db": 30, "masking_margin_db": 0},
+                          "defense")
+    data = TrainingSet(working, labels, torch.full((4,), 4800), 8000, 4, TinySurrogate, lr=0.01, weight_decay=0.0,
+                       batch_size=4, log=lambda s: None, description="tiny")
+    prot = build_defense(config).derive_from(data)
+    at = prot.files_at(16000, WorkingClips(8000, 4800, tuple(samples_hash(f) for f in files)))
+    for f, c in zip(files, labels.tolist()):
+        out = at.apply(f, torch.full((2,), c), torch.full((2,), f.shape[1]))
+        change = (out - f).double()
+        assert change.abs().sum() > 0
+        assert threshold_excess_db(f, change, 16000, 0.0).max() < 0.1
