@@ -21,8 +21,8 @@ from pydantic import SecretStr, model_validator
 from defenses.base import DEFENSES, Defense, Protection
 from lab.config import PluginConfig
 from lab.dsp import scale_to_snr
-from lab.masking import MaskingBudget, check_budget, limit_to_threshold
 from lab.keys import derive_seed, fingerprint, resolve_key
+from lab.masking import MaskingBudget, check_budget, limit_to_threshold
 
 
 class ClasswiseNoiseConfig(PluginConfig, MaskingBudget):

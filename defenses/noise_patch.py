@@ -26,8 +26,8 @@ from defenses._patches import PatchPlaces, check_patches_fit, check_position_ran
 from defenses.base import DEFENSES, Defense, Protection
 from lab.config import PluginConfig
 from lab.dsp import scale_to_snr
-from lab.masking import MaskingBudget, check_budget, limit_to_threshold
 from lab.keys import derive_seed, fingerprint, resolve_key
+from lab.masking import MaskingBudget, check_budget, limit_to_threshold
 
 
 class NoisePatchConfig(PluginConfig, MaskingBudget):

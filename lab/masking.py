@@ -220,7 +220,16 @@ def limit_to_threshold(clean: torch.Tensor, change: torch.Tensor, sample_rate: i
       exactly in float64; a silent clip gets no change when ``snr_db`` is set.
 
     ``threshold_db``: the clean rows' :func:`masking_threshold`, when the caller has it already (an optimisation
-    projects after every step)."""
+    projects after every step). A large batch is worked through :data:`CLIPS_AT_ONCE` rows at a time (the same
+    result: rows are independent)."""
+    if change.shape[0] > CLIPS_AT_ONCE:
+        parts = []
+        for rows in torch.arange(change.shape[0]).split(CLIPS_AT_ONCE):
+            parts.append(limit_to_threshold(
+                clean[rows], change[rows], sample_rate, margin_db, support=None if support is None else support[rows],
+                snr_db=snr_db, linf=linf, fill=fill, threshold_db=None if threshold_db is None else threshold_db[rows],
+                iterations=iterations))
+        return torch.cat(parts)
     n_fft = frame_size(sample_rate)
     t = change.shape[-1]
     thr = masking_threshold(clean, sample_rate) if threshold_db is None else threshold_db.to(torch.float64)

@@ -241,3 +241,13 @@ def test_optimised_noise_written_onto_files_keeps_the_masking_budget(mode):
         change = (out - f).double()
         assert change.abs().sum() > 0
         assert threshold_excess_db(f, change, 16000, 0.0).max() < 0.1
+
+
+def test_a_large_batch_is_worked_through_in_chunks_with_the_same_result(monkeypatch):
+    import lab.masking as masking
+    x, lengths = speechlike()
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    whole = masking.masking_threshold(x, SR), masking.limit_to_threshold(x, noise, SR, 0.0, snr_db=20.0)
+    monkeypatch.setattr(masking, "CLIPS_AT_ONCE", 3)  # 4 clips: a chunk of 3 and one of 1
+    chunked = masking.masking_threshold(x, SR), masking.limit_to_threshold(x, noise, SR, 0.0, snr_db=20.0)
+    assert torch.allclose(whole[0], chunked[0], atol=1e-9) and torch.allclose(whole[1], chunked[1], atol=1e-12)
