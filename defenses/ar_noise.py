@@ -37,6 +37,10 @@ For audio the AR process is class-wise *coloured noise*: white Gaussian innovati
 - ``snr_db`` (default 30) and ``linf`` (off by default): the budget, see below. ``linf_mode``: ``scale`` (default)
   or ``clip``.
 - ``span``: ``audio`` (default) or ``clip``, where the noise goes (below).
+- ``masking_margin_db`` (off by default): the ``masking`` budget (docs/masking.md): after the budget below, the
+  noise is shaped so that its power in every frame and bin is at most the clean clip's masking threshold plus the
+  margin, on the clip's span (lab.masking.limit_to_threshold: the SNR and |d| bounds still hold); alone
+  (``snr_db: null``, no ``linf``) the noise fills the threshold.
 
 Where the noise goes (``span``): ``audio`` (default): only into each clip's real audio, never into its zero padding
 (noise in the padding would be a shortcut no real recording has, and would not be there when the owner's files
@@ -80,11 +84,12 @@ from scipy.signal import lfilter
 from defenses.base import DEFENSES, Defense, Protection
 from lab.config import PluginConfig
 from lab.keys import derive_seed, fingerprint, resolve_key
+from lab.masking import MaskingBudget, check_budget, limit_to_threshold
 
 WARMUP_TOLERANCE = 1e-6  # the warm-up lets the slowest transient decay to this fraction
 
 
-class ARNoiseConfig(PluginConfig):
+class ARNoiseConfig(PluginConfig, MaskingBudget):
     type: Literal["ar-noise"] = "ar-noise"
     key: SecretStr | None = None
     key_file: Path | None = None
@@ -99,8 +104,7 @@ class ARNoiseConfig(PluginConfig):
 
     @model_validator(mode="after")
     def _a_budget(self):
-        if self.snr_db is None and self.linf is None:
-            raise ValueError("give a budget: snr_db, linf, or both")
+        check_budget(self.snr_db, self.linf, self.masking_margin_db)
         return self
 
 
@@ -225,8 +229,10 @@ class ARNoiseProtection(Protection):
         with np.errstate(divide="ignore", invalid="ignore"):
             if snr_db is not None:
                 gain = np.sqrt(energy / (power * 10.0 ** (snr_db / 10.0)))
-            else:
+            elif linf is not None:
                 gain = linf / peak
+            else:  # the masking budget alone: limit_to_threshold fills the threshold
+                gain = np.ones_like(peak)
             gain = np.where(live, gain, 0.0)
             delta = noise * gain[:, None]
             if linf is not None:
@@ -234,7 +240,12 @@ class ARNoiseProtection(Protection):
                     over = peak * gain > linf
                     delta[over] *= (linf / (peak * gain))[over][:, None]
                 delta = np.clip(delta, -linf, linf)  # in scale mode this only removes float rounding past linf
-        added = torch.from_numpy(delta).to(dtype=waveforms.dtype, device=waveforms.device)
+        added = torch.from_numpy(delta)
+        if self.params.get("masking_margin_db") is not None:
+            added = limit_to_threshold(torch.from_numpy(x), added, self.sample_rate,
+                                       self.params["masking_margin_db"], support=torch.from_numpy(inside),
+                                       snr_db=snr_db, linf=linf, fill=snr_db is None and linf is None)
+        added = added.to(dtype=waveforms.dtype, device=waveforms.device)
         return waveforms + added
 
     def to_dict(self) -> dict:
@@ -267,6 +278,7 @@ class ARNoise(Defense):
     Config = ARNoiseConfig
     matched_baseline = 4  # in lab attack --type all, after the classwise-noise baseline
     takes_snr = True
+    additive = True
 
     @classmethod
     def example_config(cls, key):

@@ -16,6 +16,7 @@ has a default in the base classes; a plugin overrides only what it has, see docs
   with);
 - on the :class:`Defense`: ``check_fits`` (does a configuration fit the recipe's clips), ``matched_baseline`` and
   ``takes_snr`` with ``matched_config`` (how ``lab attack`` sets it up as a baseline next to the recipe's defense),
+  ``additive`` (it adds noise, and takes the masking budget of lab/masking.py),
   ``example_config`` (the configuration the contract tests run it with).
 """
 from __future__ import annotations
@@ -220,6 +221,11 @@ class Defense(ABC):
     needs_training_set: ClassVar[bool] = False
     """True: the protection is optimised on the data it protects (e.g. error-minimising noise): the lab calls
     :meth:`derive_from` with the clean training set and a surrogate factory instead of :meth:`derive`."""
+
+    additive: ClassVar[bool] = False
+    """True: the protection ADDS a change to each clip (noise) and its Config takes the ``masking`` budget
+    (``masking_margin_db``, from :class:`lab.masking.MaskingBudget`): with it set, the change's power in every frame
+    and bin is at most the clean clip's masking threshold plus the margin (the contract tests measure it)."""
 
     takes_snr: ClassVar[bool] = False
     """True: the defense can be set to a target SNR (:meth:`matched_config` uses ``snr_db``): ``lab attack`` then

@@ -4,27 +4,38 @@ key, as long as the clips) added to the whole clip, scaled per clip to ``snr_db`
 ``span``: where the noise goes. ``clip`` (default, as before): the whole row, the zero padding of a short clip
 included (in an experiment on padded clips, the padding then holds pure noise: a shortcut no real recording of
 that length has); ``audio``: only each clip's real audio (its ``lengths``), as ar-noise and em-noise do, and as
-``lab protect`` protects a file (its real length)."""
+``lab protect`` protects a file (its real length).
+
+``masking_margin_db`` (off by default): the ``masking`` budget (docs/masking.md): the noise, scaled to ``snr_db`` as
+usual, is then shaped so that its power in every frame and bin is at most the clean clip's masking threshold plus the
+margin (lab.masking.limit_to_threshold; the SNR stays at least ``snr_db``). With ``snr_db: null`` the masking budget
+stands alone: the noise fills the threshold (plus margin) in every bin of its span."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import SecretStr
+from pydantic import SecretStr, model_validator
 
 from defenses.base import DEFENSES, Defense, Protection
 from lab.config import PluginConfig
 from lab.dsp import scale_to_snr
 from lab.keys import derive_seed, fingerprint, resolve_key
+from lab.masking import MaskingBudget, check_budget, limit_to_threshold
 
 
-class ClasswiseNoiseConfig(PluginConfig):
+class ClasswiseNoiseConfig(PluginConfig, MaskingBudget):
     type: Literal["classwise-noise"] = "classwise-noise"
     key: SecretStr | None = None
     key_file: Path | None = None
-    snr_db: float = 24.0
+    snr_db: float | None = 24.0
     span: Literal["clip", "audio"] = "clip"
+
+    @model_validator(mode="after")
+    def _a_budget(self):
+        check_budget(self.snr_db, None, self.masking_margin_db)
+        return self
 
 
 class ClasswiseNoiseProtection(Protection):
@@ -52,7 +63,12 @@ class ClasswiseNoiseProtection(Protection):
         if self.params.get("span", "clip") == "audio" and lengths is not None:
             from defenses._minmin import span_mask
             noise = noise * span_mask(waveforms, lengths)
-        return waveforms + scale_to_snr(waveforms, noise, self.params["snr_db"])
+        snr_db, margin = self.params["snr_db"], self.params.get("masking_margin_db")
+        if snr_db is not None:
+            noise = scale_to_snr(waveforms, noise, snr_db)
+        if margin is not None:
+            noise = limit_to_threshold(waveforms, noise, self.sample_rate, margin, snr_db=snr_db, fill=snr_db is None)
+        return waveforms + noise
 
     def to_dict(self) -> dict:
         return {"defense": self.name, "params": self.params, "key_fingerprint": self.key_fingerprint,
@@ -66,6 +82,7 @@ class ClasswiseNoise(Defense):
     Config = ClasswiseNoiseConfig
     matched_baseline = 3
     takes_snr = True
+    additive = True
 
     @classmethod
     def example_config(cls, key):

@@ -17,6 +17,14 @@ through the recipe's differentiable front-end (torchaudio MFCC / log-mel, or the
   * ``linf`` (waveform units, full scale 1.0): |noise| <= ``linf`` on every sample (clipped after the SNR scaling, so
     both hold). With ``linf`` alone the sample-wise steps are signed-gradient steps of ``step_size * linf``.
 
+  * ``masking_margin_db`` (off by default): the ``masking`` budget (docs/masking.md): the noise's power in every
+    frame and bin at most the clean clip's masking threshold plus the margin. Sample-wise: a projection
+    (lab.masking.limit_to_threshold, with the clips' thresholds computed once) after every step, after the L2 and
+    L-infinity ones, so the stored noise meets it; class-wise: the scaled class pattern shaped the same way inside
+    the optimised function (differentiable), and whenever it is applied. Alone (no ``snr_db``, no ``linf``) the
+    sample-wise steps are normalised-gradient steps of ``step_size`` times the L2 norm of noise that fills each
+    clip's threshold.
+
   Noise goes only into each clip's real audio, never its zero padding. Silent clips get none.
 - Stop rule (the paper's): the surrogate's accuracy on the perturbed training clips reaches ``stop_accuracy``
   (default 0.99), checked after every round; at most ``max_rounds`` rounds (the record says whether the rule was met
@@ -59,11 +67,12 @@ from defenses.base import DEFENSES, Protection, TrainingSet, WorkingClips, sampl
 from lab.config import PluginConfig
 from lab.dsp import fit_length, limit_change, snr_gain, snr_radius
 from lab.keys import fingerprint
+from lab.masking import MaskingBudget, check_budget, limit_to_threshold, masking_threshold
 
 FP16_MARGIN = 0.999  # the L2 radius used in the optimisation: float16 storage then cannot push a clip below target
 
 
-class EMNoiseConfig(PluginConfig, MinMinSettings):
+class EMNoiseConfig(PluginConfig, MinMinSettings, MaskingBudget):
     type: Literal["em-noise"] = "em-noise"
     key: SecretStr | None = None
     key_file: Path | None = None
@@ -73,8 +82,7 @@ class EMNoiseConfig(PluginConfig, MinMinSettings):
 
     @model_validator(mode="after")
     def _a_budget(self):
-        if self.snr_db is None and self.linf is None:
-            raise ValueError("give a budget: snr_db, linf, or both")
+        check_budget(self.snr_db, self.linf, self.masking_margin_db)
         return self
 
 
@@ -91,13 +99,17 @@ def clip_hash(waveform: torch.Tensor, length: int) -> str:
 class SampleNoise(Perturbation):
     """Per-clip noise (N, T) inside each clip's budget."""
 
-    def __init__(self, data: TrainingSet, snr_db, linf, step_size, gen):
+    def __init__(self, data: TrainingSet, snr_db, linf, step_size, gen, margin_db=None):
         x = data.waveforms
         self.mask = span_mask(x, data.lengths)
         self.snr_db, self.linf, self.step = snr_db, linf, step_size
+        self.masking = MaskedNoise(data, margin_db, linf)
         # (N, 1): the largest L2 norm of noise that keeps each clip's SNR >= snr_db, less the float16 margin
         self.radius = (snr_radius(x, snr_db) * FP16_MARGIN).to(x.dtype) if snr_db is not None else None
         start = torch.randn(x.shape, generator=gen).to(x) * self.mask
+        self.reach = self.radius  # the L2 scale of a normalised-gradient step (None: signed steps of linf)
+        if self.radius is None and linf is None:  # the masking budget alone: noise that fills the threshold
+            self.reach = self.masking.filled(start, self.mask).norm(dim=1, keepdim=True).to(x.dtype)
         self.noise = self.project(start * 1e-3, torch.arange(len(x)))
 
     def project(self, d, idx):
@@ -107,7 +119,7 @@ class SampleNoise(Perturbation):
         if self.radius is not None:
             norm = d.norm(dim=1, keepdim=True).clamp(min=1e-30)
             d = d * (self.radius[idx] / norm).clamp(max=1.0)
-        return d
+        return self.masking.limit(d, idx, self.mask[idx])
 
     def variable(self, idx, y):
         return self.noise[idx].clone()
@@ -116,9 +128,9 @@ class SampleNoise(Perturbation):
         return x + var
 
     def descend(self, var, grad, idx, y):
-        if self.radius is not None:
+        if self.reach is not None:
             g = grad * self.mask[idx]
-            step = self.step * self.radius[idx] * g / g.norm(dim=1, keepdim=True).clamp(min=1e-30)
+            step = self.step * self.reach[idx] * g / g.norm(dim=1, keepdim=True).clamp(min=1e-30)
         else:
             step = self.step * self.linf * grad.sign()
         return self.project(var - step, idx)
@@ -136,9 +148,10 @@ class SampleNoise(Perturbation):
 class ClassNoise(Perturbation):
     """One unit-RMS pattern per class (C, T), scaled per clip to the SNR target (then clipped to linf)."""
 
-    def __init__(self, data: TrainingSet, snr_db, linf, step_size, gen):
+    def __init__(self, data: TrainingSet, snr_db, linf, step_size, gen, margin_db=None):
         c, t = data.num_classes, data.waveforms.shape[1]
         self.snr_db, self.linf, self.step = snr_db, linf, step_size
+        self.masking = MaskedNoise(data, margin_db, linf)
         self.mask = span_mask(data.waveforms, data.lengths)
         self.patterns = self.normalise(torch.randn(c, t, generator=gen).to(data.waveforms))
 
@@ -150,7 +163,8 @@ class ClassNoise(Perturbation):
         return self.patterns.clone()
 
     def perturbed(self, var, idx, x, y, lengths):
-        return add_class_noise(x, var[y], self.mask[idx], self.snr_db, self.linf)
+        return add_class_noise(x, var[y], self.mask[idx], self.snr_db, self.linf,
+                               masking=self.masking.at(idx))
 
     def descend(self, var, grad, idx, y):
         norm = grad.norm(dim=1, keepdim=True)
@@ -168,15 +182,52 @@ class ClassNoise(Perturbation):
         self.patterns = state["patterns"].to(self.patterns)
 
 
-def add_class_noise(x: torch.Tensor, patterns: torch.Tensor, mask: torch.Tensor, snr_db, linf) -> torch.Tensor:
+class MaskedNoise:
+    """The masking budget of an optimisation on ``data`` (nothing when ``margin_db`` is None): the training clips'
+    thresholds, computed once, and the projection onto the budget."""
+
+    ITERATIONS = 4  # shaping rounds per projection: the noise is projected again after every step, so they add up
+
+    def __init__(self, data: TrainingSet, margin_db: float | None, linf: float | None):
+        self.margin, self.linf, self.sample_rate, self.clean = margin_db, linf, data.sample_rate, data.waveforms
+        self.thresholds = None if margin_db is None else masking_threshold(data.waveforms, data.sample_rate).float()
+
+    def limit(self, d: torch.Tensor, idx: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+        if self.margin is None:
+            return d
+        return limit_to_threshold(self.clean[idx], d, self.sample_rate, self.margin, support=support, linf=self.linf,
+                                  threshold_db=self.thresholds[idx], iterations=self.ITERATIONS)
+
+    def filled(self, d: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+        return limit_to_threshold(self.clean, d, self.sample_rate, self.margin, support=support, fill=True,
+                                  threshold_db=self.thresholds)
+
+    def at(self, idx: torch.Tensor) -> tuple | None:
+        """What :func:`add_class_noise` takes for the clips ``idx``."""
+        return None if self.margin is None else (self.sample_rate, self.margin, self.thresholds[idx])
+
+
+def add_class_noise(x: torch.Tensor, patterns: torch.Tensor, mask: torch.Tensor, snr_db, linf,
+                    masking: tuple | None = None) -> torch.Tensor:
     """``x`` plus each row's class pattern on its real audio, scaled to ``snr_db`` exactly (else left at unit RMS),
-    then clipped to ``linf``."""
+    then clipped to ``linf``; ``masking``: ``(sample_rate, margin_db, thresholds or None)``, then shaped to the
+    masking budget (differentiable, see lab.masking.limit_to_threshold)."""
     noise = patterns * mask
     if snr_db is not None:
         noise = noise * snr_gain(x, noise, snr_db).to(x.dtype)
     if linf is not None:
         noise = noise.clamp(-linf, linf)
+    if masking is not None:
+        sample_rate, margin, thresholds = masking
+        noise = limit_to_threshold(x, noise, sample_rate, margin, support=mask, snr_db=snr_db, linf=linf,
+                                   threshold_db=thresholds)
     return x + noise
+
+
+def masking_of(params: dict, sample_rate: int) -> tuple | None:
+    """:func:`add_class_noise`'s ``masking`` for a record's ``params`` (None: no masking budget)."""
+    margin = params.get("masking_margin_db")
+    return None if margin is None else (sample_rate, margin, None)
 
 
 class EMNoiseProtection(Protection):
@@ -210,7 +261,7 @@ class EMNoiseProtection(Protection):
             cls = (labels if filter_classes is None else filter_classes).long()
             pat = fit_length(self.patterns, t)
             return add_class_noise(waveforms, pat[cls].to(waveforms), mask, self.params["snr_db"],
-                                   self.params["linf"])
+                                   self.params["linf"], masking=masking_of(self.params, self.sample_rate))
         out = waveforms.clone()
         for i in range(n):
             row = self._row.get(clip_hash(waveforms[i], int(lengths[i])))
@@ -323,14 +374,19 @@ class EMNoiseFiles(Protection):
             reps = -(-n // self.patterns.shape[1])
             pattern = self.patterns.repeat(1, reps)[:, :n][labels.long()].to(waveforms.dtype)
             return add_class_noise(waveforms, pattern, torch.ones_like(waveforms), self.params["snr_db"],
-                                   self.params["linf"])
+                                   self.params["linf"], masking=masking_of(self.params, self.sample_rate))
         row = self.rows.get(samples_hash(waveforms))
         if row is None:
             raise ValueError("no optimised noise for this file: it is not one of the files the noise was optimised "
                              "on (protect the changed collection into a new OUTPUT)")
         d = self.resampled(self.noise_row(row))[:n]
         d = torch.nn.functional.pad(d, (0, n - len(d))).to(waveforms.dtype)
-        return limit_change(waveforms, waveforms + d[None], self.params["snr_db"], self.params["linf"])
+        out = limit_change(waveforms, waveforms + d[None], self.params["snr_db"], self.params["linf"])
+        margin = self.params.get("masking_margin_db")
+        if margin is None:
+            return out
+        return waveforms + limit_to_threshold(waveforms, out - waveforms, self.sample_rate, margin,
+                                              snr_db=self.params["snr_db"], linf=self.params["linf"])
 
     def to_dict(self) -> dict:
         return {"defense": self.defense, "params": self.params, "key_fingerprint": self.key_fingerprint,
@@ -348,6 +404,7 @@ class EMNoise(OptimisedDefense):
 
     Config = EMNoiseConfig
     record_type = EMNoiseProtection
+    additive = True
     seed_label = "em-noise/v1/surrogate"
 
     def derive_from(self, data: TrainingSet) -> EMNoiseProtection:
@@ -356,12 +413,12 @@ class EMNoise(OptimisedDefense):
         seed = self.surrogate_seed()
         gen = torch.Generator().manual_seed(seed)
         kind = SampleNoise if cfg.mode == "sample-wise" else ClassNoise
-        pert = kind(data, cfg.snr_db, cfg.linf, cfg.step_size, gen)
+        pert = kind(data, cfg.snr_db, cfg.linf, cfg.step_size, gen, cfg.masking_margin_db)
+        budget = [f"SNR >= {cfg.snr_db:g} dB" if cfg.snr_db is not None else "",
+                  f"|noise| <= {cfg.linf:g}" if cfg.linf is not None else "",
+                  f"masking threshold {cfg.masking_margin_db:+g} dB" if cfg.masking_margin_db is not None else ""]
         data.log(f"{cfg.type}: optimising {cfg.mode} noise on {len(data.labels)} clips against a "
-                 f"{data.description} surrogate (budget: "
-                 f"{'SNR >= %g dB' % cfg.snr_db if cfg.snr_db is not None else ''}"
-                 f"{', ' if cfg.snr_db is not None and cfg.linf is not None else ''}"
-                 f"{'|noise| <= %g' % cfg.linf if cfg.linf is not None else ''})")
+                 f"{data.description} surrogate (budget: {', '.join(b for b in budget if b)})")
         record = cfg.run(data, pert, seed)
         params = cfg.model_dump(exclude={"key", "key_file", "type"}, mode="json")
         if cfg.mode == "class-wise":

@@ -8,6 +8,11 @@ attack --type all`` does so itself), and unlearnability is compared at equal dis
 
 Parameters shared with PosCUDA (same meaning): ``key``, ``key_file``, ``patch_seconds``, ``patches_per_class``,
 ``position_mode``, ``position_range``.
+
+``masking_margin_db`` (off by default): the ``masking`` budget (docs/masking.md): the patch noise, scaled to
+``snr_db``, is then shaped so that its power in every frame and bin is at most the clean clip's masking threshold
+plus the margin, still only on patch samples (lab.masking.limit_to_threshold); ``snr_db: null``: the masking budget
+alone (the noise fills the threshold in its patches).
 """
 from __future__ import annotations
 
@@ -22,13 +27,14 @@ from defenses.base import DEFENSES, Defense, Protection
 from lab.config import PluginConfig
 from lab.dsp import scale_to_snr
 from lab.keys import derive_seed, fingerprint, resolve_key
+from lab.masking import MaskingBudget, check_budget, limit_to_threshold
 
 
-class NoisePatchConfig(PluginConfig):
+class NoisePatchConfig(PluginConfig, MaskingBudget):
     type: Literal["noise-patch"] = "noise-patch"
     key: SecretStr | None = None
     key_file: Path | None = None
-    snr_db: float = 24.0
+    snr_db: float | None = 24.0
     patch_seconds: float = Field(0.1, gt=0, le=60)
     patches_per_class: int = Field(1, ge=1, le=64)
     position_mode: Literal["absolute", "relative"] = "absolute"
@@ -37,6 +43,7 @@ class NoisePatchConfig(PluginConfig):
     @model_validator(mode="after")
     def _check_range(self):
         check_position_range(self.position_range, self.position_mode)
+        check_budget(self.snr_db, None, self.masking_margin_db)
         return self
 
 
@@ -68,7 +75,12 @@ class NoisePatchProtection(Protection):
             idx = starts[:, j:j + 1] + patch
             added.scatter_add_(1, idx, self.noise[noise_cls, j].to(waveforms.dtype))
         added = added[:, :t]  # a patch longer than the clip is cut at its end
-        return waveforms + scale_to_snr(waveforms, added, self.params["snr_db"]).to(waveforms.device)
+        snr_db, margin = self.params["snr_db"], self.params.get("masking_margin_db")
+        if snr_db is not None:
+            added = scale_to_snr(waveforms, added, snr_db)
+        if margin is not None:  # shaped where the patches are (the non-zero samples), nowhere else
+            added = limit_to_threshold(waveforms, added, self.sample_rate, margin, snr_db=snr_db, fill=snr_db is None)
+        return waveforms + added.to(waveforms.device)
 
     def patch_spans(self, labels, total, lengths=None):
         return self.places.patch_spans(labels, total, lengths)
@@ -89,6 +101,7 @@ class NoisePatch(Defense):
     Config = NoisePatchConfig
     matched_baseline = 2
     takes_snr = True
+    additive = True
     POSITION_FIELDS = ("patch_seconds", "patches_per_class", "position_mode", "position_range")
 
     @classmethod

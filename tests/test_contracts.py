@@ -10,6 +10,8 @@ of its own interface, and the test reads the declaration:
 - a protection that does not override ``Protection.from_dict`` cannot be rebuilt from its record: it must refuse with
   the documented one-line LabError;
 - a protection marked ``file_by_file`` must protect a clip alone exactly as in a batch;
+- a defense that declares itself ``additive`` takes the masking budget (``masking_margin_db``) and meets it on every
+  clip;
 - an attack that does not declare ``needs_clean`` must run without clean clips and without the protection (an
   outsider, ``lab audit``).
 
@@ -218,6 +220,54 @@ def test_file_by_file_protects_each_clip_as_in_a_batch(name):
     together = applied(prot, x, y, lengths)
     alone = torch.cat([applied(prot, x[i:i + 1], y[i:i + 1], lengths[i:i + 1]) for i in range(N)])
     assert torch.allclose(together, alone, atol=1e-6)
+
+
+MASKING_TOLERANCE_DB = 0.1
+"""How far over the masking budget a protected clip may measure. The shaping meets the bound exactly in float64
+(lab.masking.limit_to_threshold); what a test measures is ``protected - clean`` after the protected clip was
+rounded to float32 (and, for em-noise, after its noise was stored as float16), whose rounding error adds coherently
+to a change that sits exactly at the bound: measured up to 0.002 dB (float32) and 0.005 dB (float16) on these
+clips. 0.1 dB leaves room for that and flags any real failure of the shaping (which leaves cells decibels over)."""
+
+
+@pytest.mark.parametrize("name", DEFENSE_NAMES)
+def test_additive_defense_meets_the_masking_budget(name):
+    """A defense that declares ``additive`` takes ``masking_margin_db`` (lab.masking.MaskingBudget); configured with
+    margin 0 dB on top of its example configuration (its SNR floor, where it has one, stays), every clip's change is
+    at most the clean clip's masking threshold in every frame and bin, the SNR floor still holds, a file-by-file
+    protection still protects a clip alone as in a batch, and the record carries the budget (and rebuilds, where the
+    protection can be rebuilt, applying the same)."""
+    from lab.masking import threshold_excess_db
+    cls = DEFENSES.get(name)
+    if not cls.additive:
+        pytest.skip(f"{name} does not declare additive")
+    assert "masking_margin_db" in cls.Config.model_fields, f"{name} is additive but takes no masking budget"
+    config = parse_plugin(DEFENSES, {"type": name, **cls.example_config(KEY), "masking_margin_db": 0.0}, "defense")
+    x, y, lengths = clips()
+    defense = build_defense(config)
+    if defense.needs_training_set:
+        prot = defense.derive_from(TrainingSet(x.clone(), y.clone(), lengths.clone(), SR, C, TinySurrogate, lr=0.01,
+                                               weight_decay=0.0, batch_size=4, log=lambda s: None,
+                                               description="tiny"))
+    else:
+        prot = defense.derive(C, SR)
+    out = applied(prot, x, y, lengths)
+    change = (out - x).double()
+    assert change.abs().sum() > 0, f"{name} with the masking budget changed nothing"
+    excess = threshold_excess_db(x, change, SR, 0.0)
+    assert excess.max() <= MASKING_TOLERANCE_DB, excess.tolist()
+    snr_db = getattr(config, "snr_db", None)
+    if snr_db is not None:
+        snr = 10 * torch.log10(x.double().pow(2).sum(1) / change.pow(2).sum(1))
+        assert snr.min() >= snr_db - 1e-3
+    if type(prot).file_by_file:  # the shaping is clip by clip: a clip alone is protected as in the batch
+        alone = torch.cat([applied(prot, x[i:i + 1], y[i:i + 1], lengths[i:i + 1]) for i in range(N)])
+        assert torch.allclose(alone, out, atol=1e-6)
+    record = json.loads(json.dumps(prot.to_dict()))
+    assert record["params"]["masking_margin_db"] == 0.0
+    if type(prot).from_dict.__func__ is not Protection.from_dict.__func__:
+        rebuilt = Protection.from_dict(record, {k: v.clone() for k, v in prot.arrays().items()})
+        assert torch.equal(applied(rebuilt, x, y, lengths), out)
 
 
 # --- attacks ---------------------------------------------------------------------------------------------------------

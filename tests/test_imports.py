@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 ROOTS = ("lab", "defenses", "attacks")
 PLUGIN_PACKAGES = ("defenses", "attacks", "lab.models")
 RUNNERS = ("lab.attacking", "lab.experiment", "lab.commands", "lab.cli")  # the code that runs plugins
-PLUGIN_INTERFACE = ("lab.config", "lab.registry", "lab.keys", "lab.errors", "lab.dsp")  # what a plugin may use of lab/
+PLUGIN_INTERFACE = ("lab.config", "lab.registry", "lab.keys", "lab.errors", "lab.dsp",  # what a plugin may use of lab/
+                    "lab.masking")
 NOT_IMPORTABLE = {"lab.__main__"}  # runs the command line when imported
 
 
