@@ -344,7 +344,7 @@ def check_blocks(rel: str, rec: dict, f, o) -> dict | None:
         return {"path": rel, "status": "unprotected", "detail": "output equals the source"}
     if wrong:
         return {"path": rel, "status": "mismatch", "detail": "samples differ from the key's protection"}
-    return {"path": rel, "status": "ok", "detail": ""}
+    return {"path": rel, "status": "ok", "detail": "", "blocks": True}
 
 
 def check_decoded(rel: str, rec: dict, src_blob: bytes, out_blob: bytes) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -55,3 +56,74 @@ def test_streamed_output_equals_the_whole_file_bit_for_bit(kind, options, key_fi
 def run_protect(cli, src, out, key_file, kind, options=()):
     return cli("protect", str(src), str(out), "--key-file", str(key_file), "--defense", kind, "--workers", "0",
                *[a for k, v in options for a in ("--option", f"{k}={v}")])
+
+
+def long_folder(root, subtype_by_name):
+    for name, (frames, channels, subtype) in subtype_by_name.items():
+        path = root / "cat" / name if name < "c" else root / "dog" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(source(frames, channels, subtype, seed=frames))
+    return root
+
+
+def test_a_long_file_is_streamed_verified_in_blocks_and_equals_the_whole_path(cli, tmp_path, key_file, monkeypatch):
+    src = long_folder(tmp_path / "in", {"a.wav": (20000, 2, "PCM_16"), "b.wav": (9000, 1, "FLOAT"),
+                                        "c.wav": (3000, 1, "PCM_16"), "d.wav": (17000, 3, "PCM_24")})
+    code, _, _ = run_protect(cli, src, tmp_path / "whole", key_file, "poscuda", [("repeat_seconds", 0.3)])
+    assert code == 0
+    monkeypatch.setattr(blocks, "STREAM_FRAMES", 5000)
+    monkeypatch.setattr(blocks, "BLOCK_FRAMES", 1024)
+    code, out, err = run_protect(cli, src, tmp_path / "out", key_file, "poscuda", [("repeat_seconds", 0.3)])
+    assert code == 0, err
+    assert f"long files (over 5000 frames): 3 {blocks.STREAMED}" in out
+    for rel in ("cat/a.wav", "cat/b.wav", "dog/c.wav", "dog/d.wav"):
+        assert (tmp_path / "out" / rel).read_bytes() == (tmp_path / "whole" / rel).read_bytes(), rel
+    assert long_file_of(key_file) == {"cat/a.wav": blocks.STREAMED, "cat/b.wav": blocks.STREAMED,
+                                      "dog/c.wav": None, "dog/d.wav": blocks.STREAMED}  # c is short: as before
+    code, out, err = cli("verify", str(tmp_path / "out"), "--key-file", str(key_file), "--workers", "0")
+    assert code == 0, out + err
+    assert "3 long file(s) checked block by block" in out
+
+
+def test_block_check_finds_a_changed_sample_and_an_unprotected_copy(key_file, monkeypatch):
+    monkeypatch.setattr(blocks, "STREAM_FRAMES", 5000)
+    monkeypatch.setattr(blocks, "BLOCK_FRAMES", 1000)
+    prot = build_defense(defense_config(key_file, {"type": "poscuda", "repeat_seconds": 0.3})).derive(3, SR)
+    worker.start_worker({SR: pickle.dumps(prot)})
+    blob = source(17000, 2, "PCM_16")
+    like, frames, channels = blocks.header(io.BytesIO(blob))
+    out = io.BytesIO()
+    blocks.stream_protect(prot, prot.block_plan(1, frames, channels), io.BytesIO(blob), like, 1, out)
+    rec = {"class": 1, "frames": frames, "channels": channels, "sample_rate": SR, "format": "WAV",
+           "subtype": "PCM_16", "patches": worker.patches_of(prot, 1, frames)}
+    assert worker.check_blocks("a.wav", rec, io.BytesIO(blob), io.BytesIO(out.getvalue()))["status"] == "ok"
+    assert worker.check_blocks("a.wav", rec, io.BytesIO(blob), io.BytesIO(blob))["status"] == "unprotected"
+    data, _ = sf.read(io.BytesIO(out.getvalue()), dtype="int16", always_2d=True)
+    data[frames - 7, 1] ^= 1  # one bit of one sample near the end (the last block)
+    changed = io.BytesIO()
+    sf.write(changed, data, SR, subtype="PCM_16", format="WAV")
+    assert worker.check_blocks("a.wav", rec, io.BytesIO(blob), changed)["status"] == "mismatch"
+    assert worker.check_blocks("a.wav", {**rec, "class": 2}, io.BytesIO(blob), io.BytesIO(out.getvalue()))[
+        "status"] == "mismatch"  # another class: other patches
+
+
+def long_file_of(key_file) -> dict:
+    """Each file of the (only) private record beside the key -> how it was handled (``long_file``)."""
+    (record,) = key_file.parent.glob("*.jsonl")
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    return {r["path"]: r.get("long_file") for r in lines if r.get("kind") == "file"}
+
+
+def test_a_long_file_without_a_block_hook_is_protected_whole_and_says_so(cli, tmp_path, key_file, monkeypatch):
+    without = [k for k in file_by_file_defenses()
+               if build_defense(defense_config(key_file, {"type": k})).derive(2, SR).block_plan(0, 9000, 1) is None]
+    if not without:
+        pytest.skip("every file-by-file defense has a block hook")
+    src = long_folder(tmp_path / "in", {"a.wav": (9000, 1, "PCM_16"), "c.wav": (3000, 2, "PCM_16")})
+    monkeypatch.setattr(blocks, "STREAM_FRAMES", 5000)
+    code, out, err = run_protect(cli, src, tmp_path / "out", key_file, without[0])
+    assert code == 0, err
+    assert f"long files (over 5000 frames): 1 {blocks.WHOLE}" in out
+    assert long_file_of(key_file) == {"cat/a.wav": blocks.WHOLE, "dog/c.wav": None}
+    code, out, err = cli("verify", str(tmp_path / "out"), "--key-file", str(key_file), "--workers", "0")
+    assert code == 0 and "checked block by block" not in out, out + err
