@@ -108,8 +108,8 @@ def test_block_check_finds_a_changed_sample_and_an_unprotected_copy(key_file, mo
 
 
 def long_file_of(key_file) -> dict:
-    """Each file of the (only) private record beside the key -> how it was handled (``long_file``)."""
-    (record,) = key_file.parent.glob("*.jsonl")
+    """Each file of the latest private record beside the key -> how it was handled (``long_file``)."""
+    record = max(key_file.parent.glob("*.jsonl"), key=lambda p: p.stat().st_mtime_ns)
     lines = [json.loads(line) for line in record.read_text().splitlines()]
     return {r["path"]: r.get("long_file") for r in lines if r.get("kind") == "file"}
 
