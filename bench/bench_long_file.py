@@ -7,7 +7,7 @@ ratios AFTER / BEFORE (issue 21: a long recording must be protected in a bounded
 
 Cases: ``mono8k`` (8 kHz mono) and ``stereo44k`` (44.1 kHz stereo), 16-bit PCM WAV, ``--minutes`` long (default one
 hour: 55 MB and 635 MB), generated block by block with soundfile (a tone and seeded noise, seed 0), with one short
-clip of a second class beside it. Each command runs in a fresh process under ``/usr/bin/time -v``: its "Maximum
+clip of a second class beside it; both checkouts protect with the same key (generated once). Each command runs in a fresh process under ``/usr/bin/time -v``: its "Maximum
 resident set size" is the peak RSS of the largest process of the run (with ``--workers 0``, the default here,
 everything happens in that one process). The generated files and outputs are deleted at the end (``--keep``: not).
 Only one command runs at a time; on a shared machine the memory numbers mean more than the times.
@@ -71,8 +71,13 @@ def run_case(case: str, args, tmp: Path, python: str) -> dict:
         repo = Path(getattr(args, side)).resolve()
         env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         key, out = tmp / case / side / "keys" / "owner.key", tmp / case / side / "out"
-        key.parent.mkdir(parents=True)
-        subprocess.run([python, "-m", "lab", "keygen", str(key)], cwd=repo, env=env, check=True, capture_output=True)
+        key.parent.mkdir(parents=True, mode=0o700)
+        if side == "before":
+            subprocess.run([python, "-m", "lab", "keygen", str(key)], cwd=repo, env=env, check=True,
+                           capture_output=True)
+            shutil.copy2(key, tmp / case / "owner.key")
+        else:  # the same key: the same protection, so the output bytes can be compared
+            shutil.copy2(tmp / case / "owner.key", key)
         options = [a for o in args.option for a in ("--option", o)]
         prot = timed([python, "-m", "lab", "protect", str(src), str(out), "--key-file", str(key), "--defense",
                       args.defense, "--workers", str(args.workers), *options], repo, env)
