@@ -20,6 +20,7 @@ import soundfile as sf
 import torch
 
 from defenses.base import Protection
+from lab import dsp
 from lab.protect.audiofile import (FLOAT_SUBTYPES, INT_BITS, TEXT_FIELDS, Decoded, no_peak_chunk, quantise,
                                    working_dtype)
 
@@ -73,7 +74,8 @@ def protected_blocks(prot: Protection, plan, s: sf.SoundFile, cls: int,
     in pieces. Raises :class:`NonFinite` at the first block holding NaN or infinity."""
     block = block or BLOCK_FRAMES
     frames = s.frames
-    if prot.block_first_pass:
+    if prot.block_first_pass:  # sums over the file are grouped by ENERGY_CHUNK: blocks are a multiple of it
+        block = -(-block // dsp.ENERGY_CHUNK) * dsp.ENERGY_CHUNK
         for a in range(0, frames, block):
             x = finite(read_frames(s, a, min(frames, a + block)), a)
             prot.block_stats(plan, torch.from_numpy(np.ascontiguousarray(x.T)), a)
