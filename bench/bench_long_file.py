@@ -7,7 +7,8 @@ ratios AFTER / BEFORE (issue 21: a long recording must be protected in a bounded
 
 Cases: ``mono8k`` (8 kHz mono) and ``stereo44k`` (44.1 kHz stereo), 16-bit PCM WAV, ``--minutes`` long (default one
 hour: 55 MB and 635 MB), generated block by block with soundfile (a tone and seeded noise, seed 0), with one short
-clip of a second class beside it; both checkouts protect with the same key (generated once). Each command runs in a fresh process under ``/usr/bin/time -v``: its "Maximum
+clip of a second class beside it; both checkouts protect with the same key (generated once). Each command runs
+in a fresh process under ``/usr/bin/time -v``: its "Maximum
 resident set size" is the peak RSS of the largest process of the run (with ``--workers 0``, the default here,
 everything happens in that one process). The generated files and outputs are deleted at the end (``--keep``: not).
 Only one command runs at a time; on a shared machine the memory numbers mean more than the times.
@@ -38,7 +39,8 @@ def generate(path: Path, rate: int, channels: int, minutes: float, seed: int = 0
         for a in range(0, total, block):
             n = min(block, total - a)
             t = (a + np.arange(n))[:, None] / rate
-            x = 0.3 * np.sin(2 * np.pi * 220.0 * (1 + np.arange(channels)) * t) + 0.05 * rng.standard_normal((n, channels))
+            tone = 0.3 * np.sin(2 * np.pi * 220.0 * (1 + np.arange(channels)) * t)
+            x = tone + 0.05 * rng.standard_normal((n, channels))
             f.write(x.astype(np.float32))
 
 

@@ -364,7 +364,7 @@ class PosCUDAProtection(PatchPlaces, Protection):
             return None
         labels, lengths = torch.tensor([cls]), torch.tensor([frames])
         starts = self.starts(labels, frames, lengths)
-        every = self.repeat_starts(starts, frames, lengths)[0] if self.repeat_samples is not None else starts[0, :, None]
+        every = starts[0, :, None] if self.repeat_samples is None else self.repeat_starts(starts, frames, lengths)[0]
         ops = [(s, j) for j in range(every.shape[0]) for s in every[j].tolist() if s >= 0]  # apply's order
         k = self.filters.shape[-1]
         left = (k - 1) // 2
