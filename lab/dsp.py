@@ -3,11 +3,13 @@ knowledge (part of the plugin interface, docs/extending.md).
 
 Waveforms are ``(N, T)`` batches, one clip per row, unless a function says otherwise. Power sums and gains are
 computed in float64 and every function here is bit-for-bit what the lab computed before it was gathered here:
-results and protected audio do not move when a plugin switches to these helpers.
+results and protected audio do not move when a plugin switches to these helpers (one exception: a row longer than
+:data:`ENERGY_CHUNK` samples, 24 s at 44.1 kHz, is summed by chunks since long files are protected in blocks).
 
 - energies and SNR: :func:`energy` (and :func:`add_energy`, a block at a time), :func:`snr_gain`,
-  :func:`scale_to_snr` (noise scaled so that a clip's SNR is exactly a target), :func:`snr_radius` (the largest L2 norm of a change that keeps a target SNR),
-  :func:`limit_change` (a change scaled DOWN to an SNR budget, clipped to an L-infinity one);
+  :func:`scale_to_snr` (noise scaled so that a clip's SNR is exactly a target), :func:`snr_radius` (the largest L2
+  norm of a change that keeps a target SNR), :func:`limit_change` (a change scaled DOWN to an SNR budget, clipped to
+  an L-infinity one);
 - lengths: :func:`fit_length` (crop or zero-pad the last dimension);
 - moving and filtering: :func:`circular_shift`, :func:`convolve_patches` (class filters convolved in patches).
 """
