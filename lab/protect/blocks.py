@@ -102,17 +102,50 @@ def stream_protect(prot: Protection, plan, src: BinaryIO, like: Decoded, cls: in
     full scale."""
     over = 0
     src.seek(0)
-    with sf.SoundFile(src) as s, sf.SoundFile(dst, "w", like.sample_rate, s.channels, like.subtype, like.endian,
-                                              like.format) as o:
-        if like.subtype in FLOAT_SUBTYPES:
-            no_peak_chunk(o)
-        for k, v in like.text.items():
-            setattr(o, k, v)
-        for _, _, _, out in protected_blocks(prot, plan, s, cls, block):
-            stored, n = quantise(out, like)
-            over += n
-            o.write(stored)
+    sink = Sink(dst)
+    try:
+        with sf.SoundFile(src) as s, sf.SoundFile(sink, "w", like.sample_rate, s.channels, like.subtype, like.endian,
+                                                  like.format) as o:
+            if like.subtype in FLOAT_SUBTYPES:
+                no_peak_chunk(o)
+            for k, v in like.text.items():
+                setattr(o, k, v)
+            for _, _, _, out in protected_blocks(prot, plan, s, cls, block):
+                stored, n = quantise(out, like)
+                over += n
+                o.write(stored)
+    except Exception:
+        if sink.error is not None:  # the system's own error (a full disk stops the run): not soundfile's echo of it
+            raise sink.error from None
+        raise
     return over
+
+
+class Sink:
+    """The temporary output file as soundfile writes it: an error of the system while writing (e.g. no space left)
+    is kept and reported as itself, instead of escaping from soundfile's callback as a traceback."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            return 0
+
+    def read(self, n: int = -1) -> bytes:
+        return self.f.read(n)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def unchanged(f: BinaryIO, before: os.stat_result) -> None:

@@ -101,7 +101,7 @@ def _read(job: tuple, protections: dict[int, Protection] | None = None):
     try:
         with open_regular(src) as f:
             info = header(f)
-            if info is not None and info[1] > blocks.STREAM_FRAMES:
+            if info is not None and info[1] > blocks.STREAM_FRAMES and info[0].exact:  # lossless formats only
                 prot = (protections or {}).get(info[0].sample_rate)
                 plan = prot.block_plan(cls, info[1], info[2]) if prot is not None else None
                 if plan is not None:

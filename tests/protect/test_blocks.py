@@ -130,3 +130,36 @@ def test_a_long_file_without_a_block_hook_is_protected_whole_and_says_so(cli, tm
     assert long_file_of(key_file) == {"cat/a.wav": blocks.WHOLE, "dog/c.wav": None}
     code, out, err = cli("verify", str(tmp_path / "out"), "--key-file", str(key_file), "--workers", "0")
     assert code == 0 and "checked block by block" not in out, out + err
+
+
+def test_a_long_file_with_nan_or_a_full_disk_leaves_nothing_written(cli, tmp_path, key_file, monkeypatch):
+    """Found half-way through a streamed file: NaN fails that file by name; a full disk stops the run (resumable);
+    neither leaves an output or a temporary file behind."""
+    src = long_folder(tmp_path / "in", {"a.wav": (9000, 1, "FLOAT"), "c.wav": (3000, 1, "PCM_16")})
+    data, _ = sf.read(src / "cat" / "a.wav", dtype="float32")
+    data[8500] = np.nan
+    sf.write(src / "cat" / "a.wav", data, SR, subtype="FLOAT")
+    monkeypatch.setattr(blocks, "STREAM_FRAMES", 5000)
+    monkeypatch.setattr(blocks, "BLOCK_FRAMES", 1024)
+    code, out, _ = run_protect(cli, src, tmp_path / "out", key_file, "poscuda")
+    assert code == 1 and "cat/a.wav: 1 samples from frame 8192 on are NaN or infinite" in out
+    assert not (tmp_path / "out" / "cat").exists() or not any((tmp_path / "out" / "cat").iterdir())
+    data[8500] = 0.0
+    sf.write(src / "cat" / "a.wav", data, SR, subtype="FLOAT")
+    class Full:  # the temporary file's disk fills up after 20,000 bytes
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, blob):
+            if self.f.tell() > 20000:
+                raise OSError(28, "No space left on device")
+            return self.f.write(blob)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    real_init = blocks.Sink.__init__
+    monkeypatch.setattr(blocks.Sink, "__init__", lambda self, f: real_init(self, Full(f)))
+    code, out, err = run_protect(cli, src, tmp_path / "out2", key_file, "poscuda")
+    assert code != 0 and "No space left on device" in out + err
+    assert not list((tmp_path / "out2").rglob("*.wav")) and not list((tmp_path / "out2").rglob("*partial*"))
