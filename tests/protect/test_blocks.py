@@ -26,13 +26,13 @@ CASES = [(kind, name) for kind in file_by_file_defenses() for name, opts in OPTI
          if set(opts) <= set(defense_fields_of(kind))]
 
 
-def source(frames: int, channels: int, subtype: str, seed: int = 0) -> bytes:
-    """A WAV file of loud noise and a tone (some protected samples go past full scale)."""
+def source(frames: int, channels: int, subtype: str, seed: int = 0, fmt: str = "WAV") -> bytes:
+    """A file (WAV unless ``fmt``) of loud noise and a tone (some protected samples go past full scale)."""
     rng = np.random.default_rng(seed)
     t = np.arange(frames)[:, None] / SR
     data = 0.6 * np.sin(2 * np.pi * 300 * t * (1 + np.arange(channels))) + 0.3 * rng.standard_normal((frames, channels))
     buf = io.BytesIO()
-    sf.write(buf, np.clip(data, -1, 1).astype(np.float32), SR, subtype=subtype, format="WAV")
+    sf.write(buf, np.clip(data, -1, 1).astype(np.float32), SR, subtype=subtype, format=fmt)
     return buf.getvalue()
 
 
@@ -42,9 +42,12 @@ def test_streamed_output_equals_the_whole_file_bit_for_bit(kind, options, key_fi
     prot = build_defense(defense_config(key_file, {"type": kind, **OPTION_SETS[options]})).derive(3, SR)
     if prot.block_plan(1, 20000, 1) is None:
         pytest.skip(f"{kind} ({options}) has no block hook: protected whole (see the test below)")
-    for frames, channels, subtype, cls, block in [(20011, 1, "PCM_16", 1, 997), (16000, 2, "FLOAT", 2, 1000),
-                                                  (12345, 3, "PCM_24", 0, 4096)]:
-        blob = source(frames, channels, subtype, seed=frames)
+    for frames, channels, subtype, fmt, cls, block in [(20011, 1, "PCM_16", "WAV", 1, 997),
+                                                       (16000, 2, "FLOAT", "WAV", 2, 1000),
+                                                       (12345, 3, "PCM_24", "FLAC", 0, 4096),
+                                                       (5003, 1, "DOUBLE", "WAV", 1, 512),  # float64 working
+                                                       (16389, 1, "PCM_16", "WAV", 0, 1024)]:  # a block ends 5 short
+        blob = source(frames, channels, subtype, seed=frames, fmt=fmt)
         dec = decode(blob)
         whole, whole_over = encode(worker.protect_samples(prot, dec.data, cls), dec)
         like, n, ch = blocks.header(io.BytesIO(blob))
