@@ -10,7 +10,9 @@ A file is protected by the protection's own ``apply``, the one experiments use: 
 row the file's class, lengths = its frames (:func:`protect_samples`). A chunk's files of one sample rate go through
 the protection's declared hook ``apply_files`` (PosCUDA: one padded batch, bit-identical to ``apply`` file by file;
 the others: file by file) (:func:`protect_batch`). Results are small dicts (the private record's lines, see :mod:`lab.protect.manifest`); audio
-never travels between processes.
+never travels between processes. A long file (over :data:`lab.protect.blocks.STREAM_FRAMES` frames, lossless) whose
+protection has a block hook is never held whole: it is read, protected, written and checked a block at a time
+(:mod:`lab.protect.blocks`), with the same bytes as a file protected whole.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from lab.protect.audiofile import as_stored, decode, encode
 from lab.protect import blocks
 from lab.protect.blocks import header
 from lab.protect.safefs import (LinkInOutput, NotRegular, close_inherited_locks, file_sha256, open_regular,
-                               open_under, read_regular, read_under, writing_under, write_under)
+                               open_under, writing_under, write_under)
 
 PARTIAL_SUFFIX = ".lab-partial"  # temporary names: ".<name>.<pid>.lab-partial" beside the final file
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})  # no space (or quota) left: no later file could be written
