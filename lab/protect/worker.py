@@ -102,7 +102,7 @@ def _read(job: tuple, protections: dict[int, Protection] | None = None):
         return _failed(rel, label, "no label (the file appeared while the run was going; run again)")
     try:
         with open_regular(src) as f:
-            info = header(f)
+            info = header(f) if blocks.may_be_long(f) else None
             if info is not None and info[1] > blocks.STREAM_FRAMES and info[0].exact:  # lossless formats only
                 prot = (protections or {}).get(info[0].sample_rate)
                 plan = prot.block_plan(cls, info[1], info[2]) if prot is not None else None
@@ -311,7 +311,7 @@ def check_blocks(rel: str, rec: dict, f, o) -> dict | None:
     """:func:`check_file` for a long file in a lossless format whose protection has a block hook: both files
     decoded, and the source protected again, a block at a time (:mod:`lab.protect.blocks`), each block of the
     output compared with the re-protected one. None for any other file (checked whole)."""
-    info = header(f)
+    info = header(f) if blocks.may_be_long(f) else None
     if info is None or info[1] <= blocks.STREAM_FRAMES or not info[0].exact or info[0].sample_rate not in _protections:
         return None
     like, frames, channels = info
