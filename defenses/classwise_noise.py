@@ -60,8 +60,9 @@ class ClasswiseNoiseProtection(Protection):
     block_first_pass = True
 
     def block_plan(self, cls, frames, channels):
-        if type(self).apply is not ClasswiseNoiseProtection.apply or frames < 16:
-            return None  # torch draws fewer than 16 normals otherwise; a subclass that changes apply: whole
+        if type(self).apply is not ClasswiseNoiseProtection.apply or frames < 16 \
+                or self.params.get("masking") not in (None, False, "none"):
+            return None  # under 16 normals torch draws otherwise; a subclass that changes apply, a masking budget
         return {"cls": cls, "frames": frames, "signal": None, "power": None, "gain": None, "pieces": None}
 
     def _pattern_between(self, plan, a, b, rows, dtype):
