@@ -12,9 +12,11 @@ This module registers nothing (the contract tests' guard skips modules whose nam
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import Field, SecretStr, model_serializer, model_validator
 
@@ -138,6 +140,38 @@ def unpadded(out: torch.Tensor, files: list[tuple[torch.Tensor, int]]) -> list[t
         results.append(out[r:r + ch, :n])
         r += ch
     return results
+
+
+@dataclass
+class PatchOps:
+    """One file's patches for :meth:`PosCUDAProtection.apply_block`, in the order they are applied: pattern
+    ``patch`` (index j), first sample ``start``, the frames each writes ``[write_lo, write_hi)`` and reads
+    ``[read_lo, read_hi)`` (the filter's context, cut at the file's ends)."""
+
+    cls: int
+    frames: int
+    patch: np.ndarray
+    start: np.ndarray
+    write_hi: np.ndarray
+    read_lo: np.ndarray
+    read_hi: np.ndarray
+
+    @property
+    def write_lo(self) -> np.ndarray:
+        return self.start
+
+    def window(self, a: int, b: int) -> tuple[int, int]:
+        """The frames to read to protect ``[a, b)`` exactly: grown until every patch that writes into it reads
+        only inside it (a patch's input may hold an earlier patch's output: that one is then inside too)."""
+        lo, hi = a, b
+        while True:
+            hit = (self.write_lo < hi) & (self.write_hi > lo)
+            if not hit.any():
+                return lo, hi
+            new_lo, new_hi = min(lo, int(self.read_lo[hit].min())), max(hi, int(self.read_hi[hit].max()))
+            if (new_lo, new_hi) == (lo, hi):
+                return lo, hi
+            lo, hi = new_lo, new_hi
 
 
 class PatchPlaces:
@@ -320,6 +354,41 @@ class PosCUDAProtection(PatchPlaces, Protection):
 
     def file_patches(self, files):
         return self.describe_patches(files, "filter")
+
+    def block_plan(self, cls, frames, channels):
+        """A long file a block at a time (see :meth:`Protection.block_plan`): every patch the whole file gets, in
+        the order :meth:`apply` applies them, with the span it writes and the span its filter reads. Not for the
+        ``normalize`` output (it scales the whole file by its peak) nor for a subclass that changes :meth:`apply`
+        (e.g. poscuda-opt's budget over the whole file): those are protected whole."""
+        if self.params["output"] == "normalize" or type(self).apply is not PosCUDAProtection.apply:
+            return None
+        labels, lengths = torch.tensor([cls]), torch.tensor([frames])
+        starts = self.starts(labels, frames, lengths)
+        every = starts[0, :, None] if self.repeat_samples is None else self.repeat_starts(starts, frames, lengths)[0]
+        ops = [(s, j) for j in range(every.shape[0]) for s in every[j].tolist() if s >= 0]  # apply's order
+        k = self.filters.shape[-1]
+        left = (k - 1) // 2
+        at = np.array([s for s, _ in ops], dtype=np.int64).reshape(-1)
+        return PatchOps(cls, frames, np.array([j for _, j in ops], dtype=np.int64), at,
+                        np.minimum(at + self.patch_len, frames), np.maximum(at - left, 0),
+                        np.minimum(at + self.patch_len + k - 1 - left, frames))
+
+    def block_window(self, plan, a, b):
+        return plan.window(a, b)
+
+    def apply_block(self, plan, x, lo, a, b):
+        """Every patch that writes into the window, replayed in :meth:`apply`'s order on the window (each on the
+        span its filter reads, as :meth:`_convolve_repeated` does): element-wise, so equal to the whole file's."""
+        out = x.clone()
+        clip = self.params["output"] == "clip"
+        hi = lo + x.shape[1]
+        for i in np.flatnonzero((plan.write_lo < hi) & (plan.write_hi > lo)).tolist():
+            r0, r1, s, j = int(plan.read_lo[i]) - lo, int(plan.read_hi[i]) - lo, int(plan.start[i]), int(plan.patch[i])
+            n = x.shape[0]
+            out[:, r0:r1] = convolve_patches(out[:, r0:r1], torch.full((n, 1), s - lo - r0),
+                                             self.filters[plan.cls, j][None, None].expand(n, 1, -1), self.patch_len,
+                                             clip=clip)
+        return out[:, a - lo:b - lo]
 
     def to_dict(self) -> dict:
         return {

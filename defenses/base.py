@@ -191,6 +191,35 @@ class Protection(ABC):
         return [self.apply(x, torch.full((x.shape[0],), c, dtype=torch.long),
                            torch.full((x.shape[0],), x.shape[1], dtype=torch.long)) for x, c in files]
 
+    # --- lab protect's block hooks: a long file in bounded memory (see lab/protect/blocks.py) ---------------------
+
+    def block_plan(self, cls: int, frames: int, channels: int) -> Any | None:
+        """How to protect one file of class ``cls``, ``frames`` long with ``channels`` channels, a block at a time
+        (whatever per-file state :meth:`block_window` and :meth:`apply_block` need), or None when this protection
+        cannot (the default): lab protect then decodes such a long file whole, and its summary says so. A protection
+        that returns a plan promises that the blocks it gives equal :meth:`apply` of the whole file, bit for bit,
+        whatever the block size (the contract tests check it)."""
+        return None
+
+    block_first_pass: ClassVar[bool] = False
+    """True: a plan needs one pass over the whole file before any block is protected (:meth:`block_stats`), e.g.
+    to scale noise to the file's energy."""
+
+    def block_stats(self, plan: Any, x: torch.Tensor, start: int) -> None:
+        """First pass (only where ``block_first_pass``): add the file's samples ``x`` (channels, n), which begin at
+        frame ``start``, to the plan. Blocks come in order, each a multiple of ``lab.dsp.ENERGY_CHUNK`` frames long
+        (the last apart), so that sums over the file are grouped as :meth:`apply` groups them."""
+
+    def block_window(self, plan: Any, a: int, b: int) -> tuple[int, int]:
+        """The frames ``[lo, hi)`` of the file that :meth:`apply_block` must read to protect frames ``[a, b)``
+        (those and the context a filter reads around them). Default: ``[a, b)``."""
+        return a, b
+
+    def apply_block(self, plan: Any, x: torch.Tensor, lo: int, a: int, b: int) -> torch.Tensor:
+        """Protected frames ``[a, b)`` (channels, b - a) of the planned file, from its samples ``x``
+        (channels, hi - lo) that begin at frame ``lo`` (the window :meth:`block_window` asked for)."""
+        raise NotImplementedError(f"a {type(self).__name__} has no block hook")
+
     on_collection: ClassVar[bool] = False
     """True for a protection optimised on a collection (its defense ``needs_training_set``) that ``lab protect`` can
     write onto the collection's own files, each at its own sample rate and length, through :meth:`files_at`."""

@@ -25,7 +25,7 @@ from pydantic import Field, SecretStr, model_validator
 from defenses._patches import PatchPlaces, check_patches_fit, check_position_range, class_generator, draw_positions
 from defenses.base import DEFENSES, Defense, Protection
 from lab.config import PluginConfig
-from lab.dsp import scale_to_snr
+from lab.dsp import add_energy, gain_for, scale_to_snr
 from lab.keys import derive_seed, fingerprint, resolve_key
 from lab.masking import MaskingBudget, check_budget, limit_to_threshold
 
@@ -84,6 +84,37 @@ class NoisePatchProtection(Protection):
 
     def patch_spans(self, labels, total, lengths=None):
         return self.places.patch_spans(labels, total, lengths)
+
+    # --- lab protect's block hook (a long file in bounded memory): the file's energy and its noise's in a first
+    # pass, summed as apply sums them (lab.dsp.add_energy), then the scaled noise added block by block
+    block_first_pass = True
+
+    def block_plan(self, cls, frames, channels):
+        if type(self).apply is not NoisePatchProtection.apply \
+                or self.params.get("masking") not in (None, False, "none"):
+            return None  # a subclass that changes apply, or noise shaped by a masking budget: protected whole
+        starts = self.starts(torch.tensor([cls]), frames, torch.tensor([frames]))[0].tolist()
+        return {"cls": cls, "starts": starts, "signal": None, "power": None, "gain": None}
+
+    def _noise_between(self, plan, a, b, rows, dtype):
+        """Frames ``[a, b)`` of the file's unscaled noise (rows, b - a), added patch after patch as apply adds it."""
+        added = torch.zeros(1, b - a, dtype=dtype)
+        for j, s in enumerate(plan["starts"]):
+            lo, hi = max(a, s), min(b, s + self.patch_len)
+            if lo < hi:
+                added[0, lo - a:hi - a] += self.noise[plan["cls"], j, lo - s:hi - s].to(dtype)
+        return added.repeat(rows, 1)
+
+    def block_stats(self, plan, x, start):
+        plan["signal"] = add_energy(plan["signal"], x)
+        noise = self._noise_between(plan, start, start + x.shape[1], x.shape[0], x.dtype)
+        plan["power"] = add_energy(plan["power"], noise)
+
+    def apply_block(self, plan, x, lo, a, b):
+        if plan["gain"] is None:
+            plan["gain"] = gain_for(plan["signal"], plan["power"], self.params["snr_db"])
+        noise = self._noise_between(plan, a, b, x.shape[0], x.dtype)
+        return x + (noise.double() * plan["gain"]).to(x.dtype)
 
     def file_patches(self, files):
         return self.places.describe_patches(files, "noise")

@@ -3,11 +3,13 @@ knowledge (part of the plugin interface, docs/extending.md).
 
 Waveforms are ``(N, T)`` batches, one clip per row, unless a function says otherwise. Power sums and gains are
 computed in float64 and every function here is bit-for-bit what the lab computed before it was gathered here:
-results and protected audio do not move when a plugin switches to these helpers.
+results and protected audio do not move when a plugin switches to these helpers (one exception: a row longer than
+:data:`ENERGY_CHUNK` samples, 24 s at 44.1 kHz, is summed by chunks since long files are protected in blocks).
 
-- energies and SNR: :func:`energy`, :func:`snr_gain`, :func:`scale_to_snr` (noise scaled so that a clip's SNR is
-  exactly a target), :func:`snr_radius` (the largest L2 norm of a change that keeps a target SNR),
-  :func:`limit_change` (a change scaled DOWN to an SNR budget, clipped to an L-infinity one);
+- energies and SNR: :func:`energy` (and :func:`add_energy`, a block at a time), :func:`snr_gain`,
+  :func:`scale_to_snr` (noise scaled so that a clip's SNR is exactly a target), :func:`snr_radius` (the largest L2
+  norm of a change that keeps a target SNR), :func:`limit_change` (a change scaled DOWN to an SNR budget, clipped to
+  an L-infinity one);
 - lengths: :func:`fit_length` (crop or zero-pad the last dimension);
 - moving and filtering: :func:`circular_shift`, :func:`convolve_patches` (class filters convolved in patches).
 """
@@ -18,15 +20,35 @@ import torch
 
 # --- energies and SNR ---------------------------------------------------------------------------------------------
 
+ENERGY_CHUNK = 1 << 20
+"""Rows are summed :data:`ENERGY_CHUNK` samples at a time (a row no longer than that: in one sum, as always), the
+chunks' sums added in order: a long file protected a block at a time (lab/protect/blocks.py, blocks a multiple of
+this) then gets the very same sums as the whole file, bit for bit (:func:`add_energy`), and no float64 copy of a
+whole long row is ever made."""
+
+
 def energy(x: torch.Tensor) -> torch.Tensor:
-    """(N, 1) float64: the sum of squares of each row of ``x`` (N, T)."""
-    return x.double().pow(2).sum(dim=1, keepdim=True)
+    """(N, 1) float64: the sum of squares of each row of ``x`` (N, T) (by chunks, see :data:`ENERGY_CHUNK`)."""
+    return add_energy(None, x)
+
+
+def add_energy(total: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """``total`` (N, 1) float64 (None: nothing yet) plus the sum of squares of each row of ``x`` (N, n), whose first
+    sample is at a multiple of :data:`ENERGY_CHUNK` in its row: :func:`energy` of a long row, a block at a time."""
+    for a in range(0, max(x.shape[1], 1), ENERGY_CHUNK):
+        part = x[:, a:a + ENERGY_CHUNK].double().pow(2).sum(dim=1, keepdim=True)
+        total = part if total is None else total + part
+    return total
 
 
 def snr_gain(clean: torch.Tensor, noise: torch.Tensor, snr_db: float) -> torch.Tensor:
     """(N, 1) float64: the factor that scales each row of ``noise`` so that 10 log10(|clean|^2 / |gain * noise|^2)
     is ``snr_db``; 0 for a row of silent noise (and, since its clean energy is 0, for a silent clip)."""
-    signal, power = energy(clean), energy(noise)
+    return gain_for(energy(clean), energy(noise), snr_db)
+
+
+def gain_for(signal: torch.Tensor, power: torch.Tensor, snr_db: float) -> torch.Tensor:
+    """:func:`snr_gain` from the rows' energies (N, 1) float64: the clean ``signal`` and the noise ``power``."""
     gain = torch.sqrt(signal / (power.clamp(min=1e-30) * 10 ** (snr_db / 10)))
     return torch.where(power > 0, gain, torch.zeros_like(gain))
 

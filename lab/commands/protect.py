@@ -166,6 +166,9 @@ def print_summary(kind: str, s: dict, output_dir: Path) -> None:
     console.print(f"ignored: {s['non_audio_ignored']} non-audio files, {s['symlinks_not_followed']} symbolic links "
                   f"not followed; past full scale: {s['samples_past_full_scale']} samples in "
                   f"{s['files_past_full_scale']} files ({s['past_full_scale_handling']})")
+    from lab.protect import blocks
+    for how, count in sorted(s.get("long_files", {}).items()):
+        console.print(f"long files (over {blocks.STREAM_FRAMES} frames): {count} {how}", highlight=False)
     for rel in s["not_regular_skipped"]:
         console.print(f"[yellow]skipped[/yellow] {rel}: named like audio but not a regular file (a FIFO, device or "
                       f"socket)", highlight=False)
@@ -205,6 +208,8 @@ def verify(
     counts = ", ".join(f"{v} {k}" for k, v in sorted(report["counts"].items())) or "no files"
     console.print(f"[bold]lab verify[/bold] {report['output']}: {report['files']} files checked against "
                   f"{report['source']} (key fingerprint {report['key_fingerprint']}): {counts}")
+    if report["checked_in_blocks"]:
+        console.print(f"{report['checked_in_blocks']} long file(s) checked block by block (bounded memory)")
     for p in report["problems"]:
         console.print(f"[red]{p['status']}[/red] {p['path']}: {p['detail']}", highlight=False)
     for rel in report["extra"]:

@@ -409,6 +409,7 @@ class Tally:
     past_full_scale: int = 0
     files_past: int = 0
     handled: int = 0
+    long_files: dict = field(default_factory=dict)  # how the long files were handled (streamed or whole) -> count
 
     def add(self, outcome: str, rec: dict) -> None:
         self.handled += 1
@@ -420,6 +421,8 @@ class Tally:
         self.new_seconds += rec["seconds"] if outcome == "protected" else 0
         self.past_full_scale += rec["past_full_scale"]
         self.files_past += rec["past_full_scale"] > 0
+        if "long_file" in rec:
+            self.long_files[rec["long_file"]] = self.long_files.get(rec["long_file"], 0) + 1
 
 
 def run_files(plan: Plan, workers: int | None, fsync: bool, started: float,
@@ -483,7 +486,7 @@ def finish(plan: Plan, writers: list[LinesWriter], tally: Tally, n_workers: int,
                "audio_seconds": round(tally.seconds, 3), "samples_past_full_scale": tally.past_full_scale,
                "files_past_full_scale": tally.files_past,
                "past_full_scale_handling": "integer and lossy formats: clipped to full scale; float formats: kept",
-               "workers": n_workers, "wall_seconds": round(wall, 3),
+               "long_files": tally.long_files, "workers": n_workers, "wall_seconds": round(wall, 3),
                "x_realtime": round(tally.new_seconds / wall, 1) if wall > 0 else None}  # newly protected audio only
     meta_sha = write_metadata(plan.out, public.partial) if plan.write_meta else None
     card_sha = write_card(plan.out, found.classes) if plan.write_card else None

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import stat
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 from lab.errors import LabError
 
@@ -33,6 +36,13 @@ def read_regular(path: str | os.PathLike, follow: bool = True, dir_fd: int | Non
     """The bytes of the regular file at ``path`` (relative to the folder ``dir_fd`` when given). Opened without
     blocking (a FIFO would wait for a writer forever) and checked before anything is read: anything but a regular
     file raises :class:`NotRegular` naming what it is. ``follow=False``: a symbolic link is refused too."""
+    with open_regular(path, follow, dir_fd) as f:
+        return f.read()
+
+
+def open_regular(path: str | os.PathLike, follow: bool = True, dir_fd: int | None = None) -> BinaryIO:
+    """The regular file at ``path``, open for reading (a binary file object, seekable), with the checks of
+    :func:`read_regular` made before it is returned: for reading a long file piece by piece."""
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (0 if follow else os.O_NOFOLLOW)
     try:
         fd = os.open(path, flags, dir_fd=dir_fd)
@@ -40,11 +50,26 @@ def read_regular(path: str | os.PathLike, follow: bool = True, dir_fd: int | Non
         if e.errno == errno.ELOOP and not follow:
             raise NotRegular(errno.ELOOP, "a symbolic link (not followed)") from None
         raise
-    with os.fdopen(fd, "rb") as f:
+    f = os.fdopen(fd, "rb")
+    try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise NotRegular(errno.EINVAL, f"not a regular file ({kind_of(mode)})")
-        return f.read()
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def file_sha256(f: BinaryIO, piece: int = 1 << 20) -> str:
+    """SHA-256 of the whole of the open file ``f``, read from its start piece by piece (bounded memory)."""
+    digest = hashlib.sha256()
+    f.seek(0)
+    while True:
+        blob = f.read(piece)
+        if not blob:
+            return digest.hexdigest()
+        digest.update(blob)
 
 
 def kind_of(mode: int) -> str:
@@ -118,6 +143,53 @@ def write_temp(fd: int, blob: bytes, fsync: bool, where: str) -> None:
         if fsync:
             f.flush()
             os.fsync(f.fileno())
+
+
+@contextmanager
+def writing_under(root: str, rel: str, temp_suffix: str, fsync: bool = False) -> Iterator[BinaryIO]:
+    """:func:`write_under` for a file written piece by piece (a long recording): yields the new temporary file,
+    open for reading and writing (an encoder may seek back to finish its header), with the same safety: every
+    folder on the way reached by :func:`_open_dir`, the temporary name created new (``O_EXCL | O_NOFOLLOW``),
+    flushed (and fsynced), then renamed into place when the block ends normally; removed when it raises."""
+    *parts, name = rel.split("/")
+    dfd = _open_dir(root, parts, create=True)
+    tmp = f".{name}.{os.getpid()}{temp_suffix}"
+    try:
+        try:
+            os.unlink(tmp, dir_fd=dfd)  # a leftover of this same process id
+        except FileNotFoundError:
+            pass
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                     0o644, dir_fd=dfd)
+        try:
+            with os.fdopen(fd, "w+b") as f:
+                yield f
+                f.flush()
+                if fsync:
+                    os.fsync(f.fileno())
+            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except OSError:
+                pass
+            raise
+    finally:
+        os.close(dfd)
+
+
+@contextmanager
+def open_under(root: str, rel: str) -> Iterator[BinaryIO]:
+    """The regular file ``root/rel`` open for reading, reached as :func:`read_under` reaches it (no link followed
+    anywhere on the way): for reading a long output piece by piece."""
+    *parts, name = rel.split("/")
+    dfd = _open_dir(root, parts, create=False)
+    try:
+        f = open_regular(name, follow=False, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+    with f:
+        yield f
 
 
 def read_under(root: str, rel: str) -> bytes:

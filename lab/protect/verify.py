@@ -37,7 +37,8 @@ def verify_collection(output_root: Path, key_file: Path, source: Path | None = N
     next to the key file). ``workers``: processes (default the CPU count; 0: in this process). ``progress``: called
     with (files checked, files total).
 
-    The report has ``counts`` per status (see :func:`lab.protect.worker.check_file`), the ``problems`` (every file
+    The report has ``counts`` per status (see :func:`lab.protect.worker.check_file`), ``checked_in_blocks`` (long
+    files checked block by block, in bounded memory: :mod:`lab.protect.blocks`), the ``problems`` (every file
     whose status is not ``ok`` or ``unchecked`` (source no longer there, output hash still right), plus ``manifest``
     (the public manifest disagrees with the record), ``metadata`` (``metadata.csv`` does not list the protected files),
     ``card`` (the dataset card ``README.md`` would not load the labels as a class label of the collection's classes)
@@ -69,6 +70,7 @@ def verify_collection(output_root: Path, key_file: Path, source: Path | None = N
     complete = not not_protected
     return {"output": str(out), "source": str(src_root), "record": str(record_path),
             "key_fingerprint": rec_header["key_fingerprint"], "files": len(results), "counts": dict(counts),
+            "checked_in_blocks": sum(bool(r.get("blocks")) for r in results),
             "problems": problems, "extra": sorted(extra), "partial": sorted(partial),
             "failed_at_protection": [r["path"] for r in records if r["status"] == "failed"],
             "not_protected": not_protected, "source_found": source_found, "complete": complete,

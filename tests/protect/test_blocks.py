@@ -1,0 +1,168 @@
+"""Long files in blocks (lab/protect/blocks.py), checked over the registry: for every defense lab protect can apply
+whose protection has a block hook, a file protected block by block (tiny blocks, so that patches and their filters'
+context straddle block boundaries) gives the very bytes the whole-file path gives, for several channel counts and
+subtypes; a defense without one is protected whole and its record says so. No list of defense names here."""
+from __future__ import annotations
+
+import io
+import json
+import pickle
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from defenses.base import build_defense
+from lab import dsp
+from lab.protect import blocks, worker
+from lab.protect.audiofile import decode, encode
+from lab.protect.protector import defense_config, defense_fields_of, file_by_file_defenses
+
+SR = 8000
+OPTION_SETS = {"defaults": {}, "wide-filter-clipped": {"patches_per_class": 3, "filter_length": 65, "output": "clip"},
+               "repeats": {"patches_per_class": 2, "repeat_seconds": 0.13}, "three-patches": {"patches_per_class": 3},
+               "audio-span": {"span": "audio"}}
+CASES = [(kind, name) for kind in file_by_file_defenses() for name, opts in OPTION_SETS.items()
+         if set(opts) <= set(defense_fields_of(kind))]
+
+
+def source(frames: int, channels: int, subtype: str, seed: int = 0, fmt: str = "WAV") -> bytes:
+    """A file (WAV unless ``fmt``) of loud noise and a tone (some protected samples go past full scale)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(frames)[:, None] / SR
+    data = 0.6 * np.sin(2 * np.pi * 300 * t * (1 + np.arange(channels))) + 0.3 * rng.standard_normal((frames, channels))
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(data, -1, 1).astype(np.float32), SR, subtype=subtype, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind, options", CASES, ids=[f"{k}-{n}" for k, n in CASES])
+def test_streamed_output_equals_the_whole_file_bit_for_bit(kind, options, key_file, monkeypatch):
+    monkeypatch.setattr(dsp, "ENERGY_CHUNK", 256)  # sums over a file grouped in chunks, the whole file's too
+    prot = build_defense(defense_config(key_file, {"type": kind, **OPTION_SETS[options]})).derive(3, SR)
+    if prot.block_plan(1, 20000, 1) is None:
+        pytest.skip(f"{kind} ({options}) has no block hook: protected whole (see the test below)")
+    for frames, channels, subtype, fmt, cls, block in [(20011, 1, "PCM_16", "WAV", 1, 997),
+                                                       (16000, 2, "FLOAT", "WAV", 2, 1000),
+                                                       (12345, 3, "PCM_24", "FLAC", 0, 4096),
+                                                       (5003, 1, "DOUBLE", "WAV", 1, 512),  # float64 working
+                                                       (16389, 1, "PCM_16", "WAV", 0, 1024)]:  # a block ends 5 short
+        blob = source(frames, channels, subtype, seed=frames, fmt=fmt)
+        dec = decode(blob)
+        whole, whole_over = encode(worker.protect_samples(prot, dec.data, cls), dec)
+        like, n, ch = blocks.header(io.BytesIO(blob))
+        assert (n, ch) == (frames, channels)
+        out = io.BytesIO()
+        over = blocks.stream_protect(prot, prot.block_plan(cls, n, ch), io.BytesIO(blob), like, cls, out, block)
+        assert out.getvalue() == whole, (kind, options, subtype, channels)
+        assert over == whole_over
+        assert whole != encode(dec.data, dec)[0]  # the protection changed something
+
+
+def run_protect(cli, src, out, key_file, kind, options=()):
+    return cli("protect", str(src), str(out), "--key-file", str(key_file), "--defense", kind, "--workers", "0",
+               *[a for k, v in options for a in ("--option", f"{k}={v}")])
+
+
+def long_folder(root, subtype_by_name):
+    for name, (frames, channels, subtype) in subtype_by_name.items():
+        path = root / "cat" / name if name < "c" else root / "dog" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(source(frames, channels, subtype, seed=frames))
+    return root
+
+
+def test_a_long_file_is_streamed_verified_in_blocks_and_equals_the_whole_path(cli, tmp_path, key_file, monkeypatch):
+    src = long_folder(tmp_path / "in", {"a.wav": (20000, 2, "PCM_16"), "b.wav": (9000, 1, "FLOAT"),
+                                        "c.wav": (3000, 1, "PCM_16"), "d.wav": (17000, 3, "PCM_24")})
+    code, _, _ = run_protect(cli, src, tmp_path / "whole", key_file, "poscuda", [("repeat_seconds", 0.3)])
+    assert code == 0
+    monkeypatch.setattr(blocks, "STREAM_FRAMES", 5000)
+    monkeypatch.setattr(blocks, "BLOCK_FRAMES", 1024)
+    code, out, err = run_protect(cli, src, tmp_path / "out", key_file, "poscuda", [("repeat_seconds", 0.3)])
+    assert code == 0, err
+    assert f"long files (over 5000 frames): 3 {blocks.STREAMED}" in out
+    for rel in ("cat/a.wav", "cat/b.wav", "dog/c.wav", "dog/d.wav"):
+        assert (tmp_path / "out" / rel).read_bytes() == (tmp_path / "whole" / rel).read_bytes(), rel
+    assert long_file_of(key_file) == {"cat/a.wav": blocks.STREAMED, "cat/b.wav": blocks.STREAMED,
+                                      "dog/c.wav": None, "dog/d.wav": blocks.STREAMED}  # c is short: as before
+    code, out, err = cli("verify", str(tmp_path / "out"), "--key-file", str(key_file), "--workers", "0")
+    assert code == 0, out + err
+    assert "3 long file(s) checked block by block" in out
+
+
+def test_block_check_finds_a_changed_sample_and_an_unprotected_copy(key_file, monkeypatch):
+    monkeypatch.setattr(blocks, "STREAM_FRAMES", 5000)
+    monkeypatch.setattr(blocks, "BLOCK_FRAMES", 1000)
+    prot = build_defense(defense_config(key_file, {"type": "poscuda", "repeat_seconds": 0.3})).derive(3, SR)
+    worker.start_worker({SR: pickle.dumps(prot)})
+    blob = source(17000, 2, "PCM_16")
+    like, frames, channels = blocks.header(io.BytesIO(blob))
+    out = io.BytesIO()
+    blocks.stream_protect(prot, prot.block_plan(1, frames, channels), io.BytesIO(blob), like, 1, out)
+    rec = {"class": 1, "frames": frames, "channels": channels, "sample_rate": SR, "format": "WAV",
+           "subtype": "PCM_16", "patches": worker.patches_of(prot, 1, frames)}
+    assert worker.check_blocks("a.wav", rec, io.BytesIO(blob), io.BytesIO(out.getvalue()))["status"] == "ok"
+    assert worker.check_blocks("a.wav", rec, io.BytesIO(blob), io.BytesIO(blob))["status"] == "unprotected"
+    data, _ = sf.read(io.BytesIO(out.getvalue()), dtype="int16", always_2d=True)
+    data[frames - 7, 1] ^= 1  # one bit of one sample near the end (the last block)
+    changed = io.BytesIO()
+    sf.write(changed, data, SR, subtype="PCM_16", format="WAV")
+    assert worker.check_blocks("a.wav", rec, io.BytesIO(blob), changed)["status"] == "mismatch"
+    assert worker.check_blocks("a.wav", {**rec, "class": 2}, io.BytesIO(blob), io.BytesIO(out.getvalue()))[
+        "status"] == "mismatch"  # another class: other patches
+
+
+def long_file_of(key_file) -> dict:
+    """Each file of the latest private record beside the key -> how it was handled (``long_file``)."""
+    record = max(key_file.parent.glob("*.jsonl"), key=lambda p: p.stat().st_mtime_ns)
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    return {r["path"]: r.get("long_file") for r in lines if r.get("kind") == "file"}
+
+
+def test_a_long_file_without_a_block_hook_is_protected_whole_and_says_so(cli, tmp_path, key_file, monkeypatch):
+    without = [k for k in file_by_file_defenses()
+               if build_defense(defense_config(key_file, {"type": k})).derive(2, SR).block_plan(0, 9000, 1) is None]
+    if not without:
+        pytest.skip("every file-by-file defense has a block hook")
+    src = long_folder(tmp_path / "in", {"a.wav": (9000, 1, "PCM_16"), "c.wav": (3000, 2, "PCM_16")})
+    monkeypatch.setattr(blocks, "STREAM_FRAMES", 5000)
+    code, out, err = run_protect(cli, src, tmp_path / "out", key_file, without[0])
+    assert code == 0, err
+    assert f"long files (over 5000 frames): 1 {blocks.WHOLE}" in out
+    assert long_file_of(key_file) == {"cat/a.wav": blocks.WHOLE, "dog/c.wav": None}
+    code, out, err = cli("verify", str(tmp_path / "out"), "--key-file", str(key_file), "--workers", "0")
+    assert code == 0 and "checked block by block" not in out, out + err
+
+
+def test_a_long_file_with_nan_or_a_full_disk_leaves_nothing_written(cli, tmp_path, key_file, monkeypatch):
+    """Found half-way through a streamed file: NaN fails that file by name; a full disk stops the run (resumable);
+    neither leaves an output or a temporary file behind."""
+    src = long_folder(tmp_path / "in", {"a.wav": (9000, 1, "FLOAT"), "c.wav": (3000, 1, "PCM_16")})
+    data, _ = sf.read(src / "cat" / "a.wav", dtype="float32")
+    data[8500] = np.nan
+    sf.write(src / "cat" / "a.wav", data, SR, subtype="FLOAT")
+    monkeypatch.setattr(blocks, "STREAM_FRAMES", 5000)
+    monkeypatch.setattr(blocks, "BLOCK_FRAMES", 1024)
+    code, out, _ = run_protect(cli, src, tmp_path / "out", key_file, "poscuda")
+    assert code == 1 and "cat/a.wav: 1 samples from frame 8192 on are NaN or infinite" in out
+    assert not (tmp_path / "out" / "cat").exists() or not any((tmp_path / "out" / "cat").iterdir())
+    data[8500] = 0.0
+    sf.write(src / "cat" / "a.wav", data, SR, subtype="FLOAT")
+    class Full:  # the temporary file's disk fills up after 20,000 bytes
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, blob):
+            if self.f.tell() > 20000:
+                raise OSError(28, "No space left on device")
+            return self.f.write(blob)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    real_init = blocks.Sink.__init__
+    monkeypatch.setattr(blocks.Sink, "__init__", lambda self, f: real_init(self, Full(f)))
+    code, out, err = run_protect(cli, src, tmp_path / "out2", key_file, "poscuda")
+    assert code != 0 and "No space left on device" in out + err
+    assert not list((tmp_path / "out2").rglob("*.wav")) and not list((tmp_path / "out2").rglob("*partial*"))
