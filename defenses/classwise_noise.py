@@ -77,7 +77,7 @@ class ClasswiseNoiseProtection(Protection):
 
     def block_plan(self, cls, frames, channels):
         if type(self).apply is not ClasswiseNoiseProtection.apply or frames < 16 \
-                or self.params.get("masking") not in (None, False, "none"):
+                or self.params.get("masking_margin_db") is not None:
             return None  # under 16 normals torch draws otherwise; a subclass that changes apply, a masking budget
         return {"cls": cls, "frames": frames, "signal": None, "power": None, "gain": None, "pieces": None}
 

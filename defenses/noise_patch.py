@@ -91,7 +91,7 @@ class NoisePatchProtection(Protection):
 
     def block_plan(self, cls, frames, channels):
         if type(self).apply is not NoisePatchProtection.apply \
-                or self.params.get("masking") not in (None, False, "none"):
+                or self.params.get("masking_margin_db") is not None:
             return None  # a subclass that changes apply, or noise shaped by a masking budget: protected whole
         starts = self.starts(torch.tensor([cls]), frames, torch.tensor([frames]))[0].tolist()
         return {"cls": cls, "starts": starts, "signal": None, "power": None, "gain": None}

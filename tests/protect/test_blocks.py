@@ -21,7 +21,9 @@ from lab.protect.protector import defense_config, defense_fields_of, file_by_fil
 SR = 8000
 OPTION_SETS = {"defaults": {}, "wide-filter-clipped": {"patches_per_class": 3, "filter_length": 65, "output": "clip"},
                "repeats": {"patches_per_class": 2, "repeat_seconds": 0.13}, "three-patches": {"patches_per_class": 3},
-               "audio-span": {"span": "audio"}}
+               "audio-span": {"span": "audio"},
+               # shaped noise (lab/masking.py) is frame-local over the whole file: no block plan, or the same bytes
+               "masking": {"masking_margin_db": 0.0}}
 CASES = [(kind, name) for kind in file_by_file_defenses() for name, opts in OPTION_SETS.items()
          if set(opts) <= set(defense_fields_of(kind))]
 
