@@ -10,9 +10,9 @@ clean. For each defense (a column, set up as ``lab attack`` sets its columns up)
 2. Probe training clips, from the other groups: ``reference_fraction`` x the training split's size of CLEAN clips
    (the reference set) and as many other clips, PROTECTED (files disjoint from the reference's).
 3. Held-out clips, from the held-out groups: half of them clean, the other half protected (disjoint files).
-4. Features of each clip computed alone, pooled over time (mean and standard deviation of every band): ``logmel`` (64 log-mel bands,
-   25 ms / 10 ms; the same for every recipe) or ``frontend`` (the recipe's own front-end). Standardised on the
-   probe's training clips.
+4. Features of each clip computed alone, pooled over time (mean and standard deviation of every band): ``logmel``
+   (64 log-mel bands, 25 ms / 10 ms; the same for every recipe) or ``frontend`` (the recipe's own front-end).
+   Standardised on the probe's training clips.
 5. Two probes, trained full batch with Adam from a seeded initialisation: ``linear`` (logistic regression) and
    ``mlp`` (one hidden layer of ``hidden`` ReLU units). Their ROC AUC on the held-out clips (torchmetrics), with
    the AUC's standard deviation under no difference at all (Mann-Whitney: sqrt((n1 + n2 + 1) / (12 n1 n2))), so a
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -61,8 +62,6 @@ def clip_groups(recipe: Recipe, ids: list[str], count: int) -> tuple[list[str], 
     """The group of every training clip (clips of one group stay on one side of the probe's train/test split) and
     what the groups are: FSDD's speakers, else one group per file."""
     if recipe.data.dataset == "fsdd" and len(ids) == count:
-        from pathlib import Path
-
         from lab.data import fsdd
         return [fsdd.parse_name(Path(name))[1] for name in ids], "speaker"
     return [ids[i] if len(ids) == count else str(i) for i in range(count)], "file"
@@ -217,13 +216,12 @@ def columns(recipe: Recipe, names: list[str] | None, defense_options: list[str] 
 
 
 def detect(recipe: Recipe, recipe_path: str, datas: list[ExperimentData], opts: DetectOptions,
-           log: Callable[[str], None] = print) -> tuple[dict, "Path"]:
+           log: Callable[[str], None] = print) -> tuple[dict, Path]:
     """Run detection over ``datas`` into a new run folder ``<output_dir>/<recipe>/detect-<time>/``: ``INCOMPLETE``
     while it runs, then ``results.md`` and last ``results.json`` (atomic writes); a run that fails removes the
     folder it made (it holds nothing worth keeping)."""
     import json
     import time
-    from pathlib import Path
 
     from lab.provenance import provenance
     from lab.results import new_run_dir
