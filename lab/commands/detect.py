@@ -11,7 +11,24 @@ from lab.cli import app, console, log
 from lab.errors import LabError
 
 
-@app.command()
+HELP = """Detection: ROC AUC of probes (linear, two-layer MLP) telling protected clips from clean ones.
+
+For each defense and seed, the probes train on a small clean reference set (a fraction of the clean training split)
+and as many other, protected, training clips; they are scored on held-out clips of held-out speakers (FSDD) or
+files, half clean and half protected. 0.5 is chance (the `none` column, the negative control, should be there), 1.0
+perfect detection.
+
+Writes runs/<recipe>/detect-<timestamp>/ with results.json (every AUC per seed, the split's counts and held-out
+groups, options, defenses with the key redacted, versions, git commit) and results.md.
+"""
+
+
+def _paragraphs(text: str) -> str:
+    """Each paragraph on one line, for the terminal to wrap (Typer keeps a docstring's line breaks)."""
+    return "\n\n".join(" ".join(p.split()) for p in text.strip().split("\n\n"))
+
+
+@app.command(help=_paragraphs(HELP))
 def detect(
     recipe: Path = typer.Argument(..., metavar="RECIPE", help="Recipe YAML, e.g. recipes/fsdd_cnn.yaml (its data, "
                                   "features and defense; an `attack:` block is ignored)."),
@@ -30,16 +47,7 @@ def detect(
     seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds, replacing the recipe's (e.g. 0,1,2)."),
     out: Optional[Path] = typer.Option(None, help="Folder for runs (default: the recipe's output_dir, 'runs')."),
 ):
-    """Detection: ROC AUC of probes (linear, two-layer MLP) telling protected clips from clean ones.
-
-    For each defense and seed, the probes train on a small clean reference set (a fraction of the clean training
-    split) and as many other, protected, training clips; they are scored on held-out clips of held-out speakers
-    (FSDD) or files, half clean and half protected. 0.5 is chance (the `none` column, the negative control, should
-    be there), 1.0 perfect detection.
-
-    Writes runs/<recipe>/detect-<timestamp>/ with results.json (every AUC per seed, the split's counts and held-out
-    groups, options, defenses with the key redacted, versions, git commit) and results.md.
-    """
+    """Detection: ROC AUC of probes telling protected clips from clean ones (the help: HELP)."""
     from lab import attacking
     from lab.detect import DetectOptions, columns, detect as run_detect
     from lab.recipe import command_overrides
