@@ -217,32 +217,23 @@ def columns(recipe: Recipe, names: list[str] | None, defense_options: list[str] 
 
 def detect(recipe: Recipe, recipe_path: str, datas: list[ExperimentData], opts: DetectOptions,
            log: Callable[[str], None] = print) -> tuple[dict, Path]:
-    """Run detection over ``datas`` into a new run folder ``<output_dir>/<recipe>/detect-<time>/``: ``INCOMPLETE``
-    while it runs, then ``results.md`` and last ``results.json`` (atomic writes); a run that fails removes the
-    folder it made (it holds nothing worth keeping)."""
-    import json
+    """Run detection over ``datas`` into a new run folder ``<output_dir>/<recipe>/detect-<time>/`` through the
+    run-folder life cycle (lab.rundir.running): ``INCOMPLETE`` while it runs, then ``results.md`` and last
+    ``results.json``; a run that fails or is interrupted removes the folder it made (nothing in it is worth
+    keeping: the probes train in seconds)."""
     import time
 
     from lab.provenance import provenance
-    from lab.results import new_run_dir
-    from lab.rundir import INCOMPLETE, mark_incomplete, remove_created, write_atomic
+    from lab.rundir import Progress, finish, open_run, running
     opts.check()
-    base = Path(recipe.output_dir) / recipe.name
-    created = [p for p in [*reversed(base.parents), base] if not p.exists()]
-    run_dir = new_run_dir(base, "detect")
-    created = [run_dir, *reversed(created)]
-    mark_incomplete(run_dir, "in progress")
+    run_dir, created = open_run(Path(recipe.output_dir) / recipe.name, "detect")
     started, clock = provenance(), time.perf_counter()
-    try:
+    state = Progress(len(datas), "defenses", stage="training the probes")
+    with running(run_dir, created, state, "detection", log, worth_keeping=lambda d, s: False):
         found = run_detect(datas, opts, log)
         results = {"command": "detect", "recipe_name": recipe.name, "recipe_path": recipe_path,
                    "recipe": recipe.public_dict(), "seeds": list(recipe.seeds), "provenance": started,
                    "defense_params": {d.recipe.defense.type: d.recipe.public_dict()["defense"] for d in datas},
                    **found, "wall_seconds": round(time.perf_counter() - clock, 1)}
-        write_atomic(run_dir / "results.md", markdown(results))
-        write_atomic(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
-        (run_dir / INCOMPLETE).unlink()
-    except BaseException:
-        remove_created(run_dir, created)
-        raise
+        finish(run_dir, results, {"results.md": markdown(results)})
     return results, run_dir
