@@ -11,7 +11,10 @@ results and protected audio do not move when a plugin switches to these helpers 
   norm of a change that keeps a target SNR), :func:`limit_change` (a change scaled DOWN to an SNR budget, clipped to
   an L-infinity one);
 - lengths: :func:`fit_length` (crop or zero-pad the last dimension);
-- moving and filtering: :func:`circular_shift`, :func:`convolve_patches` (class filters convolved in patches).
+- moving and filtering: :func:`circular_shift`, :func:`convolve_patches` (class filters convolved in patches);
+- reading at other times and keeping bands (the batch attacks'): :func:`read_at` (rows read at fractional positions
+  by linear interpolation: speed changes and time warps), :func:`zero_shift` (a shift that drops what leaves the
+  clip), :func:`band_limit` (an ideal FFT-domain band per row).
 """
 from __future__ import annotations
 
@@ -142,3 +145,38 @@ def convolve_patches(x: torch.Tensor, starts: torch.Tensor, filters: torch.Tenso
             rows = torch.arange(n, device=x.device)[:, None].expand(n, patch_len)
             out[rows[keep], where[keep]] = y[keep]
     return out
+
+
+# --- reading at other times, keeping bands ---------------------------------------------------------------------------
+
+def read_at(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Row n of ``x`` (N, T) read at the fractional sample positions ``positions[n]`` (N, T') by linear interpolation
+    between the two neighbouring samples; a position outside [0, T-1] reads zeros beyond the clip's ends. Batched
+    (two gathers): positions ``s * arange(T')`` play a row ``s`` times faster; a monotone warp moves its timing."""
+    t = x.shape[1]
+    lo = positions.floor()
+    frac = (positions - lo).to(x.dtype)
+    lo = lo.long()
+
+    def at(i: torch.Tensor) -> torch.Tensor:
+        return x.gather(1, i.clamp(0, t - 1)) * ((i >= 0) & (i < t)).to(x.dtype)
+    return at(lo) * (1 - frac) + at(lo + 1) * frac
+
+
+def zero_shift(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Row n of ``x`` (N, T) moved right by ``shifts[n]`` samples (left where negative); what leaves the clip is
+    dropped and zeros come in (unlike :func:`circular_shift`)."""
+    t = x.shape[1]
+    idx = torch.arange(t, device=x.device)[None, :] - shifts[:, None].to(x.device)
+    return x.gather(1, idx.clamp(0, t - 1)) * ((idx >= 0) & (idx < t)).to(x.dtype)
+
+
+def band_limit(x: torch.Tensor, sr: int, low_hz: torch.Tensor | float, high_hz: torch.Tensor | float) -> torch.Tensor:
+    """Rows of ``x`` (N, T) with only the frequencies in [low_hz, high_hz] kept (per row where they are (N,)
+    tensors): an ideal FFT-domain band-pass (``low_hz`` 0: a low-pass; ``high_hz`` at or above sr/2: a high-pass)."""
+    n, t = x.shape
+    low = torch.as_tensor(low_hz, dtype=torch.float64).reshape(-1, 1)
+    high = torch.as_tensor(high_hz, dtype=torch.float64).reshape(-1, 1)
+    freqs = torch.fft.rfftfreq(t, 1 / sr, dtype=torch.float64)[None, :]
+    mask = ((freqs >= low) & (freqs <= high)).to(x.device)
+    return torch.fft.irfft(torch.fft.rfft(x) * mask, n=t).to(x.dtype)

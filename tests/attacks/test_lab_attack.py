@@ -73,7 +73,11 @@ def test_help_lists_the_registered_attacks_and_reads_rows_as_attacks():
     assert "Usage:" in text and "[RECIPE]" in text
     assert "The table's rows are attacks" in text and "Its columns are defenses" in text
     assert "The last row is the worst case for the data owner" in text
-    (type_line,) = [line for line in proc.stdout.splitlines() if "--type" in line and "Attack to run" in line]
+    lines = proc.stdout.splitlines()
+    (start,) = [i for i, line in enumerate(lines) if "--type" in line and "Attack to run" in line]
+    # the option's help with its continuation lines (it wraps once enough attacks are registered)
+    rest = [line for line in lines[start + 1:start + 4] if not line.lstrip("│ ").startswith("-")]
+    type_line = " ".join(line.strip("│ ") for line in [lines[start], *rest])
     for name in attacks.ATTACKS.names():
         assert name in type_line, (name, type_line)
     assert "'all'" in type_line
