@@ -65,6 +65,12 @@ class TrainingSet:
     every round of the optimisation with its whole state (a dict of tensors and plain values that ``torch.save``
     writes and ``torch.load(weights_only=True)`` reads back); ``resume``, when given, is such a state: the
     optimisation continues after that round exactly as it would have gone on (see ``defenses._minmin.min_min``).
+
+    For a defense optimised against several surrogates (``ensemble-em``): ``surrogate_with(overrides)``, when given,
+    is the same training set with the surrogate the recipe changed by ``overrides`` (the recipe sections ``model``,
+    ``features``, ``train``, as a defense's ``surrogate`` field) instead: its own ``new_surrogate``, ``lr``,
+    ``batch_size``, ``description``. None (a caller that builds surrogates itself, as the contract tests do): such a
+    defense uses ``new_surrogate`` for every member and says so in its record.
     """
 
     waveforms: torch.Tensor
@@ -81,6 +87,7 @@ class TrainingSet:
     device: str = "cpu"
     checkpoint: Callable[[dict], None] | None = None
     resume: dict | None = None
+    surrogate_with: Callable[[dict], "TrainingSet"] | None = None
 
 
 def samples_hash(samples: torch.Tensor) -> str:
