@@ -239,8 +239,8 @@ def descend_ensemble(members: list[Member], pert: ClassPatterns, data: TrainingS
             loss = ensemble_loss(members, pert.perturbed(v, idx, x, y, ln), y, eot)
             (g,) = torch.autograd.grad(loss, v)
             var = pert.descend(v.detach(), g, idx, y)
-            first += float(loss) if step == 0 else 0.0
-            last += float(loss) if step == steps - 1 else 0.0
+            first += loss.item() if step == 0 else 0.0
+            last += loss.item() if step == steps - 1 else 0.0
         pert.store(var, idx, y)
         batches += 1
     return first / batches, last / batches
