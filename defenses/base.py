@@ -310,6 +310,11 @@ class Defense(ABC):
         ``needs_training_set`` (default: none, the recipe's own model and features)."""
         return {}
 
+    def surrogate_variants(self) -> list[dict]:
+        """Every set of surrogate overrides this defense will ask for (the recipe validates each at the door): by
+        default its one :meth:`surrogate_overrides`; a defense with several surrogates lists them all."""
+        return [self.surrogate_overrides()]
+
     def surrogate_seed(self) -> int:
         """The seed of the surrogate's weights and batch order (default 0; a keyed defense derives it from its
         key, so that the same key always gives the same protection)."""

@@ -90,19 +90,6 @@ class EnsembleEMConfig(PluginConfig, MinMinSettings, MaskingBudget):
                              "not 'surrogate'")
         return self
 
-    @field_validator("surrogates")
-    @classmethod
-    def _known_members(cls, members):
-        from lab.frontends import FRONTENDS
-        from lab.models import MODELS
-        for i, m in enumerate(members):
-            for section, registry in (("model", MODELS), ("features", FRONTENDS)):
-                kind = (getattr(m, section) or {}).get("type")
-                if kind is not None and kind not in registry.names():
-                    raise ValueError(f"surrogates[{i}].{section}.type: unknown {kind!r}; known: "
-                                     f"{', '.join(registry.names())}")
-        return members
-
 
 def add_patterns(x: torch.Tensor, patterns: torch.Tensor, mask: torch.Tensor, snr_db: float | None,
                  masking: tuple | None = None) -> torch.Tensor:
@@ -173,9 +160,10 @@ class Transformations:
         on = torch.rand(4, n, generator=self.gen) < c.p
         reach = int(round(c.shift_seconds * self.sample_rate))
         shift = torch.randint(-reach, reach + 1, (n,), generator=self.gen) * on[0]
-        gain = torch.where(on[1], 10 ** (self._uniform(n, -c.gain_db, c.gain_db) / 20), torch.ones(n, dtype=torch.float64))
-        cutoff = torch.where(on[2], self._uniform(n, *c.lowpass_hz), torch.full((n,), float("inf"), dtype=torch.float64))
-        snr = torch.where(on[3], self._uniform(n, *c.noise_snr_db), torch.full((n,), float("inf"), dtype=torch.float64))
+        inf = torch.full((n,), float("inf"), dtype=torch.float64)
+        gain = torch.where(on[1], 10 ** (self._uniform(n, -c.gain_db, c.gain_db) / 20), torch.ones_like(inf))
+        cutoff = torch.where(on[2], self._uniform(n, *c.lowpass_hz), inf)
+        snr = torch.where(on[3], self._uniform(n, *c.noise_snr_db), inf)
         noise = torch.randn(n, t, generator=self.gen)
         params = {"shift": shift, "gain": gain, "cutoff": cutoff, "snr": snr, "noise": noise}
         for v in params.values():
@@ -330,6 +318,9 @@ class EnsembleEM(OptimisedDefense):
 
     def surrogate_overrides(self) -> dict:
         return {}  # the members' changes are in ``surrogates``, each applied to the recipe on its own
+
+    def surrogate_variants(self) -> list[dict]:
+        return [m.model_dump() for m in self.config.surrogates]  # each checked against the recipe at the door
 
     def members(self, data: TrainingSet) -> list[TrainingSet]:
         """Each member's training set: the recipe changed by its ``surrogates`` entry, or (a caller that gives no
