@@ -186,3 +186,10 @@ def test_the_leave_one_out_recipes_leave_their_trainer_out_and_are_up_to_date():
     built = [m.description for m in build_defense(recipe.defense).members(data)]
     assert built == [f"{m.model['type']} on {m.features['type']}" for m in recipe.defense.surrogates]
     assert f"{recipe.model.type} on {recipe.features.type}" not in built
+
+
+def test_lab_protect_refuses_it_in_one_line():
+    from lab.protect.protector import applicable_defenses, cannot_apply
+    assert "ensemble-em" not in applicable_defenses()
+    message = str(cannot_apply("ensemble-em"))
+    assert "ensemble-em" in message and "\n" not in message
