@@ -65,6 +65,12 @@ class TrainingSet:
     every round of the optimisation with its whole state (a dict of tensors and plain values that ``torch.save``
     writes and ``torch.load(weights_only=True)`` reads back); ``resume``, when given, is such a state: the
     optimisation continues after that round exactly as it would have gone on (see ``defenses._minmin.min_min``).
+
+    For a defense optimised against several surrogates (``ensemble-em``): ``surrogate_with(overrides)``, when given,
+    is the same training set with the surrogate the recipe changed by ``overrides`` (the recipe sections ``model``,
+    ``features``, ``train``, as a defense's ``surrogate`` field) instead: its own ``new_surrogate``, ``lr``,
+    ``batch_size``, ``description``. None (a caller that builds surrogates itself, as the contract tests do): such a
+    defense uses ``new_surrogate`` for every member and says so in its record.
     """
 
     waveforms: torch.Tensor
@@ -81,6 +87,7 @@ class TrainingSet:
     device: str = "cpu"
     checkpoint: Callable[[dict], None] | None = None
     resume: dict | None = None
+    surrogate_with: Callable[[dict], "TrainingSet"] | None = None
 
 
 def samples_hash(samples: torch.Tensor) -> str:
@@ -302,6 +309,11 @@ class Defense(ABC):
         """Recipe sections (``model``, ``features``, ``train``) to change for the surrogate of a defense that
         ``needs_training_set`` (default: none, the recipe's own model and features)."""
         return {}
+
+    def surrogate_variants(self) -> list[dict]:
+        """Every set of surrogate overrides this defense will ask for (the recipe validates each at the door): by
+        default its one :meth:`surrogate_overrides`; a defense with several surrogates lists them all."""
+        return [self.surrogate_overrides()]
 
     def surrogate_seed(self) -> int:
         """The seed of the surrogate's weights and batch order (default 0; a keyed defense derives it from its

@@ -316,9 +316,9 @@ class Recipe(Section):
         typo in ``defense.surrogate`` fails at the door, not after the data has loaded."""
         defenses.DEFENSES.get(self.defense.type).check_fits(self.defense, self.data.clip_seconds)
         if not (info.context or {}).get("surrogate"):  # (a surrogate recipe does not check its own surrogate)
-            overrides = defenses.build_defense(self.defense).surrogate_overrides()
-            if overrides:
-                surrogate_recipe(self, overrides)
+            for overrides in defenses.build_defense(self.defense).surrogate_variants():
+                if overrides:
+                    surrogate_recipe(self, overrides)
         return self
 
     def public_dict(self) -> dict:

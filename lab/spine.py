@@ -271,18 +271,29 @@ def training_set(recipe: Recipe, defense: Defense, train: Clips, num_classes: in
                  log: Callable[[str], None] = print) -> TrainingSet:
     """What an optimised defense is given (defenses.base.TrainingSet): the clean training clips and a factory of
     fresh surrogate classifiers of waveforms (the surrogate recipe's model and differentiable front-end, its
-    standardisation from the clean training features), seeded from the defense's ``surrogate_seed``."""
+    standardisation from the clean training features), seeded from the defense's ``surrogate_seed``; its
+    ``surrogate_with`` gives the same with other surrogate overrides (a defense with several surrogates)."""
+    return surrogate_training_set(recipe, defense.surrogate_overrides(), train, num_classes, log)
+
+
+def surrogate_training_set(recipe: Recipe, overrides: dict, train: Clips, num_classes: int,
+                           log: Callable[[str], None] = print) -> TrainingSet:
+    """:func:`training_set` with the surrogate of ``recipe`` changed by ``overrides`` (lab.recipe.surrogate_recipe)."""
     from lab.train import new_module
-    sur = surrogate_recipe(recipe, defense.surrogate_overrides())
+    sur = surrogate_recipe(recipe, overrides)
     frontend = FrontEnd(sur.features, sur.data.sample_rate)
     stats = TrainingData(frontend(train.waveforms), train.labels, sur.train.batch_size, 0)
 
     def new_surrogate() -> torch.nn.Module:
         return WaveformClassifier(new_module(sur, stats, num_classes, frontend=frontend))
 
+    def surrogate_with(other: dict) -> TrainingSet:
+        return surrogate_training_set(recipe, other, train, num_classes, log)
+
     return TrainingSet(train.waveforms, train.labels, train.lengths, sur.data.sample_rate, num_classes,
                        new_surrogate, sur.train.lr, sur.train.weight_decay, sur.train.batch_size, log,
-                       f"{sur.model.type} on {sur.features.type}", surrogate_device(sur.train.accelerator))
+                       f"{sur.model.type} on {sur.features.type}", surrogate_device(sur.train.accelerator),
+                       surrogate_with=surrogate_with)
 
 
 def surrogate_device(accelerator: str) -> str:

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from lab.errors import LabError
+from lab.models import MODELS
 from lab.recipe import load_recipe, recipe_from_dict
 
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
@@ -27,7 +28,7 @@ def test_shipped_recipe_set():
 @pytest.mark.parametrize("data, pattern", [
     ({"data": {"smaple_rate": 8000}}, r"data: unknown field 'smaple_rate' \(did you mean 'sample_rate'\?\); allowed: dataset,"),
     ({"trian": {}}, r"unknown field 'trian' \(did you mean 'train'\?\)"),
-    ({"model": {"type": "resnet"}}, r"model.type: unknown model 'resnet'; valid: cnn, lstm, transformer"),
+    ({"model": {"type": "resnet"}}, r"model.type: unknown model 'resnet'; valid: " + ", ".join(MODELS.names())),
     ({"model": {"type": "cnn", "head": "flat"}}, r"model.head: Input should be 'global' or 'flatten' \(got 'flat'\)"),
     ({"model": {"type": "lstm", "head": "global"}}, r"model: unknown field 'head'; allowed: type, hidden"),
     ({"features": {"type": "mel"}}, r"features.type: unknown feature front-end 'mel' \(did you mean 'logmel'\?\); "
@@ -49,7 +50,8 @@ def test_shipped_recipe_set():
     ({"defense": {"type": "em-noise", "key": "k" * 10, "surrogate": {"modle": {"type": "lstm"}}}},
      r"^recipe: defense.surrogate: unknown field 'modle' \(did you mean 'model'\?\); allowed: model, features, train$"),
     ({"defense": {"type": "em-noise", "key": "k" * 10, "surrogate": {"model": {"type": "lsmt"}}}},
-     r"defense.surrogate.model.type: unknown model 'lsmt' \(did you mean 'lstm'\?\); valid: cnn, lstm, transformer"),
+     r"defense.surrogate.model.type: unknown model 'lsmt' \(did you mean 'lstm'\?\); valid: "
+     + ", ".join(MODELS.names())),
     ({"defense": {"type": "em-noise", "key": "k" * 10, "surrogate": {"features": {"n_mel": 32}}}},
      r"defense.surrogate.features: unknown field 'n_mel' \(did you mean 'n_mels'\?\); allowed: type, n_mfcc"),
     ({"defense": {"type": "robust-em", "key": "k" * 10, "surrogate": {"train": {"lrr": 0.1}}}},
