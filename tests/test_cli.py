@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from lab.models import MODELS
+
 REPO = Path(__file__).resolve().parent.parent
 R = "recipes/fsdd_cnn.yaml"
 
@@ -18,7 +20,8 @@ def lab(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.Com
 
 @pytest.mark.parametrize("args, pattern", [
     (["run", "recipes/nope.yaml"], "recipe not found: recipes/nope.yaml"),
-    (["run", "recipes/fsdd_cnn.yaml", "--set", "model.type=resnet"], "unknown model 'resnet'; valid: cnn, lstm"),
+    (["run", "recipes/fsdd_cnn.yaml", "--set", "model.type=resnet"],
+     "unknown model 'resnet'; valid: " + ", ".join(MODELS.names())),
     (["run", "recipes/fsdd_cnn.yaml", "--set", "train.epohcs=3"], "unknown field 'epohcs'"),
     (["run", "recipes/fsdd_cnn.yaml", "--set", "noequals"], "expected FIELD=VALUE"),
 ])
