@@ -109,10 +109,12 @@ def _open_dir(root: str, parts: list[str], create: bool) -> int:
         raise
 
 
-def write_under(root: str, rel: str, blob: bytes, temp_suffix: str, fsync: bool = False) -> None:
-    """Write ``blob`` to ``root/rel`` atomically (a temporary name beside it, renamed into place once complete),
-    never through a link: every folder on the way is reached by :func:`_open_dir`; the temporary file is created
-    new (``O_EXCL | O_NOFOLLOW``); the rename replaces a link at the final name rather than following it."""
+@contextmanager
+def _new_temp(root: str, rel: str, temp_suffix: str) -> Iterator[tuple[int, str]]:
+    """A new temporary file beside ``root/rel`` (``.<name>.<pid><temp_suffix>``), never through a link: every
+    folder on the way reached by :func:`_open_dir`, the file created new (``O_EXCL | O_NOFOLLOW``). Yields its
+    descriptor (the block closes it) and its path (for messages and tests); renamed into place when the block ends
+    normally (the rename replaces a link at the final name rather than following it), removed when it raises."""
     *parts, name = rel.split("/")
     dfd = _open_dir(root, parts, create=True)
     tmp = f".{name}.{os.getpid()}{temp_suffix}"
@@ -121,10 +123,10 @@ def write_under(root: str, rel: str, blob: bytes, temp_suffix: str, fsync: bool 
             os.unlink(tmp, dir_fd=dfd)  # a leftover of this same process id
         except FileNotFoundError:
             pass
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
                      0o644, dir_fd=dfd)
         try:
-            write_temp(fd, blob, fsync, where=os.path.join(root, *parts, tmp))
+            yield fd, os.path.join(root, *parts, tmp)
             os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
         except BaseException:
             try:
@@ -134,6 +136,13 @@ def write_under(root: str, rel: str, blob: bytes, temp_suffix: str, fsync: bool 
             raise
     finally:
         os.close(dfd)
+
+
+def write_under(root: str, rel: str, blob: bytes, temp_suffix: str, fsync: bool = False) -> None:
+    """Write ``blob`` to ``root/rel`` atomically (a temporary name beside it, renamed into place once complete),
+    never through a link (:func:`_new_temp`)."""
+    with _new_temp(root, rel, temp_suffix) as (fd, where):
+        write_temp(fd, blob, fsync, where)
 
 
 def write_temp(fd: int, blob: bytes, fsync: bool, where: str) -> None:
@@ -148,34 +157,15 @@ def write_temp(fd: int, blob: bytes, fsync: bool, where: str) -> None:
 @contextmanager
 def writing_under(root: str, rel: str, temp_suffix: str, fsync: bool = False) -> Iterator[BinaryIO]:
     """:func:`write_under` for a file written piece by piece (a long recording): yields the new temporary file,
-    open for reading and writing (an encoder may seek back to finish its header), with the same safety: every
-    folder on the way reached by :func:`_open_dir`, the temporary name created new (``O_EXCL | O_NOFOLLOW``),
-    flushed (and fsynced), then renamed into place when the block ends normally; removed when it raises."""
-    *parts, name = rel.split("/")
-    dfd = _open_dir(root, parts, create=True)
-    tmp = f".{name}.{os.getpid()}{temp_suffix}"
-    try:
-        try:
-            os.unlink(tmp, dir_fd=dfd)  # a leftover of this same process id
-        except FileNotFoundError:
-            pass
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
-                     0o644, dir_fd=dfd)
-        try:
-            with os.fdopen(fd, "w+b") as f:
-                yield f
-                f.flush()
-                if fsync:
-                    os.fsync(f.fileno())
-            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-        except BaseException:
-            try:
-                os.unlink(tmp, dir_fd=dfd)
-            except OSError:
-                pass
-            raise
-    finally:
-        os.close(dfd)
+    open for reading and writing (an encoder may seek back to finish its header), with the same safety
+    (:func:`_new_temp`); flushed (and fsynced), then renamed into place when the block ends normally; removed
+    when it raises."""
+    with _new_temp(root, rel, temp_suffix) as (fd, _):
+        with os.fdopen(fd, "w+b") as f:
+            yield f
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
 
 
 @contextmanager
