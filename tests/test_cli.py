@@ -25,13 +25,14 @@ def lab(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.Com
     (["run", "recipes/fsdd_cnn.yaml", "--set", "train.epohcs=3"], "unknown field 'epohcs'"),
     (["run", "recipes/fsdd_cnn.yaml", "--set", "noequals"], "expected FIELD=VALUE"),
 ])
-def test_errors_are_one_line(args, pattern):
-    proc = lab(*args)
-    assert proc.returncode == 2
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert pattern in " ".join(proc.stderr.split())
+def test_errors_are_one_line(args, pattern, cli, monkeypatch):
+    monkeypatch.chdir(REPO)
+    code, _, stderr = cli(*args)  # in this process (test_h_is_help and the next ones run the real entry point)
+    assert code == 2
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    assert pattern in " ".join(stderr.split())
 
 
 @pytest.mark.parametrize("args, pattern", [
@@ -45,17 +46,17 @@ def test_errors_are_one_line(args, pattern):
     (["sweep", R, "--grid", "defense.blur=0.1", "--seeds", "a"], "--seeds 'a': expected"),
     (["regress", R, "--update", "--calibration-seeds", "0,x"], "--calibration-seeds '0,x': expected comma-separated"),
 ])
-def test_bad_seeds_and_jobs_fail_in_one_line_before_any_work(tmp_path, args, pattern):
+def test_bad_seeds_and_jobs_fail_in_one_line_before_any_work(tmp_path, args, pattern, cli, monkeypatch):
     """Checked once, by the helper the commands share (lab.recipe.parse_seeds, check_jobs): an empty --seeds used to
     fall back on the recipe's seeds, --jobs 0 or -1 to train one cell at a time, a word in --seeds to end in a
     traceback."""
-    import os
-    env = {**os.environ, "LAB_DATA_DIR": str(tmp_path)}  # no data there: nothing could train
-    proc = lab(*args, "--out", str(tmp_path / "runs"), env=env)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert pattern in " ".join(proc.stderr.split())
+    monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path))  # no data there: nothing could train
+    monkeypatch.chdir(REPO)
+    code, stdout, stderr = cli(*args, "--out", str(tmp_path / "runs"))
+    assert code == 2, stdout + stderr
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert pattern in " ".join(stderr.split())
     assert not (tmp_path / "runs").exists()
 
 
@@ -80,17 +81,18 @@ def test_list_shows_plugins():
     ("train.devices=two", "train.devices: expected 'auto', a number of devices (1, 2, ...; -1 for all GPUs) or a list "
                           "of GPU indices such as [0, 1]; got 'two'"),
 ])
-def test_training_flags_are_checked_before_any_work(tmp_path, override, pattern):
+def test_training_flags_are_checked_before_any_work(tmp_path, override, pattern, cli, monkeypatch):
     import torch
     if torch.cuda.is_available() and "accelerator" in override:
         pattern = pattern.split("allowed here")[0]  # the allowed list names this machine's GPU too
-    proc = lab("run", "recipes/fsdd_cnn.yaml", "--out", str(tmp_path / "runs"), "--set", override)
-    assert proc.returncode == 2
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert pattern in " ".join(proc.stderr.split())
+    monkeypatch.chdir(REPO)
+    code, stdout, stderr = cli("run", "recipes/fsdd_cnn.yaml", "--out", str(tmp_path / "runs"), "--set", override)
+    assert code == 2
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert pattern in " ".join(stderr.split())
     assert not (tmp_path / "runs").exists()  # no run folder, not even a half-made one
-    assert "data:" not in proc.stdout  # refused before the data was loaded
+    assert "data:" not in stdout  # refused before the data was loaded
 
 
 def test_failed_run_before_training_leaves_no_folder(tmp_path):

@@ -53,12 +53,14 @@ R = "recipes/fsdd_cnn.yaml"
     ([R, "--type", "augment", "--seeds", ""], "--seeds '': expected comma-separated whole-number seeds from 0 to "
                                              "4294967295, each once, e.g. --seeds 0,1,2"),
 ])
-def test_bad_input_fails_in_one_line_before_training(args, pattern, tmp_path):
-    proc = lab("attack", *args, "--out", str(tmp_path), env_root=tmp_path)  # no data there: nothing could train
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert pattern in " ".join(proc.stderr.split())
+def test_bad_input_fails_in_one_line_before_training(args, pattern, tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path))  # no data there: nothing could train
+    monkeypatch.chdir(REPO)
+    code, stdout, stderr = cli("attack", *args, "--out", str(tmp_path))  # in this process: no second of imports
+    assert code == 2, stdout + stderr
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert pattern in " ".join(stderr.split())
     assert not any(tmp_path.rglob("results.json"))
 
 
