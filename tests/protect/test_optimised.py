@@ -94,14 +94,18 @@ def test_class_wise_em_noise_protect_then_verify_on_real_recordings(digits, fixe
     # nothing under OUTPUT reveals it: the noise's values, the sources' hashes, the record's facts, the key, paths
     assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == \
         {r["path"] for r in records} | {MANIFEST}
-    floats = {float(v) for v in patterns[:, 100:110].flatten()}
+    runs = [tuple(row.tolist()) for row in patterns[:, 100:110]]
+    floats = {v for run in runs for v in run}
     texts = {*info["sources"], info["collection_sha256"], info["arrays"]["sha256"], info["arrays"]["file"],
              FIXED_KEY, str(tmp_path), str(fixed_key.parent)} | {r["source_sha256"] for r in records}
-    assert len(floats) == 30 and published_hits(out, floats, (), texts) == []
-    planted = tmp_path / "planted"  # the same search finds them where they are written down
+    assert len(floats) == 30 and published_hits(out, (), (), texts, runs) == []
+    planted = tmp_path / "planted"  # the same search finds them where they are written down, as text or an array
     planted.mkdir()
     (planted / "values.json").write_text(json.dumps(sorted(floats)) + json.dumps(sorted(texts)))
-    assert {v for _, v in published_hits(planted, floats, (), texts)} == floats | texts
+    assert {v for _, v in published_hits(planted, (), (), texts, runs)} == floats | texts
+    (planted / "values.json").unlink()
+    (planted / "noise.raw").write_bytes(b"\x01" + np.asarray(runs[1], dtype=">f2").tobytes())
+    assert [v for _, v in published_hits(planted, (), (), texts, runs)] == [runs[1]]
 
     # the same command again: the noise is rebuilt from the record (not optimised again), every file already done
     code, stdout, _ = cli(*args)
@@ -147,9 +151,10 @@ def test_an_interrupted_optimisation_resumes_after_its_last_round(digits, key_fi
     resumed, uninterrupted = arrays_of(out, key_file), arrays_of(reference, key_file)
     assert resumed.keys() == {"noise"} and torch.equal(resumed["noise"], uninterrupted["noise"])
     noise = resumed["noise"].float()  # nothing of the noise (the float16 values applied) or its sources in OUTPUT
-    floats = {float(v) for row in noise[:3] for v in row[row != 0][1000:1010]}
+    runs = [tuple(row[row != 0][1000:1010].tolist()) for row in noise[:3]]
     info = private_record(out, key_file)[0]["optimised"]
-    assert len(floats) >= 20 and published_hits(out, floats, (), {*info["sources"], str(key_file.parent)}) == []
+    assert len({v for run in runs for v in run}) >= 20
+    assert published_hits(out, (), (), {*info["sources"], str(key_file.parent)}, runs) == []
     a, b = tree_hashes(out), tree_hashes(reference)
     assert {k: v for k, v in a.items() if k != MANIFEST} == {k: v for k, v in b.items() if k != MANIFEST}
     rounds = [private_record(o, key_file)[0]["protection"]["optimisation"]["rounds"] for o in (out, reference)]

@@ -34,19 +34,37 @@ def fixed_key(tmp_path):
     return path
 
 
-def float_forms(v: float) -> set[bytes]:
-    """The ways a float of the protection could be written down: repr/json of the float64 and of its float32 value,
-    short decimal forms, and the raw IEEE bytes (both precisions, both byte orders)."""
+def text_forms(v: float) -> set[bytes]:
+    """The ways one float could be written down as text: repr/json of the float64 and of its float32 value, short
+    decimal forms."""
     f32 = np.float32(v)
-    texts = {repr(v), json.dumps(v), repr(float(f32)), str(f32), f"{v:.6g}", f"{v:.8f}", f"{v:.6e}"}
-    packed = {struct.pack(order + code, v) for order in "<>" for code in "df"}
-    return {t.encode() for t in texts} | packed
+    return {t.encode() for t in (repr(v), json.dumps(v), repr(float(f32)), str(f32), f"{v:.6g}", f"{v:.8f}",
+                                 f"{v:.6e}")}
 
 
-def published_hits(root, floats=(), whole_numbers=(), texts=()) -> list[tuple[str, object]]:
+def float_forms(v: float) -> set[bytes]:
+    """The text forms of a float and its raw IEEE bytes (both precisions, both byte orders). For values with full
+    precision (positions, filter taps); a value with few significant bits (noise stored as float16) is searched as a
+    run instead: alone, its 4 float32 bytes hold two fixed zero bytes and match a pair of quiet 16-bit samples by
+    chance (it happened: -0.000487 packed big-endian is the samples -71, 96)."""
+    return text_forms(v) | {struct.pack(order + code, v) for order in "<>" for code in "df"}
+
+
+def run_forms(run) -> set[bytes]:
+    """A run of consecutive values as a stored array would hold them: float16, float32 and float64, both byte
+    orders."""
+    values = np.asarray(run, dtype=np.float64)
+    return {values.astype(np.dtype(order + code)).tobytes() for order in "<>" for code in ("f2", "f4", "f8")}
+
+
+def published_hits(root, floats=(), whole_numbers=(), texts=(), runs=()) -> list[tuple[str, object]]:
     """Every (file, value) where one of the values turns up in a file under ``root``: a float in any of
-    :func:`float_forms`, a whole number in any text (not inside a longer number), a text as its bytes."""
+    :func:`float_forms`, a whole number in any text (not inside a longer number), a text as its bytes; for each run
+    of consecutive values, the run as an array (:func:`run_forms`, reported as its tuple) and each of its values as
+    text."""
     needles = {b: v for v in floats for b in float_forms(v)}
+    needles |= {b: v for run in runs for v in run for b in text_forms(v)}
+    needles |= {b: tuple(run) for run in runs for b in run_forms(run)}
     hits = []
     for p in sorted(root.rglob("*")):
         if not p.is_file():
