@@ -95,16 +95,15 @@ def pooled(features: torch.Tensor) -> torch.Tensor:
 
 
 def clip_features(data: ExperimentData, waveforms: torch.Tensor, kind: str) -> torch.Tensor:
-    """Pooled features of every clip, computed one clip at a time: torchaudio's MFCC floors its decibels 80 dB
-    under the loudest value of the whole batch it is given, so a clip's MFCCs depend on the other clips of its batch,
-    and sets computed in separate batches (the clean and the protected clips) would differ by that alone."""
+    """Pooled features of every clip (every front-end computes each clip independently of its batch: a contract
+    test; with a batch-dependent front-end, sets computed in separate batches would differ by that alone)."""
     if kind == "frontend":
         frontend = data.frontend
     else:
         from lab.features import FeatureConfig, FrontEnd
         frontend = FrontEnd(FeatureConfig(type="logmel", n_mels=64, win_ms=25, hop_ms=10),
                             data.recipe.data.sample_rate)
-    return pooled(torch.cat([frontend(clip[None]) for clip in waveforms]))
+    return pooled(frontend(waveforms))
 
 
 def train_probe(kind: str, x: torch.Tensor, y: torch.Tensor, seed: int, opts: DetectOptions) -> torch.nn.Module:

@@ -214,9 +214,10 @@ def optimised_cache_path(recipe: Recipe, defense: Defense, train: Clips, num_cla
     """Where an optimised protection is kept for reuse (``$LAB_CACHE_DIR``/protections, default
     ~/.cache/lab/protections; ``LAB_PROTECTION_CACHE=off`` turns it off): a file named by a hash of everything the
     optimisation depends on: the defense's configuration and a seed derived from its key (never the key), the
-    surrogate recipe, the training clips' content, and the source code of the defense and of the min-min loop (a
-    changed optimiser never reuses an old result). Sweep cells, attack-matrix columns and transfer runs that differ
-    only in the model being trained then share one optimisation. The files are as secret as the key (mode 0600)."""
+    surrogate recipe, the training clips' content, and the source code of the defense, of the min-min loop and of the
+    built-in front-ends and models (a changed optimiser or surrogate never reuses an old result). Sweep cells,
+    attack-matrix columns and transfer runs that differ only in the model being trained then share one optimisation.
+    The files are as secret as the key (mode 0600)."""
     import hashlib
     import inspect
     import os
@@ -240,6 +241,11 @@ def optimised_cache_path(recipe: Recipe, defense: Defense, train: Clips, num_cla
             return None  # no source to tell versions apart: do not cache
     from defenses import _minmin
     sources.append(inspect.getsource(_minmin))
+    # the surrogates are built from the front-end and model plugins: a changed front-end (the MFCC floor, once) or
+    # model must not reuse noise optimised through the old one; every built-in file of both, in a fixed order
+    for package in ("lab/frontends", "lab/models"):
+        for path in sorted((Path(__file__).parent.parent / package).glob("*.py")):
+            sources.append(path.read_text())
     config = recipe.defense.model_dump(mode="json", exclude={"key", "key_file"})
     for block in (config, config.get("inner") if isinstance(config.get("inner"), dict) else {}):
         for field in ("key", "key_file", "surrogate"):  # the resolved surrogate recipe is hashed below

@@ -391,17 +391,7 @@ def test_front_end_is_deterministic_differentiable_and_per_clip(name):
     assert w.grad is not None and torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
 
 
-# Known defects, each failing the contract below until fixed (strict: a fix makes the test fail until the mark goes)
-KNOWN_BATCH_DEPENDENT = {
-    "mfcc": "torchaudio's MFCC floors its dB scale at the loudest value of the whole batch (top_db=80), so a clip's "
-            "MFCCs depend on the clips computed beside it (found by lab detect's negative control); a per-clip floor "
-            "moves every MFCC number in the docs and the CI baselines, which must be re-measured with the fix",
-}
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BATCH_DEPENDENT[n]))
-    if n in KNOWN_BATCH_DEPENDENT else n for n in FRONTEND_NAMES])
+@pytest.mark.parametrize("name", FRONTEND_NAMES)
 def test_front_end_features_of_a_clip_do_not_depend_on_a_louder_clip_beside_it(name):
     """The same quiet clip alone and in a batch with a clip 40 dB louder gives the same features."""
     x, _, _ = clips()

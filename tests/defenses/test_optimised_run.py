@@ -114,3 +114,25 @@ def test_an_optimised_protection_is_cached_privately_and_reused(fsdd_dir, tmp_pa
     said.clear()
     ExperimentData(small(fsdd_dir, spec), log=said.append).protection
     assert any("optimising again" in s for s in said) and any("min-min round" in s for s in said)
+
+
+def test_a_changed_front_end_or_model_never_reuses_an_old_optimisation(tmp_path, monkeypatch):
+    """The cache name hashes the front-end and model code the surrogates are built from (the MFCC floor changed once:
+    noise optimised through the old MFCC must not come back)."""
+    from defenses import build_defense
+    from lab.spine import Clips, optimised_cache_path
+    monkeypatch.setenv("LAB_PROTECTION_CACHE", "on")
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "cache"))
+    recipe = load_recipe(RECIPE, [f"defense={{type: em-noise, key: {KEY}, mode: class-wise}}"])
+    train = Clips(torch.zeros(4, 800), torch.arange(4) % 2, torch.full((4,), 800))
+    defense = build_defense(recipe.defense)
+    path = optimised_cache_path(recipe, defense, train, 2)
+    assert path == optimised_cache_path(recipe, defense, train, 2)
+    read_text = Path.read_text
+    for changed in ("frontends/mfcc.py", "models/cnn.py"):
+        def edited(self, *args, changed=changed, **kwargs):
+            text = read_text(self, *args, **kwargs)
+            return text + "\n# edited" if self.as_posix().endswith(changed) else text
+        monkeypatch.setattr(Path, "read_text", edited)
+        assert optimised_cache_path(recipe, defense, train, 2) != path, changed
+        monkeypatch.setattr(Path, "read_text", read_text)
