@@ -2,10 +2,12 @@
 
 clean data ─► defense.derive(key) ─► protected train / test / mixed-position test ─► features (cached)
   ─► per seed: model trained on clean data, model trained on protected data ─► evaluations ─► results files
+
+Each seed is the no-attack row of the one cell runner ``lab attack`` uses (:func:`lab.attacking.cell.run_cell` with
+:class:`~lab.attacking.cell.RunExtras`: the clean-trained model too, the ablation variants, logs and checkpoints).
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -13,6 +15,7 @@ from typing import Callable
 import torch
 import yaml
 
+from lab.attacking.cell import RunExtras, run_cell
 from lab.features import FeatureCache
 from lab import results as results_writer
 from lab.results import mean_std as fmt, summarise
@@ -21,7 +24,7 @@ from lab.quality import assess, markdown_lines
 from lab.recipe import Recipe
 from lab.spine import ExperimentData, check_defense
 from lab.rundir import Progress, finish, open_run, running, write_protection
-from lab.train import evaluate, fit
+from lab.train import evaluate
 
 # (model, test set) pairs reported by `lab run`, in table order
 EVALUATIONS = [
@@ -87,28 +90,6 @@ def convergence_summary(per_seed: list[dict]) -> dict:
     return out
 
 
-def clean_model_key(recipe: Recipe, seed: int) -> str:
-    """What a clean-trained model depends on: everything in the recipe except the defense (and bookkeeping)."""
-    public = recipe.public_dict()
-    for field in ("defense", "name", "description", "output_dir", "seeds", "evaluation"):
-        public.pop(field, None)
-    return json.dumps(public, sort_keys=True) + f"|seed={seed}"
-
-
-def save_model(module, path: Path) -> None:
-    """Lightning's checkpoint of a trained module at ``path`` (``.ckpt``). ``fit`` writes it for the models it
-    trains; a model reused from an earlier cell (or the clean model standing in for a protected one) gets its own
-    here, from the trainer that trained it."""
-    if path.is_file():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    trainer = getattr(module, "_trainer", None)
-    if trainer is not None:
-        trainer.save_checkpoint(str(path))
-    else:
-        torch.save({"state_dict": module.state_dict()}, path)
-
-
 def run(recipe: Recipe, recipe_path: str | None = None, log: Callable[[str], None] = print,
         progress: bool = False, run_dir: Path | None = None, clean_models: dict | None = None) -> tuple[dict, Path]:
     """Run a recipe end to end (see the module docstring) and return ``(results, run_dir)``.
@@ -134,20 +115,19 @@ def run(recipe: Recipe, recipe_path: str | None = None, log: Callable[[str], Non
     return results, run_dir
 
 
-def _evaluate_seed(entry: dict, models: dict, recipe: Recipe, prep) -> None:
-    """One seed's evaluations into ``entry``: each model on each position-ablation variant of the test split, once
-    (the report's test sets are three of those variants: ``ExperimentData.TEST_SETS``), and its convergence. A
-    protected model that is the clean one (defense none) is not evaluated twice."""
-    scored: dict[int, dict] = {}
-    for which in ("clean_model", "protected_model"):
-        module = models[which]
-        if id(module) not in scored:
-            scored[id(module)] = {name: evaluate(module, recipe.train, prep.features(clips), clips.labels)
-                                  for name, clips in prep.ablation.items()}
-        scores = scored[id(module)]
+def seed_entry(cell: dict, prep: ExperimentData) -> dict:
+    """A seed's entry of results.json (``per_seed``) from its cell: the training seconds of the models trained (not
+    reused), and per model its scores on the report's test sets (each one of the ablation variants it was scored
+    on once), every variant's accuracy and its convergence."""
+    entry: dict = {"seed": cell["seed"], "train_seconds": {}}
+    for which, got in cell["models"].items():
+        if got["train_seconds"] is not None:
+            entry["train_seconds"][which] = got["train_seconds"]
+        scores = got["scores"]
         entry[which] = {test_set: scores[prep.variant_of(test_set)] for m, test_set in EVALUATIONS if m == which}
         entry[which]["ablation"] = {name: s["accuracy"] for name, s in scores.items()}
-        entry[which]["convergence"] = getattr(module, "lab_convergence", None)
+        entry[which]["convergence"] = got["convergence"]
+    return entry
 
 
 def _run(recipe: Recipe, recipe_path: str | None, log: Callable[[str], None], progress: bool, run_dir: Path,
@@ -163,38 +143,15 @@ def _run(recipe: Recipe, recipe_path: str | None, log: Callable[[str], None], pr
         f"{recipe.data.sample_rate} Hz, {recipe.data.clip_seconds} s; features {recipe.features.type} "
         f"{prep.feature_shape}")
     record = write_protection(run_dir / "protection.json", prep.protection)
-    same_as_clean = recipe.defense.type == "none"
+    extras = RunExtras(run_dir, clean_models, state)
     per_seed = []
     first_clean_model = None
-    monitor = (prep.features(prep.clean_test), prep.test.labels)
-    for seed in recipe.seeds:
-        entry: dict = {"seed": seed, "train_seconds": {}}
-        models = {}
-        for which, clips in (("clean_model", prep.clean_train), ("protected_model", prep.protected_train)):
-            if which == "protected_model" and same_as_clean:
-                models[which] = models["clean_model"]
-                continue
-            shared_key = clean_model_key(recipe, seed) if which == "clean_model" else None
-            if clean_models is not None and shared_key in clean_models:
-                models[which] = clean_models[shared_key]
-                log(f"seed {seed}: clean model reused (same data, features, model and training)")
-            else:
-                state.stage = f"training seed {seed} ({which.replace('_', ' ')})"
-                fitted = fit(recipe, prep.training(clips, seed), num_classes, seed, monitor=monitor,
-                             log_dir=run_dir / "logs", name=which, progress=progress,
-                             checkpoint=run_dir / "models" / f"{which}_seed{seed}.ckpt")
-                models[which] = fitted.module
-                fitted.module.lab_convergence = fitted.convergence()  # travels with a model reused by a sweep
-                entry["train_seconds"][which] = round(fitted.seconds, 2)
-                log(f"seed {seed}: trained {which.replace('_', ' ')} in {fitted.seconds:.1f} s")
-                if clean_models is not None and shared_key is not None:
-                    clean_models[shared_key] = fitted.module
-            save_model(models[which], run_dir / "models" / f"{which}_seed{seed}.ckpt")
+    for seed in recipe.seeds:  # each seed is the no-attack row of the one cell runner (lab.attacking.cell)
+        modules: dict = {}
+        cell = run_cell(prep, [], seed, log=log, progress=progress, extras=extras, modules=modules)
+        per_seed.append(seed_entry(cell, prep))
         if first_clean_model is None:
-            first_clean_model = models["clean_model"]
-        state.stage = f"evaluating seed {seed}"
-        _evaluate_seed(entry, models, recipe, prep)
-        per_seed.append(entry)
+            first_clean_model = modules["clean_model"]
         state.trained += 1
     summary = {f"{m}/{t}": summarise([e[m][t]["accuracy"] for e in per_seed]) for m, t in EVALUATIONS}
     ablation = {name: {which: summarise([e[which]["ablation"][name] for e in per_seed])

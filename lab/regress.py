@@ -136,7 +136,7 @@ def negative_control(recipe, seeds: list[int], log: Callable[[str], None]) -> li
     """Protected-trained clean-test accuracy, per seed, of ``recipe`` (the regression recipe changed so that it
     SHOULD fail: a weakened protection, or none at all). Only the protected models are trained (the lab's one
     training path, as a ``lab attack`` cell with no attack); the clean models are the main run's."""
-    from lab.attacking.matrix import NO_ATTACK, run_cell
+    from lab.attacking.cell import NO_ATTACK, run_cell
     from lab.spine import ExperimentData
     data = ExperimentData(recipe, log=log)
     return [run_cell(data, [], seed, log=log)["values"][NO_ATTACK] for seed in seeds]

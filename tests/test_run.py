@@ -154,6 +154,7 @@ def test_ctrl_c_during_training_exits_130_and_marks_the_folder(fsdd_dir, tmp_pat
 
 
 def test_a_failing_run_is_marked_incomplete_and_readers_skip_it(fsdd_dir, tmp_path, monkeypatch):
+    import lab.attacking.cell
     import lab.experiment
     from lab.errors import LabError
     from lab.recipe import load_recipe
@@ -165,7 +166,7 @@ def test_a_failing_run_is_marked_incomplete_and_readers_skip_it(fsdd_dir, tmp_pa
     recipe = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "fsdd_cnn.yaml", [
         f"data.root={fsdd_dir}", "data.max_train_per_class=5", "data.max_test_per_class=2", "train.epochs=1",
         "seeds=[0, 1]", "train.num_threads=1", f"output_dir={tmp_path}"])
-    monkeypatch.setattr(lab.experiment, "evaluate", broken_evaluate)
+    monkeypatch.setattr(lab.attacking.cell, "evaluate", broken_evaluate)  # (lab run's seeds are cells)
     said = []
     with pytest.raises(RuntimeError, match="evaluation broke"):
         lab.experiment.run(recipe, log=said.append)

@@ -1,5 +1,6 @@
-"""``lab attack``, in five modules, one idea each: ``training`` (training under an attack), ``setup`` (the attack
-and defense configs of a matrix), ``matrix`` (the runner), ``tables`` (tables, CSV, Markdown, the run folder's
+"""``lab attack``, in six modules, one idea each: ``training`` (training under an attack), ``setup`` (the attack
+and defense configs of a matrix), ``cell`` (the one cell runner: a defense and a seed, no attack and each attack;
+``lab run`` is its no-attack row), ``matrix`` (cells over defenses and seeds, resumable), ``tables`` (tables, CSV, Markdown, the run folder's
 files) and ``run`` (the whole command: columns, matrix, run folder).
 Everything is importable from ``lab.attacking`` as before.
 
@@ -15,7 +16,8 @@ Training under an attack is the lab's one training path (lab.train.fit): data at
 applies on the device before the recipe's front-end (Lightning's on_after_batch_transfer), procedure attacks get the
 model after training.
 """
-from lab.attacking.matrix import NO_ATTACK, WORST, Matrix, cell_file, matrix_data, run_cell, run_matrix  # noqa: F401
+from lab.attacking.cell import NO_ATTACK, RunExtras, run_cell  # noqa: F401
+from lab.attacking.matrix import WORST, Matrix, cell_file, matrix_data, run_matrix  # noqa: F401
 from lab.attacking.setup import (  # noqa: F401
     attack_configs, baselines, column_name, defense_configs, load_attack_recipe, with_defense,
 )

@@ -7,17 +7,13 @@ from typing import Any, Callable
 
 import torch
 
-from attacks.base import build_attack
-from lab.attacking.setup import column_name
-from lab.attacking.training import train_under_attack
+from lab.attacking.cell import NO_ATTACK, run_cell
 from lab.features import FeatureCache
 from lab.quality import snr_summary
 from lab.recipe import Recipe
 from lab.results import stat
 from lab.spine import ExperimentData
-from lab.train import evaluate, fit
 
-NO_ATTACK = "no attack"
 WORST = "worst case"
 
 
@@ -57,35 +53,6 @@ class Matrix:
         """The highest clean-test accuracy over no attack and every attack (what the data owner can count on)."""
         means = [(self.mean(defense, c), c) for c in self.columns if self.mean(defense, c) is not None]
         return max(means) if means else None
-
-
-def run_cell(data: ExperimentData, attack_cfgs: list, seed: int, log: Callable[[str], None] = print,
-             progress: bool = False, outsider: bool = False) -> dict:
-    """One cell of the matrix: a defense (``data``) and a seed, trained with no attack and under every attack.
-    Returns a JSON-able dict: ``columns`` (in order), ``values`` and ``seconds`` per column, ``records`` per attack.
-    ``outsider``: the attacks get only the training clips as given (no clean copies, no protection: ``lab audit``,
-    where ``data``'s training clips are a published folder)."""
-    rec, name = data.recipe, data.recipe.defense.type
-    clean_test = data.features(data.clean_test), data.clean_test.labels
-    cell: dict = {"defense": name, "seed": seed, "columns": [NO_ATTACK], "values": {}, "seconds": {}, "records": {},
-                  "protection": data.protection.to_dict()}
-    fitted = fit(rec, data.training(data.protected_train, seed), data.num_classes, seed, progress=progress)
-    acc = evaluate(fitted.module, rec.train, *clean_test)["accuracy"]
-    cell["values"][NO_ATTACK], cell["seconds"][NO_ATTACK] = acc, round(fitted.seconds, 2)
-    log(f"{name}, seed {seed}: no attack {acc:.3f} ({fitted.seconds:.0f} s)")
-    for acfg in attack_cfgs:
-        attack = build_attack(acfg)
-        models, timing = train_under_attack(rec, data, attack, seed, plain=fitted.module, outsider=outsider)
-        seconds = timing["total"]
-        for variant, module in models.items():
-            col = column_name(acfg, variant)
-            if col not in cell["columns"]:
-                cell["columns"].append(col)
-            acc = evaluate(module, rec.train, *clean_test)["accuracy"]
-            cell["values"][col], cell["seconds"][col] = acc, round(seconds, 2)
-            log(f"{name}, seed {seed}: {col} {acc:.3f} ({seconds:.0f} s)")
-        cell["records"][column_name(acfg)] = {"seed": seed, **attack.record()}
-    return cell
 
 
 def cell_file(cell_dir: Path, index: int, defense: str, seed: int) -> Path:

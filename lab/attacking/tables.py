@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from lab.attacking.matrix import NO_ATTACK, WORST, Matrix
+from lab.attacking.cell import NO_ATTACK
+from lab.attacking.matrix import WORST, Matrix
 from lab.provenance import provenance
 from lab.recipe import Recipe
 from lab.results import (
