@@ -65,6 +65,10 @@ The process is run for a warm-up of ``warmup_samples`` (recorded) before the cli
 stationary: the warm-up is the number of samples after which the slowest pole's transient has decayed to 1e-6.
 Samples pushed past full scale are kept (float audio), as PosCUDA's ``output: none``.
 
+``lab protect`` / ``lab verify`` handle a long file a block at a time (the block hooks below, docs/protect.md "Long
+files in bounded memory"), with the very bytes of the whole file; the energies are summed by ``lab.dsp.ENERGY_CHUNK``
+in both paths.
+
 The record (``to_dict``) holds the coefficients and the per-class salts, so it reproduces the noise exactly without
 the key, and cannot be used to recover the key. Like PosCUDA's filters it is the owner's record: whoever holds it
 can regenerate the noise (it is not published with the protected data).
