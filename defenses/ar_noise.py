@@ -65,6 +65,10 @@ The process is run for a warm-up of ``warmup_samples`` (recorded) before the cli
 stationary: the warm-up is the number of samples after which the slowest pole's transient has decayed to 1e-6.
 Samples pushed past full scale are kept (float audio), as PosCUDA's ``output: none``.
 
+``lab protect`` / ``lab verify`` handle a long file a block at a time (the block hooks below, docs/protect.md "Long
+files in bounded memory"), with the very bytes of the whole file; the energies are summed by ``lab.dsp.ENERGY_CHUNK``
+in both paths.
+
 The record (``to_dict``) holds the coefficients and the per-class salts, so it reproduces the noise exactly without
 the key, and cannot be used to recover the key. Like PosCUDA's filters it is the owner's record: whoever holds it
 can regenerate the noise (it is not published with the protected data).
@@ -82,7 +86,9 @@ from pydantic import Field, SecretStr, model_validator
 from scipy.signal import lfilter
 
 from defenses.base import DEFENSES, Defense, Protection
+from lab import dsp
 from lab.config import PluginConfig
+from lab.dsp import add_energy
 from lab.keys import derive_seed, fingerprint, resolve_key
 from lab.masking import MaskingBudget, check_budget, limit_to_threshold
 
@@ -140,6 +146,36 @@ def spans(waveforms: torch.Tensor, lengths: torch.Tensor | None) -> tuple[np.nda
     return start.numpy().astype(np.int64), length.numpy().astype(np.int64)
 
 
+def row_energy(x: np.ndarray) -> np.ndarray:
+    """(N,) float64: the sum of squares of each row of ``x`` (N, T), grouped as lab.dsp.energy groups it (by
+    ``ENERGY_CHUNK``), so that a long file summed a block at a time gets the same sums."""
+    return dsp.energy(torch.from_numpy(x))[:, 0].numpy()
+
+
+class ARStream:
+    """Rows of AR noise drawn and filtered a piece at a time: row i is ``lfilter([1], a, innovation)`` with the
+    innovation ``Generator(PCG64(seeds[i])).standard_normal(warmup + n)``, warm-up dropped, exactly as one draw and
+    one filter give it (numpy draws normals one after the other; lfilter's state ``zi`` carries the filter from one
+    piece to the next). One seed and ``rows`` > 1: every row is that one sequence (``classwise``)."""
+
+    def __init__(self, coefficients: np.ndarray, seeds: list[int], warmup: int, rows: int | None = None):
+        self.a = coefficients
+        self.rows = rows or len(seeds)
+        self.gens = [np.random.Generator(np.random.PCG64(s)) for s in seeds]
+        self.zi = np.zeros((len(seeds), len(coefficients) - 1))
+        self._run(warmup)
+
+    def _run(self, n: int) -> np.ndarray:
+        e = np.stack([g.standard_normal(n) for g in self.gens])
+        y, self.zi = lfilter([1.0], self.a, e, axis=-1, zi=self.zi)
+        return y
+
+    def take(self, n: int) -> np.ndarray:
+        """The next ``n`` samples (rows, n) float64."""
+        y = self._run(n)
+        return np.repeat(y, self.rows, axis=0) if len(y) != self.rows else y
+
+
 class ARNoiseProtection(Protection):
     """Per-class AR coefficients and noise salts derived from a key, and how to add the noise to clips."""
 
@@ -164,7 +200,10 @@ class ARNoiseProtection(Protection):
 
     def clip_seed(self, cls: int, clean: np.ndarray) -> int:
         """The innovation seed of one clip of class ``cls`` whose real samples are ``clean`` (hashed as float32)."""
-        digest = hashlib.sha256(np.ascontiguousarray(clean, dtype="<f4").tobytes()).hexdigest()
+        return self.seed_of(cls, hashlib.sha256(np.ascontiguousarray(clean, dtype="<f4").tobytes()).hexdigest())
+
+    def seed_of(self, cls: int, digest: str) -> int:
+        """:meth:`clip_seed` from the sha256 ``digest`` (hex) of the clip's float32 samples."""
         return derive_seed(self.salts[cls], "clip", digest)
 
     def class_seed(self, cls: int) -> int:
@@ -220,12 +259,23 @@ class ARNoiseProtection(Protection):
         x = waveforms.detach().cpu().double().numpy()
         inside = (np.arange(x.shape[1])[None, :] >= start[:, None]) & \
                  (np.arange(x.shape[1])[None, :] < (start + length)[:, None])
-        signal = np.where(inside, x, 0.0)
-        energy = (signal ** 2).sum(axis=1)
-        power = (noise ** 2).sum(axis=1)
-        peak = np.abs(noise).max(axis=1)
+        budget = self.budget(row_energy(np.where(inside, x, 0.0)), row_energy(noise), np.abs(noise).max(axis=1))
+        added = torch.from_numpy(self.scaled(noise, budget))
+        if self.params.get("masking_margin_db") is not None:
+            snr_db, linf = self.params["snr_db"], self.params["linf"]
+            added = limit_to_threshold(torch.from_numpy(x), added, self.sample_rate,
+                                       self.params["masking_margin_db"], support=torch.from_numpy(inside),
+                                       snr_db=snr_db, linf=linf, fill=snr_db is None and linf is None)
+        added = added.to(dtype=waveforms.dtype, device=waveforms.device)
+        return waveforms + added
+
+    def budget(self, energy: np.ndarray, power: np.ndarray, peak: np.ndarray) -> tuple:
+        """How each row's raw noise is scaled, from the rows' clean ``energy``, the raw noise's ``power`` and its
+        ``peak`` (N,) float64: the gain (N,) (0: no noise), and for ``linf_mode: scale`` the rows (N,) bool whose
+        scaled peak still exceeds ``linf`` with the factor (N,) that scales them down (else None, None)."""
         live = (energy > 0) & (power > 0)
         snr_db, linf = self.params["snr_db"], self.params["linf"]
+        over = factor = None
         with np.errstate(divide="ignore", invalid="ignore"):
             if snr_db is not None:
                 gain = np.sqrt(energy / (power * 10.0 ** (snr_db / 10.0)))
@@ -234,19 +284,65 @@ class ARNoiseProtection(Protection):
             else:  # the masking budget alone: limit_to_threshold fills the threshold
                 gain = np.ones_like(peak)
             gain = np.where(live, gain, 0.0)
-            delta = noise * gain[:, None]
-            if linf is not None:
-                if self.params["linf_mode"] == "scale":
-                    over = peak * gain > linf
-                    delta[over] *= (linf / (peak * gain))[over][:, None]
-                delta = np.clip(delta, -linf, linf)  # in scale mode this only removes float rounding past linf
-        added = torch.from_numpy(delta)
-        if self.params.get("masking_margin_db") is not None:
-            added = limit_to_threshold(torch.from_numpy(x), added, self.sample_rate,
-                                       self.params["masking_margin_db"], support=torch.from_numpy(inside),
-                                       snr_db=snr_db, linf=linf, fill=snr_db is None and linf is None)
-        added = added.to(dtype=waveforms.dtype, device=waveforms.device)
-        return waveforms + added
+            if linf is not None and self.params["linf_mode"] == "scale":
+                over, factor = peak * gain > linf, linf / (peak * gain)
+        return gain, over, factor
+
+    def scaled(self, noise: np.ndarray, budget: tuple) -> np.ndarray:
+        """The raw ``noise`` (N, n) (any frames of the rows) scaled as :meth:`budget` says: the change added."""
+        gain, over, factor = budget
+        delta = noise * gain[:, None]
+        linf = self.params["linf"]
+        if linf is not None:
+            if over is not None:
+                delta[over] *= factor[over][:, None]
+            delta = np.clip(delta, -linf, linf)  # in scale mode this only removes float rounding past linf
+        return delta
+
+    # --- lab protect's block hook (a long file in bounded memory, docs/protect.md). A file is one clip per channel,
+    # its span the whole row. First pass (block_stats): the clean energy, summed as apply sums it (lab.dsp.add_energy)
+    # and, per-clip, each channel's float32 samples hashed (the innovation's seed). At the first block: the noise is
+    # run once over the file, a block at a time (its power, grouped the same way, and its peak), then run again from
+    # its start beside the blocks. The innovation is drawn and filtered in pieces (same Generator, lfilter's state
+    # carried): the very numbers of one draw and one filter (the contract tests check it bit for bit)
+    block_first_pass = True
+
+    def block_plan(self, cls, frames, channels):
+        if type(self).apply is not ARNoiseProtection.apply or self.params.get("masking_margin_db") is not None:
+            return None  # a subclass that changes apply, or noise shaped by a masking budget: protected whole
+        per_clip = self.params["noise"] != "classwise"
+        return {"cls": cls, "frames": frames, "rows": channels, "signal": None, "budget": None, "stream": None,
+                "hashes": [hashlib.sha256() for _ in range(channels)] if per_clip else None}
+
+    def block_stats(self, plan, x, start):
+        plan["signal"] = add_energy(plan["signal"], x)
+        if plan["hashes"] is not None:
+            clean = x.detach().cpu().float().numpy()
+            for h, row in zip(plan["hashes"], clean):
+                h.update(np.ascontiguousarray(row, dtype="<f4").tobytes())
+
+    def _stream(self, plan) -> "ARStream":
+        """The file's raw noise from its first frame on (rows = channels)."""
+        cls = plan["cls"]
+        if plan["hashes"] is None:
+            return ARStream(self.coefficients[cls], [self.class_seed(cls)], self.warmup, plan["rows"])
+        seeds = [self.seed_of(cls, h.hexdigest()) for h in plan["hashes"]]
+        return ARStream(self.coefficients[cls], seeds, self.warmup)
+
+    def apply_block(self, plan, x, lo, a, b):
+        if plan["budget"] is None:  # blocks after the first are a multiple of ENERGY_CHUNK (blocks.py): so are these
+            step = -(-(b - a) // dsp.ENERGY_CHUNK) * dsp.ENERGY_CHUNK
+            stream, power, peak = self._stream(plan), None, np.zeros(plan["rows"])
+            for p in range(0, plan["frames"], step):
+                noise = stream.take(min(step, plan["frames"] - p))
+                power = add_energy(power, torch.from_numpy(noise))
+                peak = np.maximum(peak, np.abs(noise).max(axis=1))
+            energy = plan["signal"][:, 0].numpy()
+            plan["budget"] = self.budget(energy, power[:, 0].numpy(), peak)
+        if a == 0:  # every pass over the blocks runs the noise again from its start
+            plan["stream"] = self._stream(plan)
+        delta = self.scaled(plan["stream"].take(b - a), plan["budget"])
+        return x + torch.from_numpy(delta).to(dtype=x.dtype, device=x.device)
 
     def to_dict(self) -> dict:
         return {

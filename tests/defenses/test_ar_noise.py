@@ -7,16 +7,21 @@ import json
 import os
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from defenses import DEFENSES, Protection, build_defense
 from defenses.ar_noise import ARNoiseProtection, ar_power_spectrum, pole_radius, step_up
+from lab import dsp
 from lab.config import parse_plugin
 from lab.errors import LabError
+from lab.protect import blocks, worker
+from lab.protect.audiofile import decode, encode
 
 REPO = Path(__file__).resolve().parent.parent.parent
 SR = 8000
@@ -199,6 +204,32 @@ def test_per_clip_draws_differ_within_a_class_and_do_not_depend_on_the_batch():
     assert cos(fixed[0].double(), fixed[10].double(), dim=0) > 1 - 1e-9, "classwise: one sequence per class"
     assert abs(cos(fixed[0].double(), fixed[1].double(), dim=0)) < 0.2
     assert torch.equal(p.apply(x, y, lengths, filter_classes=(y + 1) % 10), p.apply(x, (y + 1) % 10, lengths))
+
+
+@pytest.mark.parametrize("noise", ["per-clip", "classwise"])
+def test_a_long_file_streams_without_an_array_as_long_as_the_file(noise, tmp_path, monkeypatch):
+    """lab protect's block path (lab/protect/blocks.py) on a 2^18-frame stereo file in blocks of 2048 frames: the
+    arrays numpy allocates (traced by tracemalloc; the noise, its innovation and the sums are numpy's) stay far below
+    one float64 copy of the file, while apply on the whole file needs several; the bytes are the same."""
+    monkeypatch.setattr(dsp, "ENERGY_CHUNK", 1024)
+    frames, channels = 1 << 18, 2
+    src, dst = tmp_path / "long.wav", tmp_path / "out.wav"
+    sf.write(src, 0.3 * np.random.default_rng(0).standard_normal((frames, channels)), SR, subtype="PCM_16")
+    prot = derive(noise=noise)
+    with open(src, "rb") as f, open(dst, "wb+") as out:
+        like, n, ch = blocks.header(f)
+        tracemalloc.start()
+        blocks.stream_protect(prot, prot.block_plan(3, n, ch), f, like, 3, out, block=2048)
+        streamed = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    dec = decode(src.read_bytes())
+    tracemalloc.start()
+    whole = worker.protect_samples(prot, dec.data, 3)
+    at_once = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    one_copy = frames * channels * 8
+    assert streamed < one_copy / 8 and at_once > 2 * one_copy, (streamed, at_once, one_copy)
+    assert dst.read_bytes() == encode(whole, dec)[0]
 
 
 @pytest.mark.parametrize("options, message", [

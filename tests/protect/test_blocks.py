@@ -22,6 +22,10 @@ SR = 8000
 OPTION_SETS = {"defaults": {}, "wide-filter-clipped": {"patches_per_class": 3, "filter_length": 65, "output": "clip"},
                "repeats": {"patches_per_class": 2, "repeat_seconds": 0.13}, "three-patches": {"patches_per_class": 3},
                "audio-span": {"span": "audio"},
+               # budgets and noise modes (a file is one clip per channel; its noise scaled to the whole file's sums)
+               "linf-alone": {"snr_db": None, "linf": 0.05}, "snr-linf-clip": {"linf": 0.02, "linf_mode": "clip"},
+               "snr-linf-scale": {"snr_db": 20.0, "linf": 0.05}, "classwise": {"noise": "classwise"},
+               "classwise-linf": {"noise": "classwise", "snr_db": None, "linf": 0.05},
                # shaped noise (lab/masking.py) is frame-local over the whole file: no block plan, or the same bytes
                "masking": {"masking_margin_db": 0.0}}
 CASES = [(kind, name) for kind in file_by_file_defenses() for name, opts in OPTION_SETS.items()
@@ -48,7 +52,9 @@ def test_streamed_output_equals_the_whole_file_bit_for_bit(kind, options, key_fi
                                                        (16000, 2, "FLOAT", "WAV", 2, 1000),
                                                        (12345, 3, "PCM_24", "FLAC", 0, 4096),
                                                        (5003, 1, "DOUBLE", "WAV", 1, 512),  # float64 working
-                                                       (16389, 1, "PCM_16", "WAV", 0, 1024)]:  # a block ends 5 short
+                                                       (9001, 3, "DOUBLE", "WAV", 2, 2000),  # sums seen unrounded
+                                                       (16389, 1, "PCM_16", "WAV", 0, 1024),  # a block ends 5 short
+                                                       (7777, 2, "PCM_16", "WAV", 2, 256)]:  # blocks under the AR warm-up
         blob = source(frames, channels, subtype, seed=frames, fmt=fmt)
         dec = decode(blob)
         whole, whole_over = encode(worker.protect_samples(prot, dec.data, cls), dec)
