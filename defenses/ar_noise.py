@@ -192,7 +192,7 @@ class ARNoiseProtection(Protection):
         self.coefficients = np.asarray(coefficients, dtype=np.float64)  # (C, p + 1), leading 1
         self.salts = list(salts)  # (C,) per-class noise salts (derived from the key by HMAC)
         self.warmup = int(warmup)
-        self._classwise: dict[tuple[int, int], np.ndarray] = {}
+        self._classwise: dict[int, np.ndarray] = {}  # per class, its longest sequence drawn so far
 
     @property
     def num_classes(self) -> int:
@@ -214,11 +214,14 @@ class ARNoiseProtection(Protection):
         return lfilter([1.0], self.coefficients[cls], innovation, axis=-1)[..., self.warmup:]
 
     def class_sequence(self, cls: int, length: int) -> np.ndarray:
-        """Class ``cls``'s fixed AR sequence (``classwise`` mode); a longer one starts with the shorter one."""
-        if (cls, length) not in self._classwise:
+        """Class ``cls``'s fixed AR sequence (``classwise`` mode); a longer one starts with the shorter one (the
+        draws and the causal filter are sequential), so one sequence per class is kept, the longest asked for: a
+        collection of files of many lengths does not grow the cache with each length."""
+        have = self._classwise.get(cls)
+        if have is None or len(have) < length:
             e = np.random.Generator(np.random.PCG64(self.class_seed(cls))).standard_normal(self.warmup + length)
-            self._classwise[(cls, length)] = self._run(cls, e)
-        return self._classwise[(cls, length)]
+            have = self._classwise[cls] = self._run(cls, e)
+        return have[:length]
 
     def raw_noise(self, waveforms: torch.Tensor, classes: np.ndarray, start: np.ndarray,
                   length: np.ndarray) -> np.ndarray:

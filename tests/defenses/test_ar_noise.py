@@ -131,6 +131,17 @@ def test_same_key_same_noise_other_key_other_noise():
         assert cos[torch.arange(len(y)) != 3].abs().max() < 0.2, noise
 
 
+def test_class_sequences_of_any_length_share_one_cached_sequence_per_class():
+    """Files of many lengths (lab protect, classwise noise) keep one sequence per class, the longest: a shorter one
+    is its start, bit for bit, whichever is drawn first."""
+    prot, fresh = derive(noise="classwise"), derive(noise="classwise")
+    short, long_ = prot.class_sequence(2, 1000), prot.class_sequence(2, 5000)
+    assert np.array_equal(short, long_[:1000]) and np.array_equal(fresh.class_sequence(2, 1000), short)
+    for n in (10, 3000, 4999, 700):
+        assert np.array_equal(prot.class_sequence(2, n), long_[:n])
+    assert list(prot._classwise) == [2] and len(prot._classwise[2]) == 5000
+
+
 @pytest.mark.parametrize("noise", ["per-clip", "classwise"])
 def test_record_round_trip_reproduces_bit_for_bit_and_holds_no_key(noise):
     x, y, lengths = batch()
