@@ -43,7 +43,7 @@ class CUDAConfig(PluginConfig):
 @dataclass
 class FilePlan:
     """One long file for :meth:`CUDAProtection.apply_block`: its class and frames, and what the first pass found:
-    each channel's peak after filtering and before (None until then)."""
+    each channel's peak after filtering and (for ``match_peak``) before (None until then)."""
 
     cls: int
     frames: int
@@ -73,10 +73,11 @@ class CUDAProtection(Protection):
         out = dsp.convolve_same(waveforms, self.filters[cls].to(waveforms))
         if self.params["output"] == "none":
             return out
-        return self._scaled(out, out.abs().amax(dim=1, keepdim=True), waveforms.abs().amax(dim=1, keepdim=True))
+        source_peak = waveforms.abs().amax(dim=1, keepdim=True) if self.params["output"] == "match_peak" else None
+        return self._scaled(out, out.abs().amax(dim=1, keepdim=True), source_peak)
 
-    def _scaled(self, out: torch.Tensor, peak: torch.Tensor, source_peak: torch.Tensor) -> torch.Tensor:
-        """``out`` scaled as ``output`` says, from each row's peak after filtering and before."""
+    def _scaled(self, out: torch.Tensor, peak: torch.Tensor, source_peak: torch.Tensor | None) -> torch.Tensor:
+        """``out`` scaled as ``output`` says, from each row's peak after filtering and (``match_peak``) before."""
         if self.params["output"] == "none":
             return out
         peak = peak.clamp(min=1e-12)
@@ -103,7 +104,8 @@ class CUDAProtection(Protection):
             return
         if plan.first is None:
             plan.first = InOrder(plan.frames, partial(self.block_window, plan), partial(self._convolved, plan))
-        plan.source_peak = maximum(plan.source_peak, x.abs().amax(dim=1, keepdim=True))
+        if self.params["output"] == "match_peak":
+            plan.source_peak = maximum(plan.source_peak, x.abs().amax(dim=1, keepdim=True))
         out = plan.first.feed(x, start)
         if out is not None:
             plan.peak = maximum(plan.peak, out.abs().amax(dim=1, keepdim=True))
