@@ -74,6 +74,10 @@ def test_cuda_convolves_short_clips_as_torchaudio_and_long_ones_on_a_grid(monkey
         assert torch.equal(prot.apply(x, y), AF.fftconvolve(x, taps, mode="same"))
         monkeypatch.setattr(dsp, "ENERGY_CHUNK", 128)  # 700 samples: six chunks, some shorter than the filter
         grid = prot.apply(x.double(), y)
+        for a in range(0, 700, 97):  # any span, from the window grid_window names: the very same samples
+            lo, hi = dsp.grid_window(a, min(700, a + 97), 700, k)
+            part = dsp.convolve_same(x.double()[:, lo:hi], taps.double(), lo, a, min(700, a + 97), 700)
+            assert torch.equal(part, dsp.convolve_same(x.double(), taps.double())[:, a:a + 97])
         monkeypatch.undo()
         left = (k - 1) // 2
         exact = np.stack([np.convolve(r, t)[left:left + x.shape[1]] for r, t in zip(x.double().numpy(),
