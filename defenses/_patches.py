@@ -13,6 +13,7 @@ This module registers nothing (the contract tests' guard skips modules whose nam
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from pydantic import Field, SecretStr, model_serializer, model_validator
 
-from defenses.base import MAX_TAPS, SHIFTS_MS, Protection, other_classes
+from defenses.base import MAX_TAPS, SHIFTS_MS, InOrder, Protection, other_classes
 from lab.config import PluginConfig
 from lab.dsp import convolve_patches
 from lab.keys import derive_seed, fingerprint, resolve_key
@@ -146,7 +147,8 @@ def unpadded(out: torch.Tensor, files: list[tuple[torch.Tensor, int]]) -> list[t
 class PatchOps:
     """One file's patches for :meth:`PosCUDAProtection.apply_block`, in the order they are applied: pattern
     ``patch`` (index j), first sample ``start``, the frames each writes ``[write_lo, write_hi)`` and reads
-    ``[read_lo, read_hi)`` (the filter's context, cut at the file's ends)."""
+    ``[read_lo, read_hi)`` (the filter's context, cut at the file's ends); for ``output: normalize``, each channel's
+    peak after the patches (the first pass's, None until then)."""
 
     cls: int
     frames: int
@@ -155,6 +157,8 @@ class PatchOps:
     write_hi: np.ndarray
     read_lo: np.ndarray
     read_hi: np.ndarray
+    peak: torch.Tensor | None = None
+    first: InOrder | None = None
 
     @property
     def write_lo(self) -> np.ndarray:
@@ -357,10 +361,10 @@ class PosCUDAProtection(PatchPlaces, Protection):
 
     def block_plan(self, cls, frames, channels):
         """A long file a block at a time (see :meth:`Protection.block_plan`): every patch the whole file gets, in
-        the order :meth:`apply` applies them, with the span it writes and the span its filter reads. Not for the
-        ``normalize`` output (it scales the whole file by its peak) nor for a subclass that changes :meth:`apply`
-        (e.g. poscuda-opt's budget over the whole file): those are protected whole."""
-        if self.params["output"] == "normalize" or type(self).apply is not PosCUDAProtection.apply:
+        the order :meth:`apply` applies them, with the span it writes and the span its filter reads. With
+        ``output: normalize`` a first pass finds the protected file's peak (:meth:`block_stats`). Not for a
+        subclass that changes :meth:`apply` (e.g. poscuda-opt's budget over the whole file): protected whole."""
+        if type(self).apply is not PosCUDAProtection.apply:
             return None
         labels, lengths = torch.tensor([cls]), torch.tensor([frames])
         starts = self.starts(labels, frames, lengths)
@@ -373,12 +377,33 @@ class PosCUDAProtection(PatchPlaces, Protection):
                         np.minimum(at + self.patch_len, frames), np.maximum(at - left, 0),
                         np.minimum(at + self.patch_len + k - 1 - left, frames))
 
+    @property
+    def block_first_pass(self) -> bool:
+        return self.params["output"] == "normalize"  # the protected file's peak, before any block is written
+
     def block_window(self, plan, a, b):
         return plan.window(a, b)
 
+    def block_stats(self, plan, x, start):
+        """First pass of ``output: normalize``: the file patched block by block (:class:`InOrder` keeps what a
+        patch straddling two blocks reads), each channel's peak kept."""
+        if plan.first is None:
+            plan.first = InOrder(plan.frames, plan.window, partial(self._patched, plan))
+        out = plan.first.feed(x, start)
+        if out is not None and out.shape[1]:
+            peak = out.abs().amax(dim=1, keepdim=True)
+            plan.peak = peak if plan.peak is None else torch.maximum(plan.peak, peak)
+
     def apply_block(self, plan, x, lo, a, b):
         """Every patch that writes into the window, replayed in :meth:`apply`'s order on the window (each on the
-        span its filter reads, as :meth:`_convolve_repeated` does): element-wise, so equal to the whole file's."""
+        span its filter reads, as :meth:`_convolve_repeated` does): element-wise, so equal to the whole file's;
+        with ``output: normalize``, divided by the file's peak where it passes 1, as :meth:`apply` divides."""
+        out = self._patched(plan, x, lo, a, b)
+        if self.params["output"] == "normalize":
+            out = torch.where(plan.peak > 1.0, out / plan.peak, out)
+        return out
+
+    def _patched(self, plan, x, lo, a, b):
         out = x.clone()
         clip = self.params["output"] == "clip"
         hi = lo + x.shape[1]

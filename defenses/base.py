@@ -210,7 +210,8 @@ class Protection(ABC):
 
     block_first_pass: ClassVar[bool] = False
     """True: a plan needs one pass over the whole file before any block is protected (:meth:`block_stats`), e.g.
-    to scale noise to the file's energy."""
+    to scale noise to the file's energy, or to scale the protected file by its peak (:class:`InOrder` gives the
+    first pass the protected samples). May be a property of the protection's parameters."""
 
     def block_stats(self, plan: Any, x: torch.Tensor, start: int) -> None:
         """First pass (only where ``block_first_pass``): add the file's samples ``x`` (channels, n), which begin at
@@ -245,6 +246,48 @@ class Protection(ABC):
         length in samples); ``lab verify`` re-derives and compares them. None per file for a protection that
         changes the whole file (the default)."""
         return [None] * len(files)
+
+
+class InOrder:
+    """For a first pass that needs the protected samples themselves (e.g. the peak of the protected file): the first
+    pass's blocks come in order but without the context a filter reads around them, so this keeps the frames still
+    to be read and gives out protected frames as soon as everything they read has been seen.
+
+    ``window(a, b)`` names the frames ``[lo, hi)`` that protecting ``[a, b)`` reads (``block_window``; the larger
+    ``[a, b)``, the wider) and ``protect(x, lo, a, b)`` protects ``[a, b)`` from them (``apply_block`` before any
+    scale that waits for the first pass). Holds about one block and one window."""
+
+    def __init__(self, frames: int, window: Callable[[int, int], tuple[int, int]],
+                 protect: Callable[[torch.Tensor, int, int, int], torch.Tensor]):
+        self.frames, self.window, self.protect = frames, window, protect
+        self.kept: torch.Tensor | None = None  # frames [kept_lo, seen) of the file
+        self.kept_lo = self.done = 0  # protected frames [0, done) have been given out
+
+    def feed(self, x: torch.Tensor, start: int) -> torch.Tensor | None:
+        """Take the file's frames ``x`` (channels, n) beginning at ``start`` (right after the previous ones);
+        the protected frames ``[done, new done)`` that are now complete, or None."""
+        self.kept = x if self.kept is None else torch.cat([self.kept, x], dim=1)
+        seen = start + x.shape[1]
+        end = self.frames if seen >= self.frames else self._ready(seen)
+        if end <= self.done:
+            return None
+        lo, hi = self.window(self.done, end)
+        out = self.protect(self.kept[:, lo - self.kept_lo:hi - self.kept_lo], lo, self.done, end)
+        self.done = end
+        keep = self.window(end, self.frames)[0] if end < self.frames else seen
+        self.kept, self.kept_lo = self.kept[:, keep - self.kept_lo:], keep
+        return out
+
+    def _ready(self, seen: int) -> int:
+        """The largest ``end`` (``done`` if none) whose window ``[done, end)`` reads nothing past ``seen``."""
+        lo, hi = self.done, seen  # window(done, lo) is complete (or empty); bisect for the last complete end
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.window(self.done, mid)[1] <= seen:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
 
 class Defense(ABC):

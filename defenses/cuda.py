@@ -8,18 +8,24 @@ whole length with the class-wise random filter f_i, then normalised by its own p
 - ``output``: ``peak`` divides each filtered clip by its own peak (CUDA's rule: every clip then peaks at 1.0);
   ``match_peak`` scales it back to the peak the clip had before filtering (keeps loudness); ``none`` leaves it.
 
-The convolution is "same"-aligned (torchaudio's fftconvolve), batched over the whole tensor set.
+The convolution is "same"-aligned (torchaudio's ``fftconvolve``), batched over the whole tensor set; a clip longer
+than ``lab.dsp.ENERGY_CHUNK`` samples (24 s at 44.1 kHz) is convolved on that function's fixed grid of chunks
+(``lab.dsp.convolve_same``), so that ``lab protect`` can stream a long file in blocks with the very same bits: a first
+pass convolves the file block by block for its peak (and the source's), then the blocks are convolved again and
+scaled.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import torch
-import torchaudio.functional as AF
 from pydantic import Field, SecretStr
 
-from defenses.base import DEFENSES, MAX_TAPS, Defense, Protection
+from defenses.base import DEFENSES, MAX_TAPS, Defense, InOrder, Protection
+from lab import dsp
 from lab.config import PluginConfig
 from lab.keys import derive_seed, fingerprint, resolve_key
 
@@ -32,6 +38,22 @@ class CUDAConfig(PluginConfig):
     blur: float = Field(0.3, ge=0)
     one_tap: bool = True
     output: Literal["peak", "match_peak", "none"] = "peak"
+
+
+@dataclass
+class FilePlan:
+    """One long file for :meth:`CUDAProtection.apply_block`: its class and frames, and what the first pass found:
+    each channel's peak after filtering and (for ``match_peak``) before (None until then)."""
+
+    cls: int
+    frames: int
+    peak: torch.Tensor | None = None
+    source_peak: torch.Tensor | None = None
+    first: InOrder | None = None
+
+
+def maximum(a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
+    return b if a is None else torch.maximum(a, b)
 
 
 class CUDAProtection(Protection):
@@ -48,13 +70,48 @@ class CUDAProtection(Protection):
         """Whole-clip class-wise convolution of ``waveforms`` (N, T); ``filter_classes`` gives a clip another
         class's filter."""
         cls = (labels if filter_classes is None else filter_classes).long()
-        taps = self.filters[cls].to(waveforms)
-        out = AF.fftconvolve(waveforms, taps, mode="same")
-        if self.params["output"] != "none":
-            peak = out.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
-            target = 1.0 if self.params["output"] == "peak" else waveforms.abs().amax(dim=1, keepdim=True)
-            out = torch.where(peak > 1e-12, out * target / peak, out)
-        return out
+        out = dsp.convolve_same(waveforms, self.filters[cls].to(waveforms))
+        if self.params["output"] == "none":
+            return out
+        source_peak = waveforms.abs().amax(dim=1, keepdim=True) if self.params["output"] == "match_peak" else None
+        return self._scaled(out, out.abs().amax(dim=1, keepdim=True), source_peak)
+
+    def _scaled(self, out: torch.Tensor, peak: torch.Tensor, source_peak: torch.Tensor | None) -> torch.Tensor:
+        """``out`` scaled as ``output`` says, from each row's peak after filtering and (``match_peak``) before."""
+        if self.params["output"] == "none":
+            return out
+        peak = peak.clamp(min=1e-12)
+        target = 1.0 if self.params["output"] == "peak" else source_peak
+        return torch.where(peak > 1e-12, out * target / peak, out)
+
+    # --- lab protect's block hook (a long file in bounded memory): the file convolved on lab.dsp.convolve_same's
+    # grid once for its peak (and the source's), then again beside the blocks, scaled. The first pass also keeps
+    # blocks a multiple of the grid's chunk (no chunk computed twice), so it stays on for output: none
+    block_first_pass = True
+
+    def block_plan(self, cls, frames, channels):
+        return FilePlan(cls, frames)
+
+    def block_window(self, plan, a, b):
+        return dsp.grid_window(a, b, plan.frames, self.filters.shape[-1])
+
+    def _convolved(self, plan: FilePlan, x: torch.Tensor, lo: int, a: int, b: int) -> torch.Tensor:
+        taps = self.filters[torch.full((x.shape[0],), plan.cls, dtype=torch.long)].to(x)
+        return dsp.convolve_same(x, taps, lo, a, b, plan.frames)
+
+    def block_stats(self, plan, x, start):
+        if self.params["output"] == "none":
+            return
+        if plan.first is None:
+            plan.first = InOrder(plan.frames, partial(self.block_window, plan), partial(self._convolved, plan))
+        if self.params["output"] == "match_peak":
+            plan.source_peak = maximum(plan.source_peak, x.abs().amax(dim=1, keepdim=True))
+        out = plan.first.feed(x, start)
+        if out is not None:
+            plan.peak = maximum(plan.peak, out.abs().amax(dim=1, keepdim=True))
+
+    def apply_block(self, plan, x, lo, a, b):
+        return self._scaled(self._convolved(plan, x, lo, a, b), plan.peak, plan.source_peak)
 
     def class_filters(self):
         return self.filters

@@ -11,7 +11,9 @@ results and protected audio do not move when a plugin switches to these helpers 
   norm of a change that keeps a target SNR), :func:`limit_change` (a change scaled DOWN to an SNR budget, clipped to
   an L-infinity one);
 - lengths: :func:`fit_length` (crop or zero-pad the last dimension);
-- moving and filtering: :func:`circular_shift`, :func:`convolve_patches` (class filters convolved in patches);
+- moving and filtering: :func:`circular_shift`, :func:`convolve_patches` (class filters convolved in patches),
+  :func:`convolve_same` (a filter over whole rows by FFT, on a grid of :data:`ENERGY_CHUNK` samples that a block of
+  a long file reproduces: :func:`grid_window`);
 - reading at other times and keeping bands (the batch attacks'): :func:`read_at` (rows read at fractional positions
   by linear interpolation: speed changes and time warps), :func:`zero_shift` (a shift that drops what leaves the
   clip), :func:`band_limit` (an ideal FFT-domain band per row).
@@ -145,6 +147,68 @@ def convolve_patches(x: torch.Tensor, starts: torch.Tensor, filters: torch.Tenso
             rows = torch.arange(n, device=x.device)[:, None].expand(n, patch_len)
             out[rows[keep], where[keep]] = y[keep]
     return out
+
+
+def convolve_same(x: torch.Tensor, taps: torch.Tensor, lo: int = 0, a: int = 0, b: int | None = None,
+                  total: int | None = None) -> torch.Tensor:
+    """Samples ``[a, b)`` (N, b - a) of the "same"-aligned convolution (torchaudio's ``fftconvolve(mode="same")``:
+    output sample p reads input p - (k - 1 - (k - 1) // 2) .. p + (k - 1) // 2, zeros beyond the row's ends) of
+    rows ``total`` samples long (default: ``x`` whole) with ``taps`` (N, k), from ``x`` (N, n): their samples
+    ``[lo, lo + n)``, which must cover :func:`grid_window` of ``[a, b)``.
+
+    A row no longer than :data:`ENERGY_CHUNK` is convolved in one FFT exactly as torchaudio does (every clip an
+    experiment uses: the same bits as ``fftconvolve``). A longer row is convolved on a fixed grid: each output chunk
+    ``[m * ENERGY_CHUNK, (m + 1) * ENERGY_CHUNK)`` from its own input window (the chunk and the filter's reach, cut
+    at the row's ends) in an FFT of a fast length, one chunk at a time, each window a fresh contiguous copy (the
+    FFT's last bits may depend on the batch and layout): a block of a long file computes the very same chunks,
+    whatever its size, and gets the very same bits."""
+    n = x.shape[1]
+    total = lo + n if total is None else total
+    b = total if b is None else b
+    k = taps.shape[-1]
+    left = (k - 1) // 2
+    if total <= ENERGY_CHUNK:  # torchaudio's fftconvolve (same operations)
+        full = torch.fft.irfft(torch.fft.rfft(x, n=n + k - 1) * torch.fft.rfft(taps, n=n + k - 1), n=n + k - 1)
+        return full[:, left + a - lo:left + b - lo]
+    spectra: dict[int, torch.Tensor] = {}
+    first = a // ENERGY_CHUNK * ENERGY_CHUNK
+    parts = []
+    for c in range(first, b, ENERGY_CHUNK):
+        e = min(total, c + ENERGY_CHUNK)
+        w_lo, w_hi = grid_window(c, e, total, k)
+        window = x[:, w_lo - lo:w_hi - lo].clone(memory_format=torch.contiguous_format)
+        size = fast_length(w_hi - w_lo + k - 1)
+        if size not in spectra:
+            spectra[size] = torch.fft.rfft(taps, n=size)
+        full = torch.fft.irfft(torch.fft.rfft(window, n=size) * spectra[size], n=size)
+        parts.append(full[:, c + left - w_lo:e + left - w_lo])
+    return torch.cat(parts, dim=1)[:, a - first:b - first]
+
+
+def grid_window(a: int, b: int, total: int, k: int) -> tuple[int, int]:
+    """The input samples ``[lo, hi)`` that :func:`convolve_same` with ``k`` taps reads to give samples ``[a, b)``
+    of rows ``total`` long: the whole row up to :data:`ENERGY_CHUNK` samples, else the grid's chunks that overlap
+    ``[a, b)`` and the filter's reach around them, cut at the row's ends."""
+    if total <= ENERGY_CHUNK:
+        return 0, total
+    c0, c1 = a // ENERGY_CHUNK * ENERGY_CHUNK, min(total, -(-b // ENERGY_CHUNK) * ENERGY_CHUNK)
+    return max(0, c0 - (k - 1 - (k - 1) // 2)), min(total, c1 + (k - 1) // 2)
+
+
+def fast_length(n: int) -> int:
+    """The smallest length >= ``n`` whose only prime factors are 2, 3 and 5 (a fast FFT size)."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p3 = 1
+    while p3 < best:
+        p5 = p3
+        while p5 < best:
+            m = p5
+            while m < n:
+                m *= 2
+            best = min(best, m)
+            p5 *= 5
+        p3 *= 3
+    return best
 
 
 # --- reading at other times, keeping bands ---------------------------------------------------------------------------

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+import torchaudio.functional as AF
 from torchmetrics.functional.audio import signal_noise_ratio
 
 from defenses import DEFENSES, build_defense
 from defenses.poscuda import PosCUDA, PosCUDAConfig
+from lab import dsp
 from lab.config import parse_plugin
 from lab.errors import LabError
 
@@ -58,6 +61,28 @@ def test_cuda_convolves_the_whole_clip_then_normalises_by_its_peak():
     matched = derive({"type": "cuda", "key": KEY, "output": "match_peak"}).apply(x, y)
     assert torch.allclose(matched.abs().amax(dim=1), x.abs().amax(dim=1), atol=1e-6)
     assert torch.equal(x, batch()[0]), "input modified in place"
+
+
+def test_cuda_convolves_short_clips_as_torchaudio_and_long_ones_on_a_grid(monkeypatch):
+    """A clip up to lab.dsp.ENERGY_CHUNK samples gets torchaudio's fftconvolve bit for bit (what cuda computed
+    before its grid); a longer one is convolved chunk by chunk (lab.dsp.convolve_same): the same convolution up to
+    float rounding, every sample read with its real neighbours across the chunks' edges."""
+    x, y = batch(n=6, t=700)
+    for k in (1, 2, 9, 300):
+        prot = derive({"type": "cuda", "key": KEY, "filter_length": k, "output": "none"})
+        taps = prot.filters[y]
+        assert torch.equal(prot.apply(x, y), AF.fftconvolve(x, taps, mode="same"))
+        monkeypatch.setattr(dsp, "ENERGY_CHUNK", 128)  # 700 samples: six chunks, some shorter than the filter
+        grid = prot.apply(x.double(), y)
+        for a in range(0, 700, 97):  # any span, from the window grid_window names: the very same samples
+            lo, hi = dsp.grid_window(a, min(700, a + 97), 700, k)
+            part = dsp.convolve_same(x.double()[:, lo:hi], taps.double(), lo, a, min(700, a + 97), 700)
+            assert torch.equal(part, dsp.convolve_same(x.double(), taps.double())[:, a:a + 97])
+        monkeypatch.undo()
+        left = (k - 1) // 2
+        exact = np.stack([np.convolve(r, t)[left:left + x.shape[1]] for r, t in zip(x.double().numpy(),
+                                                                                   taps.double().numpy())])
+        assert np.abs(grid.numpy() - exact).max() < 1e-12
 
 
 # --- noise-patch ------------------------------------------------------------------------------------------------------

@@ -1,18 +1,20 @@
 """Long files in blocks (lab/protect/blocks.py), checked over the registry: for every defense lab protect can apply
 whose protection has a block hook, a file protected block by block (tiny blocks, so that patches and their filters'
 context straddle block boundaries) gives the very bytes the whole-file path gives, for several channel counts and
-subtypes; a defense without one is protected whole and its record says so. No list of defense names here."""
+subtypes; a defense without one is protected whole and its record says so. No list of defense names here: an option
+set runs for every defense that has its fields and takes its values (a Literal field's choices)."""
 from __future__ import annotations
 
 import io
 import json
 import pickle
+import typing
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from defenses.base import build_defense
+from defenses.base import DEFENSES, build_defense
 from lab import dsp
 from lab.protect import blocks, worker
 from lab.protect.audiofile import decode, encode
@@ -27,9 +29,28 @@ OPTION_SETS = {"defaults": {}, "wide-filter-clipped": {"patches_per_class": 3, "
                "snr-linf-scale": {"snr_db": 20.0, "linf": 0.05}, "classwise": {"noise": "classwise"},
                "classwise-linf": {"noise": "classwise", "snr_db": None, "linf": 0.05},
                # shaped noise (lab/masking.py) is frame-local over the whole file: no block plan, or the same bytes
-               "masking": {"masking_margin_db": 0.0}}
-CASES = [(kind, name) for kind in file_by_file_defenses() for name, opts in OPTION_SETS.items()
-         if set(opts) <= set(defense_fields_of(kind))]
+               "masking": {"masking_margin_db": 0.0},
+               # a scale by the protected file's peak (a first pass through the protected samples; the loud source
+               # goes past full scale once patched), and the other scalings of a filtered file
+               "normalize": {"output": "normalize", "patches_per_class": 2, "repeat_seconds": 0.13},
+               "match-peak": {"output": "match_peak"}, "unscaled": {"output": "none"},
+               # a filter longer than the tiny blocks and than the grid's chunks (lab.dsp.convolve_same)
+               "long-filter": {"filter_length": 601}}
+
+
+def takes(kind: str, options: dict) -> bool:
+    """Whether the defense ``kind`` has every field of ``options`` and, for a field with fixed choices, the value
+    (a set that only repeats the defense's defaults is left to ``defaults``)."""
+    if not set(options) <= set(defense_fields_of(kind)):
+        return False
+    fields = DEFENSES.get(kind).Config.model_fields
+    if options and all(fields[k].default == v for k, v in options.items()):
+        return False
+    return all(typing.get_origin(fields[k].annotation) is not typing.Literal
+               or v in typing.get_args(fields[k].annotation) for k, v in options.items())
+
+
+CASES = [(kind, name) for kind in file_by_file_defenses() for name, opts in OPTION_SETS.items() if takes(kind, opts)]
 
 
 def source(frames: int, channels: int, subtype: str, seed: int = 0, fmt: str = "WAV") -> bytes:
@@ -57,7 +78,10 @@ def test_streamed_output_equals_the_whole_file_bit_for_bit(kind, options, key_fi
                                                        (7777, 2, "PCM_16", "WAV", 2, 256)]:  # blocks under the AR warm-up
         blob = source(frames, channels, subtype, seed=frames, fmt=fmt)
         dec = decode(blob)
-        whole, whole_over = encode(worker.protect_samples(prot, dec.data, cls), dec)
+        protected = worker.protect_samples(prot, dec.data, cls)
+        if OPTION_SETS[options].get("output") == "normalize":  # the file passed full scale and was divided
+            assert np.abs(protected).max() == 1.0
+        whole, whole_over = encode(protected, dec)
         like, n, ch = blocks.header(io.BytesIO(blob))
         assert (n, ch) == (frames, channels)
         out = io.BytesIO()
@@ -129,13 +153,14 @@ def long_file_of(key_file) -> dict:
 
 
 def test_a_long_file_without_a_block_hook_is_protected_whole_and_says_so(cli, tmp_path, key_file, monkeypatch):
-    without = [k for k in file_by_file_defenses()
-               if build_defense(defense_config(key_file, {"type": k})).derive(2, SR).block_plan(0, 9000, 1) is None]
+    """A defense (with one of the option sets above) whose protection returns no plan."""
+    without = [(k, OPTION_SETS[o]) for k, o in CASES if build_defense(defense_config(
+        key_file, {"type": k, **OPTION_SETS[o]})).derive(2, SR).block_plan(0, 9000, 1) is None]
     if not without:
-        pytest.skip("every file-by-file defense has a block hook")
+        pytest.skip("every file-by-file defense has a block hook with every option set")
     src = long_folder(tmp_path / "in", {"a.wav": (9000, 1, "PCM_16"), "c.wav": (3000, 2, "PCM_16")})
     monkeypatch.setattr(blocks, "STREAM_FRAMES", 5000)
-    code, out, err = run_protect(cli, src, tmp_path / "out", key_file, without[0])
+    code, out, err = run_protect(cli, src, tmp_path / "out", key_file, without[0][0], list(without[0][1].items()))
     assert code == 0, err
     assert f"long files (over 5000 frames): 1 {blocks.WHOLE}" in out
     assert long_file_of(key_file) == {"cat/a.wav": blocks.WHOLE, "dog/c.wav": None}
