@@ -1,6 +1,6 @@
-"""Generation cost of the optimised defenses (em-noise sample-/class-wise, robust-em, poscuda-opt): seconds per
-min-min round per 1,000 clips, and the ratio to one plain training epoch of the recipe's model on its features on
-the same clips, measured in the same run (the machine's speed drifts; the ratio does not).
+"""Generation cost of the optimised defenses (em-noise sample-/class-wise, robust-em, poscuda-opt, ensemble-em):
+seconds per min-min round per 1,000 clips, and the ratio to one plain training epoch of the recipe's model on its
+features on the same clips, measured in the same run (the machine's speed drifts; the ratio does not).
 
     LAB_DATA_DIR=../shared/data OMP_NUM_THREADS=1 .venv/bin/python bench/bench_optimised.py [--rounds 1] [--clips 2700]
 
@@ -25,6 +25,8 @@ DEFENSES = {
     "em-noise class-wise": "{type: em-noise, mode: class-wise}",
     "robust-em sample-wise": "{type: robust-em, mode: sample-wise}",
     "poscuda-opt": "{type: poscuda-opt, snr_db: 30}",
+    # the ensemble (issue 25): four members that differ in model and front-end, two transformation draws a step
+    "ensemble-em class-wise": "{type: ensemble-em}",
 }
 
 
