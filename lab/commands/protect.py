@@ -154,7 +154,11 @@ def print_summary(kind: str, s: dict, output_dir: Path) -> None:
     what is private, the files that failed (exit code 1 when there are any)."""
     opt = s.get("optimisation")
     if opt is not None:
-        acc = f", surrogate accuracy {opt['surrogate_accuracy']:.3f}" if opt["surrogate_accuracy"] is not None else ""
+        acc = opt["surrogate_accuracy"]
+        if isinstance(acc, list):  # an ensemble (ensemble-em): every member's accuracy
+            acc = f", members' accuracy {', '.join(f'{a:.3f}' for a in acc)}"
+        else:
+            acc = f", surrogate accuracy {acc:.3f}" if acc is not None else ""
         rounds = f"{opt['rounds']} round{'s' if opt['rounds'] != 1 else ''}"
         console.print(f"{kind}: {opt['how']}: {rounds}{acc}, on {opt['clips']} working clips "
                       f"({opt['working_rate']} Hz, {opt['clip_samples']} samples) in {opt['seconds']:.1f} s (part of "
