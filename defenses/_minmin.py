@@ -1,4 +1,5 @@
-"""The min-min (error-minimising) optimisation shared by the optimised defenses (em-noise, robust-em, poscuda-opt).
+"""The min-min (error-minimising) optimisation shared by the optimised defenses (em-noise, robust-em, poscuda-opt;
+ensemble-em runs its own loop over several surrogates with this module's parts).
 
 Huang et al., "Unlearnable Examples" (ICLR 2021): find a perturbation that makes the training loss as SMALL as
 possible, alternating with training a surrogate on the perturbed data, so that the perturbation becomes the easiest
@@ -20,6 +21,10 @@ times as much.
 What is optimised is the defense's :class:`Perturbation` (per-clip noise, class noise, class filters); this module
 only runs the loop, and is the same for all of them. Everything is drawn from one seed (the defense derives it from
 its key), so the same key and data give the same protection.
+
+Class-wise noise (one pattern per class) is added by :func:`add_class_patterns`, and written onto lab protect's whole
+files at their own rate and length by :class:`ClassPatternsOnFiles` (:func:`class_patterns_mapping` says how, in
+words): ensemble-em uses them; em-noise's class-wise ``EMNoiseFiles`` does the same operations (tested bit for bit).
 """
 from __future__ import annotations
 

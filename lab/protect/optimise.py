@@ -1,6 +1,6 @@
 """``lab protect`` with a protection optimised on the collection itself: every registered defense that
-``needs_training_set`` and whose protection is ``on_collection`` (em-noise, robust-em, poscuda-opt today; see
-:func:`lab.protect.protector.optimised_defenses`).
+``needs_training_set`` and whose protection is ``on_collection`` (em-noise, robust-em, poscuda-opt, ensemble-em
+today; see :func:`lab.protect.protector.optimised_defenses`).
 
 1. **Working clips.** Every audio file of INPUT is decoded (as the workers decode it), its channels averaged (mono),
    resampled to ``working_rate`` (default 8000 Hz, ``torchaudio.functional.resample``) and its first

@@ -1,6 +1,6 @@
-"""lab protect with a defense optimised on the collection itself (em-noise, robust-em, poscuda-opt: every registered
-defense that ``needs_training_set`` and whose protection is ``on_collection``, from the registry): optimised on the
-collection's working clips, resumable after an interruption mid-optimisation (exactly: the same result as an
+"""lab protect with a defense optimised on the collection itself (em-noise, robust-em, poscuda-opt, ensemble-em:
+every registered defense that ``needs_training_set`` and whose protection is ``on_collection``, from the registry):
+optimised on the collection's working clips, resumable after an interruption mid-optimisation (exactly: the same result as an
 uninterrupted run), written file by file at each file's own rate and length, checked by lab verify from the record
 and its arrays alone, nothing of it under OUTPUT; the refusals in one line. Tiny optimisations (1-2 rounds of a few
 batches) on 3 FSDD digits x 8 recordings and on a generated mixed-rate folder."""
