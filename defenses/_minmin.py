@@ -1,4 +1,5 @@
-"""The min-min (error-minimising) optimisation shared by the optimised defenses (em-noise, robust-em, poscuda-opt).
+"""The min-min (error-minimising) optimisation shared by the optimised defenses (em-noise, robust-em, poscuda-opt;
+ensemble-em runs its own loop over several surrogates with this module's parts).
 
 Huang et al., "Unlearnable Examples" (ICLR 2021): find a perturbation that makes the training loss as SMALL as
 possible, alternating with training a surrogate on the perturbed data, so that the perturbation becomes the easiest
@@ -20,6 +21,10 @@ times as much.
 What is optimised is the defense's :class:`Perturbation` (per-clip noise, class noise, class filters); this module
 only runs the loop, and is the same for all of them. Everything is drawn from one seed (the defense derives it from
 its key), so the same key and data give the same protection.
+
+Class-wise noise (one pattern per class) is added by :func:`add_class_patterns`, and written onto lab protect's whole
+files at their own rate and length by :class:`ClassPatternsOnFiles` (:func:`class_patterns_mapping` says how, in
+words): ensemble-em uses them; em-noise's class-wise ``EMNoiseFiles`` does the same operations (tested bit for bit).
 """
 from __future__ import annotations
 
@@ -32,7 +37,9 @@ from pydantic import Field, model_serializer
 
 from defenses.base import Defense, TrainingSet
 from lab.config import Section
+from lab.dsp import snr_gain
 from lab.keys import derive_seed, resolve_key
+from lab.masking import limit_to_threshold
 
 
 class OptimisedDefense(Defense):
@@ -144,6 +151,55 @@ def span_mask(waveforms: torch.Tensor, lengths: torch.Tensor | None) -> torch.Te
     past = ((waveforms != 0) & (pos >= length[:, None])).any(dim=1)
     start = torch.where(past, (t - length) // 2, torch.zeros_like(length))
     return ((pos >= start[:, None]) & (pos < (start + length)[:, None])).to(waveforms.dtype)
+
+
+def add_class_patterns(x: torch.Tensor, patterns: torch.Tensor, mask: torch.Tensor, snr_db: float | None,
+                       linf: float | None = None, masking: tuple | None = None) -> torch.Tensor:
+    """``x`` plus each row's class pattern on its real audio (``mask``), scaled to ``snr_db`` exactly (else left as
+    it is; a silent row gets none), clipped to ``linf``; ``masking``: ``(sample_rate, margin_db, thresholds or
+    None)``, then shaped to the masking budget (lab.masking.limit_to_threshold). Differentiable. The class-wise
+    noise of the optimised defenses, in their optimisation, on clips and on a collection's files alike."""
+    noise = patterns * mask
+    if snr_db is not None:
+        noise = noise * snr_gain(x, noise, snr_db).to(x.dtype)
+    if linf is not None:
+        noise = noise.clamp(-linf, linf)
+    if masking is not None:
+        sample_rate, margin, thresholds = masking
+        noise = limit_to_threshold(x, noise, sample_rate, margin, support=mask, snr_db=snr_db, linf=linf,
+                                   threshold_db=thresholds)
+    return x + noise
+
+
+def class_patterns_mapping(budget: str = "") -> str:
+    """What :class:`ClassPatternsOnFiles` does to a file, in words (a ``files_at`` protection's ``mapping``, which
+    lab verify compares); ``budget``: the defense's own limits after the SNR scaling (", clipped to linf")."""
+    return ("the file's class pattern (arrays 'patterns', a row per class, at working_rate) resampled to the file's "
+            "sample_rate (torchaudio.functional.resample), repeated to the file's length, scaled per channel to "
+            f"snr_db exactly (silent channels get none){budget}, added to every channel")
+
+
+class ClassPatternsOnFiles:
+    """Class patterns (C, T) optimised on lab protect's working clips at ``working_rate``, written onto whole files
+    at ``sample_rate``: each pattern resampled once (torchaudio.functional.resample), then for a file (its channels
+    as rows, all of one class) the class's pattern repeated to the file's length and added to every channel by
+    :func:`add_class_patterns` (per channel: scaled to ``snr_db`` exactly, clipped to ``linf``, shaped to the
+    masking budget when ``margin_db`` is set, the thresholds the file's own)."""
+
+    def __init__(self, patterns: torch.Tensor, working_rate: int, sample_rate: int, snr_db: float | None,
+                 linf: float | None = None, margin_db: float | None = None):
+        import torchaudio.functional as AF
+        self.sample_rate, self.snr_db, self.linf, self.margin = sample_rate, snr_db, linf, margin_db
+        p = patterns.float()
+        self.patterns = AF.resample(p, working_rate, sample_rate) if sample_rate != working_rate else p
+
+    def apply(self, waveforms: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One file, ``waveforms`` (channels, frames), protected (``labels``: its class, one per channel)."""
+        n = waveforms.shape[1]
+        reps = -(-n // self.patterns.shape[1])
+        pattern = self.patterns.repeat(1, reps)[:, :n][labels.long()].to(waveforms.dtype)
+        masking = None if self.margin is None else (self.sample_rate, self.margin, None)
+        return add_class_patterns(waveforms, pattern, torch.ones_like(waveforms), self.snr_db, self.linf, masking)
 
 
 def _on(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -79,7 +79,8 @@ def protect(
                                           "(the default, or the recipe's), another that can be applied file by "
                                           "file, e.g. cuda, noise-patch, classwise-noise, ar-noise, or one optimised "
                                           "on the collection itself first (resumable), e.g. em-noise, robust-em, "
-                                          "poscuda-opt (one lab protect cannot apply is refused, naming those it "
+                                          "poscuda-opt, ensemble-em (one lab protect cannot apply is refused, naming "
+                                          "those it "
                                           "can). Its fields: --option, or --recipe."),
     option: Optional[List[str]] = typer.Option(None, "--option", "-o", metavar="FIELD=VALUE", help="Set a field of "
                                                "the defense, the value read as YAML (e.g. -o blur=0.5, -o "
@@ -107,7 +108,7 @@ def protect(
     The defense is PosCUDA unless --defense (or --recipe) names another that can be applied file by file (cuda,
     noise-patch, classwise-noise, ar-noise); each file gets the defense's own protection derived from the key at the
     file's sample rate, its channels as rows of the file's class. A defense optimised on the data (em-noise,
-    robust-em, poscuda-opt) is first optimised on the collection itself (mono working clips at working_rate,
+    robust-em, poscuda-opt, ensemble-em) is first optimised on the collection itself (mono working clips at working_rate,
     clip_seconds long; a private checkpoint after every round, so the same command resumes it), then written onto
     every file at its own rate and length; the optimised noise or filters go only to the private record and an
     arrays file beside it. OUTPUT is safe to publish: it holds the copies,
@@ -154,7 +155,11 @@ def print_summary(kind: str, s: dict, output_dir: Path) -> None:
     what is private, the files that failed (exit code 1 when there are any)."""
     opt = s.get("optimisation")
     if opt is not None:
-        acc = f", surrogate accuracy {opt['surrogate_accuracy']:.3f}" if opt["surrogate_accuracy"] is not None else ""
+        acc = opt["surrogate_accuracy"]
+        if isinstance(acc, list):  # an ensemble (ensemble-em): every member's accuracy
+            acc = f", members' accuracy {', '.join(f'{a:.3f}' for a in acc)}"
+        else:
+            acc = f", surrogate accuracy {acc:.3f}" if acc is not None else ""
         rounds = f"{opt['rounds']} round{'s' if opt['rounds'] != 1 else ''}"
         console.print(f"{kind}: {opt['how']}: {rounds}{acc}, on {opt['clips']} working clips "
                       f"({opt['working_rate']} Hz, {opt['clip_samples']} samples) in {opt['seconds']:.1f} s (part of "

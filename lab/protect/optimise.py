@@ -1,6 +1,6 @@
 """``lab protect`` with a protection optimised on the collection itself: every registered defense that
-``needs_training_set`` and whose protection is ``on_collection`` (em-noise, robust-em, poscuda-opt today; see
-:func:`lab.protect.protector.optimised_defenses`).
+``needs_training_set`` and whose protection is ``on_collection`` (em-noise, robust-em, poscuda-opt, ensemble-em
+today; see :func:`lab.protect.protector.optimised_defenses`).
 
 1. **Working clips.** Every audio file of INPUT is decoded (as the workers decode it), its channels averaged (mono),
    resampled to ``working_rate`` (default 8000 Hz, ``torchaudio.functional.resample``) and its first
@@ -410,6 +410,32 @@ def from_record(header: dict, tag: str, record_path: Path, key_fp: str, out: Pat
     return Optimised(prot, working, info, "reused from the record")
 
 
+def check_surrogates(defense: Defense, recipe, work: WorkingSet, num_classes: int) -> None:
+    """Every surrogate the defense will train (:meth:`~defenses.base.Defense.surrogate_variants`: its one, or each
+    member of an ensemble), built by the spine on two working clips and run on them once: one that cannot take
+    clips of this rate and length (e.g. a CNN whose pooling leaves nothing of a very short clip) is refused in one
+    line, before the optimisation. torch's random state is left as it was."""
+    from lab.recipe import surrogate_recipe
+    from lab.spine import Clips, surrogate_training_set
+    few = Clips(work.clips[:2], work.labels[:2], work.lengths[:2])
+    variants = defense.surrogate_variants()
+    for i, overrides in enumerate(variants):
+        sur = surrogate_recipe(recipe, overrides)
+        try:
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                surrogate_training_set(recipe, overrides, few, num_classes, lambda msg: None).new_surrogate()(
+                    few.waveforms)
+        except LabError:
+            raise
+        except Exception as e:
+            which = f"surrogates[{i}], " if len(variants) > 1 else ""
+            raise LabError(f"the {defense.config.type} defense's surrogate ({which}{sur.model.type} on "
+                           f"{sur.features.type}) cannot take the working clips ({sur.data.sample_rate} Hz, "
+                           f"{few.waveforms.shape[1]} samples): {type(e).__name__}: "
+                           f"{(str(e).splitlines() or [''])[0][:200]}; give longer clips (--option clip_seconds=S), "
+                           f"another working_rate, or another surrogate") from None
+
+
 def optimise(defense: Defense, working: WorkingConfig, work: WorkingSet, num_classes: int, folder: StateFolder,
              log: Callable[[str], None]) -> tuple[Protection, str]:
     """``defense.derive_from`` on the working clips with the spine's surrogate, resumed from ``folder``'s
@@ -423,6 +449,7 @@ def optimise(defense: Defense, working: WorkingConfig, work: WorkingSet, num_cla
     recipe = recipe_from_dict({"name": "lab-protect", "defense": defense.config,
                                "data": {"dataset": "folder", "sample_rate": working.working_rate,
                                         "clip_seconds": working.clip_seconds}}, "lab protect's working clips")
+    check_surrogates(defense, recipe, work, num_classes)
     data = training_set(recipe, defense, Clips(work.clips, work.labels, work.lengths), num_classes, log)
     resume = folder.load("checkpoint.pt", log)
     log(f"{defense.config.type}: {len(work.labels)} working clips ({working.working_rate} Hz, mono, "

@@ -210,7 +210,7 @@ def protect_collection(input_root: Path, output_root: Path, key_file: Path, labe
     ``labels``: ``folder``, ``none``, ``regex:PATTERN`` or a CSV (see :class:`LabelRule`). ``defense``: the defense
     section without key: ``type`` (default ``poscuda``; any of :func:`applicable_defenses`) and its parameters
     (PosCUDA's ``patch_seconds``, ``blur``, ``repeat_seconds``, ...; defaults otherwise); for a defense optimised on
-    the collection (:func:`optimised_defenses`: em-noise, robust-em, poscuda-opt) also ``working_rate`` and
+    the collection (:func:`optimised_defenses`: em-noise, robust-em, poscuda-opt, ensemble-em) also ``working_rate`` and
     ``clip_seconds`` (see :mod:`lab.protect.optimise`; the optimisation is resumable too). ``workers``: worker
     processes (default: the CPU count; 0 runs everything in this process). ``fsync``: force every file to disk
     before its rename. ``record``: where the private record goes (outside OUTPUT; default next to the key file, see

@@ -3,6 +3,8 @@ noise is made, every clip keeps its budget, the transformations are drawn from t
 the surrogate its entry names, and the leave-one-out recipes really leave their trainer out."""
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import subprocess
 import sys
@@ -192,11 +194,72 @@ def test_the_leave_one_out_recipes_leave_their_trainer_out_and_are_up_to_date():
     assert f"{recipe.model.type} on {recipe.features.type}" not in built
 
 
-def test_lab_protect_refuses_it_in_one_line():
-    from lab.protect.protector import applicable_defenses, cannot_apply
-    assert "ensemble-em" not in applicable_defenses()
-    message = str(cannot_apply("ensemble-em"))
-    assert "ensemble-em" in message and "\n" not in message
+def test_an_interrupted_ensemble_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_does():
+    """The checkpoint after round 1 (saved and loaded back as lab protect does, weights_only) holds every member and
+    the transformations' generator; given back as ``resume``, rounds 2 and 3 only, and the same patterns, accuracies,
+    descent losses and transformation draws as an uninterrupted run, bit for bit."""
+    fields = dict(max_rounds=3, stop_accuracy=1.0, steps=2, train_batches=2, eot={"draws": 2})
+    defense = build_defense(config(**fields))
+    whole = defense.derive_from(training_set())
+    saved = []
+
+    def stop_after_round_1(state):
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        saved.append(buf.getvalue())
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        defense.derive_from(dataclasses.replace(training_set(), checkpoint=stop_after_round_1))
+    state = torch.load(io.BytesIO(saved[0]), weights_only=True)
+    assert state["round"] == 1 and len(state["members"]) == 2 and state["eot"]["made"] == (N // 8) * 2 * 2
+    rounds = []
+    resumed = defense.derive_from(dataclasses.replace(training_set(), resume=state,
+                                                      checkpoint=lambda s: rounds.append(s["round"])))
+    assert rounds == [2, 3] and len(whole.optimisation["rounds"]) == 3
+    for a, b in zip(resumed.optimisation["rounds"], whole.optimisation["rounds"]):
+        assert (a["train_accuracy"], a["descent_loss"]) == (b["train_accuracy"], b["descent_loss"])
+    assert resumed.optimisation["eot"] == whole.optimisation["eot"]  # the draws' count and SHA-256 chain
+    assert torch.equal(resumed.patterns, whole.patterns)
+    with pytest.raises(ValueError, match="the checkpoint has 2 members, this ensemble 1"):
+        build_defense(config(**fields, surrogates=[{}])).derive_from(
+            dataclasses.replace(training_set(), resume=state))
+
+
+def test_written_onto_files_it_is_em_noises_class_wise_mapping_at_each_rate():
+    """lab protect's file-level protection (files_at): the class pattern resampled to the file's rate, repeated to
+    its length, scaled per channel to snr_db exactly (a silent channel gets none), shaped to the masking budget when
+    set: the mapping defenses._minmin shares, which gives what em-noise's class-wise EMNoiseFiles gives, bit for
+    bit, and its words (so em-noise can use it without changing a written file or a record)."""
+    from defenses._minmin import ClassPatternsOnFiles, class_patterns_mapping
+    from defenses.base import WorkingClips
+    from defenses.em_noise import MAPPING, EMNoiseProtection
+    prot = derive(snr_db=20, max_rounds=1, steps=1, train_batches=1, eot={"draws": 0})
+    working = WorkingClips(SR, T, ("a",) * N)
+    g = torch.Generator().manual_seed(3)
+    for rate, frames in ((8000, 9000), (16000, 3000), (44100, 50000)):
+        at = prot.files_at(rate, working)
+        assert type(at).file_by_file and at.to_dict()["mapping"].startswith("the file's class pattern")
+        assert at.to_dict()["working_rate"] == SR and KEY not in json.dumps(at.to_dict())
+        x = 0.1 * torch.randn(2, frames, generator=g)
+        x[1] = 0.0  # a silent channel
+        out = at.apply(x, torch.full((2,), 2), torch.full((2,), frames))
+        assert torch.equal(out[1], x[1])
+        assert abs(float(snr_db(x[:1], out[:1], torch.tensor([frames]))) - 20.0) < 1e-3
+        for linf, margin in ((None, None), (0.002, None), (None, 0.0)):
+            params = {**prot.params, "mode": "class-wise", "linf": linf, "masking_margin_db": margin}
+            em = EMNoiseProtection(params, prot.key_fingerprint, SR, C, {}, patterns=prot.patterns)
+            shared = ClassPatternsOnFiles(prot.patterns, SR, rate, 20.0, linf, margin)
+            labels = torch.full((2,), 1)
+            assert torch.equal(shared.apply(x, labels), em.files_at(rate, working).apply(x, labels))
+    assert class_patterns_mapping(", clipped to linf") == MAPPING["class-wise"]
+    # with masking_margin_db, each file's noise is shaped under its own masking threshold
+    from lab.masking import threshold_excess_db
+    masked = Protection.from_dict(json.loads(json.dumps({**prot.to_dict(), "params": {
+        **prot.params, "masking_margin_db": 0.0}})), prot.arrays()).files_at(16000, working)
+    x = 0.1 * torch.randn(1, 16000, generator=g)
+    plain, shaped = (p.apply(x, torch.ones(1)) for p in (prot.files_at(16000, working), masked))
+    assert float(threshold_excess_db(x, plain - x, 16000)) > 0.5
+    assert float(threshold_excess_db(x, shaped - x, 16000)) <= 1e-6
 
 
 def test_a_short_real_run_through_the_spine_on_fsdd(fsdd_dir, monkeypatch):

@@ -1,6 +1,6 @@
-"""lab protect with a defense optimised on the collection itself (em-noise, robust-em, poscuda-opt: every registered
-defense that ``needs_training_set`` and whose protection is ``on_collection``, from the registry): optimised on the
-collection's working clips, resumable after an interruption mid-optimisation (exactly: the same result as an
+"""lab protect with a defense optimised on the collection itself (em-noise, robust-em, poscuda-opt, ensemble-em:
+every registered defense that ``needs_training_set`` and whose protection is ``on_collection``, from the registry):
+optimised on the collection's working clips, resumable after an interruption mid-optimisation (exactly: the same result as an
 uninterrupted run), written file by file at each file's own rate and length, checked by lab verify from the record
 and its arrays alone, nothing of it under OUTPUT; the refusals in one line. Tiny optimisations (1-2 rounds of a few
 batches) on 3 FSDD digits x 8 recordings and on a generated mixed-rate folder."""
@@ -24,6 +24,7 @@ from lab.protect.manifest import MANIFEST, locate_record, read_manifest, read_pr
 from lab.protect.optimise import STATE_SUFFIX, StateFolder, rebuild
 from lab.protect.protector import optimised_defenses
 from tests.protect.conftest import private_record, tree_hashes
+from tests.protect.test_defenses import options_of
 from tests.protect.test_publish import FIXED_KEY, fixed_key, published_hits  # noqa: F401 (fixture)
 
 TINY = {"max_rounds": 1, "train_batches": 2, "steps": 2}  # an optimisation of about a second on 24 clips
@@ -161,6 +162,60 @@ def test_an_interrupted_optimisation_resumes_after_its_last_round(digits, key_fi
     assert [r["train_accuracy"] for r in rounds[0]] == [r["train_accuracy"] for r in rounds[1]]
 
 
+def test_ensemble_em_interrupted_resumes_bit_for_bit_and_nothing_of_it_is_published(digits, fixed_key, tmp_path, cli,
+                                                                                     monkeypatch):
+    """ensemble-em (two members the spine builds for the working clips: CNN on MFCC and a linear model, one
+    transformation draw a step), Ctrl-C after round 1 of 2: one line, a private checkpoint holding both members and
+    the transformations' generator; the same command resumes with round 2 and ends where an uninterrupted run ends
+    (patterns, every file, the members' accuracies, the draws' SHA-256 chain); lab verify passes; nothing of the
+    patterns, the key or the record is under OUTPUT."""
+    fields = {**options_of("ensemble-em"), **TWO_ROUNDS, "snr_db": 25}
+    args = ["--key-file", str(fixed_key), "--defense", "ensemble-em", "--workers", "0", *options(fields)]
+    save, kept = StateFolder.save, []
+
+    def interrupted(self, name, obj):
+        save(self, name, obj)
+        if name == "checkpoint.pt" and obj["round"] == 1:
+            kept.append(obj)
+            raise KeyboardInterrupt
+    monkeypatch.setattr(StateFolder, "save", interrupted)
+    out = tmp_path / "out"
+    code, stdout, stderr = cli("protect", str(digits), str(out), *args)
+    assert code == 130 and "ensemble min-min round 1" in stdout and "min-min round 2" not in stdout, stdout + stderr
+    assert len(stderr.strip().splitlines()) == 1 and "stopped after round 1" in stderr
+    assert len(kept[0]["members"]) == 2 and kept[0]["eot"]["made"] > 0 and not out.exists()
+    monkeypatch.setattr(StateFolder, "save", save)
+
+    code, stdout, stderr = cli("protect", str(digits), str(out), *args)
+    text = " ".join(stdout.split())
+    assert code == 0, stdout + stderr
+    assert "resuming after round 1" in text and "ensemble min-min round 2" in text and "min-min round 1" not in text
+    assert "resumed after round 1: 2 rounds, members' accuracy" in text
+    code, vout, _ = cli("verify", str(out), "--key-file", str(fixed_key), "--workers", "0")
+    assert code == 0 and "24 ok" in " ".join(vout.split()), vout
+
+    reference = tmp_path / "reference"
+    protect_collection(digits, reference, fixed_key, defense={"type": "ensemble-em", **fields}, workers=0)
+    resumed, uninterrupted = arrays_of(out, fixed_key), arrays_of(reference, fixed_key)
+    assert resumed.keys() == {"patterns"} and torch.equal(resumed["patterns"], uninterrupted["patterns"])
+    a, b = tree_hashes(out), tree_hashes(reference)
+    assert {k: v for k, v in a.items() if k != MANIFEST} == {k: v for k, v in b.items() if k != MANIFEST}
+    records = [private_record(o, fixed_key)[0]["protection"]["optimisation"] for o in (out, reference)]
+    assert [r["train_accuracy"] for r in records[0]["rounds"]] == [r["train_accuracy"] for r in records[1]["rounds"]]
+    assert records[0]["eot"] == records[1]["eot"] and records[0]["surrogates"] == ["cnn on mfcc", "linear on mfcc"]
+
+    header, rows, _ = private_record(out, fixed_key)
+    for r in rows:  # each file: its class pattern at 25 dB (rounded to 16 bits)
+        assert abs(snr_db(read(digits / r["path"]), read(out / r["path"])) - 25.0) < 0.05, r["path"]
+    info = header["optimised"]
+    runs = [tuple(row.tolist()) for row in resumed["patterns"][:, 100:110]]
+    texts = {*info["sources"], info["collection_sha256"], info["arrays"]["sha256"], info["arrays"]["file"],
+             FIXED_KEY, str(tmp_path), str(fixed_key.parent)} | {r["source_sha256"] for r in rows}
+    assert len({v for run in runs for v in run}) == 30 and published_hits(out, (), (), texts, runs) == []
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == \
+        {r["path"] for r in rows} | {MANIFEST}
+
+
 def test_a_changed_option_or_collection_starts_over_and_says_so(digits, key_file, tmp_path, monkeypatch):
     save = StateFolder.save
 
@@ -192,7 +247,7 @@ def test_each_optimised_defense_is_written_at_each_files_own_rate(kind, labelled
     channel; the written protections keep lab protect's hook contract (apply_files = apply, file by file)."""
     out = tmp_path / "out"
     summary = protect_collection(labelled_folder, out, key_file, workers=2,
-                                 defense={"type": kind, **TINY, "snr_db": 30, "clip_seconds": 0.6})
+                                 defense={"type": kind, **options_of(kind), "snr_db": 30, "clip_seconds": 0.6})
     assert summary["protected"] == 15 and summary["optimisation"]["clip_samples"] == 4800
     report = verify_collection(out, key_file, workers=0)
     assert report["passed"] and report["counts"] == {"ok": 15}, report
@@ -260,6 +315,10 @@ def test_sample_wise_noise_refuses_a_file_it_was_not_optimised_on(digits, key_fi
     (["--option", "working_rat=8000"], "(did you mean 'working_rate'?)"),
     (["--option", "clip_seconds=-1"], "clip_seconds"),
     (["--defense", "poscuda", "--option", "working_rate=8000"], "unknown field 'working_rate'"),
+    (["--option", "clip_seconds=0.03"], "the em-noise defense's surrogate (cnn on mfcc) cannot take the working "
+                                        "clips (8000 Hz, 240 samples): RuntimeError"),
+    (["--defense", "ensemble-em", "--option", "clip_seconds=0.03", "--option", "surrogates=[{model: {type: linear}}, "
+      "{}]"], "the ensemble-em defense's surrogate (surrogates[1], cnn on mfcc) cannot take the working clips"),
 ])
 def test_mistakes_are_one_line_errors(args, message, digits, key_file, tmp_path, cli):
     base = ["--defense", "em-noise"] if "--defense" not in args else []
