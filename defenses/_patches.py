@@ -366,6 +366,11 @@ class PosCUDAProtection(PatchPlaces, Protection):
         subclass that changes :meth:`apply` (e.g. poscuda-opt's budget over the whole file): protected whole."""
         if type(self).apply is not PosCUDAProtection.apply:
             return None
+        return self.patch_ops(cls, frames)
+
+    def patch_ops(self, cls: int, frames: int) -> PatchOps:
+        """The :class:`PatchOps` of a file of class ``cls``, ``frames`` long (:meth:`block_plan`'s plan, also for a
+        subclass that limits the patched file afterwards, e.g. poscuda-opt's budget)."""
         labels, lengths = torch.tensor([cls]), torch.tensor([frames])
         starts = self.starts(labels, frames, lengths)
         every = starts[0, :, None] if self.repeat_samples is None else self.repeat_starts(starts, frames, lengths)[0]

@@ -94,9 +94,16 @@ def samples_hash(samples: torch.Tensor) -> str:
     """SHA-256 of a whole file's decoded samples (channels, frames), as float32, with the shape: how a protection
     optimised on a collection finds the file a training clip came from (:class:`WorkingClips`)."""
     x = samples.detach().cpu().to(torch.float32).contiguous()
-    digest = hashlib.sha256(f"{x.shape[0]}x{x.shape[1]}:".encode())
+    digest = samples_hasher(x.shape[0], x.shape[1])
     digest.update(x.numpy().tobytes())
     return digest.hexdigest()
+
+
+def samples_hasher(channels: int, frames: int):
+    """:func:`samples_hash` a piece at a time: a SHA-256 object that has seen the shape; feed it channel 0's float32
+    samples from its first frame to its last, then channel 1's, ... (the bytes of the (channels, frames) array in
+    row order): a long file is hashed one pass per channel (:meth:`Protection.block_passes`)."""
+    return hashlib.sha256(f"{channels}x{frames}:".encode())
 
 
 @dataclass(frozen=True)
@@ -213,10 +220,16 @@ class Protection(ABC):
     to scale noise to the file's energy, or to scale the protected file by its peak (:class:`InOrder` gives the
     first pass the protected samples). May be a property of the protection's parameters."""
 
+    def block_passes(self, plan: Any) -> int:
+        """How many first passes over the whole file the plan needs (only where ``block_first_pass``), one after the
+        other, each from frame 0 (e.g. one per channel, to hash the file's samples in channel order); default 1."""
+        return 1
+
     def block_stats(self, plan: Any, x: torch.Tensor, start: int) -> None:
         """First pass (only where ``block_first_pass``): add the file's samples ``x`` (channels, n), which begin at
         frame ``start``, to the plan. Blocks come in order, each a multiple of ``lab.dsp.ENERGY_CHUNK`` frames long
-        (the last apart), so that sums over the file are grouped as :meth:`apply` groups them."""
+        (the last apart), so that sums over the file are grouped as :meth:`apply` groups them. With several passes
+        (:meth:`block_passes`) each begins again at ``start`` 0."""
 
     def block_window(self, plan: Any, a: int, b: int) -> tuple[int, int]:
         """The frames ``[lo, hi)`` of the file that :meth:`apply_block` must read to protect frames ``[a, b)``

@@ -24,15 +24,17 @@ collection's own files (lab/protect/optimise.py) and writes them onto every file
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
 
 from defenses._minmin import MinMinSettings, OptimisedDefense, Perturbation
-from defenses._patches import PosCUDAConfig, PosCUDAProtection, check_patches_fit, derive_poscuda
-from defenses.base import DEFENSES, Protection, TrainingSet, WorkingClips
-from lab.dsp import convolve_patches, limit_change
+from defenses._patches import PatchOps, PosCUDAConfig, PosCUDAProtection, check_patches_fit, derive_poscuda
+from defenses.base import DEFENSES, InOrder, Protection, TrainingSet, WorkingClips
+from lab.dsp import EnergySum, add_energy, change_scale, convolve_patches, limit_change, scaled_change
 from lab.keys import fingerprint
 
 OPTIMISATION_FIELDS = ("steps", "step_size", "train_batches", "stop_accuracy", "max_rounds", "min_rounds", "rho",
@@ -101,10 +103,61 @@ class PosCUDAOptFiles(PosCUDAOptProtection):
     def apply_files(self, files):
         return Protection.apply_files(self, files)  # file by file: the budget is each file's own
 
+    # --- lab protect's block hooks (a long file in bounded memory): PosCUDA's (its patches replayed block by block,
+    # with output: normalize a first pass for the patched file's peak), then, with snr_db, one more first pass: the
+    # file patched block by block (InOrder) for the change's energy, summed by ENERGY_CHUNK as limit_change sums it
+
+    @property
+    def block_first_pass(self) -> bool:
+        return self.params["output"] == "normalize" or self.params.get("snr_db") is not None
+
+    def block_plan(self, cls, frames, channels):
+        return BudgetPlan(self.patch_ops(cls, frames))
+
+    def block_passes(self, plan):
+        return int(self.params["output"] == "normalize") + int(self.params.get("snr_db") is not None)
+
+    def block_window(self, plan, a, b):
+        return plan.ops.window(a, b)
+
+    def block_stats(self, plan, x, start):
+        plan.passes += start == 0
+        if plan.passes == 0 and self.params["output"] == "normalize":
+            return PosCUDAProtection.block_stats(self, plan.ops, x, start)  # the peak, before any change is known
+        if start == 0:
+            plan.first = InOrder(plan.ops.frames, plan.ops.window, partial(self._change, plan))
+        plan.signal = add_energy(plan.signal, x)
+        change = plan.first.feed(x, start)
+        if change is not None:
+            plan.power.add(change)
+
+    def _change(self, plan, x, lo, a, b):
+        return PosCUDAProtection.apply_block(self, plan.ops, x, lo, a, b) - x[:, a - lo:b - lo]
+
+    def apply_block(self, plan, x, lo, a, b):
+        snr_db = self.params.get("snr_db")
+        if snr_db is not None and plan.scale is None:
+            plan.scale = change_scale(plan.signal, plan.power.result(), snr_db)
+        patched = PosCUDAProtection.apply_block(self, plan.ops, x, lo, a, b)
+        return scaled_change(x[:, a - lo:b - lo], patched, plan.scale, self.params.get("linf"))
+
     def to_dict(self) -> dict:
         return {**super().to_dict(), "working_rate": self.working_rate,
                 "mapping": "PosCUDA's patches at the file's own rate with the optimised filters, then every "
                            "channel's change scaled down until its SNR >= snr_db (whole file), clipped to linf"}
+
+
+@dataclass
+class BudgetPlan:
+    """A long file's plan for :class:`PosCUDAOptFiles`: PosCUDA's patches (``ops``) and the budget's sums over the
+    whole file (the clean ``signal``, the change's ``power``), then the change's ``scale``."""
+
+    ops: PatchOps
+    passes: int = -1
+    first: InOrder | None = None
+    signal: torch.Tensor | None = None
+    power: EnergySum = field(default_factory=EnergySum)
+    scale: torch.Tensor | None = None
 
 
 class ClassFilters(Perturbation):

@@ -9,7 +9,8 @@ results and protected audio do not move when a plugin switches to these helpers 
 - energies and SNR: :func:`energy` (and :func:`add_energy`, a block at a time), :func:`snr_gain`,
   :func:`scale_to_snr` (noise scaled so that a clip's SNR is exactly a target), :func:`snr_radius` (the largest L2
   norm of a change that keeps a target SNR), :func:`limit_change` (a change scaled DOWN to an SNR budget, clipped to
-  an L-infinity one);
+  an L-infinity one; a block at a time: :func:`change_scale` and :func:`scaled_change`), :class:`EnergySum` (sums
+  of rows given in pieces of any length, grouped as :func:`energy` groups them);
 - lengths: :func:`fit_length` (crop or zero-pad the last dimension);
 - moving and filtering: :func:`circular_shift`, :func:`convolve_patches` (class filters convolved in patches),
   :func:`convolve_same` (a filter over whole rows by FFT, on a grid of :data:`ENERGY_CHUNK` samples that a block of
@@ -73,17 +74,62 @@ def limit_change(clean: torch.Tensor, protected: torch.Tensor, snr_db: float | N
                  linf: float | None = None) -> torch.Tensor:
     """``protected`` (N, T) with its change from ``clean`` limited per row: SNR >= ``snr_db`` (the change is scaled
     down where the SNR is lower, never up; a silent clip gets no change) and |change| <= ``linf`` (clipped after
-    the scaling). Differentiable (an optimised defense optimises through it)."""
+    the scaling). Differentiable (an optimised defense optimises through it). A long file a block at a time: the
+    scale from :func:`change_scale` of the whole file's sums, then :func:`scaled_change` block by block."""
     change = protected - clean
-    if snr_db is not None:
-        signal, power = energy(clean), energy(change)
-        allowed = signal / 10 ** (snr_db / 10)
-        scale = torch.sqrt(allowed / power.clamp(min=1e-30)).clamp(max=1.0)
-        scale = torch.where(signal > 0, scale, torch.zeros_like(scale))
+    scale = change_scale(energy(clean), energy(change), snr_db) if snr_db is not None else None
+    return scaled_change(clean, protected, scale, linf, change)
+
+
+def change_scale(signal: torch.Tensor, power: torch.Tensor, snr_db: float) -> torch.Tensor:
+    """(N, 1) float64: :func:`limit_change`'s factor on each row's change, from the rows' energies (N, 1) float64:
+    the clean ``signal`` and the change's ``power`` (1 where the SNR is already met, 0 for a silent clip)."""
+    allowed = signal / 10 ** (snr_db / 10)
+    scale = torch.sqrt(allowed / power.clamp(min=1e-30)).clamp(max=1.0)
+    return torch.where(signal > 0, scale, torch.zeros_like(scale))
+
+
+def scaled_change(clean: torch.Tensor, protected: torch.Tensor, scale: torch.Tensor | None, linf: float | None,
+                  change: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`limit_change` with its ``scale`` (:func:`change_scale`, None: no SNR budget) given: element-wise, so
+    a block of a long file gets the whole file's values. ``change``: ``protected - clean``, where already made."""
+    change = protected - clean if change is None else change
+    if scale is not None:
         change = change * scale.to(change.dtype)
     if linf is not None:
         change = change.clamp(-linf, linf)
     return clean + change
+
+
+class EnergySum:
+    """:func:`energy` of rows given in consecutive pieces of any lengths (e.g. the protected frames a first pass
+    gives out as soon as they are complete): the pieces are kept until a whole :data:`ENERGY_CHUNK` is there, so
+    the sums are grouped exactly as :func:`energy` of the whole rows groups them. Holds at most one chunk."""
+
+    def __init__(self):
+        self.total: torch.Tensor | None = None
+        self.held: list[torch.Tensor] = []
+        self.count = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        while x.shape[1]:
+            take = min(ENERGY_CHUNK - self.count, x.shape[1])
+            self.held.append(x[:, :take])
+            self.count += take
+            x = x[:, take:]
+            if self.count == ENERGY_CHUNK:
+                self._flush()
+
+    def result(self) -> torch.Tensor:
+        """(N, 1) float64: the rows' energy so far (what :func:`energy` of everything added gives)."""
+        if self.held or self.total is None:
+            self._flush()
+        return self.total
+
+    def _flush(self) -> None:
+        part = torch.cat(self.held, dim=1) if len(self.held) != 1 else self.held[0]
+        self.total = add_energy(self.total, part)
+        self.held, self.count = [], 0
 
 
 # --- lengths -------------------------------------------------------------------------------------------------------

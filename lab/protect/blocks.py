@@ -86,9 +86,10 @@ def protected_blocks(prot: Protection, plan, s: sf.SoundFile, cls: int,
     frames = s.frames
     if prot.block_first_pass:  # sums over the file are grouped by ENERGY_CHUNK: blocks are a multiple of it
         block = -(-block // dsp.ENERGY_CHUNK) * dsp.ENERGY_CHUNK
-        for a in range(0, frames, block):
-            x = finite(read_frames(s, a, min(frames, a + block)), a)
-            prot.block_stats(plan, torch.from_numpy(np.ascontiguousarray(x.T)), a)
+        for _ in range(prot.block_passes(plan)):
+            for a in range(0, frames, block):
+                x = finite(read_frames(s, a, min(frames, a + block)), a)
+                prot.block_stats(plan, torch.from_numpy(np.ascontiguousarray(x.T)), a)
     for a in range(0, frames, block):
         b = min(frames, a + block)
         lo, hi = prot.block_window(plan, a, b)

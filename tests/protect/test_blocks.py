@@ -5,6 +5,7 @@ subtypes; a defense without one is protected whole and its record says so. No li
 set runs for every defense that has its fields and takes its values (a Literal field's choices)."""
 from __future__ import annotations
 
+import functools
 import io
 import json
 import pickle
@@ -13,12 +14,13 @@ import typing
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
-from defenses.base import DEFENSES, build_defense
+from defenses.base import DEFENSES, TrainingSet, WorkingClips, build_defense, samples_hash
 from lab import dsp
 from lab.protect import blocks, worker
 from lab.protect.audiofile import decode, encode
-from lab.protect.protector import defense_config, defense_fields_of, file_by_file_defenses
+from lab.protect.protector import defense_config, defense_fields_of, file_by_file_defenses, optimised_defenses
 
 SR = 8000
 OPTION_SETS = {"defaults": {}, "wide-filter-clipped": {"patches_per_class": 3, "filter_length": 65, "output": "clip"},
@@ -35,7 +37,12 @@ OPTION_SETS = {"defaults": {}, "wide-filter-clipped": {"patches_per_class": 3, "
                "normalize": {"output": "normalize", "patches_per_class": 2, "repeat_seconds": 0.13},
                "match-peak": {"output": "match_peak"}, "unscaled": {"output": "none"},
                # a filter longer than the tiny blocks and than the grid's chunks (lab.dsp.convolve_same)
-               "long-filter": {"filter_length": 601}}
+               "long-filter": {"filter_length": 601},
+               # noise optimised on a collection: one pattern per class (tiled over the file), with and without SNR
+               "class-wise": {"mode": "class-wise"}, "class-wise-linf": {"mode": "class-wise", "snr_db": None,
+                                                                         "linf": 0.05},
+               # a scale by the patched file's peak, then a budget over the whole file (two first passes)
+               "normalize-snr": {"output": "normalize", "snr_db": 20.0}}
 
 
 def takes(kind: str, options: dict) -> bool:
@@ -46,11 +53,20 @@ def takes(kind: str, options: dict) -> bool:
     fields = DEFENSES.get(kind).Config.model_fields
     if options and all(fields[k].default == v for k, v in options.items()):
         return False
-    return all(typing.get_origin(fields[k].annotation) is not typing.Literal
-               or v in typing.get_args(fields[k].annotation) for k, v in options.items())
+    if not all(typing.get_origin(fields[k].annotation) is not typing.Literal
+               or v in typing.get_args(fields[k].annotation) for k, v in options.items()):
+        return False
+    try:  # a set the defense refuses as a whole (e.g. poscuda-opt: no repeat_seconds)
+        DEFENSES.get(kind).Config.model_validate({"type": kind, **DEFENSES.get(kind).example_config("k"), **options})
+    except ValueError:
+        return False
+    return True
 
 
 CASES = [(kind, name) for kind in file_by_file_defenses() for name, opts in OPTION_SETS.items() if takes(kind, opts)]
+# the defenses lab protect optimises on a collection and writes onto its files (Protection.files_at)
+OPTIMISED = [(kind, name) for kind in optimised_defenses() for name, opts in OPTION_SETS.items() if takes(kind, opts)]
+WORKING_RATE, WORKING_CLIP = 4000, 3000  # the working clips (0.75 s): files at SR get the optimised noise resampled
 
 
 def source(frames: int, channels: int, subtype: str, seed: int = 0, fmt: str = "WAV") -> bytes:
@@ -63,23 +79,84 @@ def source(frames: int, channels: int, subtype: str, seed: int = 0, fmt: str = "
     return buf.getvalue()
 
 
+FILES = [(20011, 1, "PCM_16", "WAV", 1, 997), (16000, 2, "FLOAT", "WAV", 2, 1000),
+         (12345, 3, "PCM_24", "FLAC", 0, 4096),
+         (5003, 1, "DOUBLE", "WAV", 1, 512),  # float64 working; shorter than em-noise's resampled clip (6000)
+         (9001, 3, "DOUBLE", "WAV", 2, 2000),  # sums seen unrounded
+         (16389, 1, "PCM_16", "WAV", 0, 1024),  # a block ends 5 short
+         (7777, 2, "PCM_16", "WAV", 2, 256)]  # blocks under the AR warm-up
+
+
 @pytest.mark.parametrize("kind, options", CASES, ids=[f"{k}-{n}" for k, n in CASES])
 def test_streamed_output_equals_the_whole_file_bit_for_bit(kind, options, key_file, monkeypatch):
     monkeypatch.setattr(dsp, "ENERGY_CHUNK", 256)  # sums over a file grouped in chunks, the whole file's too
     prot = build_defense(defense_config(key_file, {"type": kind, **OPTION_SETS[options]})).derive(3, SR)
+    streamed_equals_whole(prot, kind, options)
+
+
+@functools.lru_cache(maxsize=None)
+def optimised(kind: str, options: str):
+    """The defense ``kind`` with the option set ``options`` optimised on 8 generated working clips (4 classes, 0.75 s
+    at WORKING_RATE) against a tiny surrogate, as lab protect's TINY runs do (once per defense and set)."""
+    config = DEFENSES.get(kind).Config.model_validate({"type": kind, **DEFENSES.get(kind).example_config("blocks-test-key"),
+                                                        **OPTION_SETS[options]})
+    g = torch.Generator().manual_seed(0)
+    t = torch.arange(WORKING_CLIP) / WORKING_RATE
+    # loud working clips (amplitude 3): their noise is then louder than the files' budget allows, so that the
+    # budget's scale over the whole file is at work in the files below (the test checks that it is)
+    x = 3.0 * torch.sin(2 * torch.pi * (200 + 600 * torch.rand(8, 1, generator=g)) * t) \
+        + 0.02 * torch.randn(8, WORKING_CLIP, generator=g)
+    lengths = torch.full((8,), WORKING_CLIP)
+    lengths[1::2] = WORKING_CLIP * 2 // 3  # some working clips are shorter files, zero-padded
+    x = x * (torch.arange(WORKING_CLIP)[None] < lengths[:, None])
+
+    class Tiny(torch.nn.Module):  # log-energy of 20 frames -> linear
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(20, 4)
+
+        def forward(self, w):
+            n = w.shape[1] // 20 * 20
+            return self.lin(torch.log(w[:, :n].reshape(len(w), 20, -1).pow(2).mean(-1) + 1e-4) + 4)
+    data = TrainingSet(x, torch.arange(8) % 4, lengths, WORKING_RATE, 4, Tiny, lr=0.01, weight_decay=0.0,
+                       batch_size=4, log=lambda s: None, description="tiny")
+    try:
+        return build_defense(config).derive_from(data)
+    except RuntimeError as e:  # found here: not a block bug, the optimisation itself fails (see the report)
+        if "modified by an inplace operation" not in str(e):
+            raise
+        pytest.xfail(f"{kind} ({options}) cannot be optimised: autograd error in convolve_patches with several "
+                     f"patches per class")
+
+
+@pytest.mark.parametrize("kind, options", OPTIMISED, ids=[f"{k}-{n}" for k, n in OPTIMISED])
+def test_an_optimised_protection_streams_bit_for_bit(kind, options, monkeypatch):
+    """What lab protect writes onto a collection's files (files_at, at SR from clips at WORKING_RATE): the files
+    below are the collection (sample-wise noise finds its row by the hash of each file's samples)."""
+    monkeypatch.setattr(dsp, "ENERGY_CHUNK", 256)
+    sources = [samples_hash(torch.from_numpy(np.ascontiguousarray(decode(source(f, c, s, seed=f, fmt=m)).data.T)))
+               for f, c, s, m, _, _ in FILES]
+    prot = optimised(kind, options).files_at(SR, WorkingClips(WORKING_RATE, WORKING_CLIP, (*sources, "0" * 64)))
+    snrs = streamed_equals_whole(prot, kind, options)
+    if prot.params.get("snr_db") is not None and prot.params.get("linf") is None:
+        # the budget's scale over the whole file was at work somewhere (a linf clip after it raises the SNR)
+        assert min(abs(s - prot.params["snr_db"]) for s in snrs) < 0.01, snrs
+
+
+def streamed_equals_whole(prot, kind: str, options: str) -> list[float]:
+    """Every file of FILES protected whole and block by block: the same bytes. Each channel's SNR (dB) of the
+    protected file (float, before encoding)."""
     if prot.block_plan(1, 20000, 1) is None:
         pytest.skip(f"{kind} ({options}) has no block hook: protected whole (see the test below)")
-    for frames, channels, subtype, fmt, cls, block in [(20011, 1, "PCM_16", "WAV", 1, 997),
-                                                       (16000, 2, "FLOAT", "WAV", 2, 1000),
-                                                       (12345, 3, "PCM_24", "FLAC", 0, 4096),
-                                                       (5003, 1, "DOUBLE", "WAV", 1, 512),  # float64 working
-                                                       (9001, 3, "DOUBLE", "WAV", 2, 2000),  # sums seen unrounded
-                                                       (16389, 1, "PCM_16", "WAV", 0, 1024),  # a block ends 5 short
-                                                       (7777, 2, "PCM_16", "WAV", 2, 256)]:  # blocks under the AR warm-up
+    snrs = []
+    for frames, channels, subtype, fmt, cls, block in FILES:
         blob = source(frames, channels, subtype, seed=frames, fmt=fmt)
         dec = decode(blob)
         protected = worker.protect_samples(prot, dec.data, cls)
-        if OPTION_SETS[options].get("output") == "normalize":  # the file passed full scale and was divided
+        change = (protected.astype(np.float64) - dec.data) ** 2
+        snrs += list(10 * np.log10((dec.data.astype(np.float64) ** 2).sum(0) / change.sum(0).clip(1e-300)))
+        if OPTION_SETS[options].get("output") == "normalize" and "snr_db" not in OPTION_SETS[options]:
+            # the file passed full scale and was divided (normalize-snr: then its change was scaled down)
             assert np.abs(protected).max() == 1.0
         whole, whole_over = encode(protected, dec)
         like, n, ch = blocks.header(io.BytesIO(blob))
@@ -89,6 +166,7 @@ def test_streamed_output_equals_the_whole_file_bit_for_bit(kind, options, key_fi
         assert out.getvalue() == whole, (kind, options, subtype, channels)
         assert over == whole_over
         assert whole != encode(dec.data, dec)[0]  # the protection changed something
+    return snrs
 
 
 def run_protect(cli, src, out, key_file, kind, options=()):
