@@ -277,3 +277,27 @@ def test_a_long_file_with_nan_or_a_full_disk_leaves_nothing_written(cli, tmp_pat
     code, out, err = run_protect(cli, src, tmp_path / "out2", key_file, "poscuda")
     assert code != 0 and "No space left on device" in out + err
     assert not list((tmp_path / "out2").rglob("*.wav")) and not list((tmp_path / "out2").rglob("*partial*"))
+
+
+def test_an_optimised_defense_streams_a_long_file_and_verify_checks_it(cli, tmp_path, key_file, monkeypatch):
+    """lab protect --defense em-noise (sample-wise: the file's row found by the hash of its samples, a pass per
+    channel) on a collection whose stereo file is long enough to stream: the same bytes as the whole-file path,
+    the summary says the file was streamed, lab verify checks it block by block."""
+    src = long_folder(tmp_path / "in", {"a.wav": (20000, 2, "PCM_16"), "b.wav": (3000, 1, "PCM_16"),
+                                        "c.wav": (3000, 1, "PCM_16"), "d.wav": (4000, 1, "FLOAT")})
+    tiny = [("max_rounds", 1), ("train_batches", 2), ("steps", 2), ("snr_db", 30)]
+    monkeypatch.setattr(dsp, "ENERGY_CHUNK", 2048)  # the noise (1 s, 8000 frames) reaches over several chunks
+    code, _, err = run_protect(cli, src, tmp_path / "whole", key_file, "em-noise", tiny)
+    assert code == 0, err
+    monkeypatch.setattr(blocks, "STREAM_FRAMES", 5000)
+    monkeypatch.setattr(blocks, "BLOCK_FRAMES", 1024)
+    code, out, err = run_protect(cli, src, tmp_path / "out", key_file, "em-noise", tiny)
+    assert code == 0, err
+    assert f"long files (over 5000 frames): 1 {blocks.STREAMED}" in " ".join(out.split())
+    assert long_file_of(key_file) == {"cat/a.wav": blocks.STREAMED, "cat/b.wav": None, "dog/c.wav": None,
+                                      "dog/d.wav": None}
+    for rel in ("cat/a.wav", "cat/b.wav", "dog/c.wav", "dog/d.wav"):
+        assert (tmp_path / "out" / rel).read_bytes() == (tmp_path / "whole" / rel).read_bytes(), rel
+    code, out, err = cli("verify", str(tmp_path / "out"), "--key-file", str(key_file), "--workers", "0")
+    assert code == 0, out + err
+    assert "1 long file(s) checked block by block" in out
