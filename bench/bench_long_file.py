@@ -3,7 +3,7 @@ lab (BEFORE, e.g. main, and AFTER, e.g. this branch), run one after the other on
 ratios AFTER / BEFORE (issue 21: a long recording must be protected in a bounded amount of memory).
 
     .venv/bin/python bench/bench_long_file.py --before /work/main --after . [--cases mono8k,stereo44k]
-        [--minutes 60] [--defense poscuda] [--option repeat_seconds=1.0] [--workers 0] [--tmp /tmp]
+        [--minutes 60] [--defense poscuda] [--option repeat_seconds=1.0] [--workers 0] [--shorts 1] [--tmp /tmp]
 
 Cases: ``mono8k`` (8 kHz mono) and ``stereo44k`` (44.1 kHz stereo), 16-bit PCM WAV, ``--minutes`` long (default one
 hour: 55 MB and 635 MB), generated block by block with soundfile (a tone and seeded noise, seed 0), with one short
@@ -65,7 +65,10 @@ def run_case(case: str, args, tmp: Path, python: str) -> dict:
     rate, channels = CASES[case]
     src = tmp / case / "src"
     generate(src / "speech" / "long.wav", rate, channels, args.minutes)
-    generate(src / "music" / "short.wav", rate, channels, 0.05, seed=1)
+    for i in range(args.shorts):  # a defense optimised on the collection needs 2 files per class: --shorts 2
+        generate(src / "music" / ("short.wav" if i == 0 else f"short{i}.wav"), rate, channels, 0.05, seed=1 + i)
+        if i:
+            generate(src / "speech" / f"short{i}.wav", rate, channels, 0.05, seed=100 + i)
     size = (src / "speech" / "long.wav").stat().st_size / 1e6
     print(f"{case}: {size:.0f} MB ({args.minutes} min, {rate} Hz, {channels} ch, PCM_16)", flush=True)
     results = {}
@@ -113,6 +116,9 @@ def main() -> None:
     p.add_argument("--option", action="append", default=None, help="lab protect --option (default "
                    "repeat_seconds=1.0: a patch every second, as for a long recording)")
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--shorts", type=int, default=1, help="3-second clips of the second class (and N-1 beside the "
+                   "long file): 2 for a defense optimised on the collection (em-noise, robust-em, poscuda-opt), "
+                   "which needs 2 files per class")
     p.add_argument("--sides", default="before,after", help="'after' alone: where BEFORE would not fit in memory")
     p.add_argument("--tmp", default=None, help="where the generated files go (default: a new folder in /tmp)")
     p.add_argument("--keep", action="store_true")
