@@ -39,12 +39,12 @@ import numpy as np
 import torch
 from pydantic import Field, ValidationError
 
-from defenses.base import Defense, Protection, WorkingClips, samples_hash
+from defenses.base import Defense, Protection, WorkingClips, samples_hash, samples_hasher
 from lab.config import Section, format_validation_error
 from lab.errors import LabError
 from lab.protect.collection import LabelRule, Survey, walk
 from lab.protect.manifest import first_line, partial_of
-from lab.protect.safefs import read_regular
+from lab.protect.safefs import file_sha256, open_regular, read_regular
 from lab.protect.schema import check_line
 
 MIN_FILES_PER_CLASS = 2  # fewer usable files in a class: nothing to optimise a class's noise on
@@ -119,6 +119,58 @@ def working_clip(blob: bytes, rate: int, clip_samples: int) -> tuple[torch.Tenso
     return clip, length, samples_hash(samples)
 
 
+def file_and_clip(path, working: WorkingConfig | None, clip_samples: int):
+    """The SHA-256 of a file's bytes and, with ``working``, :func:`working_clip` of it (None without). A long file
+    in a lossless format (over :data:`lab.protect.blocks.STREAM_FRAMES` frames) is never held whole: its bytes are
+    hashed piece by piece and its clip made by :func:`long_working_clip`."""
+    from lab.protect import blocks
+    with open_regular(path) as f:
+        info = blocks.header(f) if blocks.may_be_long(f) else None
+        if info is not None and info[1] > blocks.STREAM_FRAMES and info[0].exact:
+            digest = file_sha256(f)
+            return digest, long_working_clip(f, info, working.working_rate, clip_samples) if working else None
+        f.seek(0)
+        blob = f.read()
+    digest = hashlib.sha256(blob).hexdigest()
+    return digest, working_clip(blob, working.working_rate, clip_samples) if working else None
+
+
+def long_working_clip(f, info: tuple, rate: int, clip_samples: int) -> tuple[torch.Tensor, int, str] | str:
+    """:func:`working_clip` of the open long file ``f`` (``info``: :func:`lab.protect.blocks.header`'s), a block at a
+    time: the clip from the file's first frames only (those the resampled clip reads, with the resampling filter's
+    reach), the hash of the whole file's samples one pass per channel
+    (:func:`defenses.base.samples_hasher`). The same clip, length and hash as the whole file gives (tested)."""
+    import soundfile as sf
+    import torchaudio.functional as AF
+
+    from lab.data.audio import fix_length
+    from lab.protect import blocks
+    like, frames, channels = info
+    sr = like.sample_rate
+    # the resampling filter (torchaudio's, 6 zero crossings) reads at most one period of the reduced ratio (<= sr
+    # frames) and 6.1 x sr / rate frames past the clip's last input frame: two seconds and more are enough
+    need = min(frames, clip_samples if sr == rate else -(-clip_samples * sr // rate) + 2 * sr + 8 * (sr // rate + 1))
+    digest = samples_hasher(channels, frames)
+    try:
+        f.seek(0)
+        with sf.SoundFile(f) as s:
+            samples = torch.from_numpy(np.ascontiguousarray(blocks.read_frames(s, 0, need).T))
+            for c in range(channels):
+                for a in range(0, frames, blocks.BLOCK_FRAMES):
+                    x = blocks.finite(blocks.read_frames(s, a, min(frames, a + blocks.BLOCK_FRAMES)), a)
+                    digest.update(torch.from_numpy(np.ascontiguousarray(x[:, c])).to(torch.float32).numpy()
+                                  .tobytes())
+    except blocks.NonFinite:
+        return "NaN or infinite samples"
+    except Exception:
+        return "cannot be decoded"
+    mono = samples.mean(dim=0).to(torch.float32)
+    if sr != rate:
+        mono = AF.resample(mono, sr, rate)
+    clip, length = fix_length(mono, clip_samples, "left", "right")
+    return clip, length, digest.hexdigest()
+
+
 def collection_files(inp: Path, rule: LabelRule, classes: list[str], working: WorkingConfig | None = None,
                      ) -> WorkingSet:
     """Every audio file of INPUT in walk order (path, class, bytes hash) and, with ``working``, its working clip."""
@@ -130,15 +182,14 @@ def collection_files(inp: Path, rule: LabelRule, classes: list[str], working: Wo
             continue
         cls = index[rule.label(e.rel)]
         try:
-            blob = read_regular(e.path)
+            digest, made = file_and_clip(e.path, working, clip_samples)
         except OSError as err:
             files.append((e.rel, cls, None))
             left_out[e.rel] = f"unreadable ({err.strerror or err})"
             continue
-        files.append((e.rel, cls, hashlib.sha256(blob).hexdigest()))
+        files.append((e.rel, cls, digest))
         if working is None:
             continue
-        made = working_clip(blob, working.working_rate, clip_samples)
         if isinstance(made, str):
             left_out[e.rel] = made
             continue

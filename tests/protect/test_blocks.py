@@ -18,8 +18,10 @@ import torch
 
 from defenses.base import DEFENSES, TrainingSet, WorkingClips, build_defense, samples_hash
 from lab import dsp
-from lab.protect import blocks, worker
+from lab.protect import blocks, optimise, worker
 from lab.protect.audiofile import decode, encode
+from lab.protect.collection import LabelRule
+from lab.protect.optimise import WorkingConfig, collection_files
 from lab.protect.protector import defense_config, defense_fields_of, file_by_file_defenses, optimised_defenses
 
 SR = 8000
@@ -301,3 +303,29 @@ def test_an_optimised_defense_streams_a_long_file_and_verify_checks_it(cli, tmp_
     code, out, err = cli("verify", str(tmp_path / "out"), "--key-file", str(key_file), "--workers", "0")
     assert code == 0, out + err
     assert "1 long file(s) checked block by block" in out
+
+
+def test_working_clips_of_long_files_are_made_in_blocks_as_from_the_whole_file(tmp_path, monkeypatch):
+    """What an optimisation on the collection reads of each file (its bytes' hash, its working clip and real length,
+    the hash of its samples), for long files read a block at a time: exactly what the whole file gives (stereo and
+    three-channel files at other rates than the working rate, resampled; a FLAC; float samples)."""
+    root = tmp_path / "in"
+    for rel, (frames, channels, subtype, rate, fmt) in {
+            "cat/a.wav": (20011, 2, "PCM_16", 8000, "WAV"), "cat/b.flac": (50000, 3, "PCM_24", 16000, "FLAC"),
+            "dog/c.wav": (3000, 1, "PCM_16", 8000, "WAV"), "dog/d.wav": (60000, 1, "FLOAT", 11025, "WAV")}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        data = np.random.default_rng(frames).uniform(-0.5, 0.5, (frames, channels)).astype(np.float32)
+        sf.write(root / rel, data, rate, subtype=subtype, format=fmt)
+    rule, working = LabelRule.parse("folder", root), WorkingConfig(working_rate=8000, clip_seconds=0.5)  # 4000 samples
+    whole = collection_files(root, rule, ["cat", "dog"], working)
+    monkeypatch.setattr(blocks, "STREAM_FRAMES", 5000)
+    monkeypatch.setattr(blocks, "BLOCK_FRAMES", 1000)
+    read = []
+    real = optimise.long_working_clip
+    monkeypatch.setattr(optimise, "long_working_clip", lambda f, *a: read.append(a[0][1]) or real(f, *a))
+    streamed = collection_files(root, rule, ["cat", "dog"], working)
+    assert sorted(read) == [20011, 50000, 60000]  # the three long files were read in blocks, their clips from
+    # their first frames only (a 0.5 s clip reads 2.5 s of them and a little more: less than each file)
+    assert streamed.files == whole.files and streamed.sources == whole.sources and not streamed.left_out
+    assert torch.equal(streamed.clips, whole.clips) and torch.equal(streamed.lengths, whole.lengths)
+    assert torch.equal(streamed.labels, whole.labels)
