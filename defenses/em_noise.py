@@ -51,7 +51,8 @@ secret as the key: it never goes into a folder meant for publishing.
 lab/protect/optimise.py) and writes it onto each file at the file's own rate and length (:class:`EMNoiseFiles`,
 :data:`MAPPING`): class-wise, the class pattern resampled, repeated over the file and scaled per channel to
 ``snr_db``; sample-wise, the noise of the file's own working clip resampled and added to the part of the file the
-clip came from, then held to the budget per channel.
+clip came from, then held to the budget per channel. A long file is written a block at a time with the very bytes
+of the whole file (:class:`EMNoiseFiles`' block hooks; not with a masking budget), see docs/protect.md.
 """
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ Everything random (the starting filters: PosCUDA's; the surrogate's weights and 
 record is PosCUDA's (positions, optimised filters) plus the budget and the optimisation's history; it is as secret
 as the key. The filters cannot be derived from the key file by file, but ``lab protect`` optimises them on a
 collection's own files (lab/protect/optimise.py) and writes them onto every file at its own rate
-(:class:`PosCUDAOptFiles`: PosCUDA's patches at the file's rate, the budget per channel over the whole file).
+(:class:`PosCUDAOptFiles`: PosCUDA's patches at the file's rate, the budget per channel over the whole file; a long
+file a block at a time, with PosCUDA's patch blocks and a first pass for the budget's sums).
 """
 from __future__ import annotations
 

@@ -186,12 +186,15 @@ def convolve_patches(x: torch.Tensor, starts: torch.Tensor, filters: torch.Tenso
             y.clamp_(-1.0, 1.0)
         where = starts[:, j:j + 1] + patch
         end = t if ends is None else ends[:, None].clamp(max=t)
+        # under autograd, out of place: the next patch's gather keeps ``out`` for its gradient
+        graph = out.requires_grad and torch.is_grad_enabled()
         if bool((where < end).all()):
-            out.scatter_(1, where, y)
+            out = out.scatter(1, where, y) if graph else out.scatter_(1, where, y)
         else:  # a patch longer than what is left of the clip is cut at the clip's end
             keep = where < end
             rows = torch.arange(n, device=x.device)[:, None].expand(n, patch_len)
-            out[rows[keep], where[keep]] = y[keep]
+            put = (rows[keep], where[keep])
+            out = out.index_put(put, y[keep]) if graph else out.index_put_(put, y[keep])
     return out
 
 
