@@ -37,7 +37,7 @@ from pydantic import Field, model_serializer
 
 from defenses.base import Defense, TrainingSet
 from lab.config import Section
-from lab.dsp import snr_gain
+from lab.dsp import add_energy, gain_for, snr_gain
 from lab.keys import derive_seed, resolve_key
 from lab.masking import limit_to_threshold
 
@@ -200,6 +200,38 @@ class ClassPatternsOnFiles:
         pattern = self.patterns.repeat(1, reps)[:, :n][labels.long()].to(waveforms.dtype)
         masking = None if self.margin is None else (self.sample_rate, self.margin, None)
         return add_class_patterns(waveforms, pattern, torch.ones_like(waveforms), self.snr_db, self.linf, masking)
+
+    # --- a long file a block at a time (the block hooks of a files_at protection delegate here; see
+    # defenses.base.Protection.block_plan): with snr_db, a first pass sums each channel's energy and the tiled
+    # pattern's (lab.dsp.add_energy, as add_class_patterns sums them); then the pattern is tiled block by block,
+    # never over the whole file, scaled and clipped. Not with a masking budget (shaped against the whole file)
+
+    @property
+    def first_pass(self) -> bool:
+        return self.snr_db is not None
+
+    def block_plan(self, cls: int, frames: int, channels: int) -> dict | None:
+        if self.margin is not None:
+            return None
+        return {"cls": cls, "frames": frames, "channels": channels, "signal": None, "power": None, "gain": None}
+
+    def block_stats(self, plan: dict, x: torch.Tensor, start: int) -> None:
+        plan["signal"] = add_energy(plan["signal"], x)
+        plan["power"] = add_energy(plan["power"], self.tiled(plan, start, start + x.shape[1], x.dtype))
+
+    def tiled(self, plan: dict, a: int, b: int, dtype: torch.dtype) -> torch.Tensor:
+        """Frames [a, b) of the class pattern repeated over the file, a row per channel, as :meth:`apply` has them."""
+        period = self.patterns[plan["cls"]]
+        return period[torch.arange(a, b) % len(period)].to(dtype)[None].repeat(plan["channels"], 1)
+
+    def apply_block(self, plan: dict, x: torch.Tensor, a: int, b: int) -> torch.Tensor:
+        """Frames [a, b) of the file, ``x`` (channels, b - a), protected as :meth:`apply` protects them."""
+        noise = self.tiled(plan, a, b, x.dtype)
+        if self.snr_db is not None:
+            if plan["gain"] is None:
+                plan["gain"] = gain_for(plan["signal"], plan["power"], self.snr_db)
+            noise = noise * plan["gain"].to(x.dtype)
+        return x + (noise.clamp(-self.linf, self.linf) if self.linf is not None else noise)
 
 
 def _on(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

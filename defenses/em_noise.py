@@ -63,11 +63,11 @@ from typing import Literal
 import torch
 from pydantic import Field, SecretStr, model_validator
 
-from defenses._minmin import MinMinSettings, OptimisedDefense, Perturbation, span_mask
+from defenses._minmin import ClassPatternsOnFiles, MinMinSettings, OptimisedDefense, Perturbation, span_mask
 from defenses.base import DEFENSES, Protection, TrainingSet, WorkingClips, samples_hash, samples_hasher
 from lab import dsp
 from lab.config import PluginConfig
-from lab.dsp import add_energy, change_scale, fit_length, gain_for, limit_change, scaled_change, snr_gain, snr_radius
+from lab.dsp import add_energy, change_scale, fit_length, limit_change, scaled_change, snr_gain, snr_radius
 from lab.keys import fingerprint
 from lab.masking import MaskingBudget, check_budget, limit_to_threshold, masking_threshold
 
@@ -350,9 +350,11 @@ class EMNoiseFiles(Protection):
         self.arrays_file = working.arrays
         self.rows = {h: i for i, h in enumerate(working.sources)} if self.mode == "sample-wise" else {}
         self._noise = source.noise
-        self.patterns = None
-        if self.mode == "class-wise":
-            self.patterns = self.resampled(source.patterns.float())
+        self.patterns = self.files = None
+        if self.mode == "class-wise":  # the shared mapping (its block hooks); apply below does the same
+            self.files = ClassPatternsOnFiles(source.patterns, self.working_rate, sample_rate, self.params["snr_db"],
+                                              self.params["linf"], self.params.get("masking_margin_db"))
+            self.patterns = self.files.patterns
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -396,39 +398,35 @@ class EMNoiseFiles(Protection):
         return self.resampled(self.noise_row(row))[:frames]
 
     # --- lab protect's block hooks (a long file in bounded memory; not with a masking budget, shaped over the whole
-    # file). Class-wise: a first pass sums each channel's energy and the class pattern's (lab.dsp.add_energy, as
-    # add_class_noise sums them), then the pattern is tiled block by block, scaled, clipped. Sample-wise: the file's
-    # samples_hash (a pass per channel, in the hash's channel order; the first also sums the energy) finds the row;
-    # the first block's window reaches over the chunks the noise touches, for the change's energy (limit_change)
+    # file). Class-wise: the shared mapping's (defenses._minmin.ClassPatternsOnFiles: a first pass for the sums,
+    # the pattern tiled block by block). Sample-wise: the file's samples_hash (a pass per channel, in the hash's
+    # channel order; the first also sums the energy) finds the row; the first block's window reaches over the
+    # chunks the noise touches, for the change's energy (limit_change)
 
     @property
     def block_first_pass(self) -> bool:
         return self.mode == "sample-wise" or self.params["snr_db"] is not None
 
     def block_plan(self, cls, frames, channels):
+        if self.mode == "class-wise":
+            return self.files.block_plan(cls, frames, channels)
         if self.params.get("masking_margin_db") is not None:
             return None
-        return {"cls": cls, "frames": frames, "channels": channels, "pass": -1, "signal": None, "power": None,
+        return {"frames": frames, "channels": channels, "pass": -1, "signal": None,
                 "hash": samples_hasher(channels, frames), "noise": None, "scale": None}
 
     def block_passes(self, plan):
         return plan["channels"] if self.mode == "sample-wise" else 1
 
     def block_stats(self, plan, x, start):
+        if self.mode == "class-wise":
+            return self.files.block_stats(plan, x, start)
         plan["pass"] += start == 0
         if plan["pass"] == 0 and self.params["snr_db"] is not None:
             plan["signal"] = add_energy(plan["signal"], x)
-            if self.mode == "class-wise":
-                plan["power"] = add_energy(plan["power"], self._tiled(plan, start, start + x.shape[1], x.dtype))
-        if self.mode == "sample-wise":
-            plan["hash"].update(x[plan["pass"]].to(torch.float32).contiguous().numpy().tobytes())
-            if plan["pass"] == plan["channels"] - 1 and start + x.shape[1] == plan["frames"]:
-                plan["noise"] = self.file_noise(plan["hash"].hexdigest(), plan["frames"])
-
-    def _tiled(self, plan, a, b, dtype):
-        """Frames [a, b) of the class pattern repeated over the file, a row per channel, as apply builds them."""
-        period = self.patterns[plan["cls"]]
-        return period[torch.arange(a, b) % len(period)].to(dtype)[None].repeat(plan["channels"], 1)
+        plan["hash"].update(x[plan["pass"]].to(torch.float32).contiguous().numpy().tobytes())
+        if plan["pass"] == plan["channels"] - 1 and start + x.shape[1] == plan["frames"]:
+            plan["noise"] = self.file_noise(plan["hash"].hexdigest(), plan["frames"])
 
     def _noise_reach(self, plan) -> int:
         """Sample-wise: the frames [0, reach) whose change's energy needs summing (the chunks the noise touches;
@@ -442,22 +440,16 @@ class EMNoiseFiles(Protection):
         return a, b
 
     def apply_block(self, plan, x, lo, a, b):
-        linf = self.params["linf"]
         clean = x[:, a - lo:b - lo]
         if self.mode == "class-wise":
-            noise = self._tiled(plan, a, b, x.dtype)
-            if self.params["snr_db"] is not None:
-                gain = gain_for(plan["signal"], plan["power"], self.params["snr_db"]) \
-                    if plan["scale"] is None else plan["scale"]
-                plan["scale"] = gain
-                noise = noise * gain.to(x.dtype)
-            return clean + (noise.clamp(-linf, linf) if linf is not None else noise)
+            return self.files.apply_block(plan, clean, a, b)
         if self.params["snr_db"] is not None and plan["scale"] is None:
             reach = x[:, :self._noise_reach(plan)]  # the window begins at frame 0 (block_window)
             d = self._noise_between(plan, 0, reach.shape[1], x.dtype)
             power = add_energy(None, (reach + d[None]) - reach)
             plan["scale"] = change_scale(plan["signal"], power, self.params["snr_db"])
-        return scaled_change(clean, clean + self._noise_between(plan, a, b, x.dtype)[None], plan["scale"], linf)
+        d = self._noise_between(plan, a, b, x.dtype)
+        return scaled_change(clean, clean + d[None], plan["scale"], self.params["linf"])
 
     def _noise_between(self, plan, a, b, dtype):
         """Frames [a, b) of the file's noise (zeros past its end), as apply pads it."""

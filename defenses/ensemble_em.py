@@ -32,7 +32,8 @@ loop's, torch's and the transformations' generators, the history; an interrupted
 and ends where an uninterrupted one ends), then writes it onto each file at the file's own rate and length
 (:class:`EnsembleEMFiles`, :data:`MAPPING`): the class pattern resampled, repeated over the file and scaled per
 channel to ``snr_db`` (then shaped to the masking budget when ``masking_margin_db`` is set), as em-noise's class-wise
-noise (the mapping is shared: defenses._minmin.ClassPatternsOnFiles).
+noise (the mapping is shared: defenses._minmin.ClassPatternsOnFiles; a long file is written a block at a time with
+the very bytes of the whole file, not with a masking budget).
 
 Not in this version (issue 25 asks for them later): sample-wise noise, the robust inner step (``rho``), SpecAugment
 masks and a codec proxy in the transformations, a timing-invariant parametrisation.
@@ -385,6 +386,20 @@ class EnsembleEMFiles(Protection):
 
     def apply(self, waveforms, labels, lengths=None, **ablation):
         return self.files.apply(waveforms, labels)
+
+    # a long file a block at a time: the shared mapping's blocks (not with a masking budget)
+    @property
+    def block_first_pass(self) -> bool:
+        return self.files.first_pass
+
+    def block_plan(self, cls, frames, channels):
+        return self.files.block_plan(cls, frames, channels)
+
+    def block_stats(self, plan, x, start):
+        self.files.block_stats(plan, x, start)
+
+    def apply_block(self, plan, x, lo, a, b):
+        return self.files.apply_block(plan, x[:, a - lo:b - lo], a, b)
 
     def to_dict(self) -> dict:
         return {"defense": self.defense, "params": self.params, "key_fingerprint": self.key_fingerprint,
