@@ -28,6 +28,29 @@ STREAM_FRAMES = 1 << 22  # longer files are streamed where the protection can (9
 BLOCK_FRAMES = 1 << 18  # frames per block: a multiple of lab.dsp.ENERGY_CHUNK (a block's sums group as the file's)
 STREAMED = "streamed in blocks"
 WHOLE = "decoded whole: the protection has no block hook"
+# A long file that cannot be streamed (its protection has no plan for it, e.g. the masking budget, or a lossy format)
+# is decoded whole; past this many samples (frames x channels) it is refused instead, in one line, so that no file
+# can make lab protect use memory without bound: 2^26 samples (12.7 min of 44.1 kHz stereo, 2.3 h of 8 kHz mono)
+# took up to about 3 GB decoded whole with the masking budget. $LAB_MAX_WHOLE_SAMPLES raises or lowers it.
+MAX_WHOLE_SAMPLES = 1 << 26
+
+
+def max_whole_samples() -> int:
+    import os
+    value = os.environ.get("LAB_MAX_WHOLE_SAMPLES", "")
+    return int(value) if value.isdigit() else MAX_WHOLE_SAMPLES
+
+
+def too_long_to_decode(frames: int, channels: int, lossless: bool) -> str | None:
+    """Why a long file that cannot be streamed is refused (one line), or None when it may be decoded whole."""
+    limit = max_whole_samples()
+    if frames * channels <= limit:
+        return None
+    why = "the protection has no block path with these options (e.g. masking_margin_db)" if lossless else \
+        "its format is lossy (only lossless formats are streamed)"
+    return (f"too long to protect whole: {frames} frames x {channels} channel(s) = {frames * channels} samples, over "
+            f"the limit of {limit} for a file that cannot be streamed ({why}); convert it to WAV or FLAC, protect it "
+            f"without that option, cut it, or raise LAB_MAX_WHOLE_SAMPLES if the machine has the memory")
 
 
 class NonFinite(ValueError):

@@ -103,11 +103,15 @@ def _read(job: tuple, protections: dict[int, Protection] | None = None):
     try:
         with open_regular(src) as f:
             info = header(f) if blocks.may_be_long(f) else None
-            if info is not None and info[1] > blocks.STREAM_FRAMES and info[0].exact:  # lossless formats only
+            if info is not None and info[1] > blocks.STREAM_FRAMES:
                 prot = (protections or {}).get(info[0].sample_rate)
-                plan = prot.block_plan(cls, info[1], info[2]) if prot is not None else None
+                exact = info[0].exact  # lossless formats only are streamed
+                plan = prot.block_plan(cls, info[1], info[2]) if prot is not None and exact else None
                 if plan is not None:
                     return _streamed(job, f, info, prot, plan)
+                refused = blocks.too_long_to_decode(info[1], info[2], exact)
+                if refused:
+                    return _failed(rel, label, refused)
             f.seek(0)
             blob = f.read()
     except NotRegular as e:

@@ -242,6 +242,35 @@ def test_a_long_file_without_a_block_hook_is_protected_whole_and_says_so(cli, tm
     assert code == 0 and "checked block by block" not in out, out + err
 
 
+def test_a_long_file_that_cannot_be_streamed_is_refused_past_the_whole_file_limit(cli, tmp_path, key_file,
+                                                                                   monkeypatch):
+    """No file can make lab protect decode without bound: past LAB_MAX_WHOLE_SAMPLES a long file without a block
+    path (a protection with no plan for it, or a lossy format) fails in one line naming the limit and the way out;
+    the other files are protected and nothing is written for it."""
+    without = [(k, OPTION_SETS[o]) for k, o in CASES if build_defense(defense_config(
+        key_file, {"type": k, **OPTION_SETS[o]})).derive(2, SR).block_plan(0, 9000, 1) is None]
+    if not without:
+        pytest.skip("every file-by-file defense has a block hook with every option set")
+    src = long_folder(tmp_path / "in", {"a.wav": (9000, 2, "PCM_16"), "c.wav": (3000, 2, "PCM_16")})
+    ogg = src / "dog" / "long.ogg"
+    sf.write(ogg, 0.1 * np.sin(np.arange(9000) / 7.0), SR, format="OGG", subtype="VORBIS")
+    monkeypatch.setattr(blocks, "STREAM_FRAMES", 5000)
+    monkeypatch.setattr(blocks, "may_be_long", lambda f: True)
+    monkeypatch.setenv("LAB_MAX_WHOLE_SAMPLES", "12000")
+    code, out, err = run_protect(cli, src, tmp_path / "out", key_file, without[0][0], list(without[0][1].items()))
+    text = " ".join((out + err).split())
+    assert code == 1, out + err
+    assert "too long to protect whole: 9000 frames x 2 channel(s) = 18000 samples, over the limit of 12000" in text
+    assert "the protection has no block path with these options" in text
+    assert "its format is lossy" not in text and (tmp_path / "out" / "dog" / "long.ogg").is_file()  # 9000 x 1: whole
+    assert (tmp_path / "out" / "dog" / "c.wav").is_file() and not (tmp_path / "out" / "cat" / "a.wav").exists()
+    monkeypatch.setenv("LAB_MAX_WHOLE_SAMPLES", "8000")  # now the Ogg file is over it too: refused for its format
+    code, out, err = run_protect(cli, src, tmp_path / "out2", key_file, "poscuda")
+    text = " ".join((out + err).split())
+    assert code == 1 and "its format is lossy (only lossless formats are streamed)" in text, out + err
+    assert (tmp_path / "out2" / "cat" / "a.wav").is_file()  # poscuda streams the long WAV
+
+
 def test_a_long_file_with_nan_or_a_full_disk_leaves_nothing_written(cli, tmp_path, key_file, monkeypatch):
     """Found half-way through a streamed file: NaN fails that file by name; a full disk stops the run (resumable);
     neither leaves an output or a temporary file behind."""
