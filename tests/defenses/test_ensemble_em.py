@@ -239,6 +239,20 @@ def test_the_tile_pattern_moves_with_the_clip_and_keeps_the_budget():
     assert torch.allclose(noise, expected) and len(set(pert.offsets.tolist())) > N // 2
 
 
+def test_the_tile_pattern_keeps_the_masking_budget():
+    """pattern: tile with masking_margin_db 0 (and snr_db 20): every clip's change at most its masking threshold in
+    every frame and bin (the contract suite's tolerance), the SNR floor kept, a clip alone protected as in a batch."""
+    from lab.masking import threshold_excess_db
+    prot = derive(pattern="tile", tile_seconds=0.05, snr_db=20, masking_margin_db=0.0, max_rounds=1, steps=1,
+                  train_batches=1, eot={"draws": 0})
+    x, y, lengths = clips()
+    change = (prot.apply(x, y, lengths) - x).double()
+    assert change.abs().sum() > 0 and float(threshold_excess_db(x, change, SR, 0.0).max()) <= 0.1  # MASKING_TOLERANCE_DB
+    assert snr_db(x, x + change, lengths).min() >= 20 - 1e-3
+    alone = torch.cat([prot.apply(x[i:i + 1], y[i:i + 1], lengths[i:i + 1]) for i in range(N)])
+    assert torch.allclose(alone, x + change.float(), atol=1e-6)
+
+
 def test_a_member_the_recipe_cannot_build_is_refused_at_the_door():
     from lab.recipe import load_recipe
     with pytest.raises(LabError, match="lsmt"):
