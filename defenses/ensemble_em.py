@@ -15,7 +15,16 @@ Every round:
   over ``eot.draws`` random transformations of the members' cross-entropy (an expectation over transformations:
   REM, ICLR 2022): each draw, per clip, with probability ``eot.p`` each, a circular time shift of up to
   ``eot.shift_seconds``, a gain within +-``eot.gain_db``, a low-pass (FFT brick-wall) at a cut-off drawn in
-  ``eot.lowpass_hz``, white noise at an SNR drawn in ``eot.noise_snr_db``; all differentiable;
+  ``eot.lowpass_hz``, white noise at an SNR drawn in ``eot.noise_snr_db``; and, each with its own probability
+  (0, off, by default: then a draw, its hash and the noise are what they were before them), SpecAugment-style masks
+  on the waveform (a time span of up to ``eot.time_mask_seconds`` zeroed; a band of up to ``eot.freq_mask_hz``
+  removed by an FFT brick wall) and a codec proxy (a brick-wall low-pass at ``eot.codec_hz / 2`` and
+  ``eot.codec_bits``-bit quantisation with a straight-through gradient: the ``codec`` attack's default resample and
+  bits steps; not its MP3); all differentiable;
+- ``pattern``: ``waveform`` (the default), one pattern as long as the clips per class, or ``tile``, a timing-free
+  parametrisation: one tile of ``tile_seconds`` per class repeated over every clip from a key-derived per-clip
+  offset (:class:`TilePatterns`), so that a shift of the clip only moves the tile's phase (the surrogates train and
+  the tiles descend at every phase); new clips and files get the tile from its first sample;
 - the stop rule: every member's accuracy on the perturbed training clips reaches ``stop_accuracy`` (at most
   ``max_rounds`` rounds).
 
@@ -34,8 +43,8 @@ and ends where an uninterrupted one ends), then writes it onto each file at the 
 channel to ``snr_db`` (then shaped to the masking budget when ``masking_margin_db`` is set), as em-noise's class-wise
 noise (the mapping is shared: defenses._minmin.ClassPatternsOnFiles).
 
-Not in this version (issue 25 asks for them later): sample-wise noise, the robust inner step (``rho``), SpecAugment
-masks and a codec proxy in the transformations, a timing-invariant parametrisation.
+Not in this version (issue 25 asks for them later): sample-wise noise, the robust inner step (``rho``), a
+spectral-envelope parametrisation, an MP3 or Opus proxy in the transformations.
 """
 from __future__ import annotations
 
@@ -53,8 +62,8 @@ from defenses._minmin import (ClassPatternsOnFiles, MinMinSettings, OptimisedDef
                               span_mask, train_surrogate)
 from defenses.base import DEFENSES, Protection, TrainingSet, WorkingClips
 from lab.config import PluginConfig, Section
-from lab.errors import LabError
 from lab.dsp import band_limit, fit_length, quantise_ste, tile_rows, zero_span
+from lab.errors import LabError
 from lab.keys import derive_seed, fingerprint
 from lab.masking import MaskingBudget, check_budget, masking_threshold
 
@@ -478,7 +487,8 @@ class EnsembleEMFiles(Protection):
         self.key_fingerprint, self.num_classes = source.key_fingerprint, source.num_classes
         self.sample_rate, self.working_rate, self.clip_samples = sample_rate, working.sample_rate, working.clip_samples
         self.mapping = TILE_MAPPING if self.params.get("pattern", "waveform") == "tile" else MAPPING
-        self.files = ClassPatternsOnFiles(source.working_patterns(working.clip_samples), working.sample_rate, sample_rate, self.params["snr_db"],
+        self.files = ClassPatternsOnFiles(source.working_patterns(working.clip_samples), working.sample_rate,
+                                          sample_rate, self.params["snr_db"],
                                           None, self.params.get("masking_margin_db"))
 
     def apply(self, waveforms, labels, lengths=None, **ablation):
