@@ -15,7 +15,16 @@ Every round:
   over ``eot.draws`` random transformations of the members' cross-entropy (an expectation over transformations:
   REM, ICLR 2022): each draw, per clip, with probability ``eot.p`` each, a circular time shift of up to
   ``eot.shift_seconds``, a gain within +-``eot.gain_db``, a low-pass (FFT brick-wall) at a cut-off drawn in
-  ``eot.lowpass_hz``, white noise at an SNR drawn in ``eot.noise_snr_db``; all differentiable;
+  ``eot.lowpass_hz``, white noise at an SNR drawn in ``eot.noise_snr_db``; and, each with its own probability
+  (0, off, by default: then a draw, its hash and the noise are what they were before them), SpecAugment-style masks
+  on the waveform (a time span of up to ``eot.time_mask_seconds`` zeroed; a band of up to ``eot.freq_mask_hz``
+  removed by an FFT brick wall) and a codec proxy (a brick-wall low-pass at ``eot.codec_hz / 2`` and
+  ``eot.codec_bits``-bit quantisation with a straight-through gradient: the ``codec`` attack's default resample and
+  bits steps; not its MP3); all differentiable;
+- ``pattern``: ``waveform`` (the default), one pattern as long as the clips per class, or ``tile``, a timing-free
+  parametrisation: one tile of ``tile_seconds`` per class repeated over every clip from a key-derived per-clip
+  offset (:class:`TilePatterns`), so that a shift of the clip only moves the tile's phase (the surrogates train and
+  the tiles descend at every phase); new clips and files get the tile from its first sample;
 - the stop rule: every member's accuracy on the perturbed training clips reaches ``stop_accuracy`` (at most
   ``max_rounds`` rounds).
 
@@ -35,8 +44,8 @@ channel to ``snr_db`` (then shaped to the masking budget when ``masking_margin_d
 noise (the mapping is shared: defenses._minmin.ClassPatternsOnFiles; a long file is written a block at a time with
 the very bytes of the whole file, not with a masking budget).
 
-Not in this version (issue 25 asks for them later): sample-wise noise, the robust inner step (``rho``), SpecAugment
-masks and a codec proxy in the transformations, a timing-invariant parametrisation.
+Not in this version (issue 25 asks for them later): sample-wise noise, the robust inner step (``rho``), a
+spectral-envelope parametrisation, an MP3 or Opus proxy in the transformations.
 """
 from __future__ import annotations
 
@@ -54,7 +63,8 @@ from defenses._minmin import (ClassPatternsOnFiles, MinMinSettings, OptimisedDef
                               span_mask, train_surrogate)
 from defenses.base import DEFENSES, Protection, TrainingSet, WorkingClips
 from lab.config import PluginConfig, Section
-from lab.dsp import fit_length
+from lab.dsp import band_limit, fit_length, quantise_ste, tile_rows, zero_span
+from lab.errors import LabError
 from lab.keys import derive_seed, fingerprint
 from lab.masking import MaskingBudget, check_budget, masking_threshold
 
@@ -65,7 +75,8 @@ DEFAULT_MEMBERS = ({"model": {"type": "cnn"}, "features": {"type": "logmel"}},
 
 
 class EOTConfig(Section):
-    """The expectation over transformations inside every descent step (``draws`` 0: none)."""
+    """The expectation over transformations inside every descent step (``draws`` 0: none). The masks and the codec
+    proxy are off by default (probability 0): then a draw, its hash and the noise are what they were before them."""
 
     draws: int = Field(2, ge=0)
     p: float = Field(0.5, ge=0, le=1)
@@ -73,6 +84,13 @@ class EOTConfig(Section):
     gain_db: float = Field(6.0, ge=0)
     lowpass_hz: tuple[float, float] = (1500.0, 3500.0)
     noise_snr_db: tuple[float, float] = (20.0, 40.0)
+    time_mask_p: float = Field(0.0, ge=0, le=1)
+    time_mask_seconds: float = Field(0.1, gt=0)
+    freq_mask_p: float = Field(0.0, ge=0, le=1)
+    freq_mask_hz: float = Field(500.0, gt=0)
+    codec_p: float = Field(0.0, ge=0, le=1)
+    codec_hz: float = Field(4000.0, gt=0)
+    codec_bits: int = Field(8, ge=1, le=24)
 
     @field_validator("lowpass_hz", "noise_snr_db")
     @classmethod
@@ -91,6 +109,8 @@ class EnsembleEMConfig(PluginConfig, MinMinSettings, MaskingBudget):
     surrogates: list[SurrogateConfig] = Field(default_factory=lambda: [SurrogateConfig(**m) for m in DEFAULT_MEMBERS],
                                               min_length=1)
     eot: EOTConfig = Field(default_factory=EOTConfig)
+    pattern: Literal["waveform", "tile"] = "waveform"
+    tile_seconds: float = Field(0.25, gt=0)
 
     @model_validator(mode="after")
     def _supported(self):
@@ -140,6 +160,33 @@ class ClassPatterns(Perturbation):
         self.patterns = state["patterns"].to(self.patterns)
 
 
+class TilePatterns(ClassPatterns):
+    """The timing-free parametrisation (``pattern: tile``): one unit-RMS tile of ``tile`` samples per class (C, L),
+    repeated over every clip from a per-clip offset (key-derived, uniform in [0, L), fixed for the run), then scaled
+    per clip to the SNR target (and shaped to the masking budget) as :class:`ClassPatterns`. A clip's noise is thus
+    periodic and its class signal is the same tile wherever the clip starts: shifting a clip by s samples only moves
+    the tile's phase, and the surrogates are trained and the tiles descended over every phase."""
+
+    def __init__(self, data: TrainingSet, snr_db, margin_db, step_size, gen: torch.Generator, tile: int,
+                 offsets_gen: torch.Generator):
+        self.snr_db, self.margin, self.step, self.sample_rate = snr_db, margin_db, step_size, data.sample_rate
+        self.mask = span_mask(data.waveforms, data.lengths)
+        self.patterns = self.normalise(torch.randn(data.num_classes, tile, generator=gen).to(data.waveforms))
+        self.offsets = torch.randint(0, tile, (len(data.labels),), generator=offsets_gen)
+        self.thresholds = None if margin_db is None else masking_threshold(data.waveforms, data.sample_rate).float()
+
+    def perturbed(self, var, idx, x, y, lengths):
+        masking = None if self.margin is None else (self.sample_rate, self.margin, self.thresholds[idx])
+        return add_class_patterns(x, tile_rows(var[y], self.offsets[idx], x.shape[1]), self.mask[idx], self.snr_db,
+                                  None, masking)
+
+    def state(self):
+        return {"patterns": self.patterns, "offsets": self.offsets}
+
+    def restore(self, state):
+        self.patterns, self.offsets = state["patterns"].to(self.patterns), state["offsets"].clone()
+
+
 class Transformations:
     """Random transformations of waveform batches (EOTConfig), drawn from their own generator; every draw's
     parameters go into a SHA-256 chain (the record's ``draws_sha256``: each draw hashed after the chain so far, so
@@ -154,7 +201,8 @@ class Transformations:
         return low + (high - low) * torch.rand(n, generator=self.gen, dtype=torch.float64)
 
     def draw(self, n: int, t: int) -> dict[str, torch.Tensor]:
-        """One draw for ``n`` clips of ``t`` samples: per clip, each transformation on with probability ``p``."""
+        """One draw for ``n`` clips of ``t`` samples: per clip, each transformation on with probability ``p`` (the
+        masks and the codec proxy: with their own, drawn after the rest and only when above 0)."""
         c = self.cfg
         on = torch.rand(4, n, generator=self.gen) < c.p
         reach = int(round(c.shift_seconds * self.sample_rate))
@@ -164,25 +212,64 @@ class Transformations:
         cutoff = torch.where(on[2], self._uniform(n, *c.lowpass_hz), inf)
         snr = torch.where(on[3], self._uniform(n, *c.noise_snr_db), inf)
         noise = torch.randn(n, t, generator=self.gen)
-        params = {"shift": shift, "gain": gain, "cutoff": cutoff, "snr": snr, "noise": noise}
+        params = {"shift": shift, "gain": gain, "cutoff": cutoff, "snr": snr, "noise": noise,
+                  **self._draw_masks(n, t)}
         digest = hashlib.sha256(bytes.fromhex(self.chain))
         for v in params.values():
             digest.update(v.contiguous().numpy().tobytes())
         self.made, self.chain = self.made + 1, digest.hexdigest()
         return params
 
+    def _draw_masks(self, n: int, t: int) -> dict[str, torch.Tensor]:
+        """The SpecAugment-style masks and the codec proxy, each only when its probability is above 0 (so that a
+        draw without them takes nothing more from the generator): a time mask of up to ``time_mask_seconds`` at a
+        uniform start, a frequency band of up to ``freq_mask_hz`` within (0, sr/2), the codec proxy on or off."""
+        c, out = self.cfg, {}
+        if c.time_mask_p > 0:
+            on = torch.rand(n, generator=self.gen) < c.time_mask_p
+            most = min(t, int(round(c.time_mask_seconds * self.sample_rate)))
+            width = (torch.rand(n, generator=self.gen) * (most + 1)).long().clamp(max=most) * on
+            out["tmask_start"] = (torch.rand(n, generator=self.gen) * (t - width + 1)).long().clamp(max=t - width)
+            out["tmask_width"] = width
+        if c.freq_mask_p > 0:
+            on = torch.rand(n, generator=self.gen) < c.freq_mask_p
+            nyquist = self.sample_rate / 2
+            width = torch.where(on, self._uniform(n, 0.0, min(c.freq_mask_hz, nyquist)), torch.zeros(n).double())
+            low = self._uniform(n, 0.0, 1.0) * (nyquist - width)
+            out["fmask_low"], out["fmask_high"] = torch.where(on, low, -1.0), torch.where(on, low + width, -2.0)
+        if c.codec_p > 0:
+            out["codec"] = torch.rand(n, generator=self.gen) < c.codec_p
+        return out
+
     def apply(self, x: torch.Tensor, d: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``x`` (n, t) transformed by draw ``d`` (differentiable): shift, low-pass, added noise, gain."""
+        """``x`` (n, t) transformed by draw ``d`` (differentiable): the codec proxy, shift, low-pass and frequency
+        mask, time mask, added noise, gain."""
         n, t = x.shape
+        if "codec" in d:
+            x = self._codec(x, d["codec"])
         pos = (torch.arange(t)[None, :] - d["shift"][:, None]) % t
         x = x.gather(1, pos.to(x.device))
         freqs = torch.fft.rfftfreq(t, 1.0 / self.sample_rate)
-        keep = (freqs[None, :] <= d["cutoff"][:, None]).to(x.dtype)
+        keep = freqs[None, :] <= d["cutoff"][:, None]
+        if "fmask_low" in d:
+            keep &= (freqs[None, :] < d["fmask_low"][:, None]) | (freqs[None, :] > d["fmask_high"][:, None])
+        keep = keep.to(x.dtype)
         if not bool(keep.all()):
-            x = torch.fft.irfft(torch.fft.rfft(x) * keep, n=t)
+            x = torch.fft.irfft(torch.fft.rfft(x) * keep.to(x.device), n=t)
+        if "tmask_start" in d:
+            x = zero_span(x, d["tmask_start"], d["tmask_width"])
         rms = x.detach().pow(2).mean(dim=1, keepdim=True).sqrt()
         x = x + d["noise"].to(x) * rms * (10 ** (-d["snr"] / 20)).to(x)[:, None]
         return x * d["gain"].to(x)[:, None]
+
+    def _codec(self, x: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
+        """The codec proxy on the rows where ``on``: an FFT brick-wall low-pass at ``codec_hz / 2`` (the ``codec``
+        attack's resampling down to ``resample_hz`` and back), then ``codec_bits``-bit quantisation with a
+        straight-through gradient (its ``bits`` step)."""
+        if not bool(on.any()):
+            return x
+        squeezed = quantise_ste(band_limit(x, self.sample_rate, 0.0, self.cfg.codec_hz / 2), self.cfg.codec_bits)
+        return torch.where(on[:, None].to(x.device), squeezed, x)
 
     def record(self) -> dict:
         return {**self.cfg.model_dump(mode="json"), "draws_made": self.made, "draws_sha256": self.chain,
@@ -338,8 +425,25 @@ class EnsembleEMProtection(Protection):
         cls = (labels if filter_classes is None else filter_classes).long()
         margin = self.params.get("masking_margin_db")
         masking = None if margin is None else (self.sample_rate, margin, None)
-        return add_class_patterns(waveforms, fit_length(self.patterns, t)[cls].to(waveforms),
+        return add_class_patterns(waveforms, self.clip_patterns(t)[cls].to(waveforms),
                                   span_mask(waveforms, lengths), self.params["snr_db"], None, masking)
+
+    def clip_patterns(self, t: int) -> torch.Tensor:
+        """(C, t): each class's noise on a clip of ``t`` samples before scaling: the pattern cropped or zero-padded
+        (``pattern: waveform``), or the tile repeated from its first sample (``pattern: tile``, offset 0: the tile
+        was optimised at every offset)."""
+        if self.params.get("pattern", "waveform") == "tile":
+            return tile_rows(self.patterns, torch.zeros(len(self.patterns), dtype=torch.long), t)
+        return fit_length(self.patterns, t)
+
+    def working_patterns(self, clip_samples: int) -> torch.Tensor:
+        """What is written onto files (:class:`EnsembleEMFiles`): the patterns as they are, or the tiles repeated a
+        whole number of times to cover a working clip (so that the repetition over a file keeps the tile's
+        period)."""
+        if self.params.get("pattern", "waveform") == "tile":
+            tile = self.patterns.shape[1]
+            return self.clip_patterns(-(-clip_samples // tile) * tile)
+        return self.patterns
 
     def ablation_variants(self, waveforms, labels, lengths, sample_rate, seed=0):
         from defenses.base import other_classes
@@ -367,6 +471,8 @@ class EnsembleEMProtection(Protection):
 
 
 MAPPING = class_patterns_mapping(", shaped to the masking budget when masking_margin_db is set")
+TILE_MAPPING = ("pattern 'tile': the class's tile (arrays 'patterns', a row per class, at working_rate) repeated a "
+                "whole number of times to cover clip_samples, then: " + MAPPING)
 
 
 class EnsembleEMFiles(Protection):
@@ -381,7 +487,9 @@ class EnsembleEMFiles(Protection):
         self.defense, self.params = source.name, source.params
         self.key_fingerprint, self.num_classes = source.key_fingerprint, source.num_classes
         self.sample_rate, self.working_rate, self.clip_samples = sample_rate, working.sample_rate, working.clip_samples
-        self.files = ClassPatternsOnFiles(source.patterns, working.sample_rate, sample_rate, self.params["snr_db"],
+        self.mapping = TILE_MAPPING if self.params.get("pattern", "waveform") == "tile" else MAPPING
+        self.files = ClassPatternsOnFiles(source.working_patterns(working.clip_samples), working.sample_rate,
+                                          sample_rate, self.params["snr_db"],
                                           None, self.params.get("masking_margin_db"))
 
     def apply(self, waveforms, labels, lengths=None, **ablation):
@@ -404,7 +512,7 @@ class EnsembleEMFiles(Protection):
     def to_dict(self) -> dict:
         return {"defense": self.defense, "params": self.params, "key_fingerprint": self.key_fingerprint,
                 "num_classes": self.num_classes, "sample_rate": self.sample_rate, "working_rate": self.working_rate,
-                "clip_samples": self.clip_samples, "mapping": MAPPING}
+                "clip_samples": self.clip_samples, "mapping": self.mapping}
 
 
 @DEFENSES.register("ensemble-em")
@@ -440,13 +548,27 @@ class EnsembleEM(OptimisedDefense):
         cfg: EnsembleEMConfig = self.config
         key = self._key()
         seed = self.surrogate_seed()
-        pert = ClassPatterns(data, cfg.snr_db, cfg.masking_margin_db, cfg.step_size,
-                             torch.Generator().manual_seed(seed))
+        pert = self.perturbation(data, key, seed)
         eot = Transformations(cfg.eot, data.sample_rate, derive_seed(key, "ensemble-em/v1/eot", 0) % (2 ** 31))
         members = self.members(data)
         data.log(f"ensemble-em: optimising class-wise noise on {len(data.labels)} clips against "
-                 f"{', '.join(m.description or '?' for m in members)} ({cfg.eot.draws} transformation draw(s) a step)")
-        record = ensemble_min_min(data, members, pert, seed, eot, cfg)
+                 f"{', '.join(m.description or '?' for m in members)} ({cfg.eot.draws} transformation draw(s) a step, "
+                 f"pattern {cfg.pattern})")
+        record = {**ensemble_min_min(data, members, pert, seed, eot, cfg), "pattern": cfg.pattern}
         params = cfg.model_dump(exclude={"key", "key_file", "type"}, mode="json")
         return EnsembleEMProtection(params, fingerprint(key), data.sample_rate, data.num_classes, record,
                                     pert.patterns.float())
+
+    def perturbation(self, data: TrainingSet, key: str, seed: int) -> ClassPatterns:
+        """The optimised variable: a pattern as long as the clips per class, or (``pattern: tile``) a tile of
+        ``tile_seconds`` per class with per-clip offsets from the key ("ensemble-em/v1/tile")."""
+        cfg: EnsembleEMConfig = self.config
+        gen = torch.Generator().manual_seed(seed)
+        if cfg.pattern == "waveform":
+            return ClassPatterns(data, cfg.snr_db, cfg.masking_margin_db, cfg.step_size, gen)
+        tile, t = int(round(cfg.tile_seconds * data.sample_rate)), data.waveforms.shape[1]
+        if not 1 < tile <= t:
+            raise LabError(f"ensemble-em: tile_seconds {cfg.tile_seconds} gives a tile of {tile} samples; give one "
+                             f"of 2 to {t} samples (at most the clips' {t / data.sample_rate:g} s)")
+        offsets = torch.Generator().manual_seed(derive_seed(key, "ensemble-em/v1/tile", 0) % (2 ** 31))
+        return TilePatterns(data, cfg.snr_db, cfg.masking_margin_db, cfg.step_size, gen, tile, offsets)

@@ -17,7 +17,11 @@ results and protected audio do not move when a plugin switches to these helpers 
   a long file reproduces: :func:`grid_window`);
 - reading at other times and keeping bands (the batch attacks'): :func:`read_at` (rows read at fractional positions
   by linear interpolation: speed changes and time warps), :func:`zero_shift` (a shift that drops what leaves the
-  clip), :func:`band_limit` (an ideal FFT-domain band per row).
+  clip), :func:`band_limit` (an ideal FFT-domain band per row);
+- differentiable stand-ins for the attacks' transformations (what an optimised defense puts in its expectation over
+  transformations): :func:`zero_span` (a span of samples per row set to zero, a SpecAugment time mask on the
+  waveform), :func:`quantise_ste` (uniform quantisation with a straight-through gradient), :func:`tile_rows` (short
+  per-row tiles repeated over a clip from a per-row offset).
 """
 from __future__ import annotations
 
@@ -293,3 +297,30 @@ def band_limit(x: torch.Tensor, sr: int, low_hz: torch.Tensor | float, high_hz: 
     freqs = torch.fft.rfftfreq(t, 1 / sr, dtype=torch.float64)[None, :]
     mask = ((freqs >= low) & (freqs <= high)).to(x.device)
     return torch.fft.irfft(torch.fft.rfft(x) * mask, n=t).to(x.dtype)
+
+
+# --- differentiable stand-ins for attacks --------------------------------------------------------------------------
+
+def zero_span(x: torch.Tensor, start: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
+    """Row n of ``x`` (N, T) with samples ``start[n] <= i < start[n] + width[n]`` set to zero (width 0: unchanged);
+    differentiable in ``x`` (the gradient is zero on the span)."""
+    pos = torch.arange(x.shape[1], device=x.device)[None, :]
+    lo, hi = start[:, None].to(x.device), (start + width)[:, None].to(x.device)
+    return x * ((pos < lo) | (pos >= hi)).to(x.dtype)
+
+
+def quantise_ste(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """``x`` rounded to ``bits`` bits (2**(bits-1) levels per unit of amplitude, as the ``codec`` attack's ``bits``
+    step) in the forward pass, with the identity's gradient (a straight-through estimator): rounding has a zero
+    gradient almost everywhere, so the optimiser sees the quantisation's output but descends as if it were not there."""
+    levels = 2 ** (bits - 1)
+    return x + (torch.round(x * levels) / levels - x).detach()
+
+
+def tile_rows(tiles: torch.Tensor, offsets: torch.Tensor, total: int) -> torch.Tensor:
+    """(N, total): row n is ``tiles[n]`` (N, L) repeated end to end, read from sample ``offsets[n]`` of the tile
+    (``out[n, i] = tiles[n, (i + offsets[n]) % L]``): a periodic signal of period L whatever the offset.
+    Differentiable in ``tiles``."""
+    length = tiles.shape[1]
+    pos = (torch.arange(total, device=tiles.device)[None, :] + offsets[:, None].to(tiles.device)) % length
+    return tiles.gather(1, pos)

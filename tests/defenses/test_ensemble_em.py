@@ -152,11 +152,106 @@ def test_a_transformation_draw_does_what_it_says():
     ({"surrogate": {"model": {"type": "lstm"}}}, "surrogates"),
     ({"surrogates": []}, "surrogates"),
     ({"eot": {"lowpass_hz": [3000, 1000]}}, "lowpass_hz"),
+    ({"eot": {"time_mask_p": 1.5}}, "time_mask_p"),
+    ({"eot": {"freq_mask_hz": 0}}, "freq_mask_hz"),
+    ({"eot": {"codec_bits": 0}}, "codec_bits"),
+    ({"pattern": "spectral"}, "pattern"),
+    ({"tile_seconds": -0.1}, "tile_seconds"),
 ])
 def test_a_wrong_setting_is_refused_in_one_line(fields, says):
     with pytest.raises((LabError, ValueError)) as e:
         config(**fields)
     assert says in str(e.value)
+
+
+def test_a_tile_longer_than_the_clips_is_refused_in_one_line():
+    with pytest.raises(LabError, match=r"tile_seconds 0.6 gives a tile of 4800 samples; give one of 2 to 4000"):
+        derive(pattern="tile", tile_seconds=0.6, max_rounds=1)
+
+
+def test_the_masks_and_the_codec_proxy_do_what_they_say():
+    """A time mask zeroes one span of at most time_mask_seconds; a frequency mask removes one band of at most
+    freq_mask_hz; the codec proxy is the codec attack's band limit (resample_hz / 2) and bit depth in the forward
+    pass, the band limit's gradient in the backward pass; with them on, the rest of a draw is what it was without."""
+    from attacks.codec import reduce_bits, squeeze, CodecConfig
+    x, _, _ = clips()
+    quiet = dict(p=0.0)
+    tm = Transformations(EOTConfig(**quiet, time_mask_p=1.0, time_mask_seconds=0.05), SR, 1)
+    d = tm.draw(N, T)
+    assert (d["tmask_width"] > 0).all() and d["tmask_width"].max() <= 400
+    span = (torch.arange(T)[None] >= d["tmask_start"][:, None]) & (
+        torch.arange(T)[None] < (d["tmask_start"] + d["tmask_width"])[:, None])
+    out = tm.apply(x, d)
+    assert torch.equal(out[span], torch.zeros_like(out[span])) and torch.allclose(out[~span], x[~span])
+    fm = Transformations(EOTConfig(**quiet, freq_mask_p=1.0, freq_mask_hz=1000.0), SR, 1)
+    d = fm.draw(N, T)
+    width = d["fmask_high"] - d["fmask_low"]
+    assert (width > 0).all() and width.max() <= 1000 and d["fmask_high"].max() <= SR / 2
+    spectrum, before = torch.fft.rfft(fm.apply(x, d)).abs(), torch.fft.rfft(x).abs()
+    freqs = torch.fft.rfftfreq(T, 1 / SR)[None]
+    band = (freqs >= d["fmask_low"][:, None]) & (freqs <= d["fmask_high"][:, None])
+    assert spectrum[band].max() < 1e-4 * before.max() and torch.allclose(spectrum[~band], before[~band], atol=1e-3)
+    codec = Transformations(EOTConfig(**quiet, codec_p=1.0, codec_hz=4000.0, codec_bits=8), SR, 1)
+    d = codec.draw(N, T)
+    xg = x.clone().requires_grad_(True)
+    out = codec.apply(xg, d)
+    low = torch.fft.irfft(torch.fft.rfft(x) * (torch.fft.rfftfreq(T, 1 / SR) <= 2000), n=T)
+    assert torch.allclose(out, reduce_bits(low, 8), atol=1e-6) and not torch.allclose(out, low, atol=1e-4)
+    (grad,) = torch.autograd.grad((out * x).sum(), xg)
+    assert torch.allclose(grad, low, atol=1e-5)  # straight through the rounding, through the band limit
+    attack = squeeze(x, SR, CodecConfig())  # the attack itself (resample 4 kHz and back, 8 bits)
+    assert (out.detach() - attack).norm() < 0.5 * (x - attack).norm()
+    plain, both = Transformations(EOTConfig(p=0.5), SR, 7), Transformations(
+        EOTConfig(p=0.5, time_mask_p=0.5, freq_mask_p=0.5, codec_p=0.5), SR, 7)
+    a, b = plain.draw(N, T), both.draw(N, T)
+    assert all(torch.equal(a[k], b[k]) for k in a) and set(b) - set(a) == {
+        "tmask_start", "tmask_width", "fmask_low", "fmask_high", "codec"}
+
+
+def test_the_tile_pattern_moves_with_the_clip_and_keeps_the_budget():
+    """pattern: tile: the record says so, the arrays hold one tile per class; every clip keeps its SNR exactly; a
+    clip shifted (circularly) by s samples and then protected is the protected clip shifted by s when s is a
+    multiple of the tile, and otherwise the clip protected with the tile rolled by s (the same class signal at
+    another phase); each training clip got the tile at its own key-derived offset."""
+    from defenses.ensemble_em import TilePatterns
+    from lab.dsp import circular_shift, tile_rows
+    prot = derive(pattern="tile", tile_seconds=0.05, snr_db=20, max_rounds=1, steps=2, train_batches=1,
+                  eot={"draws": 1})
+    assert prot.params["pattern"] == "tile" and prot.optimisation["pattern"] == "tile"
+    assert prot.patterns.shape == (C, 400)
+    x, y, lengths = clips()
+    assert (snr_db(x, prot.apply(x, y, lengths), lengths) - 20).abs().max() < 1e-3
+    full = torch.full((N,), T)
+    again = Protection.from_dict(json.loads(json.dumps(prot.to_dict())), prot.arrays())
+    for s in (800, 123, -57):
+        shifted = circular_shift(x, torch.full((N,), s))
+        moved = circular_shift(prot.apply(x, y, full), torch.full((N,), s))
+        again.patterns = prot.patterns if s % 400 == 0 else torch.roll(prot.patterns, s, dims=1)
+        assert torch.allclose(again.apply(shifted, y, full), moved, atol=1e-6)
+    assert not torch.allclose(prot.apply(circular_shift(x, torch.full((N,), 123)), y, full),
+                              circular_shift(prot.apply(x, y, full), torch.full((N,), 123)), atol=1e-4)
+    data = training_set()
+    pert = TilePatterns(data, None, None, 0.1, torch.Generator().manual_seed(0), 400,
+                        torch.Generator().manual_seed(1))
+    idx = torch.arange(N)
+    noise = pert.perturbed(pert.patterns, idx, data.waveforms, data.labels, data.lengths) - data.waveforms
+    expected = tile_rows(pert.patterns[data.labels], pert.offsets, T) * pert.mask
+    assert torch.allclose(noise, expected) and len(set(pert.offsets.tolist())) > N // 2
+
+
+def test_the_tile_pattern_keeps_the_masking_budget():
+    """pattern: tile with masking_margin_db 0 (and snr_db 20): every clip's change at most its masking threshold in
+    every frame and bin (the contract suite's tolerance), the SNR floor kept, a clip alone protected as in a batch."""
+    from lab.masking import threshold_excess_db
+    prot = derive(pattern="tile", tile_seconds=0.05, snr_db=20, masking_margin_db=0.0, max_rounds=1, steps=1,
+                  train_batches=1, eot={"draws": 0})
+    x, y, lengths = clips()
+    change = (prot.apply(x, y, lengths) - x).double()
+    assert change.abs().sum() > 0
+    assert float(threshold_excess_db(x, change, SR, 0.0).max()) <= 0.1  # tests/test_contracts.py's tolerance
+    assert snr_db(x, x + change, lengths).min() >= 20 - 1e-3
+    alone = torch.cat([prot.apply(x[i:i + 1], y[i:i + 1], lengths[i:i + 1]) for i in range(N)])
+    assert torch.allclose(alone, x + change.float(), atol=1e-6)
 
 
 def test_a_member_the_recipe_cannot_build_is_refused_at_the_door():
@@ -194,11 +289,14 @@ def test_the_leave_one_out_recipes_leave_their_trainer_out_and_are_up_to_date():
     assert f"{recipe.model.type} on {recipe.features.type}" not in built
 
 
-def test_an_interrupted_ensemble_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_does():
+@pytest.mark.parametrize("extra", [{}, {"pattern": "tile", "tile_seconds": 0.05,
+                                         "eot": {"draws": 2, "time_mask_p": 0.5, "freq_mask_p": 0.5, "codec_p": 0.5}}])
+def test_an_interrupted_ensemble_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_does(extra):
     """The checkpoint after round 1 (saved and loaded back as lab protect does, weights_only) holds every member and
     the transformations' generator; given back as ``resume``, rounds 2 and 3 only, and the same patterns, accuracies,
-    descent losses and transformation draws as an uninterrupted run, bit for bit."""
-    fields = dict(max_rounds=3, stop_accuracy=1.0, steps=2, train_batches=2, eot={"draws": 2})
+    descent losses and transformation draws as an uninterrupted run, bit for bit (today's settings, and the tile
+    pattern with the masks and the codec proxy among the transformations)."""
+    fields = {**dict(max_rounds=3, stop_accuracy=1.0, steps=2, train_batches=2, eot={"draws": 2}), **extra}
     defense = build_defense(config(**fields))
     whole = defense.derive_from(training_set())
     saved = []
@@ -260,6 +358,26 @@ def test_written_onto_files_it_is_em_noises_class_wise_mapping_at_each_rate():
     plain, shaped = (p.apply(x, torch.ones(1)) for p in (prot.files_at(16000, working), masked))
     assert float(threshold_excess_db(x, plain - x, 16000)) > 0.5
     assert float(threshold_excess_db(x, shaped - x, 16000)) <= 1e-6
+
+
+def test_a_tile_pattern_written_onto_files_keeps_its_period_and_the_budget():
+    """pattern: tile on files (files_at): the tile repeated a whole number of times over a working clip, then the
+    shared mapping; at the working rate the noise on a file is periodic with the tile's period and every channel
+    keeps snr_db exactly; the mapping's words say 'tile'."""
+    from defenses.base import WorkingClips
+    prot = derive(pattern="tile", tile_seconds=0.03, snr_db=20, max_rounds=1, steps=1, train_batches=1,
+                  eot={"draws": 0})
+    working = WorkingClips(SR, T, ("a",) * N)
+    g = torch.Generator().manual_seed(4)
+    for rate, frames in ((8000, 9000), (16000, 3000)):
+        at = prot.files_at(rate, working)
+        assert at.to_dict()["mapping"].startswith("pattern 'tile'")
+        x = 0.1 * torch.randn(1, frames, generator=g)
+        out = at.apply(x, torch.full((1,), 3))
+        assert abs(float(snr_db(x, out, torch.tensor([frames]))) - 20.0) < 1e-3
+    x = 0.1 * torch.randn(1, 9000, generator=g)
+    noise = (prot.files_at(SR, working).apply(x, torch.full((1,), 2)) - x)[0]
+    assert torch.allclose(noise[240:], noise[:-240], atol=1e-6)  # 0.03 s at 8 kHz: 240 samples
 
 
 def test_a_short_real_run_through_the_spine_on_fsdd(fsdd_dir, monkeypatch):
