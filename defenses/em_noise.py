@@ -63,11 +63,12 @@ from typing import Literal
 import torch
 from pydantic import Field, SecretStr, model_validator
 
-from defenses._minmin import ClassPatternsOnFiles, MinMinSettings, OptimisedDefense, Perturbation, span_mask
+from defenses._minmin import (ClassPatternsOnFiles, MinMinSettings, OptimisedDefense, Perturbation,
+                              add_class_patterns, span_mask)
 from defenses.base import DEFENSES, Protection, TrainingSet, WorkingClips, samples_hash, samples_hasher
 from lab import dsp
 from lab.config import PluginConfig
-from lab.dsp import add_energy, change_scale, fit_length, limit_change, scaled_change, snr_gain, snr_radius
+from lab.dsp import add_energy, change_scale, fit_length, limit_change, scaled_change, snr_radius
 from lab.keys import fingerprint
 from lab.masking import MaskingBudget, check_budget, limit_to_threshold, masking_threshold
 
@@ -165,7 +166,7 @@ class ClassNoise(Perturbation):
         return self.patterns.clone()
 
     def perturbed(self, var, idx, x, y, lengths):
-        return add_class_noise(x, var[y], self.mask[idx], self.snr_db, self.linf,
+        return add_class_patterns(x, var[y], self.mask[idx], self.snr_db, self.linf,
                                masking=self.masking.at(idx))
 
     def descend(self, var, grad, idx, y):
@@ -205,29 +206,12 @@ class MaskedNoise:
                                   threshold_db=self.thresholds)
 
     def at(self, idx: torch.Tensor) -> tuple | None:
-        """What :func:`add_class_noise` takes for the clips ``idx``."""
+        """What :func:`add_class_patterns` takes for the clips ``idx``."""
         return None if self.margin is None else (self.sample_rate, self.margin, self.thresholds[idx])
 
 
-def add_class_noise(x: torch.Tensor, patterns: torch.Tensor, mask: torch.Tensor, snr_db, linf,
-                    masking: tuple | None = None) -> torch.Tensor:
-    """``x`` plus each row's class pattern on its real audio, scaled to ``snr_db`` exactly (else left at unit RMS),
-    then clipped to ``linf``; ``masking``: ``(sample_rate, margin_db, thresholds or None)``, then shaped to the
-    masking budget (differentiable, see lab.masking.limit_to_threshold)."""
-    noise = patterns * mask
-    if snr_db is not None:
-        noise = noise * snr_gain(x, noise, snr_db).to(x.dtype)
-    if linf is not None:
-        noise = noise.clamp(-linf, linf)
-    if masking is not None:
-        sample_rate, margin, thresholds = masking
-        noise = limit_to_threshold(x, noise, sample_rate, margin, support=mask, snr_db=snr_db, linf=linf,
-                                   threshold_db=thresholds)
-    return x + noise
-
-
 def masking_of(params: dict, sample_rate: int) -> tuple | None:
-    """:func:`add_class_noise`'s ``masking`` for a record's ``params`` (None: no masking budget)."""
+    """:func:`add_class_patterns`'s ``masking`` for a record's ``params`` (None: no masking budget)."""
     margin = params.get("masking_margin_db")
     return None if margin is None else (sample_rate, margin, None)
 
@@ -262,7 +246,7 @@ class EMNoiseProtection(Protection):
         if self.mode == "class-wise":
             cls = (labels if filter_classes is None else filter_classes).long()
             pat = fit_length(self.patterns, t)
-            return add_class_noise(waveforms, pat[cls].to(waveforms), mask, self.params["snr_db"],
+            return add_class_patterns(waveforms, pat[cls].to(waveforms), mask, self.params["snr_db"],
                                    self.params["linf"], masking=masking_of(self.params, self.sample_rate))
         out = waveforms.clone()
         for i in range(n):
@@ -377,7 +361,7 @@ class EMNoiseFiles(Protection):
         if self.mode == "class-wise":
             reps = -(-n // self.patterns.shape[1])
             pattern = self.patterns.repeat(1, reps)[:, :n][labels.long()].to(waveforms.dtype)
-            return add_class_noise(waveforms, pattern, torch.ones_like(waveforms), self.params["snr_db"],
+            return add_class_patterns(waveforms, pattern, torch.ones_like(waveforms), self.params["snr_db"],
                                    self.params["linf"], masking=masking_of(self.params, self.sample_rate))
         d = self.file_noise(samples_hash(waveforms), n)
         d = torch.nn.functional.pad(d, (0, n - len(d))).to(waveforms.dtype)
