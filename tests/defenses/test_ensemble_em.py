@@ -4,7 +4,6 @@ the surrogate its entry names, and the leave-one-out recipes really leave their 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from defenses import DEFENSES, build_defense
 from defenses.base import Protection, TrainingSet
 from defenses.ensemble_em import EOTConfig, Transformations
 from lab.config import parse_plugin
+from tests.defenses.checkpoints import state_after_round_1
 from lab.errors import LabError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -299,16 +299,7 @@ def test_an_interrupted_ensemble_resumed_from_its_checkpoint_ends_where_an_unint
     fields = {**dict(max_rounds=3, stop_accuracy=1.0, steps=2, train_batches=2, eot={"draws": 2}), **extra}
     defense = build_defense(config(**fields))
     whole = defense.derive_from(training_set())
-    saved = []
-
-    def stop_after_round_1(state):
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        saved.append(buf.getvalue())
-        raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
-        defense.derive_from(dataclasses.replace(training_set(), checkpoint=stop_after_round_1))
-    state = torch.load(io.BytesIO(saved[0]), weights_only=True)
+    state = state_after_round_1(defense, training_set())
     assert state["round"] == 1 and len(state["members"]) == 2 and state["eot"]["made"] == (N // 8) * 2 * 2
     rounds = []
     resumed = defense.derive_from(dataclasses.replace(training_set(), resume=state,

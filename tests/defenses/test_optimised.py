@@ -13,6 +13,7 @@ from defenses import DEFENSES, Protection, build_defense
 from defenses._minmin import Perturbation, adversarial, min_min, span_mask
 from defenses.base import TrainingSet
 from lab.config import parse_plugin
+from tests.defenses.checkpoints import state_after_round_1
 from lab.dsp import limit_change
 from lab.errors import LabError
 
@@ -195,21 +196,11 @@ def test_an_interrupted_min_min_resumed_from_its_checkpoint_ends_where_an_uninte
     """The checkpoint a TrainingSet's ``checkpoint`` hook receives after round 1 (saved and loaded back as lab protect
     does, weights_only), given back as ``resume``: rounds 2 and 3 only, and the same result, bit for bit."""
     import dataclasses
-    import io
     data = toy_set()
     defense = build_defense(parse_plugin(DEFENSES, {**cfg, "key": KEY, "max_rounds": 3, "stop_accuracy": 1.0},
                                          "defense"))
     whole = defense.derive_from(data)
-    saved = []
-
-    def stop_after_round_1(state):
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        saved.append(buf.getvalue())
-        raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
-        defense.derive_from(dataclasses.replace(data, checkpoint=stop_after_round_1))
-    state = torch.load(io.BytesIO(saved[0]), weights_only=True)
+    state = state_after_round_1(defense, data)
     assert state["round"] == 1
     rounds = []
     resumed = defense.derive_from(dataclasses.replace(data, resume=state, checkpoint=lambda s: rounds.append(
