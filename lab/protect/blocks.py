@@ -30,8 +30,10 @@ STREAMED = "streamed in blocks"
 WHOLE = "decoded whole: the protection has no block hook"
 # A long file that cannot be streamed (its protection has no plan for it, e.g. the masking budget, or a lossy format)
 # is decoded whole; past this many samples (frames x channels) it is refused instead, in one line, so that no file
-# can make lab protect use memory without bound: 2^26 samples (12.7 min of 44.1 kHz stereo, 2.3 h of 8 kHz mono)
-# took up to about 3 GB decoded whole with the masking budget. $LAB_MAX_WHOLE_SAMPLES raises or lowers it.
+# can make lab protect use memory without bound: 2^26 samples (12.7 min of 44.1 kHz stereo, 2.3 h of 8 kHz mono).
+# The whole-file path measured 18-43 bytes a sample before streaming (5.7-13.6 GB for a one-hour 44.1 kHz stereo
+# file, docs/protect.md), i.e. about 1.2-2.9 GB at the limit; the masking budget's own cost there is not measured.
+# $LAB_MAX_WHOLE_SAMPLES raises or lowers it.
 MAX_WHOLE_SAMPLES = 1 << 26
 
 
