@@ -63,14 +63,14 @@ from typing import Literal
 import torch
 from pydantic import Field, SecretStr, model_validator
 
-from defenses._minmin import (ClassPatternsOnFiles, MinMinSettings, OptimisedDefense, Perturbation,
-                              add_class_patterns, span_mask)
+from defenses._minmin import (ClassPatterns, ClassPatternsOnFiles, MaskedNoise, MinMinSettings, OptimisedDefense,
+                              Perturbation, add_class_patterns, span_mask)
 from defenses.base import DEFENSES, Protection, TrainingSet, WorkingClips, samples_hash, samples_hasher
 from lab import dsp
 from lab.config import PluginConfig
 from lab.dsp import add_energy, change_scale, fit_length, limit_change, scaled_change, snr_radius
 from lab.keys import fingerprint
-from lab.masking import MaskingBudget, check_budget, limit_to_threshold, masking_threshold
+from lab.masking import MaskingBudget, check_budget, limit_to_threshold
 
 FP16_MARGIN = 0.999  # the L2 radius used in the optimisation: float16 storage then cannot push a clip below target
 
@@ -146,68 +146,6 @@ class SampleNoise(Perturbation):
 
     def restore(self, state):
         self.noise = state["noise"].to(self.noise)
-
-
-class ClassNoise(Perturbation):
-    """One unit-RMS pattern per class (C, T), scaled per clip to the SNR target (then clipped to linf)."""
-
-    def __init__(self, data: TrainingSet, snr_db, linf, step_size, gen, margin_db=None):
-        c, t = data.num_classes, data.waveforms.shape[1]
-        self.snr_db, self.linf, self.step = snr_db, linf, step_size
-        self.masking = MaskedNoise(data, margin_db, linf)
-        self.mask = span_mask(data.waveforms, data.lengths)
-        self.patterns = self.normalise(torch.randn(c, t, generator=gen).to(data.waveforms))
-
-    @staticmethod
-    def normalise(p):
-        return p / p.pow(2).mean(dim=1, keepdim=True).sqrt().clamp(min=1e-30)
-
-    def variable(self, idx, y):
-        return self.patterns.clone()
-
-    def perturbed(self, var, idx, x, y, lengths):
-        return add_class_patterns(x, var[y], self.mask[idx], self.snr_db, self.linf,
-                               masking=self.masking.at(idx))
-
-    def descend(self, var, grad, idx, y):
-        norm = grad.norm(dim=1, keepdim=True)
-        used = norm > 0  # classes in this batch
-        step = self.step * var.norm(dim=1, keepdim=True) * grad / norm.clamp(min=1e-30)
-        return self.normalise(torch.where(used, var - step, var))
-
-    def store(self, var, idx, y):
-        self.patterns = var.detach()
-
-    def state(self):
-        return {"patterns": self.patterns}
-
-    def restore(self, state):
-        self.patterns = state["patterns"].to(self.patterns)
-
-
-class MaskedNoise:
-    """The masking budget of an optimisation on ``data`` (nothing when ``margin_db`` is None): the training clips'
-    thresholds, computed once, and the projection onto the budget."""
-
-    ITERATIONS = 4  # shaping rounds per projection: the noise is projected again after every step, so they add up
-
-    def __init__(self, data: TrainingSet, margin_db: float | None, linf: float | None):
-        self.margin, self.linf, self.sample_rate, self.clean = margin_db, linf, data.sample_rate, data.waveforms
-        self.thresholds = None if margin_db is None else masking_threshold(data.waveforms, data.sample_rate).float()
-
-    def limit(self, d: torch.Tensor, idx: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
-        if self.margin is None:
-            return d
-        return limit_to_threshold(self.clean[idx], d, self.sample_rate, self.margin, support=support, linf=self.linf,
-                                  threshold_db=self.thresholds[idx], iterations=self.ITERATIONS)
-
-    def filled(self, d: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
-        return limit_to_threshold(self.clean, d, self.sample_rate, self.margin, support=support, fill=True,
-                                  threshold_db=self.thresholds)
-
-    def at(self, idx: torch.Tensor) -> tuple | None:
-        """What :func:`add_class_patterns` takes for the clips ``idx``."""
-        return None if self.margin is None else (self.sample_rate, self.margin, self.thresholds[idx])
 
 
 def masking_of(params: dict, sample_rate: int) -> tuple | None:
@@ -464,7 +402,7 @@ class EMNoise(OptimisedDefense):
         key = self._key()
         seed = self.surrogate_seed()
         gen = torch.Generator().manual_seed(seed)
-        kind = SampleNoise if cfg.mode == "sample-wise" else ClassNoise
+        kind = SampleNoise if cfg.mode == "sample-wise" else ClassPatterns
         pert = kind(data, cfg.snr_db, cfg.linf, cfg.step_size, gen, cfg.masking_margin_db)
         budget = [f"SNR >= {cfg.snr_db:g} dB" if cfg.snr_db is not None else "",
                   f"|noise| <= {cfg.linf:g}" if cfg.linf is not None else "",

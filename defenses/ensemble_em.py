@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from defenses._minmin import (ClassPatternsOnFiles, MinMinSettings, OptimisedDefense, Perturbation,
+from defenses._minmin import (ClassPatterns, ClassPatternsOnFiles, MinMinSettings, OptimisedDefense,
                               SurrogateConfig, _on, _on_cpu, accuracy, add_class_patterns, class_patterns_mapping,
                               span_mask, train_surrogate)
 from defenses.base import DEFENSES, Protection, TrainingSet, WorkingClips
@@ -66,7 +66,7 @@ from lab.config import PluginConfig, Section
 from lab.dsp import band_limit, fit_length, quantise_ste, tile_rows, zero_span
 from lab.errors import LabError
 from lab.keys import derive_seed, fingerprint
-from lab.masking import MaskingBudget, check_budget, masking_threshold
+from lab.masking import MaskingBudget, check_budget
 
 DEFAULT_MEMBERS = ({"model": {"type": "cnn"}, "features": {"type": "logmel"}},
                    {"model": {"type": "lstm"}, "features": {"type": "mfcc"}},
@@ -123,43 +123,6 @@ class EnsembleEMConfig(PluginConfig, MinMinSettings, MaskingBudget):
         return self
 
 
-class ClassPatterns(Perturbation):
-    """One unit-RMS pattern per class (C, T), scaled per clip to the SNR target (and shaped to the masking budget,
-    with the training clips' thresholds computed once)."""
-
-    def __init__(self, data: TrainingSet, snr_db, margin_db, step_size, gen: torch.Generator):
-        self.snr_db, self.margin, self.step, self.sample_rate = snr_db, margin_db, step_size, data.sample_rate
-        self.mask = span_mask(data.waveforms, data.lengths)
-        c, t = data.num_classes, data.waveforms.shape[1]
-        self.patterns = self.normalise(torch.randn(c, t, generator=gen).to(data.waveforms))
-        self.thresholds = None if margin_db is None else masking_threshold(data.waveforms, data.sample_rate).float()
-
-    @staticmethod
-    def normalise(p):
-        return p / p.pow(2).mean(dim=1, keepdim=True).sqrt().clamp(min=1e-30)
-
-    def variable(self, idx, y):
-        return self.patterns.clone()
-
-    def perturbed(self, var, idx, x, y, lengths):
-        masking = None if self.margin is None else (self.sample_rate, self.margin, self.thresholds[idx])
-        return add_class_patterns(x, var[y], self.mask[idx], self.snr_db, None, masking)
-
-    def descend(self, var, grad, idx, y):
-        norm = grad.norm(dim=1, keepdim=True)
-        step = self.step * var.norm(dim=1, keepdim=True) * grad / norm.clamp(min=1e-30)
-        return self.normalise(torch.where(norm > 0, var - step, var))
-
-    def store(self, var, idx, y):
-        self.patterns = var.detach()
-
-    def state(self):
-        return {"patterns": self.patterns}
-
-    def restore(self, state):
-        self.patterns = state["patterns"].to(self.patterns)
-
-
 class TilePatterns(ClassPatterns):
     """The timing-free parametrisation (``pattern: tile``): one unit-RMS tile of ``tile`` samples per class (C, L),
     repeated over every clip from a per-clip offset (key-derived, uniform in [0, L), fixed for the run), then scaled
@@ -169,16 +132,15 @@ class TilePatterns(ClassPatterns):
 
     def __init__(self, data: TrainingSet, snr_db, margin_db, step_size, gen: torch.Generator, tile: int,
                  offsets_gen: torch.Generator):
-        self.snr_db, self.margin, self.step, self.sample_rate = snr_db, margin_db, step_size, data.sample_rate
-        self.mask = span_mask(data.waveforms, data.lengths)
-        self.patterns = self.normalise(torch.randn(data.num_classes, tile, generator=gen).to(data.waveforms))
+        self.tile = tile
+        super().__init__(data, snr_db, None, step_size, gen, margin_db)
         self.offsets = torch.randint(0, tile, (len(data.labels),), generator=offsets_gen)
-        self.thresholds = None if margin_db is None else masking_threshold(data.waveforms, data.sample_rate).float()
 
-    def perturbed(self, var, idx, x, y, lengths):
-        masking = None if self.margin is None else (self.sample_rate, self.margin, self.thresholds[idx])
-        return add_class_patterns(x, tile_rows(var[y], self.offsets[idx], x.shape[1]), self.mask[idx], self.snr_db,
-                                  None, masking)
+    def start(self, data, gen):
+        return torch.randn(data.num_classes, self.tile, generator=gen).to(data.waveforms)
+
+    def rows(self, var, idx, y, t):
+        return tile_rows(var[y], self.offsets[idx], t)
 
     def state(self):
         return {"patterns": self.patterns, "offsets": self.offsets}
@@ -565,7 +527,7 @@ class EnsembleEM(OptimisedDefense):
         cfg: EnsembleEMConfig = self.config
         gen = torch.Generator().manual_seed(seed)
         if cfg.pattern == "waveform":
-            return ClassPatterns(data, cfg.snr_db, cfg.masking_margin_db, cfg.step_size, gen)
+            return ClassPatterns(data, cfg.snr_db, None, cfg.step_size, gen, cfg.masking_margin_db)
         tile, t = int(round(cfg.tile_seconds * data.sample_rate)), data.waveforms.shape[1]
         if not 1 < tile <= t:
             raise LabError(f"ensemble-em: tile_seconds {cfg.tile_seconds} gives a tile of {tile} samples; give one "
