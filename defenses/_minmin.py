@@ -266,6 +266,12 @@ class ClassPatterns(Perturbation):
         self.patterns = state["patterns"].to(self.patterns)
 
 
+def masking_of(params: dict, sample_rate: int) -> tuple | None:
+    """:func:`add_class_patterns`'s ``masking`` for a record's ``params`` (None: no masking budget)."""
+    margin = params.get("masking_margin_db")
+    return None if margin is None else (sample_rate, margin, None)
+
+
 def class_patterns_mapping(budget: str = "") -> str:
     """What :class:`ClassPatternsOnFiles` does to a file, in words (a ``files_at`` protection's ``mapping``, which
     lab verify compares); ``budget``: the defense's own limits after the SNR scaling (", clipped to linf")."""

@@ -64,7 +64,7 @@ import torch
 from pydantic import Field, SecretStr, model_validator
 
 from defenses._minmin import (ClassPatterns, ClassPatternsOnFiles, MaskedNoise, MinMinSettings, OptimisedDefense,
-                              Perturbation, add_class_patterns, span_mask)
+                              Perturbation, add_class_patterns, masking_of, span_mask)
 from defenses.base import DEFENSES, Protection, TrainingSet, WorkingClips, samples_hash, samples_hasher
 from lab import dsp
 from lab.config import PluginConfig
@@ -146,12 +146,6 @@ class SampleNoise(Perturbation):
 
     def restore(self, state):
         self.noise = state["noise"].to(self.noise)
-
-
-def masking_of(params: dict, sample_rate: int) -> tuple | None:
-    """:func:`add_class_patterns`'s ``masking`` for a record's ``params`` (None: no masking budget)."""
-    margin = params.get("masking_margin_db")
-    return None if margin is None else (sample_rate, margin, None)
 
 
 class EMNoiseProtection(Protection):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 
 from defenses.base import DEFENSES, Defense, Protection
 from lab.config import PluginConfig
