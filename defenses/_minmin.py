@@ -28,6 +28,7 @@ words): ensemble-em uses them; em-noise's class-wise ``EMNoiseFiles`` does the s
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any, Callable
 
@@ -264,6 +265,45 @@ class ClassPatterns(Perturbation):
 
     def restore(self, state):
         self.patterns = state["patterns"].to(self.patterns)
+
+
+def clip_noise(waveforms: torch.Tensor, lengths: torch.Tensor, salt: str) -> torch.Tensor:
+    """Each clip's white noise (N, T), zero outside its span ``[0, lengths)``: a draw seeded by HMAC(``salt``,
+    "clip/<sha256 of the clip's real samples as float32>"), so the same clip always gets the same noise."""
+    n, t = waveforms.shape
+    out = torch.zeros(n, t)
+    for i in range(n):
+        m = int(lengths[i])
+        digest = hashlib.sha256(waveforms[i, :m].detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()
+        gen = torch.Generator().manual_seed(derive_seed(salt, "clip", digest) % (2 ** 63))
+        out[i, :m] = torch.randn(m, generator=gen)
+    return out
+
+
+def filtered(noise: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+    """Rows of ``noise`` (N, T) convolved with the rows of ``filters`` (N, L), "same" alignment (output sample t is
+    centred on input sample t), by FFT; differentiable in both."""
+    t, taps = noise.shape[1], filters.shape[1]
+    n = t + taps - 1
+    size = 1 << (n - 1).bit_length()
+    full = torch.fft.irfft(torch.fft.rfft(noise, size) * torch.fft.rfft(filters.to(noise.dtype), size), size)
+    return full[:, (taps - 1) // 2:(taps - 1) // 2 + t]
+
+
+class ClassFilters(ClassPatterns):
+    """The optimised variable: one unit-RMS FIR filter per class (C, ``taps``), applied to each training clip's own
+    white noise (:func:`clip_noise`, drawn once)."""
+
+    def __init__(self, data: TrainingSet, snr_db, linf, step_size, gen, margin_db, taps: int, salt: str):
+        self.taps, self.salt = taps, salt
+        super().__init__(data, snr_db, linf, step_size, gen, margin_db)
+        self.noise = clip_noise(data.waveforms, data.lengths, salt).to(data.waveforms)
+
+    def start(self, data, gen):
+        return torch.randn(data.num_classes, self.taps, generator=gen).to(data.waveforms)
+
+    def rows(self, var, idx, y, t):
+        return filtered(self.noise[idx], var[y])
 
 
 def masking_of(params: dict, sample_rate: int) -> tuple | None:

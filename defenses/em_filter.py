@@ -25,15 +25,14 @@ declared: lab protect refuses it in one line); the lab's training, attacks and q
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import Field, SecretStr, model_validator
 
-from defenses._minmin import (ClassPatterns, MinMinSettings, OptimisedDefense, add_class_patterns, masking_of,
-                              span_mask)
+from defenses._minmin import (ClassFilters, MinMinSettings, OptimisedDefense, add_class_patterns, clip_noise,
+                              filtered, masking_of, span_mask)
 from defenses.base import DEFENSES, Protection, TrainingSet, other_classes
 from lab.config import PluginConfig
 from lab.keys import derive_seed, fingerprint
@@ -52,45 +51,6 @@ class EMFilterConfig(PluginConfig, MinMinSettings, MaskingBudget):
     def _a_budget(self):
         check_budget(self.snr_db, self.linf, self.masking_margin_db)
         return self
-
-
-def clip_noise(waveforms: torch.Tensor, lengths: torch.Tensor, salt: str) -> torch.Tensor:
-    """Each clip's white noise (N, T), zero outside its span ``[0, lengths)``: a draw seeded by HMAC(``salt``,
-    "clip/<sha256 of the clip's real samples as float32>"), so the same clip always gets the same noise."""
-    n, t = waveforms.shape
-    out = torch.zeros(n, t)
-    for i in range(n):
-        m = int(lengths[i])
-        digest = hashlib.sha256(waveforms[i, :m].detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()
-        gen = torch.Generator().manual_seed(derive_seed(salt, "clip", digest) % (2 ** 63))
-        out[i, :m] = torch.randn(m, generator=gen)
-    return out
-
-
-def filtered(noise: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
-    """Rows of ``noise`` (N, T) convolved with the rows of ``filters`` (N, L), "same" alignment (output sample t is
-    centred on input sample t), by FFT; differentiable in both."""
-    t, taps = noise.shape[1], filters.shape[1]
-    n = t + taps - 1
-    size = 1 << (n - 1).bit_length()
-    full = torch.fft.irfft(torch.fft.rfft(noise, size) * torch.fft.rfft(filters.to(noise.dtype), size), size)
-    return full[:, (taps - 1) // 2:(taps - 1) // 2 + t]
-
-
-class ClassFilters(ClassPatterns):
-    """The optimised variable: one unit-RMS FIR filter per class (C, ``taps``), applied to each training clip's own
-    white noise (:func:`clip_noise`, drawn once)."""
-
-    def __init__(self, data: TrainingSet, snr_db, linf, step_size, gen, margin_db, taps: int, salt: str):
-        self.taps = taps
-        super().__init__(data, snr_db, linf, step_size, gen, margin_db)
-        self.noise = clip_noise(data.waveforms, data.lengths, salt).to(data.waveforms)
-
-    def start(self, data, gen):
-        return torch.randn(data.num_classes, self.taps, generator=gen).to(data.waveforms)
-
-    def rows(self, var, idx, y, t):
-        return filtered(self.noise[idx], var[y])
 
 
 class EMFilterProtection(Protection):

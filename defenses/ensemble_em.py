@@ -24,7 +24,10 @@ Every round:
 - ``pattern``: ``waveform`` (the default), one pattern as long as the clips per class, or ``tile``, a timing-free
   parametrisation: one tile of ``tile_seconds`` per class repeated over every clip from a key-derived per-clip
   offset (:class:`TilePatterns`), so that a shift of the clip only moves the tile's phase (the surrogates train and
-  the tiles descend at every phase); new clips and files get the tile from its first sample;
+  the tiles descend at every phase); new clips and files get the tile from its first sample; or ``filter``: the
+  class in the noise's colour, as ``em-filter`` makes it (one FIR filter of ``filter_taps`` taps per class on every
+  clip's own white noise, seeded from the clip's samples and a key-derived salt, "ensemble-em/v1/noise"): no
+  waveform is shared by a class's clips, so orthogonal projection finds none (not written onto collections yet);
 - the stop rule: every member's accuracy on the perturbed training clips reaches ``stop_accuracy`` (at most
   ``max_rounds`` rounds).
 
@@ -60,7 +63,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from defenses._minmin import (ClassPatterns, ClassPatternsOnFiles, MinMinSettings, OptimisedDefense,
                               SurrogateConfig, _on, _on_cpu, accuracy, add_class_patterns, class_patterns_mapping,
-                              span_mask, train_surrogate)
+                              ClassFilters, clip_noise, filtered, masking_of, span_mask, train_surrogate)
 from defenses.base import DEFENSES, Protection, TrainingSet, WorkingClips
 from lab.config import PluginConfig, Section
 from lab.dsp import band_limit, fit_length, quantise_ste, tile_rows, zero_span
@@ -109,8 +112,9 @@ class EnsembleEMConfig(PluginConfig, MinMinSettings, MaskingBudget):
     surrogates: list[SurrogateConfig] = Field(default_factory=lambda: [SurrogateConfig(**m) for m in DEFAULT_MEMBERS],
                                               min_length=1)
     eot: EOTConfig = Field(default_factory=EOTConfig)
-    pattern: Literal["waveform", "tile"] = "waveform"
+    pattern: Literal["waveform", "tile", "filter"] = "waveform"
     tile_seconds: float = Field(0.25, gt=0)
+    filter_taps: int = Field(65, ge=2, le=4096)
 
     @model_validator(mode="after")
     def _supported(self):
@@ -377,18 +381,21 @@ class EnsembleEMProtection(Protection):
     on_collection = True  # lab protect writes it onto a collection's files: see files_at
 
     def __init__(self, params: dict, key_fingerprint: str, sample_rate: int, num_classes: int, optimisation: dict,
-                 patterns: torch.Tensor):
+                 patterns: torch.Tensor, salt: str | None = None):
         self.params, self.key_fingerprint, self.optimisation = params, key_fingerprint, optimisation
         self.sample_rate, self.num_classes, self.patterns = sample_rate, num_classes, patterns
+        self.salt = salt  # pattern 'filter': derives every clip's noise; as secret as the key
 
     def apply(self, waveforms, labels, lengths=None, filter_classes=None, **ablation):
         n, t = waveforms.shape
         lengths = lengths if lengths is not None else torch.full((n,), t, dtype=torch.long)
         cls = (labels if filter_classes is None else filter_classes).long()
-        margin = self.params.get("masking_margin_db")
-        masking = None if margin is None else (self.sample_rate, margin, None)
-        return add_class_patterns(waveforms, self.clip_patterns(t)[cls].to(waveforms),
-                                  span_mask(waveforms, lengths), self.params["snr_db"], None, masking)
+        if self.params.get("pattern") == "filter":
+            rows = filtered(clip_noise(waveforms, lengths, self.salt).to(waveforms), self.patterns[cls].to(waveforms))
+        else:
+            rows = self.clip_patterns(t)[cls].to(waveforms)
+        return add_class_patterns(waveforms, rows, span_mask(waveforms, lengths), self.params["snr_db"], None,
+                                  masking_of(self.params, self.sample_rate))
 
     def clip_patterns(self, t: int) -> torch.Tensor:
         """(C, t): each class's noise on a clip of ``t`` samples before scaling: the pattern cropped or zero-padded
@@ -417,16 +424,19 @@ class EnsembleEMProtection(Protection):
         return {"patterns": self.patterns}
 
     def to_dict(self) -> dict:
-        return {"defense": self.name, "params": self.params, "key_fingerprint": self.key_fingerprint,
-                "sample_rate": self.sample_rate, "num_classes": self.num_classes, "optimisation": self.optimisation,
-                "arrays": "protection.pt"}
+        out = {"defense": self.name, "params": self.params, "key_fingerprint": self.key_fingerprint,
+               "sample_rate": self.sample_rate, "num_classes": self.num_classes, "optimisation": self.optimisation,
+               "arrays": "protection.pt"}
+        if self.salt is not None:
+            out["noise_salt"] = self.salt
+        return out
 
     @classmethod
     def from_dict(cls, record: dict, arrays: dict | None = None) -> "EnsembleEMProtection":
         if not arrays or "patterns" not in arrays:
             raise ValueError("an ensemble-em record needs its arrays (protection.pt beside protection.json)")
         return cls(record["params"], record["key_fingerprint"], record["sample_rate"], record["num_classes"],
-                   record["optimisation"], arrays["patterns"])
+                   record["optimisation"], arrays["patterns"], record.get("noise_salt"))
 
     def files_at(self, sample_rate: int, working: WorkingClips) -> "EnsembleEMFiles":
         return EnsembleEMFiles(self, sample_rate, working)
@@ -506,6 +516,12 @@ class EnsembleEM(OptimisedDefense):
             return [data] * len(self.config.surrogates)
         return [data.surrogate_with(m.model_dump()) for m in self.config.surrogates]
 
+    @classmethod
+    def check_collection(cls, config):
+        if config.pattern == "filter":
+            raise ValueError("ensemble-em's pattern 'filter' is not written onto a collection's files yet (each "
+                             "file's own noise through its class's filter); use pattern 'waveform' or 'tile'")
+
     def derive_from(self, data: TrainingSet) -> EnsembleEMProtection:
         cfg: EnsembleEMConfig = self.config
         key = self._key()
@@ -519,7 +535,7 @@ class EnsembleEM(OptimisedDefense):
         record = {**ensemble_min_min(data, members, pert, seed, eot, cfg), "pattern": cfg.pattern}
         params = cfg.model_dump(exclude={"key", "key_file", "type"}, mode="json")
         return EnsembleEMProtection(params, fingerprint(key), data.sample_rate, data.num_classes, record,
-                                    pert.patterns.float())
+                                    pert.patterns.float(), getattr(pert, "salt", None))
 
     def perturbation(self, data: TrainingSet, key: str, seed: int) -> ClassPatterns:
         """The optimised variable: a pattern as long as the clips per class, or (``pattern: tile``) a tile of
@@ -528,6 +544,10 @@ class EnsembleEM(OptimisedDefense):
         gen = torch.Generator().manual_seed(seed)
         if cfg.pattern == "waveform":
             return ClassPatterns(data, cfg.snr_db, None, cfg.step_size, gen, cfg.masking_margin_db)
+        if cfg.pattern == "filter":
+            salt = f"{derive_seed(key, 'ensemble-em/v1/noise'):016x}"
+            return ClassFilters(data, cfg.snr_db, None, cfg.step_size, gen, cfg.masking_margin_db, cfg.filter_taps,
+                                salt)
         tile, t = int(round(cfg.tile_seconds * data.sample_rate)), data.waveforms.shape[1]
         if not 1 < tile <= t:
             raise LabError(f"ensemble-em: tile_seconds {cfg.tile_seconds} gives a tile of {tile} samples; give one "

@@ -239,6 +239,30 @@ def test_the_tile_pattern_moves_with_the_clip_and_keeps_the_budget():
     assert torch.allclose(noise, expected) and len(set(pert.offsets.tolist())) > N // 2
 
 
+
+def test_the_filter_pattern_shares_no_waveform_keeps_the_budget_and_is_refused_by_lab_protect(tmp_path):
+    """pattern: filter: the arrays hold one filter per class; two clips of a class get uncorrelated noise (their own
+    draws), each clip the same noise in any batch; every clip keeps its SNR; the record rebuilds with its salt; lab
+    protect refuses it before any work, in one line."""
+    from lab.errors import LabError
+    from lab.protect.protector import defense_config
+    prot = derive(pattern="filter", filter_taps=17, snr_db=20, max_rounds=1, steps=2, train_batches=1,
+                  eot={"draws": 1})
+    assert prot.patterns.shape == (C, 17) and prot.to_dict()["noise_salt"] == prot.salt
+    x, y, lengths = clips()
+    noise = prot.apply(x, y, lengths) - x
+    assert (snr_db(x, x + noise, lengths) - 20).abs().max() < 1e-3
+    a, b = torch.nonzero(y == y[0]).flatten()[:2]
+    m = int(min(lengths[a], lengths[b]))
+    assert abs(torch.corrcoef(torch.stack([noise[a, :m], noise[b, :m]]))[0, 1]) < 0.2
+    again = Protection.from_dict(json.loads(json.dumps(prot.to_dict())), prot.arrays())
+    ba = torch.stack([b, a])
+    assert torch.equal(again.apply(x[ba], y[ba], lengths[ba]) - x[ba], noise[ba])
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    with pytest.raises(LabError, match="pattern 'filter' is not written onto a collection"):
+        defense_config(key_file, {"type": "ensemble-em", "pattern": "filter"})
+
 def test_the_tile_pattern_keeps_the_masking_budget():
     """pattern: tile with masking_margin_db 0 (and snr_db 20): every clip's change at most its masking threshold in
     every frame and bin (the contract suite's tolerance), the SNR floor kept, a clip alone protected as in a batch."""
