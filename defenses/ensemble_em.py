@@ -59,7 +59,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_serializer, model_validator
 
 from defenses._minmin import (ClassPatterns, ClassPatternsOnFiles, MinMinSettings, OptimisedDefense,
                               SurrogateConfig, _on, _on_cpu, accuracy, add_class_patterns, class_patterns_mapping,
@@ -115,6 +115,19 @@ class EnsembleEMConfig(PluginConfig, MinMinSettings, MaskingBudget):
     pattern: Literal["waveform", "tile", "filter"] = "waveform"
     tile_seconds: float = Field(0.25, gt=0)
     filter_taps: int = Field(65, ge=2, le=4096)
+
+    @model_serializer(mode="wrap")
+    def _omit_masking_when_off(self, handler):
+        """MaskingBudget's rule (the field left out while off), and ``filter_taps`` left out unless the pattern is
+        ``filter``: the dump of every earlier configuration, and so its cache file, records and attack-matrix cells,
+        stays what it was."""
+        data = handler(self)
+        if isinstance(data, dict):
+            if "masking_margin_db" in data and data["masking_margin_db"] is None:
+                del data["masking_margin_db"]
+            if data.get("pattern") != "filter":
+                data.pop("filter_taps", None)
+        return data
 
     @model_validator(mode="after")
     def _supported(self):
