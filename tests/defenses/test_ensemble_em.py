@@ -258,6 +258,8 @@ def test_the_filter_pattern_shares_no_waveform_keeps_the_budget_and_is_refused_b
     again = Protection.from_dict(json.loads(json.dumps(prot.to_dict())), prot.arrays())
     ba = torch.stack([b, a])
     assert torch.equal(again.apply(x[ba], y[ba], lengths[ba]) - x[ba], noise[ba])
+    # its field is in the dump only with the pattern, so every earlier configuration dumps (and caches) as before
+    assert config(pattern="filter").model_dump()["filter_taps"] == 65 and "filter_taps" not in config().model_dump()
     key_file = tmp_path / "key"
     key_file.write_text(KEY)
     with pytest.raises(LabError, match="pattern 'filter' is not written onto a collection"):
