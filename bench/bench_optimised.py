@@ -1,4 +1,5 @@
-"""Generation cost of the optimised defenses (em-noise sample-/class-wise, robust-em, poscuda-opt, ensemble-em):
+"""Generation cost of the optimised defenses (em-noise sample-/class-wise, robust-em, poscuda-opt, ensemble-em,
+em-filter):
 seconds per min-min round per 1,000 clips, and the ratio to one plain training epoch of the recipe's model on its
 features on the same clips, measured in the same run (the machine's speed drifts; the ratio does not).
 
@@ -27,6 +28,8 @@ DEFENSES = {
     "poscuda-opt": "{type: poscuda-opt, snr_db: 30}",
     # the ensemble (issue 25): four members that differ in model and front-end, two transformation draws a step
     "ensemble-em class-wise": "{type: ensemble-em}",
+    # the class in the noise's colour: class filters on each clip's own noise (issue 25)
+    "em-filter": "{type: em-filter}",
 }
 
 
