@@ -268,15 +268,19 @@ class ClassPatterns(Perturbation):
 
 
 def clip_noise(waveforms: torch.Tensor, lengths: torch.Tensor, salt: str) -> torch.Tensor:
-    """Each clip's white noise (N, T), zero outside its span ``[0, lengths)``: a draw seeded by HMAC(``salt``,
-    "clip/<sha256 of the clip's real samples as float32>"), so the same clip always gets the same noise."""
+    """Each clip's white noise (N, T), zero outside its real audio (:func:`span_mask`: right padding, or centred): a
+    draw seeded by HMAC(``salt``, "clip/<sha256 of the clip's real samples as float32>"), so the same clip always
+    gets the same noise."""
     n, t = waveforms.shape
     out = torch.zeros(n, t)
-    for i in range(n):
-        m = int(lengths[i])
-        digest = hashlib.sha256(waveforms[i, :m].detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()
+    for i, row in enumerate(span_mask(waveforms, lengths)):
+        where = torch.nonzero(row).flatten()
+        if len(where) == 0:
+            continue
+        a, b = int(where[0]), int(where[-1]) + 1
+        digest = hashlib.sha256(waveforms[i, a:b].detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()
         gen = torch.Generator().manual_seed(derive_seed(salt, "clip", digest) % (2 ** 63))
-        out[i, :m] = torch.randn(m, generator=gen)
+        out[i, a:b] = torch.randn(b - a, generator=gen)
     return out
 
 

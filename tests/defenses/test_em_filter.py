@@ -54,3 +54,14 @@ def test_the_optimisation_moves_the_filters_and_the_record_gives_them_back():
     assert torch.equal(back.apply(data.waveforms, data.labels, data.lengths),
                        prot.apply(data.waveforms, data.labels, data.lengths))
     assert KEY not in str(prot.to_dict())
+
+
+def test_a_clip_gets_its_noise_on_its_real_audio_wherever_the_padding_puts_it():
+    from defenses._minmin import clip_noise
+    x = torch.randn(2, 400, generator=torch.Generator().manual_seed(3))
+    x[0, 300:] = 0
+    x[1] = 0
+    x[1, 50:350] = x[0, :300]  # the same audio, centred
+    noise = clip_noise(x, torch.tensor([300, 300]), "salt")
+    assert torch.equal(noise[1, 50:350], noise[0, :300]) and noise[0, :300].abs().sum() > 0
+    assert torch.all(noise[0, 300:] == 0) and torch.all(noise[1, :50] == 0) and torch.all(noise[1, 350:] == 0)
