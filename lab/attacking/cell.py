@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 
 from attacks.base import build_attack
+from lab import modelstore
 from lab.attacking.setup import column_name
 from lab.attacking.training import train_under_attack
 from lab.recipe import Recipe
@@ -100,9 +101,14 @@ def plain_models(data: ExperimentData, seed: int, log: Callable[[str], None], pr
         if which == "protected_model" and rec.defense.type == "none":
             out[which] = (out["clean_model"][0], None)  # no checkpoint of its own: it is the clean model
             continue
-        if shared is not None and key in shared:
+        in_memory = shared is not None and key in shared
+        stored = stored_clean_model(data, clips, seed, monitor, checkpoint, extras) if key and not in_memory else None
+        if in_memory:
             out[which] = (shared[key], None)
             log(f"seed {seed}: clean model reused (same data, features, model and training)")
+        elif stored is not None and stored[0] is not None:
+            out[which] = (stored[0], None)
+            log(f"seed {seed}: clean model reused from the model store ({modelstore.ENV})")
         else:
             extras.doing(f"training seed {seed} ({which.replace('_', ' ')})")
             fitted = fit(rec, data.training(clips, seed), data.num_classes, seed, monitor=monitor,
@@ -110,10 +116,28 @@ def plain_models(data: ExperimentData, seed: int, log: Callable[[str], None], pr
             fitted.module.lab_convergence = fitted.convergence()  # travels with a model reused by a sweep
             out[which] = (fitted.module, fitted.seconds)
             log(f"seed {seed}: trained {which.replace('_', ' ')} in {fitted.seconds:.1f} s")
-            if shared is not None and key is not None:
-                shared[key] = fitted.module
+            if stored is not None:
+                modelstore.keep(stored[1], checkpoint, fitted.module.lab_convergence, fitted.log_dir,
+                                extras.run_dir / "logs")
+        if shared is not None and key is not None and key not in shared:
+            shared[key] = out[which][0]
         save_model(out[which][0], checkpoint)
     return out
+
+
+def stored_clean_model(data: ExperimentData, clips, seed: int, monitor: tuple, checkpoint: Path,
+                       extras: RunExtras) -> tuple | None:
+    """The clean model from the model store (lab.modelstore; None when ``LAB_MODEL_STORE`` is unset): (module or
+    None when the store has no such entry yet, the entry's name)."""
+    if modelstore.folder() is None:
+        return None
+    name = modelstore.entry_name(data.recipe, seed, data.features(clips), clips.labels, monitor)
+    got = modelstore.fetch(name, checkpoint, extras.run_dir / "logs")
+    if got is None:
+        return None, name
+    module, convergence = got
+    module.lab_convergence = convergence
+    return module, name
 
 
 def score_on_variants(data: ExperimentData, trained: dict[str, tuple]) -> dict[str, dict]:
