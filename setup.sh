@@ -10,9 +10,17 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-# (pip here warns about local index folders that do not exist; those lines are noise and are filtered out)
-.venv/bin/python -m pip install --quiet -e ".[test${LAB_EXTRAS:+,$LAB_EXTRAS}]" \
-  2> >(grep -v "^WARNING: Location .* is ignored" >&2)
+# A run that finished leaves a stamp of what it installed (pyproject.toml, the extras, the Python); a second run with
+# the same stamp skips pip (CI sets up once before its checks start, then runs the README's command, which sets up
+# again) and still checks the imports below.
+stamp=".venv/.lab-setup"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) extras=${LAB_EXTRAS:-} $(.venv/bin/python -V 2>&1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  rm -f "$stamp"
+  # (pip here warns about local index folders that do not exist; those lines are noise and are filtered out)
+  .venv/bin/python -m pip install --quiet -e ".[test${LAB_EXTRAS:+,$LAB_EXTRAS}]" \
+    2> >(grep -v "^WARNING: Location .* is ignored" >&2)
+fi
 
 # The torchaudio wheel on PyPI is built for CUDA; on a CPU-only torch its compiled extension cannot load
 # (libc10_cuda.so missing). torchaudio runs in pure-Python mode without it, which covers everything the lab uses.
@@ -28,3 +36,4 @@ if torch.version.cuda is None:
 PY
 .venv/bin/python -c "import torchaudio, lightning, torchmetrics, audiomentations, lab.cli, defenses; \
 print('setup: ok (torch', __import__('torch').__version__, '| torchaudio', torchaudio.__version__, ')')"
+echo "$want" > "$stamp"
