@@ -379,6 +379,44 @@ class ClassPatternsOnFiles:
         return x + (noise.clamp(-self.linf, self.linf) if self.linf is not None else noise)
 
 
+FILTERED_NOISE_MAPPING = (
+    "each channel's own white noise (torch.randn from a generator seeded by HMAC of the record's noise salt and "
+    "'clip/<SHA-256 of the channel's samples as float32>', see defenses._minmin.clip_noise) convolved ('same' "
+    "alignment, by FFT) with the file's class filter (arrays 'filters' or 'patterns', a row per class, at "
+    "working_rate) resampled to the file's sample_rate (torchaudio.functional.resample), scaled per channel to snr_db "
+    "exactly (silent channels get none), clipped to linf, shaped to the masking budget when masking_margin_db is set")
+
+
+class FilteredNoiseOnFiles:
+    """Class filters (C, taps) optimised on lab protect's working clips at ``working_rate``, written onto whole files
+    at ``sample_rate`` (:data:`FILTERED_NOISE_MAPPING`): each filter's impulse response resampled once, then for a
+    file (its channels as rows, all of one class) every channel gets its own white noise (:func:`clip_noise` over
+    the whole channel, from ``salt``: as secret as the key) through the class's filter, added by
+    :func:`add_class_patterns` (per channel: scaled to ``snr_db`` exactly, clipped to ``linf``, shaped to the masking
+    budget when ``margin_db`` is set). No block hooks: the noise is drawn and filtered over the whole channel, so a
+    long file is decoded whole (its record says so)."""
+
+    first_pass = False
+
+    def __init__(self, filters: torch.Tensor, salt: str, working_rate: int, sample_rate: int, snr_db: float | None,
+                 linf: float | None = None, margin_db: float | None = None):
+        import torchaudio.functional as AF
+        self.salt, self.sample_rate, self.snr_db, self.linf, self.margin = salt, sample_rate, snr_db, linf, margin_db
+        f = filters.float()
+        self.filters = AF.resample(f, working_rate, sample_rate) if sample_rate != working_rate else f
+
+    def apply(self, waveforms: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One file, ``waveforms`` (channels, frames), protected (``labels``: its class, one per channel)."""
+        channels, n = waveforms.shape
+        noise = clip_noise(waveforms, torch.full((channels,), n, dtype=torch.long), self.salt).to(waveforms.dtype)
+        rows = filtered(noise, self.filters[labels.long()].to(waveforms.dtype))
+        masking = None if self.margin is None else (self.sample_rate, self.margin, None)
+        return add_class_patterns(waveforms, rows, torch.ones_like(waveforms), self.snr_db, self.linf, masking)
+
+    def block_plan(self, cls: int, frames: int, channels: int) -> None:
+        return None
+
+
 def _on(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``x`` on the device of ``model`` (differentiable: gradients flow back to ``x``'s device). The perturbation
     and the clips stay where they are (the CPU); only the surrogate's forward and backward pass run on the

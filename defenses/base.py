@@ -353,12 +353,6 @@ class Defense(ABC):
         """Raise ValueError (one line, naming the field) when ``config`` cannot protect clips of ``clip_seconds``
         (the recipe's validation calls it); by default everything fits."""
 
-    @classmethod
-    def check_collection(cls, config: PluginConfig) -> None:
-        """Raise ValueError (one line, naming the field) when ``config`` cannot be written onto a collection by lab
-        protect although the defense can be (an option that is not carried to files yet); lab protect calls it
-        before any work. By default every configuration can."""
-
     @abstractmethod
     def derive(self, num_classes: int, sample_rate: int) -> Protection:
         """Draw the protection for ``num_classes`` classes at ``sample_rate`` (from the key, where there is one)."""

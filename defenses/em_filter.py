@@ -20,8 +20,9 @@ min-min (defenses/_minmin.py) against a surrogate, as em-noise's class patterns 
 
 What a linear model sees: across the clips of a class the noise's waveform is independent from clip to clip (mean
 zero), so no class direction in sample space carries it; what is shared is its power spectrum, which the front-ends
-(MFCC, log-mel) and a spectral probe see. Not written onto a collection by ``lab protect`` (``on_collection`` is not
-declared: lab protect refuses it in one line); the lab's training, attacks and quality take it like any defense.
+(MFCC, log-mel) and a spectral probe see. ``lab protect`` optimises it on a collection and writes it onto the
+collection's own files (:meth:`EMFilterProtection.files_at`): every channel of every file gets its own noise, from
+the salt and the channel's samples, through its class's filter resampled to the file's rate.
 """
 from __future__ import annotations
 
@@ -31,9 +32,9 @@ from typing import Literal
 import torch
 from pydantic import Field, SecretStr, model_validator
 
-from defenses._minmin import (ClassFilters, MinMinSettings, OptimisedDefense, add_class_patterns, clip_noise,
-                              filtered, masking_of, span_mask)
-from defenses.base import DEFENSES, Protection, TrainingSet, other_classes
+from defenses._minmin import (FILTERED_NOISE_MAPPING, ClassFilters, FilteredNoiseOnFiles, MinMinSettings,
+                              OptimisedDefense, add_class_patterns, clip_noise, filtered, masking_of, span_mask)
+from defenses.base import DEFENSES, Protection, TrainingSet, WorkingClips, other_classes
 from lab.config import PluginConfig
 from lab.keys import derive_seed, fingerprint
 from lab.masking import MaskingBudget, check_budget
@@ -57,6 +58,7 @@ class EMFilterProtection(Protection):
     """Optimised class filters and how to add their noise to any clip (its own white noise from the salt)."""
 
     name = "em-filter"
+    on_collection = True  # lab protect writes it onto a collection's files: see files_at
 
     def __init__(self, params: dict, key_fingerprint: str, sample_rate: int, num_classes: int, optimisation: dict,
                  salt: str, filters: torch.Tensor):
@@ -81,6 +83,9 @@ class EMFilterProtection(Protection):
     def arrays(self):
         return {"filters": self.filters}
 
+    def files_at(self, sample_rate: int, working: WorkingClips) -> "EMFilterFiles":
+        return EMFilterFiles(self, sample_rate, working)
+
     def to_dict(self) -> dict:
         return {"defense": self.name, "params": self.params, "key_fingerprint": self.key_fingerprint,
                 "sample_rate": self.sample_rate, "num_classes": self.num_classes, "optimisation": self.optimisation,
@@ -92,6 +97,30 @@ class EMFilterProtection(Protection):
             raise ValueError(f"a {record['defense']} record needs its arrays (protection.pt beside protection.json)")
         return cls(record["params"], record["key_fingerprint"], record["sample_rate"], record["num_classes"],
                    record["optimisation"], record["noise_salt"], arrays["filters"])
+
+
+class EMFilterFiles(Protection):
+    """em-filter optimised by lab protect on a collection's working clips, written onto the collection's own files
+    at ``sample_rate`` (the shared :class:`defenses._minmin.FilteredNoiseOnFiles`; its mapping says how). The rows
+    given to :meth:`apply` are the channels of ONE file (as lab protect's worker gives them)."""
+
+    file_by_file = True
+
+    def __init__(self, source: EMFilterProtection, sample_rate: int, working: WorkingClips):
+        self.defense, self.params = source.name, source.params
+        self.key_fingerprint, self.num_classes = source.key_fingerprint, source.num_classes
+        self.sample_rate, self.working_rate, self.clip_samples = sample_rate, working.sample_rate, working.clip_samples
+        self.files = FilteredNoiseOnFiles(source.filters, source.salt, working.sample_rate, sample_rate,
+                                          self.params["snr_db"], self.params["linf"],
+                                          self.params.get("masking_margin_db"))
+
+    def apply(self, waveforms, labels, lengths=None, **ablation):
+        return self.files.apply(waveforms, labels)
+
+    def to_dict(self) -> dict:  # no salt: what lab verify compares, rebuilt from the private record
+        return {"defense": self.defense, "params": self.params, "key_fingerprint": self.key_fingerprint,
+                "num_classes": self.num_classes, "sample_rate": self.sample_rate, "working_rate": self.working_rate,
+                "clip_samples": self.clip_samples, "mapping": FILTERED_NOISE_MAPPING}
 
 
 @DEFENSES.register("em-filter")

@@ -61,9 +61,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, SecretStr, field_validator, model_serializer, model_validator
 
-from defenses._minmin import (ClassPatterns, ClassPatternsOnFiles, MinMinSettings, OptimisedDefense,
-                              SurrogateConfig, _on, _on_cpu, accuracy, add_class_patterns, class_patterns_mapping,
-                              ClassFilters, clip_noise, filtered, masking_of, span_mask, train_surrogate)
+from defenses._minmin import (FILTERED_NOISE_MAPPING, ClassFilters, ClassPatterns, ClassPatternsOnFiles,
+                              FilteredNoiseOnFiles, MinMinSettings, OptimisedDefense, SurrogateConfig, _on, _on_cpu,
+                              accuracy, add_class_patterns, class_patterns_mapping, clip_noise, filtered, masking_of,
+                              span_mask, train_surrogate)
 from defenses.base import DEFENSES, Protection, TrainingSet, WorkingClips
 from lab.config import PluginConfig, Section
 from lab.dsp import band_limit, fit_length, quantise_ste, tile_rows, zero_span
@@ -456,6 +457,7 @@ class EnsembleEMProtection(Protection):
 
 
 MAPPING = class_patterns_mapping(", shaped to the masking budget when masking_margin_db is set")
+FILTER_MAPPING = "pattern 'filter': " + FILTERED_NOISE_MAPPING
 TILE_MAPPING = ("pattern 'tile': the class's tile (arrays 'patterns', a row per class, at working_rate) repeated a "
                 "whole number of times to cover clip_samples, then: " + MAPPING)
 
@@ -472,10 +474,15 @@ class EnsembleEMFiles(Protection):
         self.defense, self.params = source.name, source.params
         self.key_fingerprint, self.num_classes = source.key_fingerprint, source.num_classes
         self.sample_rate, self.working_rate, self.clip_samples = sample_rate, working.sample_rate, working.clip_samples
-        self.mapping = TILE_MAPPING if self.params.get("pattern", "waveform") == "tile" else MAPPING
-        self.files = ClassPatternsOnFiles(source.working_patterns(working.clip_samples), working.sample_rate,
-                                          sample_rate, self.params["snr_db"],
-                                          None, self.params.get("masking_margin_db"))
+        pattern = self.params.get("pattern", "waveform")
+        self.mapping = {"tile": TILE_MAPPING, "filter": FILTER_MAPPING}.get(pattern, MAPPING)
+        if pattern == "filter":  # each channel's own noise through its class's filter (no block hooks)
+            self.files = FilteredNoiseOnFiles(source.patterns, source.salt, working.sample_rate, sample_rate,
+                                              self.params["snr_db"], None, self.params.get("masking_margin_db"))
+        else:
+            self.files = ClassPatternsOnFiles(source.working_patterns(working.clip_samples), working.sample_rate,
+                                              sample_rate, self.params["snr_db"],
+                                              None, self.params.get("masking_margin_db"))
 
     def apply(self, waveforms, labels, lengths=None, **ablation):
         return self.files.apply(waveforms, labels)
@@ -528,12 +535,6 @@ class EnsembleEM(OptimisedDefense):
         if data.surrogate_with is None:
             return [data] * len(self.config.surrogates)
         return [data.surrogate_with(m.model_dump()) for m in self.config.surrogates]
-
-    @classmethod
-    def check_collection(cls, config):
-        if config.pattern == "filter":
-            raise ValueError("ensemble-em's pattern 'filter' is not written onto a collection's files yet (each "
-                             "file's own noise through its class's filter); use pattern 'waveform' or 'tile'")
 
     def derive_from(self, data: TrainingSet) -> EnsembleEMProtection:
         cfg: EnsembleEMConfig = self.config

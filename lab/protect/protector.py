@@ -140,12 +140,7 @@ def defense_config(key_file: Path, options: dict | None) -> PluginConfig:
     if kind in optimised_defenses():
         check_option_names(kind, options, config_fields(kind))
         options = {k: v for k, v in options.items() if k not in WORKING_FIELDS}
-    config = parse_plugin(defenses.DEFENSES, {**options, "type": kind, "key_file": str(key_file)}, "defense")
-    try:
-        defenses.DEFENSES.get(kind).check_collection(config)
-    except ValueError as e:
-        raise LabError(f"lab protect: {e}") from None
-    return config
+    return parse_plugin(defenses.DEFENSES, {**options, "type": kind, "key_file": str(key_file)}, "defense")
 
 
 def working_settings(options: dict | None) -> WorkingConfig | None:

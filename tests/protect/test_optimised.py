@@ -291,6 +291,43 @@ def test_each_optimised_defense_is_written_at_each_files_own_rate(kind, labelled
         assert all(np.array_equal(b, worker.protect_samples(at, d, c)) for (d, c), b in zip(items, batched))
 
 
+@pytest.mark.parametrize("defense", [{"type": "em-filter", "taps": 17},
+                                     {"type": "ensemble-em", **options_of("ensemble-em"), "pattern": "filter",
+                                      "filter_taps": 17}], ids=["em-filter", "ensemble-em-filter"])
+def test_class_filters_write_each_channel_its_own_noise_through_its_class_filter(defense, labelled_folder, key_file,
+                                                                                  tmp_path):
+    """Class filters on files: every channel of every file its own noise, drawn from its samples (two files of one
+    class share no waveform; a stereo file whose channels are equal gets equal noise), coloured alike by their class's filter (their spectra correlate
+    more than with another class's), the budget kept per channel; lab verify re-derives every file."""
+    out = tmp_path / "out"
+    summary = protect_collection(labelled_folder, out, key_file, workers=0,
+                                 defense={**TINY, **defense, "snr_db": 20, "clip_seconds": 0.6})
+    assert summary["protected"] == 15
+    assert verify_collection(out, key_file, workers=0)["counts"] == {"ok": 15}
+    header, records, _ = private_record(out, key_file)
+    assert header["protection"]["noise_salt"] not in json.dumps(read_protections(record_file(out, key_file)))
+
+    def change(name: str) -> np.ndarray:
+        return read(out / name) - read(labelled_folder / name)
+
+    def band_spectrum(d: np.ndarray) -> np.ndarray:
+        spec = np.abs(np.fft.rfft(d[:8000], 8192)) ** 2
+        return np.log(spec[:4096].reshape(64, 64).mean(axis=1) + 1e-20)
+
+    same_rate = [("cat/cat0.wav", "cat/cat2.wav"), ("dog/dog0.wav", "dog/dog2.wav")]  # 16 kHz, mono
+    for a, b in same_rate:
+        da, db = change(a)[:, 0], change(b)[:, 0]
+        m = min(len(da), len(db))
+        assert abs(np.corrcoef(da[:m], db[:m])[0, 1]) < 0.2, (a, b)
+    stereo = change("cat/cat1.flac")  # its two channels hold the same samples: the same noise (dual mono stays so)
+    assert np.array_equal(stereo[:, 0], stereo[:, 1]) and np.abs(stereo).max() > 0
+    cat, cat2, dog = (band_spectrum(change(n)[:, 0]) for n in ("cat/cat0.wav", "cat/cat2.wav", "dog/dog0.wav"))
+    assert np.corrcoef(cat, cat2)[0, 1] > np.corrcoef(cat, dog)[0, 1]
+    for r in records:
+        src, dst = read(labelled_folder / r["path"]), read(out / r["path"])
+        assert min(snr_db(src[:, c], dst[:, c]) for c in range(src.shape[1])) >= 20 - 0.05, r["path"]
+
+
 def test_verify_checks_the_arrays_file_and_the_protection_lines(digits, key_file, tmp_path):
     out = tmp_path / "out"
     protect_collection(digits, out, key_file, defense={"type": "em-noise", "mode": "class-wise", **TINY}, workers=0)
