@@ -66,39 +66,47 @@ def entry_name(recipe, seed: int, features: torch.Tensor, labels: torch.Tensor,
 
 def fetch(name: str, checkpoint: Path, log_dir: Path | None):
     """The stored model ``name`` as (module, convergence), its checkpoint copied to ``checkpoint`` and its CSV log
-    into ``log_dir``/clean_model/; None when the store is off or has no such entry."""
+    into ``log_dir``/clean_model/; None when the store is off or has no such entry; a string (why) when the entry
+    cannot be read (the caller then trains the model, and nothing of the entry is left in the run folder)."""
     from lab.module import LabModule
     root = folder()
     entry = root / name if root is not None else None
     if entry is None or not (entry / "model.ckpt").is_file():
         return None
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(entry / "model.ckpt", checkpoint)
-    if log_dir is not None and (entry / "log").is_dir():
-        shutil.copytree(entry / "log", log_dir, dirs_exist_ok=True)
-    module = LabModule.load_from_checkpoint(checkpoint, map_location="cpu")
-    meta = json.loads((entry / "meta.json").read_text())
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(entry / "model.ckpt", checkpoint)
+        module = LabModule.load_from_checkpoint(checkpoint, map_location="cpu")
+        if log_dir is not None and (entry / "log").is_dir():
+            shutil.copytree(entry / "log", log_dir, dirs_exist_ok=True)
+    except Exception as e:  # a damaged or half-copied entry: train instead
+        checkpoint.unlink(missing_ok=True)
+        return f"{entry} cannot be read ({type(e).__name__}: {e})"
     return module, meta["convergence"]
 
 
-def keep(name: str, checkpoint: Path, convergence: dict | None, log_dir: Path | None, run_log_root: Path | None) -> None:
+def keep(name: str, checkpoint: Path, convergence: dict | None, log_dir: Path | None,
+         run_log_root: Path | None) -> str | None:
     """Put a freshly trained model into the store (nothing when it is off or already holds the entry):
     ``checkpoint`` (the run's .ckpt), ``convergence``, and the CSV log folder ``log_dir`` (kept at its place
-    under ``run_log_root``, so :func:`fetch` puts it back at the same place in another run)."""
+    under ``run_log_root``, so :func:`fetch` puts it back at the same place in another run). Returns why it could not
+    (a store that is not a writable folder), None otherwise: the store saves time, a run never fails for it."""
     root = folder()
     if root is None or (root / name).exists() or not checkpoint.is_file():
-        return
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
+        return None
+    tmp = None
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
         shutil.copyfile(checkpoint, tmp / "model.ckpt")
         if log_dir is not None and run_log_root is not None and Path(log_dir).is_dir():
             shutil.copytree(log_dir, tmp / "log" / Path(log_dir).relative_to(run_log_root))
         (tmp / "meta.json").write_text(json.dumps({"convergence": convergence}))
         os.rename(tmp, root / name)
-    except OSError:
-        if (root / name).exists():  # another process stored the same entry first
+    except OSError as e:
+        if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-            return
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if not (root / name).exists():  # else another process stored the same entry first
+            return f"{root}: {type(e).__name__}: {e}"
+    return None

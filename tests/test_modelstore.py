@@ -64,3 +64,22 @@ def test_without_the_variable_nothing_is_stored(fsdd_dir, tmp_path, monkeypatch)
     out, _, _ = tiny_run(fsdd_dir, tmp_path / "a", "--set", "defense.key=store-test-key-one")
     assert "model store" not in out
     assert not any(tmp_path.rglob("meta.json"))
+
+
+def test_a_store_that_cannot_be_written_or_read_never_fails_the_run(fsdd_dir, tmp_path, monkeypatch):
+    """The store saves time only: a store path that is a file (not a folder) leaves the run complete, saying the model
+    was not kept; a damaged entry (its meta.json gone) is not used, the model is trained and the run completes."""
+    not_a_folder = tmp_path / "store-file"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("LAB_MODEL_STORE", str(not_a_folder))
+    out, results, _ = tiny_run(fsdd_dir, tmp_path / "a", "--set", "defense.key=store-test-key-one")
+    assert "not kept in the model store" in out and "clean_model" in results["per_seed"][0]["train_seconds"]
+
+    store = tmp_path / "store"
+    monkeypatch.setenv("LAB_MODEL_STORE", str(store))
+    tiny_run(fsdd_dir, tmp_path / "b", "--set", "defense.key=store-test-key-one")
+    (entry,) = [p for p in store.iterdir() if not p.name.startswith(".")]
+    (entry / "meta.json").unlink()
+    out, results, run_dir = tiny_run(fsdd_dir, tmp_path / "c", "--set", "defense.key=store-test-key-one")
+    assert "entry is not used" in out and "trained clean model" in out
+    assert (run_dir / "models" / "clean_model_seed0.ckpt").is_file() and (run_dir / "results.json").is_file()

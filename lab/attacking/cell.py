@@ -117,8 +117,10 @@ def plain_models(data: ExperimentData, seed: int, log: Callable[[str], None], pr
             out[which] = (fitted.module, fitted.seconds)
             log(f"seed {seed}: trained {which.replace('_', ' ')} in {fitted.seconds:.1f} s")
             if stored is not None:
-                modelstore.keep(stored[1], checkpoint, fitted.module.lab_convergence, fitted.log_dir,
-                                extras.run_dir / "logs")
+                why = modelstore.keep(stored[1], checkpoint, fitted.module.lab_convergence, fitted.log_dir,
+                                      extras.run_dir / "logs")
+                if why:
+                    log(f"seed {seed}: the clean model was not kept in the model store ({why}); the run goes on")
         if shared is not None and key is not None and key not in shared:
             shared[key] = out[which][0]
         save_model(out[which][0], checkpoint)
@@ -133,7 +135,9 @@ def stored_clean_model(data: ExperimentData, clips, seed: int, monitor: tuple, c
         return None
     name = modelstore.entry_name(data.recipe, seed, data.features(clips), clips.labels, monitor)
     got = modelstore.fetch(name, checkpoint, extras.run_dir / "logs")
-    if got is None:
+    if isinstance(got, str):
+        data.log(f"seed {seed}: the model store's entry is not used ({got}); training the clean model")
+    if not isinstance(got, tuple):
         return None, name
     module, convergence = got
     module.lab_convergence = convergence
