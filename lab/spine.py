@@ -14,7 +14,7 @@ protects the training split, one that needs only the training split (``lab requa
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Callable
@@ -204,10 +204,34 @@ def derive_protection(recipe: Recipe, train: Clips, num_classes: int,
             return prot
         except Exception as e:  # a damaged or outdated cache file is optimised again
             log(f"{recipe.defense.type}: could not reuse {path} ({type(e).__name__}); optimising again")
-    prot = defense.derive_from(training_set(recipe, defense, train, num_classes, log))
+    prot = defense.derive_from(resumable(training_set(recipe, defense, train, num_classes, log), path, log))
     if path is not None:
         save_private(path, {"record": json.dumps(prot.to_dict()), "arrays": prot.arrays()})
+        round_checkpoint(path).unlink(missing_ok=True)
     return prot
+
+
+def round_checkpoint(path: Path) -> Path:
+    """Where the optimisation kept at ``path`` keeps its state after every round until it ends (as private)."""
+    return path.with_name(path.stem + ".rounds")
+
+
+def resumable(data: TrainingSet, path: Path | None, log: Callable[[str], None]) -> TrainingSet:
+    """``data`` with its optimisation's state saved after every round beside the cache file ``path``, and resumed
+    from there when an earlier run of the same optimisation (the same cache name: configuration, key seed, clips,
+    code) was stopped: an ensemble that takes hours goes on after its last finished round, not from the start. The
+    min-min loops end, resumed, where an uninterrupted run ends (defenses/_minmin.py). Without a cache, as given."""
+    if path is None:
+        return data
+    partial, resume = round_checkpoint(path), None
+    if partial.is_file() and not partial.is_symlink():
+        try:
+            resume = torch.load(partial, weights_only=True)
+            log(f"the optimisation stopped earlier after round {int(resume['round'])} goes on from {partial.parent}")
+        except Exception as e:  # a damaged checkpoint is started over
+            log(f"could not resume from {partial} ({type(e).__name__}); optimising from the first round")
+            resume = None
+    return replace(data, checkpoint=lambda state: save_private(partial, state), resume=resume)
 
 
 def optimised_cache_path(recipe: Recipe, defense: Defense, train: Clips, num_classes: int) -> Path | None:

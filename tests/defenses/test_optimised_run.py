@@ -136,3 +136,39 @@ def test_a_changed_front_end_or_model_never_reuses_an_old_optimisation(tmp_path,
         monkeypatch.setattr(Path, "read_text", edited)
         assert optimised_cache_path(recipe, defense, train, 2) != path, changed
         monkeypatch.setattr(Path, "read_text", read_text)
+
+
+def test_an_optimisation_stopped_between_rounds_goes_on_from_its_last_round(fsdd_dir, tmp_path, monkeypatch):
+    """lab run / lab attack keep the loop's state beside the cache file after every round; stopped in round 2, the
+    same run again resumes after round 1 (round 1 is not optimised again) and ends with the noise an uninterrupted
+    run makes; the round file is gone once the result is cached."""
+    import lab.spine as spine
+    monkeypatch.setenv("LAB_PROTECTION_CACHE", "on")
+    spec = f"{{type: em-noise, key: {KEY}, mode: class-wise, max_rounds: 2, stop_accuracy: 1.0}}"
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "whole"))
+    whole = ExperimentData(small(fsdd_dir, spec), log=lambda s: None).protection
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "cache"))
+    save = spine.save_private
+
+    def stop_after_round_one(path, obj):
+        save(path, obj)
+        if path.name.endswith(".rounds"):
+            raise KeyboardInterrupt
+    monkeypatch.setattr(spine, "save_private", stop_after_round_one)
+    with pytest.raises(KeyboardInterrupt):
+        ExperimentData(small(fsdd_dir, spec), log=lambda s: None).protection
+    (partial,) = (tmp_path / "cache" / "protections").glob("*.rounds")
+    assert partial.stat().st_mode & 0o777 == 0o600 and not list(partial.parent.glob("*.pt"))
+    assert KEY.encode() not in partial.read_bytes()
+    monkeypatch.setattr(spine, "save_private", save)
+    said = []
+    resumed = ExperimentData(small(fsdd_dir, spec), log=said.append).protection
+    assert any("after round 1 goes on" in s for s in said), said
+    assert not any("round 1:" in s for s in said) and any("round 2:" in s for s in said), said
+    assert torch.equal(resumed.patterns, whole.patterns)
+    assert not partial.exists() and len(list(partial.parent.glob("*.pt"))) == 1
+    partial.write_bytes(b"damaged")  # a checkpoint that cannot be read is started over, saying so
+    (partial.parent / list(partial.parent.glob("*.pt"))[0].name).unlink()
+    said.clear()
+    again = ExperimentData(small(fsdd_dir, spec), log=said.append).protection
+    assert any("from the first round" in s for s in said) and torch.equal(again.patterns, whole.patterns)
