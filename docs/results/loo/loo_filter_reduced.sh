@@ -20,7 +20,7 @@ for r in recipes/loo/cnn_mfcc.yaml recipes/loo/lstm_mfcc.yaml recipes/loo/transf
          recipes/loo/cnn_logmel.yaml recipes/loo/cnn_raw.yaml; do
     name=$(basename "$r" .yaml)
     done_run=$(find "$OUT/run-$name" -name results.json 2>/dev/null | while read -r f; do
-        [ -e "$(dirname "$f")/INCOMPLETE" ] || echo "$f"; done | head -1)
+        [ -e "$(dirname "$f")/INCOMPLETE" ] || echo "$f"; done | head -1 || true)
     if [ -z "$done_run" ]; then
         $LAB run "$r" "${COMMON[@]}" --out "$OUT/run-$name"
     else
