@@ -66,6 +66,7 @@ from defenses._minmin import (FILTERED_NOISE_MAPPING, ClassFilters, ClassPattern
                               accuracy, add_class_patterns, class_patterns_mapping, clip_noise, filtered, masking_of,
                               span_mask, train_surrogate)
 from defenses.base import DEFENSES, Protection, TrainingSet, WorkingClips
+from lab.augment import StrongChain, augment_chain
 from lab.config import PluginConfig, Section
 from lab.dsp import band_limit, fit_length, quantise_ste, tile_rows, zero_span
 from lab.errors import LabError
@@ -95,6 +96,23 @@ class EOTConfig(Section):
     codec_p: float = Field(0.0, ge=0, le=1)
     codec_hz: float = Field(4000.0, gt=0)
     codec_bits: int = Field(8, ge=1, le=24)
+    strong_augment: StrongChain | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_strong_augment_when_off(self, handler):
+        """``strong_augment`` left out while off: the dump of every earlier configuration (its cache file, records
+        and attack-matrix cells) stays what it was."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("strong_augment", 0) is None:
+            del data["strong_augment"]
+        return data
+
+    @model_validator(mode="after")
+    def _one_draw(self):
+        if self.strong_augment is not None and max(self.time_mask_p, self.freq_mask_p, self.codec_p) > 0:
+            raise ValueError("strong_augment replaces the built-in draw (its spec_mask step is the mask); give "
+                             "time_mask_p, freq_mask_p and codec_p 0 with it")
+        return self
 
     @field_validator("lowpass_hz", "noise_snr_db")
     @classmethod
@@ -182,8 +200,11 @@ class Transformations:
 
     def draw(self, n: int, t: int) -> dict[str, torch.Tensor]:
         """One draw for ``n`` clips of ``t`` samples: per clip, each transformation on with probability ``p`` (the
-        masks and the codec proxy: with their own, drawn after the rest and only when above 0)."""
+        masks and the codec proxy: with their own, drawn after the rest and only when above 0); with
+        ``strong_augment``, the seed of one pass of that chain (lab.augment: every step's parameters come from it)."""
         c = self.cfg
+        if c.strong_augment is not None:
+            return self._hashed({"chain_seed": torch.randint(0, 2 ** 62, (1,), generator=self.gen)})
         on = torch.rand(4, n, generator=self.gen) < c.p
         reach = int(round(c.shift_seconds * self.sample_rate))
         shift = torch.randint(-reach, reach + 1, (n,), generator=self.gen) * on[0]
@@ -192,8 +213,11 @@ class Transformations:
         cutoff = torch.where(on[2], self._uniform(n, *c.lowpass_hz), inf)
         snr = torch.where(on[3], self._uniform(n, *c.noise_snr_db), inf)
         noise = torch.randn(n, t, generator=self.gen)
-        params = {"shift": shift, "gain": gain, "cutoff": cutoff, "snr": snr, "noise": noise,
-                  **self._draw_masks(n, t)}
+        return self._hashed({"shift": shift, "gain": gain, "cutoff": cutoff, "snr": snr, "noise": noise,
+                             **self._draw_masks(n, t)})
+
+    def _hashed(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``params``, counted and hashed after the chain so far."""
         digest = hashlib.sha256(bytes.fromhex(self.chain))
         for v in params.values():
             digest.update(v.contiguous().numpy().tobytes())
@@ -225,6 +249,9 @@ class Transformations:
         """``x`` (n, t) transformed by draw ``d`` (differentiable): the codec proxy, shift, low-pass and frequency
         mask, time mask, added noise, gain."""
         n, t = x.shape
+        if "chain_seed" in d:
+            return augment_chain(x, self.sample_rate, self.cfg.strong_augment,
+                                 torch.Generator().manual_seed(int(d["chain_seed"])))
         if "codec" in d:
             x = self._codec(x, d["codec"])
         pos = (torch.arange(t)[None, :] - d["shift"][:, None]) % t

@@ -30,7 +30,7 @@ ROOTS = ("lab", "defenses", "attacks")
 PLUGIN_PACKAGES = ("defenses", "attacks", "lab.models")
 RUNNERS = ("lab.attacking", "lab.experiment", "lab.commands", "lab.cli")  # the code that runs plugins
 PLUGIN_INTERFACE = ("lab.config", "lab.registry", "lab.keys", "lab.errors", "lab.dsp",  # what a plugin may use of lab/
-                    "lab.masking")
+                    "lab.masking", "lab.augment")
 NOT_IMPORTABLE = {"lab.__main__"}  # runs the command line when imported
 
 

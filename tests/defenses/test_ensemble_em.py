@@ -157,6 +157,8 @@ def test_a_transformation_draw_does_what_it_says():
     ({"eot": {"codec_bits": 0}}, "codec_bits"),
     ({"pattern": "spectral"}, "pattern"),
     ({"tile_seconds": -0.1}, "tile_seconds"),
+    ({"eot": {"strong_augment": {}, "codec_p": 0.5}}, "strong_augment replaces the built-in draw"),
+    ({"eot": {"strong_augment": {"speed": {"min_factor": 1.2, "max_factor": 0.9}}}}, "min_factor"),
 ])
 def test_a_wrong_setting_is_refused_in_one_line(fields, says):
     with pytest.raises((LabError, ValueError)) as e:
@@ -314,7 +316,8 @@ def test_the_leave_one_out_recipes_leave_their_trainer_out_and_are_up_to_date():
 
 
 @pytest.mark.parametrize("extra", [{}, {"pattern": "tile", "tile_seconds": 0.05,
-                                         "eot": {"draws": 2, "time_mask_p": 0.5, "freq_mask_p": 0.5, "codec_p": 0.5}}])
+                                         "eot": {"draws": 2, "time_mask_p": 0.5, "freq_mask_p": 0.5, "codec_p": 0.5}},
+                                   {"pattern": "filter", "filter_taps": 9, "eot": {"draws": 2, "strong_augment": {}}}])
 def test_an_interrupted_ensemble_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_does(extra):
     """The checkpoint after round 1 (saved and loaded back as lab protect does, weights_only) holds every member and
     the transformations' generator; given back as ``resume``, rounds 2 and 3 only, and the same patterns, accuracies,
@@ -410,3 +413,33 @@ def test_a_short_real_run_through_the_spine_on_fsdd(fsdd_dir, monkeypatch):
     assert len(rec["rounds"][0]["train_accuracy"]) == 4 and rec["eot"]["draws_made"] == 1
     clean, protected = data.clean_train, data.protected_train
     assert snr_db(clean.waveforms, protected.waveforms, clean.lengths).min() >= 20 - 1e-3
+
+
+def test_the_strong_augment_draw_is_the_attacks_chain_and_passes_gradients():
+    """``eot.strong_augment``: a draw is one pass of the strong-augment attack's own chain (lab.augment) with a seed
+    from the key's generator: the same output as the attack's chain from that seed, gradients that are finite and not
+    zero, the draws counted and hashed; with it off, a configuration's dump (its cache name) is what it was."""
+    from attacks.strong_augment import StrongAugmentConfig
+    from lab.augment import augment_chain
+    x, _, _ = clips()
+    eot = Transformations(EOTConfig(strong_augment={}, draws=1), SR, 3)
+    seeds = []
+    for _ in range(3):
+        d = eot.draw(N, T)
+        seeds.append(int(d["chain_seed"]))
+        v = x.clone().requires_grad_(True)
+        out = eot.apply(v, d)
+        assert torch.equal(out.detach(), augment_chain(x, SR, StrongAugmentConfig(),
+                                                       torch.Generator().manual_seed(seeds[-1])))
+        assert not torch.equal(out.detach(), x)
+        (g,) = torch.autograd.grad(out.pow(2).sum(), v)
+        assert torch.isfinite(g).all() and g.abs().sum() > 0
+    assert len(set(seeds)) == 3 and eot.record()["draws_made"] == 3
+    again = Transformations(EOTConfig(strong_augment={}, draws=1), SR, 3)
+    assert [int(again.draw(N, T)["chain_seed"]) for _ in range(3)] == seeds
+    assert again.record()["draws_sha256"] == eot.record()["draws_sha256"]
+    assert "strong_augment" not in config().model_dump()["eot"]
+    assert config(eot={"strong_augment": {}}).model_dump()["eot"]["strong_augment"]["speed"]["p"] == 0.5
+    prot = derive(max_rounds=1, steps=2, train_batches=1, pattern="filter", filter_taps=9,
+                  eot={"draws": 2, "strong_augment": {}})
+    assert prot.optimisation["eot"]["strong_augment"]["reverb"]["p"] == 0.3
