@@ -143,10 +143,11 @@ def test_an_optimisation_stopped_between_rounds_goes_on_from_its_last_round(fsdd
     same run again resumes after round 1 (round 1 is not optimised again) and ends with the noise an uninterrupted
     run makes; the round file is gone once the result is cached."""
     import lab.spine as spine
+    TINY = ("data.max_train_per_class=4", "data.max_test_per_class=1")
     monkeypatch.setenv("LAB_PROTECTION_CACHE", "on")
-    spec = f"{{type: em-noise, key: {KEY}, mode: class-wise, max_rounds: 2, stop_accuracy: 1.0}}"
+    spec = f"{{type: em-noise, key: {KEY}, mode: class-wise, max_rounds: 2, min_rounds: 2}}"
     monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "whole"))
-    whole = ExperimentData(small(fsdd_dir, spec), log=lambda s: None).protection
+    whole = ExperimentData(small(fsdd_dir, spec, *TINY), log=lambda s: None).protection
     monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "cache"))
     save = spine.save_private
 
@@ -156,13 +157,13 @@ def test_an_optimisation_stopped_between_rounds_goes_on_from_its_last_round(fsdd
             raise KeyboardInterrupt
     monkeypatch.setattr(spine, "save_private", stop_after_round_one)
     with pytest.raises(KeyboardInterrupt):
-        ExperimentData(small(fsdd_dir, spec), log=lambda s: None).protection
+        ExperimentData(small(fsdd_dir, spec, *TINY), log=lambda s: None).protection
     (partial,) = (tmp_path / "cache" / "protections").glob("*.rounds")
     assert partial.stat().st_mode & 0o777 == 0o600 and not list(partial.parent.glob("*.pt"))
     assert KEY.encode() not in partial.read_bytes()
     monkeypatch.setattr(spine, "save_private", save)
     said = []
-    resumed = ExperimentData(small(fsdd_dir, spec), log=said.append).protection
+    resumed = ExperimentData(small(fsdd_dir, spec, *TINY), log=said.append).protection
     assert any("after round 1 goes on" in s for s in said), said
     assert not any("round 1:" in s for s in said) and any("round 2:" in s for s in said), said
     assert torch.equal(resumed.patterns, whole.patterns)
@@ -170,5 +171,5 @@ def test_an_optimisation_stopped_between_rounds_goes_on_from_its_last_round(fsdd
     partial.write_bytes(b"damaged")  # a checkpoint that cannot be read is started over, saying so
     (partial.parent / list(partial.parent.glob("*.pt"))[0].name).unlink()
     said.clear()
-    again = ExperimentData(small(fsdd_dir, spec), log=said.append).protection
+    again = ExperimentData(small(fsdd_dir, spec, *TINY), log=said.append).protection
     assert any("from the first round" in s for s in said) and torch.equal(again.patterns, whole.patterns)
