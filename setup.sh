@@ -18,9 +18,7 @@ want="$(sha256sum pyproject.toml | cut -d' ' -f1) extras=${LAB_EXTRAS:-} $(.venv
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   rm -f "$stamp"
   # (pip here warns about local index folders that do not exist; those lines are noise and are filtered out)
-  # --no-compile: pip would byte-compile all ~14,000 files of the packages on one core (about 60 s of CPU here);
-  # Python compiles the modules the lab imports the first time it imports them, and keeps them
-  .venv/bin/python -m pip install --quiet --no-compile -e ".[test${LAB_EXTRAS:+,$LAB_EXTRAS}]" \
+  .venv/bin/python -m pip install --quiet -e ".[test${LAB_EXTRAS:+,$LAB_EXTRAS}]" \
     2> >(grep -v "^WARNING: Location .* is ignored" >&2)
 fi
 
