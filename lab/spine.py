@@ -205,10 +205,21 @@ def derive_protection(recipe: Recipe, train: Clips, num_classes: int,
         except Exception as e:  # a damaged or outdated cache file is optimised again
             log(f"{recipe.defense.type}: could not reuse {path} ({type(e).__name__}); optimising again")
     prot = defense.derive_from(resumable(training_set(recipe, defense, train, num_classes, log), path, log))
-    if path is not None:
-        save_private(path, {"record": json.dumps(prot.to_dict()), "arrays": prot.arrays()})
+    if path is not None and cache_write(path, {"record": json.dumps(prot.to_dict()), "arrays": prot.arrays()}, log):
         round_checkpoint(path).unlink(missing_ok=True)
     return prot
+
+
+def cache_write(path: Path, obj, log: Callable[[str], None]) -> bool:
+    """:func:`save_private`, except that a cache that cannot be written (a file where its folder should be, a full
+    disk) never fails the run: one line says so and the run goes on without it."""
+    try:
+        save_private(path, obj)
+        return True
+    except OSError as e:
+        log(f"warning: the protection cache could not keep {path.name} in {path.parent} ({type(e).__name__}: "
+            f"{e.strerror or e}); the run goes on without it")
+        return False
 
 
 def round_checkpoint(path: Path) -> Path:
@@ -231,7 +242,12 @@ def resumable(data: TrainingSet, path: Path | None, log: Callable[[str], None]) 
         except Exception as e:  # a damaged checkpoint is started over
             log(f"could not resume from {partial} ({type(e).__name__}); optimising from the first round")
             resume = None
-    return replace(data, checkpoint=lambda state: save_private(partial, state), resume=resume)
+    failed = []  # after one failed write, no more tries (and no more warnings) for this optimisation
+
+    def checkpoint(state: dict) -> None:
+        if not failed and not cache_write(partial, state, log):
+            failed.append(True)
+    return replace(data, checkpoint=checkpoint, resume=resume)
 
 
 def optimised_cache_path(recipe: Recipe, defense: Defense, train: Clips, num_classes: int) -> Path | None:

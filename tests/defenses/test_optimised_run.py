@@ -169,7 +169,25 @@ def test_an_optimisation_stopped_between_rounds_goes_on_from_its_last_round(fsdd
     assert torch.equal(resumed.patterns, whole.patterns)
     assert not partial.exists() and len(list(partial.parent.glob("*.pt"))) == 1
     partial.write_bytes(b"damaged")  # a checkpoint that cannot be read is started over, saying so
-    (partial.parent / list(partial.parent.glob("*.pt"))[0].name).unlink()
+    next(partial.parent.glob("*.pt")).unlink()
     said.clear()
     again = ExperimentData(small(fsdd_dir, spec, *TINY), log=said.append).protection
     assert any("from the first round" in s for s in said) and torch.equal(again.patterns, whole.patterns)
+
+
+def test_a_protection_cache_that_cannot_be_written_never_fails_the_run(fsdd_dir, tmp_path, monkeypatch):
+    """A file where the cache's folder should be: the round checkpoints and the result are not kept, one warning
+    each (not one a round), and the protection is the one an uncached run makes."""
+    monkeypatch.setenv("LAB_PROTECTION_CACHE", "on")
+    spec = f"{{type: em-noise, key: {KEY}, mode: class-wise, max_rounds: 2, min_rounds: 2}}"
+    tiny = ("data.max_train_per_class=4", "data.max_test_per_class=1")
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "protections").write_text("not a folder")
+    said = []
+    prot = ExperimentData(small(fsdd_dir, spec, *tiny), log=said.append).protection
+    warned = [s for s in said if "protection cache could not keep" in s]
+    assert len(warned) == 2 and ".rounds" in warned[0] and ".pt" in warned[1], warned
+    monkeypatch.setenv("LAB_PROTECTION_CACHE", "off")
+    uncached = ExperimentData(small(fsdd_dir, spec, *tiny), log=lambda s: None).protection
+    assert torch.equal(prot.patterns, uncached.patterns)
