@@ -12,9 +12,9 @@ of every epoch.
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Literal
 
-import lightning as L
 import torch
 from pydantic import Field
 
@@ -45,29 +45,37 @@ def holdout_indices(labels: torch.Tensor, num_classes: int, fraction: float, per
     return torch.cat(picked).sort().values if picked else torch.zeros(0, dtype=torch.long)
 
 
-class BestEpoch(L.Callback):
-    """After every training epoch: the accuracy on the held-out clips; keeps a copy of the best epoch's weights."""
+@functools.cache
+def best_epoch_callback() -> type:
+    """The Lightning callback class below, made on first use: Lightning (about 5 s of imports) is imported when an
+    attack trains, not when the registry imports every plugin (`lab list`, a one-line error)."""
+    import lightning as L
 
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
-        self.features, self.labels = features, labels
-        self.history: list[float] = []
-        self.best_state: dict | None = None
+    class BestEpoch(L.Callback):
+        """After every training epoch: the accuracy on the held-out clips; keeps a copy of the best epoch's weights."""
 
-    @torch.no_grad()
-    def on_train_epoch_end(self, trainer, module) -> None:
-        was_training = module.training
-        module.eval()
-        pred = torch.cat([module(x.to(module.device)).argmax(dim=1).cpu() for x in self.features.split(256)])
-        module.train(was_training)
-        acc = float((pred == self.labels).float().mean())
-        if not self.history or acc > max(self.history):
-            self.best_state = copy.deepcopy(module.state_dict())
-        self.history.append(acc)
+        def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+            self.features, self.labels = features, labels
+            self.history: list[float] = []
+            self.best_state: dict | None = None
 
-    @property
-    def best_epoch(self) -> int:
-        """1-based: the first epoch that reached the best held-out accuracy."""
-        return self.history.index(max(self.history)) + 1
+        @torch.no_grad()
+        def on_train_epoch_end(self, trainer, module) -> None:
+            was_training = module.training
+            module.eval()
+            pred = torch.cat([module(x.to(module.device)).argmax(dim=1).cpu() for x in self.features.split(256)])
+            module.train(was_training)
+            acc = float((pred == self.labels).float().mean())
+            if not self.history or acc > max(self.history):
+                self.best_state = copy.deepcopy(module.state_dict())
+            self.history.append(acc)
+
+        @property
+        def best_epoch(self) -> int:
+            """1-based: the first epoch that reached the best held-out accuracy."""
+            return self.history.index(max(self.history)) + 1
+
+    return BestEpoch
 
 
 @ATTACKS.register("early-stop")
@@ -85,7 +93,7 @@ class EarlyStop(Attack):
         keep = torch.ones(len(ctx.labels), dtype=torch.bool)
         keep[self.holdout] = False
         self.train_idx = keep.nonzero().flatten()
-        self.monitor: BestEpoch | None = None
+        self.monitor = None  # the BestEpoch callback of this training run
 
     def training_set(self, ctx):
         return ctx.protected[self.train_idx], ctx.labels[self.train_idx]
@@ -93,7 +101,7 @@ class EarlyStop(Attack):
     def callbacks(self, ctx) -> list:
         if ctx.features is None:
             raise RuntimeError("early-stop needs the context's feature front-end (AttackContext.features)")
-        self.monitor = BestEpoch(ctx.features(ctx.clean[self.holdout]), ctx.labels[self.holdout])
+        self.monitor = best_epoch_callback()(ctx.features(ctx.clean[self.holdout]), ctx.labels[self.holdout])
         return [self.monitor]
 
     def after_training(self, module, ctx):

@@ -83,7 +83,6 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field, SecretStr, model_validator
-from scipy.signal import lfilter
 
 from defenses.base import DEFENSES, Defense, Protection
 from lab import dsp
@@ -91,6 +90,14 @@ from lab.config import PluginConfig
 from lab.dsp import add_energy
 from lab.keys import derive_seed, fingerprint, resolve_key
 from lab.masking import MaskingBudget, check_budget, limit_to_threshold
+
+
+def lfilter(b, a, x, **kwargs):
+    """scipy.signal.lfilter, imported when AR noise is drawn: scipy.signal takes about a second to import, which
+    every `lab` command (even `lab list`) paid when this module imported it at the top."""
+    from scipy.signal import lfilter as scipy_lfilter
+    return scipy_lfilter(b, a, x, **kwargs)
+
 
 WARMUP_TOLERANCE = 1e-6  # the warm-up lets the slowest transient decay to this fraction
 
