@@ -2,7 +2,6 @@
 and defense configs of a matrix), ``cell`` (the one cell runner: a defense and a seed, no attack and each attack;
 ``lab run`` is its no-attack row), ``matrix`` (cells over defenses and seeds, resumable), ``tables`` (tables, CSV, Markdown, the run folder's
 files) and ``run`` (the whole command: columns, matrix, run folder).
-Everything is importable from ``lab.attacking`` as before.
 
 ``lab attack``: train on protected data the way an unauthorised trainer would, and measure what survives.
 
@@ -15,14 +14,34 @@ Training under an attack is the lab's one training path (lab.train.fit): data at
 (features computed once, cached), batch attacks give a per-batch transform of the waveforms that the training data
 applies on the device before the recipe's front-end (Lightning's on_after_batch_transfer), procedure attacks get the
 model after training.
+
+Everything is importable from ``lab.attacking`` as before, each name from its module on first use: checking a recipe
+and its attacks (``setup``) imports no training code, so ``lab attack``'s one-line errors and its help come without
+Lightning's seconds of imports.
 """
-from lab.attacking.cell import NO_ATTACK, RunExtras, run_cell  # noqa: F401
-from lab.attacking.matrix import WORST, Matrix, cell_file, matrix_data, run_matrix  # noqa: F401
-from lab.attacking.setup import (  # noqa: F401
-    attack_configs, baselines, column_name, defense_configs, load_attack_recipe, with_defense,
-)
-from lab.attacking.tables import (  # noqa: F401
-    CSV_HEADER, cell_folder, conclusions, csv_rows, fmt_cell, table_rows, to_csv, to_markdown, write_results,
-)
-from lab.attacking.run import AttackPlan, run_attack  # noqa: F401
-from lab.attacking.training import detached_copy, finetune, train_under_attack  # noqa: F401
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {  # name -> the module of lab.attacking that defines it
+    "NO_ATTACK": "cell", "RunExtras": "cell", "run_cell": "cell",
+    "WORST": "matrix", "Matrix": "matrix", "cell_file": "matrix", "matrix_data": "matrix", "run_matrix": "matrix",
+    "attack_configs": "setup", "baselines": "setup", "column_name": "setup", "defense_configs": "setup",
+    "load_attack_recipe": "setup", "with_defense": "setup",
+    "CSV_HEADER": "tables", "cell_folder": "tables", "conclusions": "tables", "csv_rows": "tables",
+    "fmt_cell": "tables", "table_rows": "tables", "to_csv": "tables", "to_markdown": "tables",
+    "write_results": "tables",
+    "AttackPlan": "run", "run_attack": "run",
+    "detached_copy": "training", "finetune": "training", "train_under_attack": "training",
+}
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lab.attacking' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"lab.attacking.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

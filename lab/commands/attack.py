@@ -95,9 +95,10 @@ def attack(
     overrides = command_overrides(set_, seeds, out, jobs)  # --seeds and --jobs checked here, before any work
     rec, blocks = attacking.load_attack_recipe(recipe, overrides)
     names = _attack_names(type_)
-    plan = attacking.AttackPlan(rec, str(recipe), type_ if type_ == "all" else "+".join(names),
-                                attacking.attack_configs(names, blocks, list(option or [])),
-                                _defense_names(rec, type_, defenses_), list(defense_option or []))
+    configs = attacking.attack_configs(names, blocks, list(option or []))  # checked before training code is imported
+    defenses = _defense_names(rec, type_, defenses_)
+    plan = attacking.AttackPlan(rec, str(recipe), type_ if type_ == "all" else "+".join(names), configs, defenses,
+                                list(defense_option or []))
     console.print(f"[bold]lab attack[/bold] {type_} on {recipe}: {rec.model.type} on {rec.features.type}, "
                   f"defenses {', '.join(plan.defenses)}, attacks {', '.join(names)}, seeds {rec.seeds}, "
                   f"{rec.train.epochs} epochs")
