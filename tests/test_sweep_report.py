@@ -169,13 +169,13 @@ TINY = ["--set", "data.max_train_per_class=4", "--set", "data.max_test_per_class
         "--set", "train.progress=false", "--set", "train.num_threads=1"]
 
 
-def lab_cli(*args: str, data_root: Path) -> "subprocess.CompletedProcess":
+def lab_cli(*args: str, data_root: Path):
+    """``lab ARGS`` in its own process, forked from this one (tests/forked.py: no second of imports)."""
     import os
-    import subprocess
-    import sys
+
+    from tests.forked import lab_forked
     env = {**os.environ, "LAB_DATA_DIR": str(data_root), "COLUMNS": "250"}
-    return subprocess.run([sys.executable, "-m", "lab", *args], cwd=REPO, capture_output=True, text=True, env=env,
-                          timeout=600)
+    return lab_forked(*args, env=env, cwd=REPO, timeout=600)
 
 
 def test_report_reads_attack_runs_beside_lab_runs(fsdd_dir, tmp_path):

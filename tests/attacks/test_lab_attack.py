@@ -12,6 +12,7 @@ import pytest
 from attacks import ATTACKS
 from lab.attacking import attack_configs, load_attack_recipe
 from lab.errors import LabError
+from tests.forked import lab_forked
 
 REPO = Path(__file__).resolve().parent.parent.parent
 TINY = ["--set", "data.max_train_per_class=8", "--set", "data.max_test_per_class=4", "--set", "train.epochs=1",
@@ -19,12 +20,12 @@ TINY = ["--set", "data.max_train_per_class=8", "--set", "data.max_test_per_class
 
 
 def lab(*args: str, env_root: Path | None = None) -> subprocess.CompletedProcess:
+    """``lab ARGS`` in its own process, forked from this one (tests/forked.py: no second of imports)."""
     import os
     env = dict(os.environ)
     if env_root is not None:
         env["LAB_DATA_DIR"] = str(env_root)
-    return subprocess.run([sys.executable, "-m", "lab", *args], cwd=REPO, capture_output=True, text=True, env=env,
-                          timeout=600)
+    return lab_forked(*args, env=env, cwd=REPO, timeout=600)
 
 
 R = "recipes/fsdd_cnn.yaml"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tracemalloc
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from lab.config import parse_plugin
 from lab.errors import LabError
 from lab.protect import blocks, worker
 from lab.protect.audiofile import decode, encode
+from tests.forked import lab_forked
 
 REPO = Path(__file__).resolve().parent.parent.parent
 SR = 8000
@@ -258,8 +258,8 @@ def test_bad_parameters_fail_in_one_line(options, message):
 
 
 def lab(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lab", *args], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
+    """``lab ARGS`` in its own process, forked from this one (tests/forked.py: no second of imports)."""
+    return lab_forked(*args, env={**os.environ, **(env or {})}, cwd=REPO, timeout=600)
 
 
 def test_lab_list_shows_ar_noise():

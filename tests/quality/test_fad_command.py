@@ -10,13 +10,14 @@ import pytest
 
 from lab.formats import AUDIO_EXTENSIONS
 from tests.conftest import tone, write
+from tests.forked import lab_forked
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def lab(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lab", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    """``lab ARGS`` in its own process, forked from this one (tests/forked.py: no second of imports)."""
+    return lab_forked(*args, cwd=REPO, timeout=120)
 
 
 def linked(folder: Path, files: list[Path]) -> Path:
