@@ -28,6 +28,7 @@ def short_run(fsdd_dir, tmp_path_factory):
     result = CliRunner().invoke(app, [
         "run", str(recipe), "--seeds", "0,1", "--out", str(out),
         "--set", f"data.root={fsdd_dir}", "--set", "train.epochs=4", "--set", "data.max_train_per_class=60",
+        "--set", "data.max_test_per_class=10",
         "--set", f"defense.key={KEY}", "--set", "train.progress=false"])
     assert result.exit_code == 0, result.output
     run_dirs = list((out / "fsdd_cnn").iterdir())
@@ -42,7 +43,7 @@ def test_run_writes_results(short_run):
     assert list((run_dir / "logs").rglob("metrics.csv"))
     results = json.loads((run_dir / "results.json").read_text())
     assert results["seeds"] == [0, 1] and len(results["per_seed"]) == 2
-    assert results["data"]["train_clips"] == 600 and results["data"]["test_clips"] == 300
+    assert results["data"]["train_clips"] == 600 and results["data"]["test_clips"] == 100
     for key in ("clean_model/clean_test", "protected_model/clean_test", "protected_model/protected_test",
                 "protected_model/mixed_test", "clean_model/protected_test"):
         stat = results["accuracy"][key]
