@@ -120,9 +120,13 @@ def _attack_names(type_: str) -> list[str]:
 def _defense_names(rec, type_: str, defenses_: str | None) -> list[str]:
     """The table's columns: ``--defenses``; else none and the recipe's defense, with ``--type all`` also the
     matched baselines."""
+    from defenses import DEFENSES
     from lab.attacking import baselines
     if defenses_:
-        return [d.strip() for d in defenses_.split(",") if d.strip()]
+        names = [d.strip() for d in defenses_.split(",") if d.strip()]
+        for name in names:  # an unknown name fails here, in one line, before any training code is imported
+            DEFENSES.get(name)
+        return names
     return list(dict.fromkeys(["none", rec.defense.type, *(baselines() if type_ == "all" else [])]))
 
 
