@@ -8,7 +8,7 @@
 #   - lab attack: the trainer under projection, strong-augment and codec (attacks that use no clean clips).
 # One optimisation per recipe, cached (~/.cache/lab/protections, with a checkpoint after every round) and shared by
 # both commands and all seeds. Resumable: a recipe whose lab run finished is not run again; lab attack keeps its cells.
-# One thread; about 15 min a recipe on a shared 2-core machine.
+# One thread; about 15 min a recipe on a shared 2-core machine (FULL=1, below: hours a recipe).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 export LAB_DATA_DIR="${LAB_DATA_DIR:-../shared/data}"
@@ -16,6 +16,12 @@ LAB="${LAB:-.venv/bin/lab}"
 OUT="${OUT:-runs}/loo-filter-reduced"
 COMMON=(--set data.max_train_per_class=60 --set defense.max_rounds=2 --set defense.pattern=filter
         --set train.num_threads=1 --seeds 0,1,2)
+if [ "${FULL:-0}" = 1 ]; then
+    # FULL=1: the full setting, all 2,700 training clips and 5 rounds (about 900 s a round on one thread: ~75 min of
+    # optimisation a recipe before any training, kept round by round, so it can be spread over sessions)
+    OUT="${OUT%-reduced}-full"
+    COMMON=(--set defense.max_rounds=5 --set defense.pattern=filter --set train.num_threads=1 --seeds 0,1,2)
+fi
 for r in recipes/loo/cnn_mfcc.yaml recipes/loo/lstm_mfcc.yaml recipes/loo/transformer_mfcc.yaml \
          recipes/loo/cnn_logmel.yaml recipes/loo/cnn_raw.yaml; do
     name=$(basename "$r" .yaml)
