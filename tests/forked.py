@@ -52,6 +52,9 @@ def _child(args: list[str], cwd: Path, env: dict, out_w: int, err_w: int) -> Non
         os.environ.clear()
         os.environ.update(env)
         sys.argv = ["lab", *args]
+        from lab import cli
+        for c in (cli.console, cli.err_console):  # made in this process, maybe on a terminal (pytest -s): colours
+            c._color_system = c._detect_color_system()  # as a console made on the child's pipe would choose them
         from lab.cli import main
         try:
             main()
