@@ -9,6 +9,8 @@
 #   no-eot      : the ensemble without transformations (eot.draws 0)
 #   waveform    : the ensemble's timing-locked waveform patterns instead of class filters (pattern: waveform)
 #   masking     : the full configuration held under the masking threshold too (masking_margin_db 0)
+#   codec-eot   : the full configuration with the codec proxy among the transformations (eot.codec_p 0.5: half the
+#                 draws resample to 4 kHz and quantise to 8 bits, as the codec attack does)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 export LAB_DATA_DIR="${LAB_DATA_DIR:-../shared/data}"
@@ -35,3 +37,4 @@ row no-ensemble em-filter --set "defense={type: em-filter, key: $K, snr_db: 20, 
 row no-eot ensemble-em "${ENS[@]}" --set defense.eot.draws=0
 row waveform ensemble-em --set defense.max_rounds=2
 row masking ensemble-em "${ENS[@]}" --set defense.masking_margin_db=0
+row codec-eot ensemble-em "${ENS[@]}" --set defense.eot.codec_p=0.5
