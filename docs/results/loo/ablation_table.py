@@ -15,7 +15,8 @@ ROWS = [("full: ensemble of 4, EOT (2 draws), class filters", "loo-filter-reduce
         ("- ensemble: em-filter, one surrogate (CNN on MFCC), no EOT", "loo-ablation-reduced", "no-ensemble"),
         ("- EOT: the ensemble without transformations", "loo-ablation-reduced", "no-eot"),
         ("- class filters: the timing-locked waveform patterns", "loo-ablation-reduced", "waveform"),
-        ("+ masking budget (margin 0 dB) on the full configuration", "loo-ablation-reduced", "masking")]
+        ("+ masking budget (margin 0 dB) on the full configuration", "loo-ablation-reduced", "masking"),
+        ("+ codec proxy in half the EOT draws (eot.codec_p 0.5)", "loo-ablation-reduced", "codec-eot")]
 
 
 def main(root: Path) -> None:
