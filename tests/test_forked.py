@@ -32,12 +32,19 @@ def test_a_forked_command_says_what_a_subprocess_says(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_what_the_command_changes_stays_in_the_child(tmp_path):
+def test_what_the_command_changes_stays_in_the_child(fsdd_dir, tmp_path):
+    """A tiny run that trains (it sets torch's threads and seeds its generators) from another working directory and
+    with its own environment: none of it is left in this process."""
+    torch.set_num_threads(1)
     before = (os.getcwd(), dict(os.environ), torch.get_num_threads(), torch.random.get_rng_state().clone())
-    env = {"PATH": os.environ.get("PATH", ""), "ONLY_IN_THE_CHILD": "1", "LAB_DATA_DIR": str(tmp_path)}
-    proc = lab_forked("run", "recipes/fsdd_cnn.yaml", "--set", "train.num_threads=2", "--out", str(tmp_path),
-                      env=env, cwd=tmp_path.parent)  # a recipe path relative to another folder: not found
-    assert proc.returncode == 2 and "recipe not found" in proc.stderr and proc.stdout == ""
+    env = {"PATH": os.environ.get("PATH", ""), "ONLY_IN_THE_CHILD": "1", "OMP_NUM_THREADS": "1",
+           "LAB_PROTECTION_CACHE": "off"}
+    proc = lab_forked("run", str(REPO / "recipes" / "fsdd_cnn.yaml"), "--seeds", "0", "--out", str(tmp_path),
+                      "--set", f"data.root={fsdd_dir}", "--set", "data.max_train_per_class=2", "--set",
+                      "data.max_test_per_class=1", "--set", "train.epochs=1", "--set", "train.num_threads=2",
+                      "--set", "train.progress=false", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "trained protected model" in proc.stdout and list(tmp_path.rglob("results.json"))
     after = (os.getcwd(), dict(os.environ), torch.get_num_threads(), torch.random.get_rng_state())
     assert after[:3] == before[:3] and torch.equal(after[3], before[3])
     assert "ONLY_IN_THE_CHILD" not in os.environ
