@@ -22,9 +22,13 @@ if [ "${FULL:-0}" = 1 ]; then
     OUT="${OUT%-reduced}-full"
     COMMON=(--set defense.max_rounds=5 --set defense.pattern=filter --set train.num_threads=1 --seeds 0,1,2)
 fi
-for r in recipes/loo/cnn_mfcc.yaml recipes/loo/lstm_mfcc.yaml recipes/loo/transformer_mfcc.yaml \
-         recipes/loo/cnn_logmel.yaml recipes/loo/cnn_raw.yaml; do
-    name=$(basename "$r" .yaml)
+# RECIPES picks and orders the trainers (names of recipes/loo/*.yaml), so two copies of this script can share the work
+# on two cores without touching the same recipe: RECIPES="cnn_mfcc transformer_mfcc" in one, "cnn_raw cnn_logmel" in
+# the other (the CNN on MFCC and the Transformer share one ensemble, and so one cached optimisation).
+RECIPES="${RECIPES:-cnn_mfcc lstm_mfcc transformer_mfcc cnn_logmel cnn_raw}"
+for name in $RECIPES; do
+    r="recipes/loo/$name.yaml"
+    [ -f "$r" ] || { echo "RECIPES: no recipe $r (names of recipes/loo/*.yaml, without .yaml)" >&2; exit 2; }
     done_run=$(find "$OUT/run-$name" -name results.json 2>/dev/null | while read -r f; do
         [ -e "$(dirname "$f")/INCOMPLETE" ] || echo "$f"; done | head -1 || true)
     if [ -z "$done_run" ]; then
