@@ -179,15 +179,15 @@ class EMNoiseProtection(Protection):
             cls = (labels if filter_classes is None else filter_classes).long()
             pat = fit_length(self.patterns, t)
             return add_class_patterns(waveforms, pat[cls].to(waveforms), mask, self.params["snr_db"],
-                                   self.params["linf"], masking=masking_of(self.params, self.sample_rate))
+                                   self.params.get("linf"), masking=masking_of(self.params, self.sample_rate))
         out = waveforms.clone()
         for i in range(n):
             row = self._row.get(clip_hash(waveforms[i], int(lengths[i])))
             if row is None:
                 continue  # not a clip the noise was optimised for: unchanged (see the module docstring)
             d = self.noise[row].to(waveforms.dtype)
-            if self.params["linf"] is not None:  # float16 storage may round a sample just past the bound
-                d = d.clamp(-self.params["linf"], self.params["linf"])
+            if self.params.get("linf") is not None:  # float16 storage may round a sample just past the bound
+                d = d.clamp(-self.params.get("linf"), self.params.get("linf"))
             d = fit_length(d, t)
             out[i] = waveforms[i] + d * mask[i]
         return out
@@ -269,7 +269,7 @@ class EMNoiseFiles(Protection):
         self.patterns = self.files = None
         if self.mode == "class-wise":  # the shared mapping (its block hooks); apply below does the same
             self.files = ClassPatternsOnFiles(source.patterns, self.working_rate, sample_rate, self.params["snr_db"],
-                                              self.params["linf"], self.params.get("masking_margin_db"))
+                                              self.params.get("linf"), self.params.get("masking_margin_db"))
             self.patterns = self.files.patterns
 
     def __getstate__(self):
@@ -286,7 +286,7 @@ class EMNoiseFiles(Protection):
         if self._noise is None:
             self._noise = mapped_noise(self.arrays_file)
         d = self._noise[row].float()
-        return d.clamp(-self.params["linf"], self.params["linf"]) if self.params["linf"] is not None else d
+        return d.clamp(-self.params.get("linf"), self.params.get("linf")) if self.params.get("linf") is not None else d
 
     def apply(self, waveforms, labels, lengths=None, **ablation):
         channels, n = waveforms.shape
@@ -294,15 +294,15 @@ class EMNoiseFiles(Protection):
             reps = -(-n // self.patterns.shape[1])
             pattern = self.patterns.repeat(1, reps)[:, :n][labels.long()].to(waveforms.dtype)
             return add_class_patterns(waveforms, pattern, torch.ones_like(waveforms), self.params["snr_db"],
-                                   self.params["linf"], masking=masking_of(self.params, self.sample_rate))
+                                   self.params.get("linf"), masking=masking_of(self.params, self.sample_rate))
         d = self.file_noise(samples_hash(waveforms), n)
         d = torch.nn.functional.pad(d, (0, n - len(d))).to(waveforms.dtype)
-        out = limit_change(waveforms, waveforms + d[None], self.params["snr_db"], self.params["linf"])
+        out = limit_change(waveforms, waveforms + d[None], self.params["snr_db"], self.params.get("linf"))
         margin = self.params.get("masking_margin_db")
         if margin is None:
             return out
         return waveforms + limit_to_threshold(waveforms, out - waveforms, self.sample_rate, margin,
-                                              snr_db=self.params["snr_db"], linf=self.params["linf"])
+                                              snr_db=self.params["snr_db"], linf=self.params.get("linf"))
 
     def file_noise(self, digest: str, frames: int) -> torch.Tensor:
         """Sample-wise: the noise of the file whose samples hash to ``digest`` at the file's rate, at most ``frames``
@@ -365,7 +365,7 @@ class EMNoiseFiles(Protection):
             power = add_energy(None, (reach + d[None]) - reach)
             plan["scale"] = change_scale(plan["signal"], power, self.params["snr_db"])
         d = self._noise_between(plan, a, b, x.dtype)
-        return scaled_change(clean, clean + d[None], plan["scale"], self.params["linf"])
+        return scaled_change(clean, clean + d[None], plan["scale"], self.params.get("linf"))
 
     def _noise_between(self, plan, a, b, dtype):
         """Frames [a, b) of the file's noise (zeros past its end), as apply pads it."""

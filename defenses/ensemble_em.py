@@ -27,7 +27,7 @@ Every round:
   the tiles descend at every phase); new clips and files get the tile from its first sample; or ``filter``: the
   class in the noise's colour, as ``em-filter`` makes it (one FIR filter of ``filter_taps`` taps per class on every
   clip's own white noise, seeded from the clip's samples and a key-derived salt, "ensemble-em/v1/noise"): no
-  waveform is shared by a class's clips, so orthogonal projection finds none (not written onto collections yet);
+  waveform is shared by a class's clips, so orthogonal projection finds none;
 - the stop rule: every member's accuracy on the perturbed training clips reaches ``stop_accuracy`` (at most
   ``max_rounds`` rounds).
 
@@ -47,8 +47,14 @@ channel to ``snr_db`` (then shaped to the masking budget when ``masking_margin_d
 noise (the mapping is shared: defenses._minmin.ClassPatternsOnFiles; a long file is written a block at a time with
 the very bytes of the whole file, not with a masking budget).
 
-Not in this version (issue 25 asks for them later): sample-wise noise, the robust inner step (``rho``), a
-spectral-envelope parametrisation, an MP3 or Opus proxy in the transformations.
+``mode: sample-wise`` (with ``pattern: waveform`` only): every training clip its own noise, as em-noise's sample-wise
+mode makes it (:class:`defenses.em_noise.SampleNoise`: inside each clip's SNR budget, or its masking budget), descended
+on the same ensemble loss through the same transformations. The record is em-noise's sample-wise one (the noise as
+float16 and each clip's SHA-256; a clip the noise was not made for is left unchanged), and lab protect writes it onto
+the files it was optimised on with em-noise's sample-wise mapping (:data:`defenses.em_noise.MAPPING`).
+
+Not in this version: the robust inner step (``rho``), a spectral-envelope parametrisation, an MP3 or Opus proxy in
+the transformations.
 """
 from __future__ import annotations
 
@@ -62,9 +68,9 @@ import torch.nn.functional as F
 from pydantic import Field, SecretStr, field_validator, model_serializer, model_validator
 
 from defenses._minmin import (FILTERED_NOISE_MAPPING, ClassFilters, ClassPatterns, ClassPatternsOnFiles,
-                              FilteredNoiseOnFiles, MinMinSettings, OptimisedDefense, SurrogateConfig, _on, _on_cpu,
-                              accuracy, add_class_patterns, class_patterns_mapping, clip_noise, filtered, masking_of,
-                              span_mask, train_surrogate)
+                              FilteredNoiseOnFiles, MinMinSettings, OptimisedDefense, Perturbation, SurrogateConfig,
+                              _on, _on_cpu, accuracy, add_class_patterns, class_patterns_mapping, clip_noise, filtered,
+                              masking_of, span_mask, train_surrogate)
 from defenses.base import DEFENSES, Protection, TrainingSet, WorkingClips
 from lab.augment import StrongChain, augment_chain
 from lab.config import PluginConfig, Section
@@ -126,7 +132,7 @@ class EnsembleEMConfig(PluginConfig, MinMinSettings, MaskingBudget):
     type: Literal["ensemble-em"] = "ensemble-em"
     key: SecretStr | None = None
     key_file: Path | None = None
-    mode: Literal["class-wise"] = "class-wise"
+    mode: Literal["class-wise", "sample-wise"] = "class-wise"
     snr_db: float | None = 30.0
     surrogates: list[SurrogateConfig] = Field(default_factory=lambda: [SurrogateConfig(**m) for m in DEFAULT_MEMBERS],
                                               min_length=1)
@@ -153,6 +159,9 @@ class EnsembleEMConfig(PluginConfig, MinMinSettings, MaskingBudget):
         check_budget(self.snr_db, None, self.masking_margin_db)
         if self.rho:
             raise ValueError("ensemble-em has no robust inner step yet: leave rho at 0")
+        if self.mode == "sample-wise" and self.pattern != "waveform":
+            raise ValueError(f"mode sample-wise takes pattern waveform (every clip its own noise); pattern "
+                             f"{self.pattern!r} is a class-wise parametrisation")
         if self.surrogate.model_dump():
             raise ValueError("ensemble-em takes its surrogates in 'surrogates' (a list of {model, features, train}), "
                              "not 'surrogate'")
@@ -324,7 +333,7 @@ def ensemble_loss(members: list[Member], xp: torch.Tensor, y: torch.Tensor, eot:
     return total / (len(draws) * len(members))
 
 
-def descend_ensemble(members: list[Member], pert: ClassPatterns, data: TrainingSet, gen: torch.Generator,
+def descend_ensemble(members: list[Member], pert: Perturbation, data: TrainingSet, gen: torch.Generator,
                      eot: Transformations, steps: int) -> tuple[float, float]:
     """A round's second half: for every batch, ``steps`` descent steps of the patterns on :func:`ensemble_loss`;
     returns the loss at the first and at the last step, averaged over the batches."""
@@ -346,7 +355,7 @@ def descend_ensemble(members: list[Member], pert: ClassPatterns, data: TrainingS
     return first / batches, last / batches
 
 
-def ensemble_min_min(data: TrainingSet, members_data: list[TrainingSet], pert: ClassPatterns, seed: int,
+def ensemble_min_min(data: TrainingSet, members_data: list[TrainingSet], pert: Perturbation, seed: int,
                      eot: Transformations, cfg: "EnsembleEMConfig") -> dict:
     """Min-min (defenses/_minmin.py) against every member at once (module docstring); returns the record.
 
@@ -383,7 +392,7 @@ def ensemble_min_min(data: TrainingSet, members_data: list[TrainingSet], pert: C
             "seed_source": "key", "device": str(data.device), "eot": eot.record()}
 
 
-def ensemble_state(loop: dict, members: list[Member], gen: torch.Generator, pert: ClassPatterns,
+def ensemble_state(loop: dict, members: list[Member], gen: torch.Generator, pert: Perturbation,
                    eot: Transformations) -> dict:
     """Everything the ensemble loop needs to go on after this round, as tensors and plain values (on the CPU): the
     round and its history, the patterns, every member (weights, optimiser, batch order), the loop's generator,
@@ -397,7 +406,7 @@ def ensemble_state(loop: dict, members: list[Member], gen: torch.Generator, pert
     return state
 
 
-def resume_ensemble(state: dict, members: list[Member], gen: torch.Generator, pert: ClassPatterns,
+def resume_ensemble(state: dict, members: list[Member], gen: torch.Generator, pert: Perturbation,
                     eot: Transformations) -> dict:
     """Put every member, the generators, the transformations and the patterns back as :func:`ensemble_state` saw
     them; returns the loop's own state."""
@@ -422,12 +431,21 @@ class EnsembleEMProtection(Protection):
     on_collection = True  # lab protect writes it onto a collection's files: see files_at
 
     def __init__(self, params: dict, key_fingerprint: str, sample_rate: int, num_classes: int, optimisation: dict,
-                 patterns: torch.Tensor, salt: str | None = None):
+                 patterns: torch.Tensor | None, salt: str | None = None, noise: torch.Tensor | None = None,
+                 hashes: list[str] | None = None):
         self.params, self.key_fingerprint, self.optimisation = params, key_fingerprint, optimisation
         self.sample_rate, self.num_classes, self.patterns = sample_rate, num_classes, patterns
         self.salt = salt  # pattern 'filter': derives every clip's noise; as secret as the key
+        self.noise, self.hashes = noise, hashes  # mode 'sample-wise': (N, T) float16, each clip's SHA-256
+        self.sample_wise = None
+        if self.params.get("mode") == "sample-wise":  # em-noise's sample-wise record does the work
+            from defenses.em_noise import EMNoiseProtection
+            self.sample_wise = EMNoiseProtection(params, key_fingerprint, sample_rate, num_classes, optimisation,
+                                                 noise=noise, hashes=hashes)
 
     def apply(self, waveforms, labels, lengths=None, filter_classes=None, **ablation):
+        if self.sample_wise is not None:
+            return self.sample_wise.apply(waveforms, labels, lengths)
         n, t = waveforms.shape
         lengths = lengths if lengths is not None else torch.full((n,), t, dtype=torch.long)
         cls = (labels if filter_classes is None else filter_classes).long()
@@ -457,11 +475,15 @@ class EnsembleEMProtection(Protection):
 
     def ablation_variants(self, waveforms, labels, lengths, sample_rate, seed=0):
         from defenses.base import other_classes
+        if self.sample_wise is not None:  # no class pattern to swap
+            return self.sample_wise.ablation_variants(waveforms, labels, lengths, sample_rate, seed)
         return {"clean": waveforms, "true": self.apply(waveforms, labels, lengths),
                 "mixed_filters": self.apply(waveforms, labels, lengths,
                                             filter_classes=other_classes(labels, self.num_classes, seed + 1))}
 
     def arrays(self):
+        if self.sample_wise is not None:
+            return {"noise": self.noise}
         return {"patterns": self.patterns}
 
     def to_dict(self) -> dict:
@@ -470,16 +492,24 @@ class EnsembleEMProtection(Protection):
                "arrays": "protection.pt"}
         if self.salt is not None:
             out["noise_salt"] = self.salt
+        if self.sample_wise is not None:
+            out["clip_sha256"] = self.hashes
         return out
 
     @classmethod
     def from_dict(cls, record: dict, arrays: dict | None = None) -> "EnsembleEMProtection":
-        if not arrays or "patterns" not in arrays:
+        wanted = "noise" if record["params"].get("mode") == "sample-wise" else "patterns"
+        if not arrays or wanted not in arrays:
             raise ValueError("an ensemble-em record needs its arrays (protection.pt beside protection.json)")
         return cls(record["params"], record["key_fingerprint"], record["sample_rate"], record["num_classes"],
-                   record["optimisation"], arrays["patterns"], record.get("noise_salt"))
+                   record["optimisation"], arrays.get("patterns"), record.get("noise_salt"), arrays.get("noise"),
+                   record.get("clip_sha256"))
 
-    def files_at(self, sample_rate: int, working: WorkingClips) -> "EnsembleEMFiles":
+    def files_at(self, sample_rate: int, working: WorkingClips) -> Protection:
+        if self.sample_wise is not None:  # em-noise's sample-wise mapping, under this defense's name
+            files = self.sample_wise.files_at(sample_rate, working)
+            files.defense = self.name
+            return files
         return EnsembleEMFiles(self, sample_rate, working)
 
 
@@ -570,19 +600,28 @@ class EnsembleEM(OptimisedDefense):
         pert = self.perturbation(data, key, seed)
         eot = Transformations(cfg.eot, data.sample_rate, derive_seed(key, "ensemble-em/v1/eot", 0) % (2 ** 31))
         members = self.members(data)
-        data.log(f"ensemble-em: optimising class-wise noise on {len(data.labels)} clips against "
+        data.log(f"ensemble-em: optimising {cfg.mode} noise on {len(data.labels)} clips against "
                  f"{', '.join(m.description or '?' for m in members)} ({cfg.eot.draws} transformation draw(s) a step, "
                  f"pattern {cfg.pattern})")
         record = {**ensemble_min_min(data, members, pert, seed, eot, cfg), "pattern": cfg.pattern}
         params = cfg.model_dump(exclude={"key", "key_file", "type"}, mode="json")
+        if cfg.mode == "sample-wise":
+            from defenses.em_noise import clip_hash
+            hashes = [clip_hash(w, int(n)) for w, n in zip(data.waveforms, data.lengths)]
+            return EnsembleEMProtection(params, fingerprint(key), data.sample_rate, data.num_classes, record, None,
+                                        noise=pert.noise.to(torch.float16), hashes=hashes)
         return EnsembleEMProtection(params, fingerprint(key), data.sample_rate, data.num_classes, record,
                                     pert.patterns.float(), getattr(pert, "salt", None))
 
-    def perturbation(self, data: TrainingSet, key: str, seed: int) -> ClassPatterns:
+    def perturbation(self, data: TrainingSet, key: str, seed: int) -> Perturbation:
         """The optimised variable: a pattern as long as the clips per class, or (``pattern: tile``) a tile of
-        ``tile_seconds`` per class with per-clip offsets from the key ("ensemble-em/v1/tile")."""
+        ``tile_seconds`` per class with per-clip offsets from the key ("ensemble-em/v1/tile"), or (``mode:
+        sample-wise``) every clip's own noise."""
         cfg: EnsembleEMConfig = self.config
         gen = torch.Generator().manual_seed(seed)
+        if cfg.mode == "sample-wise":
+            from defenses.em_noise import SampleNoise
+            return SampleNoise(data, cfg.snr_db, None, cfg.step_size, gen, cfg.masking_margin_db)
         if cfg.pattern == "waveform":
             return ClassPatterns(data, cfg.snr_db, None, cfg.step_size, gen, cfg.masking_margin_db)
         if cfg.pattern == "filter":

@@ -93,13 +93,14 @@ def snr_db(clean, protected, lengths):
     return 10 * torch.log10(clean.double().pow(2).sum(1) / change.pow(2).sum(1))
 
 
-@pytest.mark.parametrize("draws", [0, 8])
-def test_the_ensemble_loss_falls_every_clip_keeps_its_snr_and_the_record_rebuilds(draws):
+@pytest.mark.parametrize("draws, mode", [(0, "class-wise"), (8, "class-wise"), (8, "sample-wise")])
+def test_the_ensemble_loss_falls_every_clip_keeps_its_snr_and_the_record_rebuilds(draws, mode):
     """The descent lowers the members' mean loss in every round (without transformations, and with 8 draws a step:
     with 1 draw the estimate is so noisy that the recorded loss fell here even with the step's sign flipped; with
-    0 or 8 draws a flipped sign makes this test fail)."""
+    0 or 8 draws a flipped sign makes this test fail), class-wise and sample-wise."""
     asked = []
-    prot = derive(asked, snr_db=20, max_rounds=2, steps=4, train_batches=2, step_size=0.2, eot={"draws": draws})
+    prot = derive(asked, snr_db=20, max_rounds=2, steps=4, train_batches=2, step_size=0.2, eot={"draws": draws},
+                  mode=mode)
     rec = prot.optimisation
     assert [a["model"]["type"] for a in asked] == ["cnn", "linear"]  # each member built from its own entry
     assert rec["surrogates"] == ["cnn", "linear"]
@@ -115,6 +116,27 @@ def test_the_ensemble_loss_falls_every_clip_keeps_its_snr_and_the_record_rebuild
     assert KEY not in text
     again = Protection.from_dict(json.loads(text), {k: v.clone() for k, v in prot.arrays().items()})
     assert torch.equal(again.apply(x, y, lengths), out)
+
+
+def test_sample_wise_noise_is_each_clips_own_and_only_for_the_clips_it_was_made_for():
+    """mode sample-wise: two clips of a class get different noise (no class pattern), each within its budget; the
+    record keeps every clip's SHA-256 and the noise (float16), never the key; a clip it was not made for, or a clip
+    changed by one sample, is left as it is."""
+    prot = derive(mode="sample-wise", snr_db=20, max_rounds=1, steps=2, train_batches=1, eot={"draws": 1})
+    x, y, lengths = clips()
+    noise = prot.apply(x, y, lengths) - x
+    assert prot.arrays()["noise"].dtype == torch.float16 and prot.arrays()["noise"].shape == (N, T)
+    assert len(prot.to_dict()["clip_sha256"]) == N and KEY not in json.dumps(prot.to_dict())
+    a, b = torch.nonzero(y == y[0]).flatten()[:2]
+    m = int(min(lengths[a], lengths[b]))
+    assert abs(torch.corrcoef(torch.stack([noise[a, :m], noise[b, :m]]))[0, 1]) < 0.5
+    assert (snr_db(x, x + noise, lengths) >= 20 - 1e-2).all()
+    other, _, other_lengths = clips(seed=1)
+    assert torch.equal(prot.apply(other, y, other_lengths), other)
+    changed = x.clone()
+    changed[0, 0] += 1e-3
+    assert torch.equal(prot.apply(changed[:1], y[:1], lengths[:1]), changed[:1])
+    assert set(prot.ablation_variants(x, y, lengths, SR)) == {"clean", "true"}  # no class pattern to swap
 
 
 def test_the_transformations_come_from_the_key_and_are_recorded():
@@ -156,6 +178,7 @@ def test_a_transformation_draw_does_what_it_says():
     ({"eot": {"freq_mask_hz": 0}}, "freq_mask_hz"),
     ({"eot": {"codec_bits": 0}}, "codec_bits"),
     ({"pattern": "spectral"}, "pattern"),
+    ({"mode": "sample-wise", "pattern": "filter"}, "mode sample-wise takes pattern waveform"),
     ({"tile_seconds": -0.1}, "tile_seconds"),
     ({"eot": {"strong_augment": {}, "codec_p": 0.5}}, "strong_augment replaces the built-in draw"),
     ({"eot": {"strong_augment": {"speed": {"min_factor": 1.2, "max_factor": 0.9}}}}, "min_factor"),
@@ -242,7 +265,7 @@ def test_the_tile_pattern_moves_with_the_clip_and_keeps_the_budget():
 
 
 
-def test_the_filter_pattern_shares_no_waveform_keeps_the_budget_and_is_refused_by_lab_protect(tmp_path):
+def test_the_filter_pattern_shares_no_waveform_keeps_the_budget_and_is_taken_by_lab_protect(tmp_path):
     """pattern: filter: the arrays hold one filter per class; two clips of a class get uncorrelated noise (their own
     draws), each clip the same noise in any batch; every clip keeps its SNR; the record rebuilds with its salt; lab
     protect takes it (tests/protect/test_optimised.py writes it onto files)."""
@@ -398,21 +421,27 @@ def test_a_tile_pattern_written_onto_files_keeps_its_period_and_the_budget():
     assert torch.allclose(noise[240:], noise[:-240], atol=1e-6)  # 0.03 s at 8 kHz: 240 samples
 
 
-def test_a_short_real_run_through_the_spine_on_fsdd(fsdd_dir, monkeypatch):
+@pytest.mark.parametrize("mode", ["class-wise", "sample-wise"])
+def test_a_short_real_run_through_the_spine_on_fsdd(mode, fsdd_dir, monkeypatch):
     """The LOO recipe for the Transformer on FSDD (3 clips a class, 1 round, 1 step): the spine builds the four
-    members the recipe names, the noise is optimised against them, every training clip keeps its 20 dB."""
+    members the recipe names, the noise is optimised against them, every training clip keeps its 20 dB; the test
+    clips are left clean (sample-wise: they are not clips the noise was made for)."""
     from lab.recipe import load_recipe
     from lab.spine import ExperimentData
     monkeypatch.setenv("LAB_PROTECTION_CACHE", "off")
     recipe = load_recipe(ROOT / "recipes" / "loo" / "transformer_mfcc.yaml", [
         f"data.root={fsdd_dir}", "data.max_train_per_class=3", "data.max_test_per_class=1", "defense.max_rounds=1",
-        "defense.steps=1", "defense.train_batches=1", "defense.eot.draws=1", "train.num_threads=1"])
+        "defense.steps=1", "defense.train_batches=1", "defense.eot.draws=1", "train.num_threads=1",
+        f"defense.mode={mode}"])
     data = ExperimentData(recipe, log=lambda s: None)
     rec = data.protection.optimisation
     assert rec["surrogates"] == [f"{m.model['type']} on {m.features['type']}" for m in recipe.defense.surrogates]
     assert len(rec["rounds"][0]["train_accuracy"]) == 4 and rec["eot"]["draws_made"] == 1
     clean, protected = data.clean_train, data.protected_train
     assert snr_db(clean.waveforms, protected.waveforms, clean.lengths).min() >= 20 - 1e-3
+    if mode == "sample-wise":
+        test = data.clean_test
+        assert torch.equal(data.protection.apply(test.waveforms, test.labels, test.lengths), test.waveforms)
 
 
 def test_the_strong_augment_draw_is_the_attacks_chain_and_passes_gradients():

@@ -351,14 +351,24 @@ def test_verify_checks_the_arrays_file_and_the_protection_lines(digits, key_file
     assert verify_collection(out, key_file, workers=0)["passed"]
 
 
-def test_sample_wise_noise_refuses_a_file_it_was_not_optimised_on(digits, key_file, tmp_path):
-    """Sample-wise noise exists only for the files it was optimised on: a file of another content gets no noise
-    silently; writing it fails, naming why."""
+@pytest.mark.parametrize("defense", [{"type": "em-noise"},
+                                     {"type": "ensemble-em", **options_of("ensemble-em"), "mode": "sample-wise"}],
+                         ids=["em-noise", "ensemble-em-sample-wise"])
+def test_sample_wise_noise_refuses_a_file_it_was_not_optimised_on(defense, digits, key_file, tmp_path):
+    """Sample-wise noise exists only for the files it was optimised on: every one of them written within its budget
+    and verified (under its own defense's name, with em-noise's sample-wise mapping); a file of another content gets
+    no noise silently; writing it fails, naming why."""
     out = tmp_path / "out"
-    protect_collection(digits, out, key_file, defense={"type": "em-noise", **TINY}, workers=0)
-    header = private_record(out, key_file)[0]
+    protect_collection(digits, out, key_file, defense={**TINY, **defense, "snr_db": 25}, workers=0)
+    assert verify_collection(out, key_file, workers=0)["counts"] == {"ok": 24}
+    header, records, _ = private_record(out, key_file)
     prot, working = rebuild(header, record_file(out, key_file), header["key_fingerprint"])
     at = prot.files_at(8000, working)
+    line = read_protections(record_file(out, key_file))[8000]
+    assert line["defense"] == defense["type"] and "the noise of the file's own working clip" in line["mapping"]
+    for r in records:
+        src, dst = read(digits / r["path"]), read(out / r["path"])
+        assert not np.array_equal(src, dst) and snr_db(src, dst) >= 25 - 0.05, r["path"]
     x = 0.1 * np.random.default_rng(0).standard_normal((4000, 1)).astype(np.float32)
     with pytest.raises(ValueError, match="not one of the files the noise was optimised on"):
         worker.protect_samples(at, x, 0)
