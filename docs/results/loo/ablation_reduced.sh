@@ -11,6 +11,8 @@
 #   masking     : the full configuration held under the masking threshold too (masking_margin_db 0)
 #   codec-eot   : the full configuration with the codec proxy among the transformations (eot.codec_p 0.5: half the
 #                 draws resample to 4 kHz and quantise to 8 bits, as the codec attack does)
+#   sample-wise : the ensemble with EOT making every clip its own noise (mode sample-wise; pattern waveform)
+# ROWS picks the rows (default: all, in this order); a row added later runs alone with ROWS=<its name>.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 export LAB_DATA_DIR="${LAB_DATA_DIR:-../shared/data}"
@@ -33,8 +35,14 @@ row() {  # NAME DEFENSE-COLUMN ARGS...
 finished() {  # the results.json of the runs under $1 that finished (no INCOMPLETE beside them)
     find "$1" -name results.json 2>/dev/null | while read -r f; do [ -e "$(dirname "$f")/INCOMPLETE" ] || echo "$f"; done
 }
-row no-ensemble em-filter --set "defense={type: em-filter, key: $K, snr_db: 20, max_rounds: 2, surrogate: $SUR}"
-row no-eot ensemble-em "${ENS[@]}" --set defense.eot.draws=0
-row waveform ensemble-em --set defense.max_rounds=2
-row masking ensemble-em "${ENS[@]}" --set defense.masking_margin_db=0
-row codec-eot ensemble-em "${ENS[@]}" --set defense.eot.codec_p=0.5
+for name in ${ROWS:-no-ensemble no-eot waveform masking codec-eot sample-wise}; do
+    case $name in
+        no-ensemble) row no-ensemble em-filter --set "defense={type: em-filter, key: $K, snr_db: 20, max_rounds: 2, surrogate: $SUR}" ;;
+        no-eot) row no-eot ensemble-em "${ENS[@]}" --set defense.eot.draws=0 ;;
+        waveform) row waveform ensemble-em --set defense.max_rounds=2 ;;
+        masking) row masking ensemble-em "${ENS[@]}" --set defense.masking_margin_db=0 ;;
+        codec-eot) row codec-eot ensemble-em "${ENS[@]}" --set defense.eot.codec_p=0.5 ;;
+        sample-wise) row sample-wise ensemble-em --set defense.max_rounds=2 --set defense.mode=sample-wise ;;
+        *) echo "ROWS: no row '$name' (no-ensemble no-eot waveform masking codec-eot sample-wise)" >&2; exit 2 ;;
+    esac
+done

@@ -16,7 +16,9 @@ ROWS = [("full: ensemble of 4, EOT (2 draws), class filters", "loo-filter-reduce
         ("- EOT: the ensemble without transformations", "loo-ablation-reduced", "no-eot"),
         ("- class filters: the timing-locked waveform patterns", "loo-ablation-reduced", "waveform"),
         ("+ masking budget (margin 0 dB) on the full configuration", "loo-ablation-reduced", "masking"),
-        ("+ codec proxy in half the EOT draws (eot.codec_p 0.5)", "loo-ablation-reduced", "codec-eot")]
+        ("+ codec proxy in half the EOT draws (eot.codec_p 0.5)", "loo-ablation-reduced", "codec-eot"),
+        ("sample-wise: every clip its own noise (ensemble and EOT as the full row)", "loo-ablation-reduced",
+         "sample-wise")]
 
 
 def main(root: Path) -> None:
