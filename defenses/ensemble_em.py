@@ -573,6 +573,7 @@ class EnsembleEM(OptimisedDefense):
     record_type = EnsembleEMProtection
     additive = True
     seed_label = "ensemble-em/v1/surrogate"
+    members_replace_surrogate = True  # the members are trained, never the recipe's own model (the cache's name)
 
     @classmethod
     def example_config(cls, key):

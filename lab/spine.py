@@ -222,6 +222,18 @@ def cache_write(path: Path, obj, log: Callable[[str], None]) -> bool:
         return False
 
 
+def _surrogate_described(sur_recipe: Recipe) -> dict:
+    """A surrogate recipe as the protection cache's name hashes it: without bookkeeping (name, output folder, seeds,
+    threads, progress, epochs) and without where the clips were read from (their content is hashed)."""
+    sur = sur_recipe.public_dict()
+    for field in ("defense", "name", "description", "output_dir", "seeds", "evaluation"):
+        sur.pop(field, None)
+    sur.get("data", {}).pop("root", None)
+    for field in ("num_threads", "progress", "epochs"):
+        sur.get("train", {}).pop(field, None)
+    return sur
+
+
 def round_checkpoint(path: Path) -> Path:
     """Where the optimisation kept at ``path`` keeps its state after every round until it ends (as private)."""
     return path.with_name(path.stem + ".rounds")
@@ -254,9 +266,11 @@ def optimised_cache_path(recipe: Recipe, defense: Defense, train: Clips, num_cla
     """Where an optimised protection is kept for reuse (``$LAB_CACHE_DIR``/protections, default
     ~/.cache/lab/protections; ``LAB_PROTECTION_CACHE=off`` turns it off): a file named by a hash of everything the
     optimisation depends on: the defense's configuration and a seed derived from its key (never the key), the
-    surrogate recipe, the training clips' content, and the source code of the defense, of the min-min loop and of the
-    built-in front-ends and models (a changed optimiser or surrogate never reuses an old result). Sweep cells,
-    attack-matrix columns and transfer runs that differ only in the model being trained then share one optimisation.
+    surrogate recipe (for a defense whose ``members_replace_surrogate``, an ensemble: each member's recipe instead of
+    the recipe's own model and front-end), the training clips' content, and the source code of the defense, of the
+    min-min loop and of the built-in front-ends and models (a changed optimiser or surrogate never reuses an old
+    result). Sweep cells, attack-matrix columns, transfer runs and leave-one-out trainers that differ only in the
+    model being trained then share one optimisation.
     The files are as secret as the key (mode 0600)."""
     import hashlib
     import inspect
@@ -266,13 +280,14 @@ def optimised_cache_path(recipe: Recipe, defense: Defense, train: Clips, num_cla
     from lab.data.fsdd import cache_dir
     from lab.features import tensor_hash
     sur_recipe = surrogate_recipe(recipe, defense.surrogate_overrides())
-    sur = sur_recipe.public_dict()
-    for field in ("defense", "name", "description", "output_dir", "seeds", "evaluation"):
-        sur.pop(field, None)
-    sur.get("data", {}).pop("root", None)  # where the clips were read from: their content is hashed below
-    sur.get("train", {}).pop("num_threads", None)
-    sur.get("train", {}).pop("progress", None)
-    sur.get("train", {}).pop("epochs", None)
+    sur = _surrogate_described(sur_recipe)
+    members = None
+    if getattr(defense, "members_replace_surrogate", False):
+        # an ensemble trains only the members its entries name (each the recipe changed by its entry): the trainer's
+        # own model and front-end are not used, so two recipes that differ only there share one optimisation
+        sur.pop("model", None)
+        sur.pop("features", None)
+        members = [_surrogate_described(surrogate_recipe(recipe, v)) for v in defense.surrogate_variants()]
     sources = []
     for obj in (type(defense), *getattr(defense, "cache_sources", ())):
         try:
@@ -294,6 +309,8 @@ def optimised_cache_path(recipe: Recipe, defense: Defense, train: Clips, num_cla
                  "key_seed": defense.surrogate_seed(), "surrogate": sur, "classes": num_classes,
                  "clips": [tensor_hash(train.waveforms), tensor_hash(train.labels), tensor_hash(train.lengths)],
                  "code": hashlib.sha256("\n".join(sources).encode()).hexdigest()}
+    if members is not None:
+        described["members"] = members
     name = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:32]
     return cache_dir() / "protections" / f"{recipe.defense.type}-{name}.pt"
 

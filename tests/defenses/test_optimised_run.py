@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from lab.cli import app
@@ -136,6 +137,32 @@ def test_a_changed_front_end_or_model_never_reuses_an_old_optimisation(tmp_path,
         monkeypatch.setattr(Path, "read_text", edited)
         assert optimised_cache_path(recipe, defense, train, 2) != path, changed
         monkeypatch.setattr(Path, "read_text", read_text)
+
+
+def test_an_ensemble_is_cached_by_its_members_not_by_the_model_being_trained(tmp_path, monkeypatch):
+    """Two leave-one-out trainers whose ensembles are the same (the CNN and the Transformer on MFCC) share one cached
+    optimisation; a third whose ensemble differs (the CNN on log-mel) does not, nor does a changed member; a defense
+    with one surrogate (em-noise) is still cached by the model it trains."""
+    from defenses import build_defense
+    from lab.spine import Clips, optimised_cache_path
+    monkeypatch.setenv("LAB_PROTECTION_CACHE", "on")
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "cache"))
+    train = Clips(torch.zeros(4, 800), torch.arange(4) % 2, torch.full((4,), 800))
+    loo = Path(__file__).resolve().parents[2] / "recipes" / "loo"
+
+    def path(name: str | Path, *sets: str) -> Path:
+        recipe = load_recipe(loo / f"{name}.yaml" if isinstance(name, str) else name, list(sets))
+        return optimised_cache_path(recipe, build_defense(recipe.defense), train, 2)
+
+    shared = path("cnn_mfcc")
+    assert path("transformer_mfcc") == shared and path("lstm_mfcc") != shared and path("cnn_logmel") != shared
+    changed = yaml.safe_load((loo / "transformer_mfcc.yaml").read_text())
+    changed["defense"]["surrogates"][0]["model"]["channels"] = [8, 8]
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
+    assert path(tmp_path / "changed.yaml") != shared
+    assert path("transformer_mfcc", "train.batch_size=32") != shared  # the descent's batches are the trainer's
+    em = [f"defense={{type: em-noise, key: {KEY}, mode: class-wise}}"]
+    assert path("cnn_mfcc", *em) != path("transformer_mfcc", *em)
 
 
 def test_an_optimisation_stopped_between_rounds_goes_on_from_its_last_round(fsdd_dir, tmp_path, monkeypatch):
