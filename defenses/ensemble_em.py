@@ -48,10 +48,10 @@ noise (the mapping is shared: defenses._minmin.ClassPatternsOnFiles; a long file
 the very bytes of the whole file, not with a masking budget).
 
 ``mode: sample-wise`` (with ``pattern: waveform`` only): every training clip its own noise, as em-noise's sample-wise
-mode makes it (:class:`defenses.em_noise.SampleNoise`: inside each clip's SNR budget, or its masking budget), descended
-on the same ensemble loss through the same transformations. The record is em-noise's sample-wise one (the noise as
-float16 and each clip's SHA-256; a clip the noise was not made for is left unchanged), and lab protect writes it onto
-the files it was optimised on with em-noise's sample-wise mapping (:data:`defenses.em_noise.MAPPING`).
+mode makes it (:class:`defenses._samplewise.SampleNoise`: inside each clip's SNR budget, or its masking budget),
+descended on the same ensemble loss through the same transformations. The record is em-noise's sample-wise one (the
+noise as float16 and each clip's SHA-256; a clip the noise was not made for is left unchanged), and lab protect writes
+it onto the files it was optimised on with em-noise's sample-wise mapping (:data:`defenses._samplewise.MAPPING`).
 
 Not in this version: the robust inner step (``rho``), a spectral-envelope parametrisation, an MP3 or Opus proxy in
 the transformations.
@@ -71,6 +71,7 @@ from defenses._minmin import (FILTERED_NOISE_MAPPING, ClassFilters, ClassPattern
                               FilteredNoiseOnFiles, MinMinSettings, OptimisedDefense, Perturbation, SurrogateConfig,
                               _on, _on_cpu, accuracy, add_class_patterns, class_patterns_mapping, clip_noise, filtered,
                               masking_of, span_mask, train_surrogate)
+from defenses._samplewise import EMNoiseProtection, SampleNoise, clip_hash
 from defenses.base import DEFENSES, Protection, TrainingSet, WorkingClips
 from lab.augment import StrongChain, augment_chain
 from lab.config import PluginConfig, Section
@@ -439,7 +440,6 @@ class EnsembleEMProtection(Protection):
         self.noise, self.hashes = noise, hashes  # mode 'sample-wise': (N, T) float16, each clip's SHA-256
         self.sample_wise = None
         if self.params.get("mode") == "sample-wise":  # em-noise's sample-wise record does the work
-            from defenses.em_noise import EMNoiseProtection
             self.sample_wise = EMNoiseProtection(params, key_fingerprint, sample_rate, num_classes, optimisation,
                                                  noise=noise, hashes=hashes)
 
@@ -574,6 +574,7 @@ class EnsembleEM(OptimisedDefense):
     additive = True
     seed_label = "ensemble-em/v1/surrogate"
     members_replace_surrogate = True  # the members are trained, never the recipe's own model (the cache's name)
+    cache_sources = (SampleNoise,)  # defenses/_samplewise.py: its code makes the sample-wise noise (the cache's name)
 
     @classmethod
     def example_config(cls, key):
@@ -607,7 +608,6 @@ class EnsembleEM(OptimisedDefense):
         record = {**ensemble_min_min(data, members, pert, seed, eot, cfg), "pattern": cfg.pattern}
         params = cfg.model_dump(exclude={"key", "key_file", "type"}, mode="json")
         if cfg.mode == "sample-wise":
-            from defenses.em_noise import clip_hash
             hashes = [clip_hash(w, int(n)) for w, n in zip(data.waveforms, data.lengths)]
             return EnsembleEMProtection(params, fingerprint(key), data.sample_rate, data.num_classes, record, None,
                                         noise=pert.noise.to(torch.float16), hashes=hashes)
@@ -621,7 +621,6 @@ class EnsembleEM(OptimisedDefense):
         cfg: EnsembleEMConfig = self.config
         gen = torch.Generator().manual_seed(seed)
         if cfg.mode == "sample-wise":
-            from defenses.em_noise import SampleNoise
             return SampleNoise(data, cfg.snr_db, None, cfg.step_size, gen, cfg.masking_margin_db)
         if cfg.pattern == "waveform":
             return ClassPatterns(data, cfg.snr_db, None, cfg.step_size, gen, cfg.masking_margin_db)

@@ -371,7 +371,7 @@ def test_written_onto_files_it_is_em_noises_class_wise_mapping_at_each_rate():
     bit, and its words (so em-noise can use it without changing a written file or a record)."""
     from defenses._minmin import ClassPatternsOnFiles, class_patterns_mapping
     from defenses.base import WorkingClips
-    from defenses.em_noise import MAPPING, EMNoiseProtection
+    from defenses._samplewise import MAPPING, EMNoiseProtection
     prot = derive(snr_db=20, max_rounds=1, steps=1, train_batches=1, eot={"draws": 0})
     working = WorkingClips(SR, T, ("a",) * N)
     g = torch.Generator().manual_seed(3)
