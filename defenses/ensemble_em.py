@@ -437,9 +437,8 @@ class EnsembleEMProtection(Protection):
         self.params, self.key_fingerprint, self.optimisation = params, key_fingerprint, optimisation
         self.sample_rate, self.num_classes, self.patterns = sample_rate, num_classes, patterns
         self.salt = salt  # pattern 'filter': derives every clip's noise; as secret as the key
-        self.noise, self.hashes = noise, hashes  # mode 'sample-wise': (N, T) float16, each clip's SHA-256
-        self.sample_wise = None
-        if self.params.get("mode") == "sample-wise":  # em-noise's sample-wise record does the work
+        self.sample_wise = None  # mode 'sample-wise': em-noise's record (the float16 noise, each clip's SHA-256)
+        if self.params.get("mode") == "sample-wise":
             self.sample_wise = EMNoiseProtection(params, key_fingerprint, sample_rate, num_classes, optimisation,
                                                  noise=noise, hashes=hashes)
 
@@ -483,7 +482,7 @@ class EnsembleEMProtection(Protection):
 
     def arrays(self):
         if self.sample_wise is not None:
-            return {"noise": self.noise}
+            return self.sample_wise.arrays()
         return {"patterns": self.patterns}
 
     def to_dict(self) -> dict:
@@ -493,7 +492,7 @@ class EnsembleEMProtection(Protection):
         if self.salt is not None:
             out["noise_salt"] = self.salt
         if self.sample_wise is not None:
-            out["clip_sha256"] = self.hashes
+            out["clip_sha256"] = self.sample_wise.hashes
         return out
 
     @classmethod
